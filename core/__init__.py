@@ -1,0 +1,1 @@
+"""Algorithms in plain torch; only host.py touches ComfyUI."""

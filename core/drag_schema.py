@@ -1,0 +1,548 @@
+"""DRAG instructions: the versioned JSON schema shared by the editor widget, scripts and every drag node.
+
+Schema, version 1 (coordinates are continuous image pixels, x right, y down: pixel (i, j) covers
+[i, i+1) x [j, j+1) and its centre is (i+0.5, j+0.5); valid coordinates lie in [0, W] x [0, H])::
+
+    {"version": 1,
+     "image_size": [W, H],                                   # optional on input, filled from the image
+     "points":  [{"handle": [x, y], "target": [x, y]}, ...],  # or [hx, hy, tx, ty] per pair
+     "regions": [{"kind": "rect",    "handle": [[x0, y0], [x1, y1]], "target": [[x0, y0], [x1, y1]]},
+                 {"kind": "polygon", "handle": [[x, y], ...3..16],   "target": [[x, y], ...same count]},
+                 {"kind": "rect"|"polygon", "handle": [...], "points": [{"handle": .., "target": ..}, ...]}],
+     "mask": {"size": [W, H], "counts": [n0, n1, ...]},       # optional editable area, run lengths
+     "ui": {...}}                                            # optional widget state, ignored here
+
+A region has either a "target" shape (a region pair) or "points" that move it (inverse-distance weighting).
+Rects are 2 opposite corners, or 4 vertices of an axis-aligned rectangle. Mask run lengths are row-major
+(x fastest) over H x W and alternate 0-runs and 1-runs, starting with a 0-run (which may be 0 long).
+A bare list [[hx, hy, tx, ty], ...] is shorthand for {"version": 1, "points": [...]}.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+
+SCHEMA_VERSION = 1
+MAX_JSON_BYTES = 256 * 1024
+MAX_POINTS = 64          # all point pairs together, the regions' own points included
+MAX_REGIONS = 32
+MIN_POLYGON_VERTICES = 3
+MAX_POLYGON_VERTICES = 16
+MAX_IMAGE_SIDE = 16384
+REGION_KINDS = ("rect", "polygon")
+
+Point = tuple[float, float]
+PointPair = tuple[Point, Point]
+
+_TOP_KEYS = {"version", "image_size", "points", "regions", "mask", "ui"}
+_POINT_KEYS = {"handle", "target"}
+_REGION_KEYS = {"kind", "handle", "target", "points"}
+_MASK_KEYS = {"size", "counts"}
+
+
+class DragSchemaError(ValueError):
+    """A violation of the drag schema; `field` is a path like 'points[1].target', `message` says what is wrong."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.message = field, message
+        super().__init__(f"{field} {message}")
+
+
+def _fmt(v: float) -> str:
+    """Short number for messages: 300 not 300.0."""
+    return f"{v:g}"
+
+
+def _fmt_pt(p: Sequence[float]) -> str:
+    return "(" + ", ".join(_fmt(v) for v in p) + ")"
+
+
+@dataclass(frozen=True)
+class RegionPair:
+    """One region instruction: handle shape -> target shape, or handle shape moved by its own point pairs."""
+
+    kind: str                                   # "rect" | "polygon"
+    handle: tuple[Point, ...]
+    target: Optional[tuple[Point, ...]] = None
+    points: tuple[PointPair, ...] = ()
+
+    @property
+    def moved_by_points(self) -> bool:
+        """True when the region is moved by point pairs (no target shape)."""
+        return self.target is None
+
+    def rect_box(self, which: str = "handle") -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) with x0 < x1, y0 < y1 of a rect region's handle or target."""
+        verts = self.handle if which == "handle" else self.target
+        xs, ys = [v[0] for v in verts], [v[1] for v in verts]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def to_obj(self) -> dict:
+        """JSON-ready dict of this region."""
+        obj: dict[str, Any] = {"kind": self.kind, "handle": [list(v) for v in self.handle]}
+        if self.target is not None:
+            obj["target"] = [list(v) for v in self.target]
+        else:
+            obj["points"] = [{"handle": list(h), "target": list(t)} for h, t in self.points]
+        return obj
+
+
+@dataclass(frozen=True)
+class DragInstructions:
+    """The DRAG value: point pairs, region pairs, image size (W, H) and an optional run-length editable mask."""
+
+    points: tuple[PointPair, ...] = ()
+    regions: tuple[RegionPair, ...] = ()
+    image_size: Optional[tuple[int, int]] = None           # (W, H)
+    mask_counts: Optional[tuple[int, ...]] = field(default=None, repr=False)  # RLE at image_size
+
+    # ---------------------------------------------------------------- parsing
+    @classmethod
+    def from_json(cls, text: str, image_size: Optional[Sequence[int]] = None) -> "DragInstructions":
+        """Parse and validate widget/API JSON; image_size (W, H) of the real image fills or checks the stored one.
+
+        An empty string means no instructions. If the JSON was drawn on an image of another size with the
+        same aspect ratio, coordinates are rescaled; another aspect ratio is an error."""
+        if not isinstance(text, str):
+            raise DragSchemaError("JSON", f"must be a string, got {type(text).__name__}")
+        if len(text.encode("utf-8")) > MAX_JSON_BYTES:
+            raise DragSchemaError("JSON", f"is {len(text.encode('utf-8')) // 1024} KiB; the limit is "
+                                          f"{MAX_JSON_BYTES // 1024} KiB (use fewer points, regions or a simpler mask)")
+        if not text.strip():
+            obj: Any = {}
+        else:
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DragSchemaError("JSON", f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        return cls.from_obj(obj, image_size=image_size)
+
+    @classmethod
+    def from_obj(cls, obj: Any, image_size: Optional[Sequence[int]] = None) -> "DragInstructions":
+        """Build and validate from an already-parsed JSON value (dict, or the bare list shorthand)."""
+        if isinstance(obj, list):
+            obj = {"version": SCHEMA_VERSION, "points": obj}
+        if not isinstance(obj, dict):
+            raise DragSchemaError("JSON", f"must be an object {{\"version\": 1, ...}} or a list of "
+                                          f"[hx, hy, tx, ty], got {_typename(obj)}")
+        unknown = sorted(set(obj) - _TOP_KEYS)
+        if unknown:
+            raise DragSchemaError(unknown[0], f"is not a known key (expected one of {sorted(_TOP_KEYS)})")
+        version = obj.get("version", SCHEMA_VERSION)
+        if isinstance(version, bool) or not isinstance(version, (int, float)) or version != int(version):
+            raise DragSchemaError("version", f"must be an integer, got {version!r}")
+        if int(version) != SCHEMA_VERSION:
+            raise DragSchemaError("version", f"{int(version)} is not supported (this pack reads version "
+                                             f"{SCHEMA_VERSION}); update ComfyUI-DragEdit or redraw the instructions")
+
+        stored_size = None
+        if obj.get("image_size") is not None:
+            stored_size = _parse_size(obj["image_size"], "image_size")
+        points = tuple(_parse_pair(p, f"points[{i}]") for i, p in enumerate(_parse_list(obj.get("points"), "points")))
+        regions = tuple(_parse_region(r, f"regions[{i}]")
+                        for i, r in enumerate(_parse_list(obj.get("regions"), "regions")))
+        mask_counts = None
+        if obj.get("mask") is not None:
+            mask_size, mask_counts = _parse_mask(obj["mask"], "mask")
+            ref = stored_size or (tuple(int(v) for v in image_size) if image_size is not None else None)
+            if ref is not None and mask_size != ref:
+                raise DragSchemaError("mask.size", f"{mask_size[0]}x{mask_size[1]} differs from the image size "
+                                                   f"{ref[0]}x{ref[1]}")
+            stored_size = stored_size or mask_size
+        drag = cls(points=points, regions=regions, image_size=stored_size, mask_counts=mask_counts)
+        drag._check_limits()   # before any geometry work
+        if image_size is not None:
+            drag = drag.fit_to(image_size)
+        drag.validate()
+        return drag
+
+    @classmethod
+    def coerce(cls, value: Any, image_size: Optional[Sequence[int]] = None) -> "DragInstructions":
+        """Accept a DragInstructions (also one from another copy of this module), JSON text, dict or list."""
+        if isinstance(value, cls):
+            drag = value.fit_to(image_size) if image_size is not None else value
+            drag.validate()
+            return drag
+        if hasattr(value, "to_json") and not isinstance(value, (str, bytes)):
+            return cls.from_json(value.to_json(), image_size=image_size)
+        if isinstance(value, str):
+            return cls.from_json(value, image_size=image_size)
+        return cls.from_obj(value, image_size=image_size)
+
+    # ---------------------------------------------------------------- output
+    def to_obj(self) -> dict:
+        """JSON-ready dict in the canonical version-1 form."""
+        obj: dict[str, Any] = {"version": SCHEMA_VERSION}
+        if self.image_size is not None:
+            obj["image_size"] = list(self.image_size)
+        obj["points"] = [{"handle": list(h), "target": list(t)} for h, t in self.points]
+        obj["regions"] = [r.to_obj() for r in self.regions]
+        if self.mask_counts is not None and self.image_size is not None:
+            obj["mask"] = {"size": list(self.image_size), "counts": list(self.mask_counts)}
+        return obj
+
+    def to_json(self) -> str:
+        """Canonical JSON text (round-trips through from_json)."""
+        return json.dumps(self.to_obj(), separators=(",", ":"))
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def is_empty(self) -> bool:
+        """True when there is nothing to drag."""
+        return not self.points and not self.regions
+
+    @property
+    def has_mask(self) -> bool:
+        """True when the JSON carries an editable mask."""
+        return self.mask_counts is not None
+
+    def all_point_count(self) -> int:
+        """Point pairs including those that move regions."""
+        return len(self.points) + sum(len(r.points) for r in self.regions)
+
+    def mask_tensor(self) -> Optional[torch.Tensor]:
+        """The stored editable mask as a float [H, W] tensor of 0/1, or None."""
+        if self.mask_counts is None or self.image_size is None:
+            return None
+        return rle_decode(self.mask_counts, self.image_size).float()
+
+    def with_mask(self, mask: Optional[torch.Tensor]) -> "DragInstructions":
+        """Copy with the editable mask replaced by mask [H, W] (>0.5 = editable) at image_size, or removed (None)."""
+        if mask is None:
+            return replace(self, mask_counts=None)
+        if self.image_size is None:
+            raise DragSchemaError("image_size", "is unknown; set it before attaching a mask")
+        return replace(self, mask_counts=rle_encode(mask, self.image_size))
+
+    # ---------------------------------------------------------------- sizes
+    def with_image_size(self, image_size: Sequence[int]) -> "DragInstructions":
+        """Copy with image_size set (no rescaling)."""
+        return replace(self, image_size=(int(image_size[0]), int(image_size[1])))
+
+    def fit_to(self, image_size: Sequence[int]) -> "DragInstructions":
+        """Fill a missing image_size, keep an equal one, rescale a same-aspect one, refuse another aspect."""
+        W, H = int(image_size[0]), int(image_size[1])
+        if self.image_size is None:
+            return self.with_image_size((W, H))
+        w0, h0 = self.image_size
+        if (w0, h0) == (W, H):
+            return self
+        if abs(w0 / h0 - W / H) <= 0.01 * (W / H):
+            return self.scaled(W, H)
+        raise DragSchemaError("image_size", f"the instructions were drawn on a {w0}x{h0} image but the image is "
+                                            f"{W}x{H}; redraw them on this image")
+
+    def scaled(self, new_W: int, new_H: int) -> "DragInstructions":
+        """Copy with every coordinate (and the mask) rescaled from image_size to (new_W, new_H)."""
+        if self.image_size is None:
+            raise DragSchemaError("image_size", "is unknown; cannot rescale")
+        W, H = self.image_size
+        sx, sy = new_W / W, new_H / H
+
+        def sp(p: Point) -> Point:
+            return (p[0] * sx, p[1] * sy)
+
+        points = tuple((sp(h), sp(t)) for h, t in self.points)
+        regions = tuple(RegionPair(r.kind, tuple(sp(v) for v in r.handle),
+                                   None if r.target is None else tuple(sp(v) for v in r.target),
+                                   tuple((sp(h), sp(t)) for h, t in r.points)) for r in self.regions)
+        counts = None
+        if self.mask_counts is not None:
+            m = rle_decode(self.mask_counts, (W, H)).float()[None, None]
+            m = torch.nn.functional.interpolate(m, size=(int(new_H), int(new_W)), mode="nearest-exact")[0, 0]
+            counts = rle_encode(m, (int(new_W), int(new_H)))
+        return DragInstructions(points, regions, (int(new_W), int(new_H)), counts)
+
+    # ---------------------------------------------------------------- validation
+    def _check_limits(self) -> None:
+        if len(self.regions) > MAX_REGIONS:
+            raise DragSchemaError("regions", f"has {len(self.regions)} regions; at most {MAX_REGIONS} are allowed")
+        n = self.all_point_count()
+        if n > MAX_POINTS:
+            raise DragSchemaError("points", f"has {n} point pairs in total (regions' points included); at most "
+                                            f"{MAX_POINTS} are allowed")
+
+    def validate(self) -> None:
+        """Raise DragSchemaError(field, message) on any violation; coordinates are checked when image_size is known."""
+        self._check_limits()
+        size = self.image_size
+        if size is not None:
+            _check_size(size, "image_size")
+        for i, pair in enumerate(self.points):
+            _check_pair(pair, f"points[{i}]", size)
+        for i, r in enumerate(self.regions):
+            _check_region(r, f"regions[{i}]", size)
+        if self.mask_counts is not None:
+            if size is None:
+                raise DragSchemaError("mask", "needs image_size")
+            _check_counts(self.mask_counts, size, "mask.counts")
+
+
+# ====================================================================== run-length mask
+def rle_encode(mask: torch.Tensor, image_size: Sequence[int]) -> tuple[int, ...]:
+    """Run lengths of mask > 0.5 (row-major, starting with a 0-run) for a [H, W] mask of size (W, H)."""
+    W, H = int(image_size[0]), int(image_size[1])
+    m = torch.as_tensor(mask).detach()
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if tuple(m.shape) != (H, W):
+        raise DragSchemaError("mask", f"is {m.shape[-1]}x{m.shape[-2]} but the image is {W}x{H}")
+    flat = (m.reshape(-1).float() > 0.5).to(torch.int8).cpu()
+    change = torch.nonzero(flat[1:] != flat[:-1]).reshape(-1) + 1
+    bounds = torch.cat([torch.tensor([0]), change, torch.tensor([flat.numel()])])
+    runs = (bounds[1:] - bounds[:-1]).tolist()
+    if flat.numel() and flat[0] == 1:
+        runs = [0] + runs
+    return tuple(int(r) for r in runs)
+
+
+def rle_decode(counts: Sequence[int], image_size: Sequence[int]) -> torch.Tensor:
+    """Bool [H, W] mask from run lengths (see rle_encode)."""
+    W, H = int(image_size[0]), int(image_size[1])
+    _check_counts(counts, (W, H), "mask.counts")
+    c = torch.tensor(list(counts), dtype=torch.long)
+    values = (torch.arange(c.numel()) % 2).bool()
+    return torch.repeat_interleave(values, c).reshape(H, W)
+
+
+# ====================================================================== parsing helpers
+def _typename(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+def _parse_list(v: Any, path: str) -> list:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise DragSchemaError(path, f"must be a list, got {_typename(v)}")
+    return v
+
+
+def _parse_number(v: Any, path: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise DragSchemaError(path, f"must be a number, got {_typename(v)} {json.dumps(v)[:40]}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise DragSchemaError(path, f"is {v} (coordinates must be finite numbers)")
+    return f
+
+
+def _parse_xy(v: Any, path: str) -> Point:
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        got = f"{len(v)} values" if isinstance(v, (list, tuple)) else _typename(v)
+        raise DragSchemaError(path, f"must be [x, y] (2 numbers), got {got}")
+    return (_parse_number(v[0], f"{path}[0]"), _parse_number(v[1], f"{path}[1]"))
+
+
+def _parse_pair(v: Any, path: str) -> PointPair:
+    if isinstance(v, list):
+        if len(v) != 4:
+            raise DragSchemaError(path, f"must be [hx, hy, tx, ty] (4 numbers), got {len(v)} values; every handle "
+                                        f"needs a target")
+        n = [_parse_number(x, f"{path}[{i}]") for i, x in enumerate(v)]
+        return ((n[0], n[1]), (n[2], n[3]))
+    if not isinstance(v, dict):
+        raise DragSchemaError(path, f"must be {{\"handle\": [x, y], \"target\": [x, y]}}, got {_typename(v)}")
+    unknown = sorted(set(v) - _POINT_KEYS)
+    if unknown:
+        raise DragSchemaError(f"{path}.{unknown[0]}", "is not a known key (expected 'handle' and 'target')")
+    for key in ("handle", "target"):
+        if v.get(key) is None:
+            raise DragSchemaError(f"{path}.{key}", "is missing: every handle needs a target (place it or delete "
+                                                   "the point)")
+    return (_parse_xy(v["handle"], f"{path}.handle"), _parse_xy(v["target"], f"{path}.target"))
+
+
+def _parse_vertices(v: Any, path: str) -> tuple[Point, ...]:
+    if not isinstance(v, list):
+        raise DragSchemaError(path, f"must be a list of [x, y] vertices, got {_typename(v)}")
+    return tuple(_parse_xy(p, f"{path}[{i}]") for i, p in enumerate(v))
+
+
+def _parse_region(v: Any, path: str) -> RegionPair:
+    if not isinstance(v, dict):
+        raise DragSchemaError(path, f"must be an object {{\"kind\", \"handle\", \"target\"}}, got {_typename(v)}")
+    unknown = sorted(set(v) - _REGION_KEYS)
+    if unknown:
+        raise DragSchemaError(f"{path}.{unknown[0]}", f"is not a known key (expected {sorted(_REGION_KEYS)})")
+    kind = v.get("kind")
+    if kind not in REGION_KINDS:
+        raise DragSchemaError(f"{path}.kind", f"must be 'rect' or 'polygon', got {json.dumps(kind)[:40]}")
+    if v.get("handle") is None:
+        raise DragSchemaError(f"{path}.handle", "is missing")
+    handle = _parse_vertices(v["handle"], f"{path}.handle")
+    has_target, has_points = v.get("target") is not None, v.get("points") is not None
+    if has_target and has_points:
+        raise DragSchemaError(path, "has both 'target' and 'points'; give a target shape or the points that "
+                                    "move the region, not both")
+    if not has_target and not has_points:
+        raise DragSchemaError(f"{path}.target", "is missing: every handle region needs a target region (or "
+                                                "'points' that move it)")
+    if has_target:
+        return RegionPair(kind, handle, _parse_vertices(v["target"], f"{path}.target"))
+    pts = _parse_list(v["points"], f"{path}.points")
+    return RegionPair(kind, handle, None, tuple(_parse_pair(p, f"{path}.points[{i}]") for i, p in enumerate(pts)))
+
+
+def _parse_size(v: Any, path: str) -> tuple[int, int]:
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise DragSchemaError(path, f"must be [W, H], got {json.dumps(v)[:40]}")
+    out = []
+    for i, x in enumerate(v):
+        f = _parse_number(x, f"{path}[{i}]")
+        if f != int(f):
+            raise DragSchemaError(f"{path}[{i}]", f"must be a whole number of pixels, got {_fmt(f)}")
+        out.append(int(f))
+    size = (out[0], out[1])
+    _check_size(size, path)
+    return size
+
+
+def _parse_mask(v: Any, path: str) -> tuple[tuple[int, int], tuple[int, ...]]:
+    if not isinstance(v, dict):
+        raise DragSchemaError(path, f"must be {{\"size\": [W, H], \"counts\": [...]}}, got {_typename(v)}")
+    unknown = sorted(set(v) - _MASK_KEYS)
+    if unknown:
+        raise DragSchemaError(f"{path}.{unknown[0]}", "is not a known key (expected 'size' and 'counts')")
+    if v.get("size") is None or v.get("counts") is None:
+        raise DragSchemaError(path, "needs both 'size' and 'counts'")
+    size = _parse_size(v["size"], f"{path}.size")
+    counts = v["counts"]
+    if not isinstance(counts, list):
+        raise DragSchemaError(f"{path}.counts", f"must be a list of run lengths, got {_typename(counts)}")
+    for i, c in enumerate(counts):
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise DragSchemaError(f"{path}.counts[{i}]", f"must be a non-negative integer, got {json.dumps(c)[:20]}")
+    _check_counts(counts, size, f"{path}.counts")
+    return size, tuple(counts)
+
+
+# ====================================================================== semantic checks
+def _check_size(size: Sequence[int], path: str) -> None:
+    W, H = size
+    for name, v in (("W", W), ("H", H)):
+        if not (1 <= v <= MAX_IMAGE_SIDE):
+            raise DragSchemaError(path, f"{name}={v} must be between 1 and {MAX_IMAGE_SIDE}")
+
+
+def _check_counts(counts: Sequence[int], size: Sequence[int], path: str) -> None:
+    total = sum(int(c) for c in counts)
+    if any(int(c) < 0 for c in counts):
+        raise DragSchemaError(path, "has a negative run length")
+    if total != size[0] * size[1]:
+        raise DragSchemaError(path, f"cover {total} pixels but a {size[0]}x{size[1]} mask has {size[0] * size[1]}")
+
+
+def _check_xy(p: Point, path: str, size: Optional[Sequence[int]]) -> None:
+    if not (isinstance(p, (tuple, list)) and len(p) == 2):
+        raise DragSchemaError(path, f"must be (x, y), got {p!r}")
+    for k, v in enumerate(p):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise DragSchemaError(f"{path}[{k}]", f"must be a number, got {v!r}")
+        if not math.isfinite(v):
+            raise DragSchemaError(f"{path}[{k}]", f"is {v} (coordinates must be finite numbers)")
+    if size is not None:
+        W, H = size
+        if not (0 <= p[0] <= W and 0 <= p[1] <= H):
+            raise DragSchemaError(path, f"{_fmt_pt(p)} lies outside the {W}x{H} image")
+
+
+def _check_pair(pair: PointPair, path: str, size: Optional[Sequence[int]]) -> None:
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise DragSchemaError(path, "must be a (handle, target) pair; every handle needs a target")
+    _check_xy(pair[0], f"{path}.handle", size)
+    _check_xy(pair[1], f"{path}.target", size)
+
+
+def _cross(o: Point, a: Point, b: Point) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def polygon_area(verts: Sequence[Point]) -> float:
+    """Signed shoelace area of a polygon (positive = counter-clockwise in x-right, y-up terms)."""
+    n = len(verts)
+    return 0.5 * sum(verts[i][0] * verts[(i + 1) % n][1] - verts[(i + 1) % n][0] * verts[i][1] for i in range(n))
+
+
+def _segments_touch(p1: Point, p2: Point, q1: Point, q2: Point) -> bool:
+    d1, d2 = _cross(q1, q2, p1), _cross(q1, q2, p2)
+    d3, d4 = _cross(p1, p2, q1), _cross(p1, p2, q2)
+    if ((d1 > 0) != (d2 > 0)) and ((d3 > 0) != (d4 > 0)) and d1 != 0 and d2 != 0 and d3 != 0 and d4 != 0:
+        return True
+
+    def on_seg(a: Point, b: Point, c: Point, d: float) -> bool:
+        return d == 0 and min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+
+    return on_seg(q1, q2, p1, d1) or on_seg(q1, q2, p2, d2) or on_seg(p1, p2, q1, d3) or on_seg(p1, p2, q2, d4)
+
+
+def _check_shape(kind: str, verts: Sequence[Point], path: str, size: Optional[Sequence[int]]) -> None:
+    n = len(verts)
+    if kind == "rect":
+        if n not in (2, 4):
+            raise DragSchemaError(path, f"a rect needs 2 opposite corners or 4 vertices, got {n}")
+    elif not (MIN_POLYGON_VERTICES <= n <= MAX_POLYGON_VERTICES):
+        raise DragSchemaError(path, f"a polygon needs {MIN_POLYGON_VERTICES} to {MAX_POLYGON_VERTICES} vertices, "
+                                    f"got {n}")
+    for i, v in enumerate(verts):
+        _check_xy(v, f"{path}[{i}]", size)
+    if kind == "rect":
+        xs, ys = [v[0] for v in verts], [v[1] for v in verts]
+        if n == 4:
+            x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+            corners = {(x0, y0), (x1, y0), (x1, y1), (x0, y1)}
+            tol = 1e-3
+            if any(min(abs(v[0] - c[0]) + abs(v[1] - c[1]) for c in corners) > tol for v in verts) or \
+                    len({(round(v[0], 3), round(v[1], 3)) for v in verts}) != 4:
+                raise DragSchemaError(path, "is not an axis-aligned rectangle; use kind 'polygon' for a rotated or "
+                                            "skewed quadrilateral")
+        if max(xs) - min(xs) <= 0 or max(ys) - min(ys) <= 0:
+            raise DragSchemaError(path, "has zero width or height")
+        return
+    for i in range(n):
+        a, b = verts[i], verts[(i + 1) % n]
+        if a[0] == b[0] and a[1] == b[1]:
+            raise DragSchemaError(f"{path}[{(i + 1) % n}]", f"repeats vertex {i} {_fmt_pt(a)}")
+    if abs(polygon_area(verts)) < 1e-6:
+        raise DragSchemaError(path, "has zero area (its vertices are collinear)")
+    for i in range(n):
+        for j in range(i + 1, n):
+            if j == i + 1 or (i == 0 and j == n - 1):
+                continue
+            if _segments_touch(verts[i], verts[(i + 1) % n], verts[j], verts[(j + 1) % n]):
+                raise DragSchemaError(path, f"crosses itself (edge {i}-{(i + 1) % n} meets edge {j}-{(j + 1) % n})")
+    if n == 4:
+        for k in range(4):
+            a, b, c = (verts[(k + m) % 4] for m in range(3))
+            if abs(_cross(a, b, c)) < 1e-6:
+                raise DragSchemaError(path, "has three collinear vertices; a perspective map needs a proper "
+                                            "quadrilateral (use 3 vertices for a triangle)")
+
+
+def _check_region(r: RegionPair, path: str, size: Optional[Sequence[int]]) -> None:
+    if r.kind not in REGION_KINDS:
+        raise DragSchemaError(f"{path}.kind", f"must be 'rect' or 'polygon', got {r.kind!r}")
+    _check_shape(r.kind, r.handle, f"{path}.handle", size)
+    if r.target is not None:
+        if r.points:
+            raise DragSchemaError(path, "has both 'target' and 'points'")
+        if len(r.target) != len(r.handle):
+            raise DragSchemaError(f"{path}.target", f"has {len(r.target)} vertices but the handle has "
+                                                    f"{len(r.handle)}; handle and target need the same count")
+        _check_shape(r.kind, r.target, f"{path}.target", size)
+    else:
+        if not r.points:
+            raise DragSchemaError(f"{path}.target", "is missing: give a target region or 'points' that move it")
+        for i, pair in enumerate(r.points):
+            _check_pair(pair, f"{path}.points[{i}]", size)
+
+
+def iter_point_pairs(drag: DragInstructions) -> Iterable[tuple[str, PointPair]]:
+    """(field path, pair) for every top-level point pair, for nodes that drag points only."""
+    for i, p in enumerate(drag.points):
+        yield f"points[{i}]", p

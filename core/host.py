@@ -1,0 +1,710 @@
+"""The one module that touches ComfyUI's UNet: model facts, layer maps, K/V and feature patches,
+differentiable calls inside ComfyUI's own sampling machinery.
+
+Everything else in core/ talks to ComfyUI only through this module. Stores (K/V caches, captured features)
+are owned by a run or by an INVERSION object, never by a patch: a patch holds a handle that
+`ModelPatcher.clone()` (which deep-copies model_options) passes on without copying.
+
+Sampler state convention (ComfyUI): x = z_t / sqrt(ᾱ_t) = z_0 + σ·ε with ᾱ = 1/(1+σ²); the wrapped model
+returns x̂0 for eps- and v-prediction models alike, so ε̂ = (x − x̂0)/σ.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import torch
+
+# --------------------------------------------------------------------------------------------
+# lazy ComfyUI imports (importing core/ outside ComfyUI must not fail until a host call is made)
+# --------------------------------------------------------------------------------------------
+
+
+def _comfy():
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sample
+    import comfy.samplers
+    import comfy.supported_models_base
+    import comfy.latent_formats
+    import comfy.model_sampling
+    return comfy
+
+
+class HostError(RuntimeError):
+    """A model or host that this pack cannot work with (raised with a message a user can act on)."""
+
+
+# --------------------------------------------------------------------------------------------
+# model construction (tests and the shapes demo model)
+# --------------------------------------------------------------------------------------------
+
+def init_weights_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Deterministic init by module type: ComfyUI layers skip init (torch.empty), so models built from
+    config without a state dict hold garbage. Linear/Conv ~ N(0, std), norms weight 1 bias 0, other biases 0."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            w = getattr(m, "weight", None)
+            b = getattr(m, "bias", None)
+            if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                if isinstance(w, torch.Tensor):
+                    w.fill_(1.0)
+                if isinstance(b, torch.Tensor):
+                    b.zero_()
+            elif isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)):
+                if isinstance(w, torch.Tensor):
+                    w.copy_(torch.randn(w.shape, generator=g) * std)
+                if isinstance(b, torch.Tensor):
+                    b.zero_()
+
+
+def build_model(unet_config: dict, *, latent_format: Any = "sd15", prediction: str = "eps", sdxl: bool = False,
+                state_dict: Optional[dict] = None, seed: int = 0, dtype: torch.dtype = torch.float32,
+                init_std: float = 0.02) -> Any:
+    """Build a real ComfyUI model (model_base + ModelPatcher on the CPU) from a UNet config: the tiny test
+    models and the shapes demo model. `latent_format` is "sd15", "sdxl" or a comfy LatentFormat class."""
+    comfy = _comfy()
+    lf = {"sd15": comfy.latent_formats.SD15, "sdxl": comfy.latent_formats.SDXL}.get(latent_format, latent_format) \
+        if isinstance(latent_format, str) else latent_format
+    cfg = dict(unet_config)
+    cfg.setdefault("dtype", dtype)
+
+    class _Config(comfy.supported_models_base.BASE):
+        unet_config = cfg
+        unet_extra_config = {}
+        latent_format = lf
+
+    mc = _Config(cfg)
+    mtype = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+    base_cls = comfy.model_base.SDXL if sdxl else comfy.model_base.BaseModel
+    with torch.inference_mode(False):
+        m = base_cls(mc, model_type=mtype, device="cpu")
+        if state_dict is not None:
+            missing, unexpected = m.diffusion_model.load_state_dict(state_dict, strict=False)
+            if missing or unexpected:
+                raise HostError(f"state dict does not fit the UNet config: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        else:
+            init_weights_(m.diffusion_model, seed=seed, std=init_std)
+        m.diffusion_model.to(dtype)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(m, load_device=cpu, offload_device=cpu)
+
+
+# --------------------------------------------------------------------------------------------
+# model facts and schedule
+# --------------------------------------------------------------------------------------------
+
+def base_model(model: Any) -> Any:
+    """The comfy BaseModel behind a ModelPatcher (or the BaseModel itself)."""
+    return getattr(model, "model", model)
+
+
+def diffusion_model(model: Any) -> torch.nn.Module:
+    """The UNet module (UNetModel) of a MODEL; HostError when the model family is not a UNet we support."""
+    dm = getattr(base_model(model), "diffusion_model", None)
+    if dm is None or not hasattr(dm, "output_blocks") or not hasattr(dm, "input_blocks"):
+        raise HostError(f"unsupported model family ({type(dm).__name__}): DragEdit needs an SD1.x/SD2.x/SDXL-style UNet")
+    return dm
+
+
+def check_supported(model: Any) -> str:
+    """Return 'eps' or 'v' for supported models (discrete-schedule UNets), else raise HostError."""
+    comfy = _comfy()
+    diffusion_model(model)
+    bm = base_model(model)
+    ms = model_sampling(model)
+    if not isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete):
+        raise HostError(f"unsupported sampling ({type(ms).__name__}): only discrete-schedule eps / v-prediction models work")
+    mt = getattr(bm, "model_type", None)
+    if mt == comfy.model_base.ModelType.EPS:
+        return "eps"
+    if mt == comfy.model_base.ModelType.V_PREDICTION:
+        return "v"
+    raise HostError(f"unsupported prediction type {mt}: only eps and v-prediction models work")
+
+
+def model_sampling(model: Any) -> Any:
+    """ComfyUI's model_sampling object (respects object patches where the host has get_model_object)."""
+    if hasattr(model, "get_model_object"):
+        return model.get_model_object("model_sampling")
+    return base_model(model).model_sampling
+
+
+def is_v_prediction(model: Any) -> bool:
+    """True for v-prediction models (SD2.x 768-v); the denoiser still returns x̂0 either way."""
+    comfy = _comfy()
+    return getattr(base_model(model), "model_type", None) == comfy.model_base.ModelType.V_PREDICTION
+
+
+def alpha_bar(sigma: torch.Tensor | float) -> torch.Tensor:
+    """ᾱ_t = 1/(1+σ_t²) for the discrete VP schedules of SD (eps and v alike)."""
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    return 1.0 / (1.0 + s * s)
+
+
+def sigma_of_alpha_bar(ab: torch.Tensor | float) -> torch.Tensor:
+    """σ_t = sqrt((1−ᾱ_t)/ᾱ_t)."""
+    ab = torch.as_tensor(ab, dtype=torch.float64)
+    return torch.sqrt((1.0 - ab) / ab)
+
+
+def timestep_of(model: Any, sigma: torch.Tensor | float) -> float:
+    """The model's (DDPM) timestep t for a sigma."""
+    return float(model_sampling(model).timestep(torch.as_tensor(sigma, dtype=torch.float32).reshape(1))[0])
+
+
+def ddim_sigmas(model: Any, steps: int) -> torch.Tensor:
+    """Descending DDIM grid ending in 0: timesteps 1 + k·(1000//steps), as diffusers' DDIMScheduler with
+    steps_offset=1 (ComfyUI's 'ddim_uniform')."""
+    comfy = _comfy()
+    return comfy.samplers.calculate_sigmas(model_sampling(model), "ddim_uniform", int(steps)).float()
+
+
+def latent_format(model: Any) -> Any:
+    """The model's latent format (scale factor, channels)."""
+    return base_model(model).latent_format
+
+
+def process_in(model: Any, samples: torch.Tensor) -> torch.Tensor:
+    """LATENT samples (VAE space) -> the UNet's latent z_0 (scaled)."""
+    return base_model(model).process_latent_in(samples)
+
+
+def process_out(model: Any, z: torch.Tensor) -> torch.Tensor:
+    """The UNet's latent -> LATENT samples (VAE space)."""
+    return base_model(model).process_latent_out(z)
+
+
+# --------------------------------------------------------------------------------------------
+# layer map
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttnLayer:
+    """One transformer block with self-attention: ComfyUI address (part, number, block_index), its global
+    execution order (= transformer_index), its downsample level relative to the latent and channels."""
+    part: str
+    number: int
+    block_index: int
+    order: int
+    level: int
+    channels: int
+
+    @property
+    def key(self) -> tuple:
+        return (self.part, self.number, self.block_index)
+
+    def tokens(self, latent_hw: Sequence[int]) -> tuple[int, int]:
+        """Token grid (h, w) of this layer for a latent of size latent_hw (stride-2 downsamples round up)."""
+        h, w = int(latent_hw[0]), int(latent_hw[1])
+        lv = 1
+        while lv < self.level:
+            h, w, lv = (h + 1) // 2, (w + 1) // 2, lv * 2
+        return h, w
+
+
+@dataclass(frozen=True)
+class DecoderBlock:
+    """An output block of the UNet: its index, output channels and output level (1 = latent resolution)."""
+    index: int
+    channels: int
+    level: int
+
+
+def _walk_unet(dm: torch.nn.Module) -> tuple[list[AttnLayer], list[DecoderBlock]]:
+    """Walk the UNet in execution order, tracking the resolution level, and list attention layers and
+    decoder blocks."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+
+    layers: list[AttnLayer] = []
+    blocks: list[DecoderBlock] = []
+    level, order = 1, 0
+
+    def visit(part: str, number: int, seq: Iterable[torch.nn.Module]) -> None:
+        nonlocal level, order
+        for layer in seq:
+            if isinstance(layer, SpatialTransformer):
+                ch = layer.in_channels
+                for bi in range(len(layer.transformer_blocks)):
+                    layers.append(AttnLayer(part, number, bi, order, level, ch))
+                order += 1
+            elif isinstance(layer, Downsample):
+                level *= 2
+            elif isinstance(layer, Upsample):
+                level //= 2
+
+    for i, blk in enumerate(dm.input_blocks):
+        visit("input", i, blk)
+    if dm.middle_block is not None:
+        visit("middle", 0, dm.middle_block)
+    for i, blk in enumerate(dm.output_blocks):
+        visit("output", i, blk)
+        ch = None
+        for layer in blk:
+            ch = getattr(layer, "out_channels", None) or getattr(layer, "in_channels", None) or ch
+        blocks.append(DecoderBlock(i, int(ch or 0), level))
+    # order: ComfyUI counts transformer_index per SpatialTransformer (not per depth); keep that numbering.
+    return layers, blocks
+
+
+def attention_layers(model: Any) -> list[AttnLayer]:
+    """All self-attention layers of the UNet, in execution order."""
+    return _walk_unet(diffusion_model(model))[0]
+
+
+def decoder_blocks(model: Any) -> list[DecoderBlock]:
+    """All output blocks of the UNet with their channels and output level."""
+    return _walk_unet(diffusion_model(model))[1]
+
+
+def up_block_outputs(model: Any) -> list[int]:
+    """Indices of output blocks that end a resolution level (diffusers' up_blocks[k] outputs): the blocks
+    that end with an Upsample, plus the last block."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Upsample
+    dm = diffusion_model(model)
+    out = [i for i, b in enumerate(dm.output_blocks) if isinstance(b[-1], Upsample)]
+    last = len(dm.output_blocks) - 1
+    return out + ([last] if last not in out else [])
+
+
+def select_layers(model: Any, part: Optional[Iterable[str] | str] = None, levels: Optional[Iterable[int]] = None,
+                  orders: Optional[Iterable[int]] = None, tokens: Optional[tuple[Sequence[int], Iterable[int]]] = None
+                  ) -> list[AttnLayer]:
+    """Pick self-attention layers by part ("input"/"middle"/"output"), level (1 = latent resolution, 2, 4...),
+    execution order, or token count: tokens=(latent_hw, allowed token counts)."""
+    sel = attention_layers(model)
+    if part is not None:
+        parts = {part} if isinstance(part, str) else set(part)
+        sel = [l for l in sel if l.part in parts]
+    if levels is not None:
+        lv = set(levels)
+        sel = [l for l in sel if l.level in lv]
+    if orders is not None:
+        od = set(orders)
+        sel = [l for l in sel if l.order in od]
+    if tokens is not None:
+        hw, allowed = tokens
+        al = set(allowed)
+        sel = [l for l in sel if math.prod(l.tokens(hw)) in al]
+    return sel
+
+
+# --------------------------------------------------------------------------------------------
+# stores: owned by a run / an INVERSION object; patches hold a handle that clone() does not copy
+# --------------------------------------------------------------------------------------------
+
+class _SharedHandle:
+    """Base for objects that must survive ModelPatcher.clone()'s deepcopy of model_options by reference."""
+
+    def __deepcopy__(self, memo: dict) -> "_SharedHandle":
+        return self
+
+    def __copy__(self) -> "_SharedHandle":
+        return self
+
+
+def _sigma_key(sigma: float) -> float:
+    return float(math.log(max(float(sigma), 1e-8)))
+
+
+class KVStore(_SharedHandle):
+    """Self-attention K/V cache keyed by (sigma step, layer order/block_index, half); half 0 = cond, 1 = uncond.
+    Tensors are kept in `dtype` on `device` (the offload device) and moved back on read."""
+
+    def __init__(self, dtype: torch.dtype = torch.float16, device: torch.device | str = "cpu", tolerance: float = 0.02):
+        self.dtype, self.device, self.tolerance = dtype, torch.device(device), tolerance
+        self._data: dict[tuple[float, tuple, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sigmas: dict[float, float] = {}
+
+    def put(self, sigma: float, layer: AttnLayer | tuple, half: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store K, V (detached, converted) for one step, layer and half."""
+        key = _sigma_key(sigma)
+        self._sigmas[key] = float(sigma)
+        lk = layer.key if isinstance(layer, AttnLayer) else tuple(layer)
+        self._data[(key, lk, int(half))] = (k.detach().to(self.device, self.dtype), v.detach().to(self.device, self.dtype))
+
+    def nearest_step(self, sigma: float) -> Optional[float]:
+        """The stored step key nearest to sigma in log-sigma, or None if none lies within the tolerance."""
+        if not self._sigmas:
+            return None
+        key = _sigma_key(sigma)
+        best = min(self._sigmas, key=lambda s: abs(s - key))
+        return best if abs(best - key) <= self.tolerance else None
+
+    def get(self, sigma: float, layer: AttnLayer | tuple, half: int, device: Any = None, dtype: Any = None
+            ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """K, V for the step nearest sigma; the cond half (0) stands in when the asked half was not recorded."""
+        step = self.nearest_step(sigma)
+        if step is None:
+            return None
+        lk = layer.key if isinstance(layer, AttnLayer) else tuple(layer)
+        kv = self._data.get((step, lk, int(half))) or self._data.get((step, lk, 0))
+        if kv is None:
+            return None
+        k, v = kv
+        return k.to(device or k.device, dtype or k.dtype), v.to(device or v.device, dtype or v.dtype)
+
+    @property
+    def sigmas(self) -> list[float]:
+        """Recorded step sigmas, descending."""
+        return sorted(self._sigmas.values(), reverse=True)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._data.values())
+
+    def clear(self) -> None:
+        """Free every cached tensor."""
+        self._data.clear()
+        self._sigmas.clear()
+
+
+class FeatureStore(_SharedHandle):
+    """Decoder block outputs captured during UNet calls: features[block_index] (with grad when the call had
+    grad). `truncate` stops the UNet after the deepest requested block (for feature-only calls)."""
+
+    def __init__(self) -> None:
+        self.features: dict[int, torch.Tensor] = {}
+        self.cond_or_uncond: list[int] = []
+        self.truncate = False
+        self.calls = 0
+
+    def clear(self) -> None:
+        """Drop captured tensors."""
+        self.features.clear()
+        self.cond_or_uncond = []
+
+    def half(self, index: int, which: int = 0) -> torch.Tensor:
+        """Rows of captured block `index` that belong to the cond (0) or uncond (1) half."""
+        f = self.features[index]
+        cu = self.cond_or_uncond or [0]
+        n = f.shape[0] // len(cu)
+        idx = cu.index(which) if which in cu else 0
+        return f[idx * n:(idx + 1) * n]
+
+
+class _StopForward(Exception):
+    """Raised by a feature hook to end a truncated UNet call after the deepest needed block."""
+
+
+# --------------------------------------------------------------------------------------------
+# attention patches
+# --------------------------------------------------------------------------------------------
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, extra: dict) -> torch.Tensor:
+    """ComfyUI's attention kernel; the plain SDPA one when gradients flow (other kernels may lack backward)."""
+    from comfy.ldm.modules import attention as A
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return A.attention_pytorch(q, k, v, heads)
+    return A.optimized_attention(q, k, v, heads)
+
+
+def _chunks(extra: dict, batch: int) -> list[tuple[int, slice]]:
+    """(half, rows) for each cond/uncond chunk of the batch, from cond_or_uncond (order is not fixed)."""
+    cu = list(extra.get("cond_or_uncond") or [0])
+    n = max(batch // len(cu), 1)
+    return [(int(h), slice(i * n, (i + 1) * n)) for i, h in enumerate(cu)]
+
+
+def _current_sigma(extra: dict) -> float:
+    s = extra.get("sigmas")
+    if s is None:
+        return float("nan")
+    return float(torch.as_tensor(s).reshape(-1)[0])
+
+
+MixFn = Callable[[AttnLayer, dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class KVInjection:
+    """How stored K/V enter a layer: 'replace' (K,V := bank), 'concat' ([own; bank] along tokens) or 'mix'
+    (mix(layer, extra, k_own, v_own, k_bank, v_bank) -> (k, v), e.g. masked_mix). `when(sigma)` limits the steps;
+    `halves` limits to cond (0) / uncond (1) rows."""
+    store: KVStore
+    mode: str = "replace"
+    mix: Optional[MixFn] = None
+    when: Optional[Callable[[float], bool]] = None
+    halves: tuple[int, ...] = (0, 1)
+    hits: int = 0
+    misses: int = 0
+
+
+class _Attn1Patch(_SharedHandle):
+    """attn1 replace patch for one layer: records K/V into stores and/or injects stored K/V, then computes
+    attention (chaining to a replace patch that was already there)."""
+
+    def __init__(self, layer: AttnLayer, prev: Optional[Callable] = None):
+        self.layer = layer
+        self.prev = prev
+        self.recorders: list[KVStore] = []
+        self.injections: list[KVInjection] = []
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
+        sigma = _current_sigma(extra)
+        chunks = _chunks(extra, q.shape[0])
+        for store in self.recorders:
+            for half, rows in chunks:
+                store.put(sigma, self.layer, half, k[rows], v[rows])
+        for inj in self.injections:
+            if inj.when is not None and not inj.when(sigma):
+                continue
+            k, v = self._inject(inj, sigma, chunks, q, k, v, extra)
+        if self.prev is not None:
+            return self.prev(q, k, v, extra)
+        return _attention(q, k, v, extra["n_heads"], extra)
+
+    def _inject(self, inj: KVInjection, sigma: float, chunks: list, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                extra: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        ks, vs = [], []
+        for half, rows in chunks:
+            k_own, v_own = k[rows], v[rows]
+            bank = inj.store.get(sigma, self.layer, half, device=k.device, dtype=k.dtype) if half in inj.halves else None
+            if bank is None:
+                if half in inj.halves:
+                    inj.misses += 1
+                ks.append(k_own), vs.append(v_own)
+                continue
+            inj.hits += 1
+            kb, vb = bank
+            kb = kb.expand(k_own.shape[0], *kb.shape[1:]) if kb.shape[0] != k_own.shape[0] else kb
+            vb = vb.expand(v_own.shape[0], *vb.shape[1:]) if vb.shape[0] != v_own.shape[0] else vb
+            if inj.mode == "replace":
+                kn, vn = kb, vb
+            elif inj.mode == "concat":
+                kn, vn = torch.cat([k_own, kb], dim=1), torch.cat([v_own, vb], dim=1)
+            elif inj.mode == "mix":
+                kn, vn = inj.mix(self.layer, extra, k_own, v_own, kb, vb)
+            else:
+                raise HostError(f"unknown K/V injection mode {inj.mode!r}")
+            ks.append(kn), vs.append(vn)
+        if len({t.shape[1] for t in ks}) != 1:  # halves disagree on token count (concat on one half only)
+            m = max(t.shape[1] for t in ks)
+            ks = [torch.cat([t, t[:, :m - t.shape[1]]], 1) if t.shape[1] < m else t for t in ks]
+            vs = [torch.cat([t, t[:, :m - t.shape[1]]], 1) if t.shape[1] < m else t for t in vs]
+        return torch.cat(ks, 0), torch.cat(vs, 0)
+
+
+def masked_mix(mask: torch.Tensor) -> MixFn:
+    """A 'mix' for KVInjection: K,V = m·bank + (1−m)·own, with `mask` [H,W] (1 = take the bank) resized
+    to each layer's token grid (area average)."""
+    m2 = mask.float().reshape(1, 1, *mask.shape[-2:])
+
+    def mix(layer: AttnLayer, extra: dict, k_own, v_own, kb, vb):
+        hw = extra.get("original_shape", [0, 0, *mask.shape[-2:]])[-2:]
+        th, tw = layer.tokens(hw)
+        mm = torch.nn.functional.interpolate(m2, size=(th, tw), mode="area").reshape(1, th * tw, 1)
+        mm = mm.to(k_own.device, k_own.dtype)
+        return mm * kb + (1 - mm) * k_own, mm * vb + (1 - mm) * v_own
+    return mix
+
+
+def _attn1_patch_for(model: Any, layer: AttnLayer) -> _Attn1Patch:
+    """Our patch object on this layer of this ModelPatcher, installing it (chained to any existing one)."""
+    to = model.model_options.setdefault("transformer_options", {})
+    rep = to.get("patches_replace", {}).get("attn1", {})
+    cur = rep.get(layer.key) or rep.get((layer.part, layer.number))
+    if isinstance(cur, _Attn1Patch) and cur.layer == layer:
+        # clone() shares patch objects: give this model its own copy that still shares the stores
+        p = _Attn1Patch(layer, cur.prev)
+        p.recorders, p.injections = list(cur.recorders), list(cur.injections)
+    else:
+        p = _Attn1Patch(layer, cur)
+    model.set_model_attn1_replace(p, layer.part, layer.number, layer.block_index)
+    return p
+
+
+def clone(model: Any) -> Any:
+    """A per-run clone of the user's ModelPatcher; every patch of this pack goes on such a clone."""
+    return model.clone()
+
+
+def patch_kv_record(model: Any, store: KVStore, layers: Optional[Sequence[AttnLayer]] = None) -> Any:
+    """Record self-attention K/V of `layers` (default all) into `store` on every call of `model` (a clone)."""
+    for layer in (layers if layers is not None else attention_layers(model)):
+        _attn1_patch_for(model, layer).recorders.append(store)
+    return model
+
+
+def patch_kv_inject(model: Any, injection: KVInjection, layers: Optional[Sequence[AttnLayer]] = None) -> Any:
+    """Inject stored K/V into `layers` (default all) of `model` (a clone) as the injection says."""
+    for layer in (layers if layers is not None else attention_layers(model)):
+        _attn1_patch_for(model, layer).injections.append(injection)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# decoder feature capture
+# --------------------------------------------------------------------------------------------
+
+class _FeatureWrapper(_SharedHandle):
+    """DIFFUSION_MODEL wrapper that hooks the last layer of chosen output blocks for the duration of one UNet
+    call, stores their outputs, and (store.truncate) stops after the deepest one."""
+
+    def __init__(self, store: FeatureStore, blocks: Sequence[int]):
+        self.store, self.blocks = store, sorted(set(int(b) for b in blocks))
+
+    def __call__(self, executor, *args, **kwargs):
+        unet = executor.class_obj
+        store, deepest = self.store, max(self.blocks)
+        to = kwargs.get("transformer_options")
+        if to is None and len(args) >= 6:
+            to = args[5]
+        store.cond_or_uncond = list((to or {}).get("cond_or_uncond") or [0])
+        store.calls += 1
+        handles = []
+
+        def make_hook(idx: int):
+            def hook(_mod, _inp, out):
+                store.features[idx] = out
+                if store.truncate and idx == deepest:
+                    raise _StopForward()
+            return hook
+
+        for b in self.blocks:
+            handles.append(unet.output_blocks[b][-1].register_forward_hook(make_hook(b)))
+        try:
+            return executor(*args, **kwargs)
+        except _StopForward:
+            x = args[0] if args else kwargs["x"]
+            return torch.zeros(x.shape[0], unet.out_channels, *x.shape[2:], device=x.device, dtype=x.dtype)
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def patch_feature_capture(model: Any, store: FeatureStore, blocks: Sequence[int]) -> Any:
+    """Capture the outputs of output blocks `blocks` into `store` on every UNet call of `model` (a clone)."""
+    comfy = _comfy()
+    import comfy.patcher_extension as pe
+    n = len(decoder_blocks(model))
+    bad = [b for b in blocks if not 0 <= int(b) < n]
+    if bad:
+        raise HostError(f"output block(s) {bad} do not exist: this UNet has output blocks 0..{n - 1}")
+    model.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, f"dragedit_features_{id(store)}", _FeatureWrapper(store, blocks))
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# calls inside ComfyUI's sampling machinery
+# --------------------------------------------------------------------------------------------
+
+class Denoiser:
+    """The CFG-combined denoiser of a running session: x0(x, σ) = x̂0, eps(x, σ) = ε̂ = (x − x̂0)/σ.
+    Calls go through ComfyUI (conds, CFG, every other patch, device management)."""
+
+    def __init__(self, model_k: Any, extra_args: dict, patcher: Any):
+        self._model_k, self.extra_args, self.patcher = model_k, extra_args, patcher
+        self.calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.patcher.load_device
+
+    def x0(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """x̂0 at sampler state x and noise level σ."""
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        s = s.expand(x.shape[0]) if s.numel() == 1 else s
+        self.calls += 1
+        return self._model_k(x, s, **self.extra_args)
+
+    def eps(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """ε̂ = (x − x̂0)/σ."""
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        return (x - self.x0(x, sigma)) / s
+
+    @property
+    def inner_model(self) -> Any:
+        """The comfy BaseModel being sampled (for model_sampling, latent format)."""
+        return self._model_k.inner_model.inner_model
+
+
+def _alias_non_inference(t: torch.Tensor) -> torch.Tensor:
+    """A normal (non-inference) tensor that shares t's memory: no copy of the weights."""
+    with torch.inference_mode(False):
+        a = torch.from_dlpack(t.detach())
+    if a.is_inference():  # pragma: no cover - fall back to a copy if this torch keeps the flag
+        with torch.inference_mode(False):
+            a = t.detach().clone()
+    return a
+
+
+@contextlib.contextmanager
+def grad_enabled(model: Any) -> Iterator[None]:
+    """Make UNet calls of `model` (a ModelPatcher, BaseModel or Denoiser) differentiable w.r.t. their inputs
+    inside a node run by ComfyUI: leave inference mode, enable grad, and swap inference-tensor weights for
+    aliases of the same memory (restored on exit)."""
+    if isinstance(model, Denoiser):
+        model = model.patcher
+    bm = base_model(model)
+    swapped: list[tuple[torch.nn.Module, str, str, torch.Tensor]] = []
+    with torch.inference_mode(False), torch.enable_grad():
+        try:
+            for mod in bm.modules():
+                for name, p in list(mod._parameters.items()):
+                    if p is not None and p.is_inference():
+                        swapped.append((mod, "_parameters", name, p))
+                        mod._parameters[name] = torch.nn.Parameter(_alias_non_inference(p), requires_grad=False)
+                for name, b in list(mod._buffers.items()):
+                    if b is not None and b.is_inference():
+                        swapped.append((mod, "_buffers", name, b))
+                        mod._buffers[name] = _alias_non_inference(b)
+            yield
+        finally:
+            for mod, where, name, t in reversed(swapped):
+                getattr(mod, where)[name] = t
+
+
+def grad_input(t: torch.Tensor) -> torch.Tensor:
+    """A fresh leaf copy of an (possibly inference) tensor that can require grad."""
+    with torch.inference_mode(False):
+        return t.detach().clone().requires_grad_(True)
+
+
+def session(model: Any, positive: Any, negative: Any, cfg: float, samples: torch.Tensor, sigmas: torch.Tensor,
+            loop: Callable[[Denoiser, torch.Tensor, torch.Tensor], torch.Tensor], seed: int = 0,
+            disable_pbar: bool = True) -> torch.Tensor:
+    """Run `loop(den, x, sigmas)` inside ComfyUI's sampling machinery on `model` (a clone) and return its result
+    as LATENT samples. `x` starts as the processed-in latent z_0 (no noise is added); the loop returns the final
+    sampler state. `negative` may be None (cfg must then be 1)."""
+    comfy = _comfy()
+    if negative is None:
+        negative = []
+    holder: dict = {}
+
+    def fn(model_k, x, sig, extra_args=None, callback=None, disable=None, **_):
+        den = Denoiser(model_k, extra_args or {}, model)
+        holder["den"] = den
+        return loop(den, x, sig)
+
+    sampler = comfy.samplers.KSAMPLER(fn)
+    noise = torch.zeros_like(samples)
+    out = comfy.sample.sample_custom(model, noise, float(cfg), sampler, sigmas, positive, negative, samples,
+                                     noise_mask=None, callback=None, disable_pbar=disable_pbar, seed=seed)
+    return out
+
+
+def conditioning_family_check(model: Any, cond: Any) -> Optional[str]:
+    """A message when a CONDITIONING's context width does not fit the model's cross-attention (e.g. SDXL
+    conditioning on an SD1.5 model), else None."""
+    dm = diffusion_model(model)
+    want = None
+    for layer in dm.modules():
+        attn2 = getattr(layer, "attn2", None)
+        if attn2 is not None and hasattr(attn2, "to_k"):
+            want = attn2.to_k.weight.shape[1]
+            break
+    if want is None or not cond:
+        return None
+    got = cond[0][0].shape[-1]
+    if got != want:
+        return f"conditioning has width {got} but this model's cross-attention expects {want} (conditioning from another model family?)"
+    return None

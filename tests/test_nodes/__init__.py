@@ -1,0 +1,58 @@
+"""Test-only nodes loaded beside the pack in the test server: tiny models, conditioning and latents."""
+import torch
+
+import tiny_models  # tests/ is on PYTHONPATH in the test server
+from comfy_env import load_pack
+
+load_pack()
+
+
+class TinyModel:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (["sd15", "sdxl", "vpred"],), "seed": ("INT", {"default": 0})}}
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "DragEdit/testing"
+
+    def load(self, kind, seed):
+        with torch.inference_mode():  # like a stock loader: weights become inference tensors
+            sd = getattr(tiny_models, kind)(seed).model.diffusion_model.state_dict()
+            sd = {k: v.clone() for k, v in sd.items()}
+        with torch.inference_mode(False):
+            m = getattr(tiny_models, kind)(seed)
+        with torch.inference_mode():
+            m.model.diffusion_model.load_state_dict(sd)
+            for name, p in list(m.model.diffusion_model.named_parameters()):
+                pass
+        return (m,)
+
+
+class TinyConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 1}), "pooled": ("BOOLEAN", {"default": False})}}
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "DragEdit/testing"
+
+    def make(self, seed, pooled):
+        return (tiny_models.conditioning(seed, pooled=pooled),)
+
+
+class TinyLatent:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0}), "size": ("INT", {"default": 16}),
+                             "batch": ("INT", {"default": 1})}}
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    CATEGORY = "DragEdit/testing"
+
+    def make(self, seed, size, batch):
+        s = tiny_models.latent(seed, size)["samples"]
+        return ({"samples": s.repeat(batch, 1, 1, 1)},)
+
+
+NODE_CLASS_MAPPINGS = {"DragEditTestTinyModel": TinyModel, "DragEditTestConditioning": TinyConditioning,
+                       "DragEditTestLatent": TinyLatent}
