@@ -67,8 +67,7 @@ def ddpm_step(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float | torch.Tensor
 
 
 def check_sigmas(sigmas: torch.Tensor, what: str = "sigmas") -> torch.Tensor:
-    """Validate a SIGMAS tensor (1-D, ≥ 2 finite values, non-negative, strictly descending); returns it as a
-    float64 CPU copy for coefficient arithmetic."""
+    """Validate a SIGMAS tensor (1-D, ≥ 2 values, finite, ≥ 0, strictly descending); returns a float64 CPU copy."""
     if not isinstance(sigmas, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor (a ComfyUI SIGMAS), got {type(sigmas).__name__}")
     s = sigmas.detach().to("cpu", torch.float64)
@@ -160,11 +159,11 @@ def _check_x0_hat(x0_hat: Any, x: torch.Tensor) -> torch.Tensor:
 def invert_edit_friendly(denoise: DenoiseFn, x0: torch.Tensor, sigmas: torch.Tensor, *, seed: Optional[int] = None,
                          generator: Optional[torch.Generator] = None, eta: float = 1.0, skip: int = 0,
                          callback: Optional[Callable[[int, int], None]] = None) -> Inversion:
-    """Edit-friendly DDPM inversion of the clean latent x0 (sampler units = z_0) on the grid `sigmas`: draws
-    x_t = x0 + σ_t·ε̃_t independently (ε̃ in the order least-noisy first, like diffusers, on a CPU generator),
-    then from the noisiest kept step down computes z_t = (x_{t−1} − μ_t)/σ_up,t with one denoise call per kept
-    step. `skip` drops the first T_skip noisiest steps (no UNet call for them; same result as `.skip(T_skip)`
-    on the full inversion). `callback(i, total)` is called after each step (progress / interruption)."""
+    """Edit-friendly DDPM inversion of the clean latent x0 (sampler units) on `sigmas`: independent
+    x_t = x0 + σ_t·ε̃_t, then z_t = (x_{t−1} − μ_t)/σ_up,t from the noisiest kept step down."""
+    # ε̃ are drawn least-noisy first on a CPU generator (diffusers' order). `skip` drops the first T_skip
+    # noisiest steps without denoise calls (same result as `.skip(T_skip)` of the full inversion, to rounding).
+    # callback(i, total) runs after each step (progress bar / interruption).
     s64 = check_sigmas(sigmas)
     eta = float(eta)
     if not eta > 0.0:
@@ -247,17 +246,16 @@ def _reverse(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], inv: Inversion,
 def sample_edit_friendly(denoise: DenoiseFn, inversion: Inversion, x_start: Optional[torch.Tensor] = None,
                          callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
                          apply_residual: bool = True) -> torch.Tensor:
-    """DDPM(η) generation with the stored noise maps from x_start (default: the inversion's start latent);
-    with the inversion's denoiser it reproduces x0. callback(i, x, x̂0) before each step's update."""
+    """DDPM(η) generation with the stored noise maps from x_start (default: the start latent); with the
+    inversion's denoiser it reproduces x0. callback(i, x, x̂0) runs before each step's update."""
     x = inversion.start if x_start is None else x_start
     sig = inversion.sigmas.detach()
     return _reverse(lambda xx, i: denoise(xx, sig[i]), inversion, x, 0, inversion.steps, apply_residual, callback)
 
 
 def make_sampler_fn(inversion: Inversion, apply_residual: bool = True) -> Callable[..., torch.Tensor]:
-    """A sampler function in ComfyUI's KSAMPLER contract, fn(model, x, sigmas, extra_args, callback, disable),
-    that runs DDPM(η) with the inversion's noise maps; `sigmas` must be the inversion's grid or a contiguous
-    run of it (ValueError otherwise). The node wraps it in comfy.samplers.KSAMPLER."""
+    """A KSAMPLER-contract function fn(model, x, sigmas, extra_args, callback, disable) that runs DDPM(η) with
+    the inversion's noise maps; `sigmas` must be its grid or a contiguous run of it (ValueError otherwise)."""
 
     def sample_edit_friendly_ddpm(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
                                   extra_args: Optional[dict] = None, callback: Optional[Callable[[dict], Any]] = None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -57,6 +57,15 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
+def _num(v: float) -> float | int:
+    """JSON number: whole values written as integers."""
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def _xy_out(p: Sequence[float]) -> list:
+    return [_num(p[0]), _num(p[1])]
+
+
 def _fmt_pt(p: Sequence[float]) -> str:
     return "(" + ", ".join(_fmt(v) for v in p) + ")"
 
@@ -83,11 +92,11 @@ class RegionPair:
 
     def to_obj(self) -> dict:
         """JSON-ready dict of this region."""
-        obj: dict[str, Any] = {"kind": self.kind, "handle": [list(v) for v in self.handle]}
+        obj: dict[str, Any] = {"kind": self.kind, "handle": [_xy_out(v) for v in self.handle]}
         if self.target is not None:
-            obj["target"] = [list(v) for v in self.target]
+            obj["target"] = [_xy_out(v) for v in self.target]
         else:
-            obj["points"] = [{"handle": list(h), "target": list(t)} for h, t in self.points]
+            obj["points"] = [{"handle": _xy_out(h), "target": _xy_out(t)} for h, t in self.points]
         return obj
 
 
@@ -179,7 +188,7 @@ class DragInstructions:
         obj: dict[str, Any] = {"version": SCHEMA_VERSION}
         if self.image_size is not None:
             obj["image_size"] = list(self.image_size)
-        obj["points"] = [{"handle": list(h), "target": list(t)} for h, t in self.points]
+        obj["points"] = [{"handle": _xy_out(h), "target": _xy_out(t)} for h, t in self.points]
         obj["regions"] = [r.to_obj() for r in self.regions]
         if self.mask_counts is not None and self.image_size is not None:
             obj["mask"] = {"size": list(self.image_size), "counts": list(self.mask_counts)}
@@ -508,14 +517,14 @@ def _check_shape(kind: str, verts: Sequence[Point], path: str, size: Optional[Se
         a, b = verts[i], verts[(i + 1) % n]
         if a[0] == b[0] and a[1] == b[1]:
             raise DragSchemaError(f"{path}[{(i + 1) % n}]", f"repeats vertex {i} {_fmt_pt(a)}")
-    if abs(polygon_area(verts)) < 1e-6:
-        raise DragSchemaError(path, "has zero area (its vertices are collinear)")
     for i in range(n):
         for j in range(i + 1, n):
             if j == i + 1 or (i == 0 and j == n - 1):
                 continue
             if _segments_touch(verts[i], verts[(i + 1) % n], verts[j], verts[(j + 1) % n]):
                 raise DragSchemaError(path, f"crosses itself (edge {i}-{(i + 1) % n} meets edge {j}-{(j + 1) % n})")
+    if abs(polygon_area(verts)) < 1e-6:
+        raise DragSchemaError(path, "has zero area (its vertices are collinear)")
     if n == 4:
         for k in range(4):
             a, b, c = (verts[(k + m) % 4] for m in range(3))
@@ -541,8 +550,3 @@ def _check_region(r: RegionPair, path: str, size: Optional[Sequence[int]]) -> No
         for i, pair in enumerate(r.points):
             _check_pair(pair, f"{path}.points[{i}]", size)
 
-
-def iter_point_pairs(drag: DragInstructions) -> Iterable[tuple[str, PointPair]]:
-    """(field path, pair) for every top-level point pair, for nodes that drag points only."""
-    for i, p in enumerate(drag.points):
-        yield f"points[{i}]", p

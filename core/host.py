@@ -708,3 +708,129 @@ def conditioning_family_check(model: Any, cond: Any) -> Optional[str]:
     if got != want:
         return f"conditioning has width {got} but this model's cross-attention expects {want} (conditioning from another model family?)"
     return None
+
+
+# --- added for DragonDiffusion ---
+# Guidance that any sampler applies: a sampler_post_cfg_function that may run one extra, differentiable UNet
+# pass truncated after the deepest feature block (positive conditioning only, without this pack's K/V
+# record/inject patches: the reference's separate plain "estimator"), and a per-sampling-run state dict that an
+# OUTER_SAMPLE wrapper opens and drops, so caches live exactly as long as one sampling run.
+
+class GuidanceCall:
+    """One denoiser call as a post-CFG guidance sees it: sampler state x, σ, the CFG result x̂0, the run's state
+    dict, and `features(x)`, the extra truncated UNet pass (call it inside `differentiable()`)."""
+
+    def __init__(self, args: dict, blocks: Sequence[int], run: dict):
+        self._args = args
+        self.blocks = [int(b) for b in blocks]
+        self.run = run
+        self.x: torch.Tensor = args["input"]
+        self.x0: torch.Tensor = args["denoised"]
+        self.sigma = float(torch.as_tensor(args["sigma"]).reshape(-1)[0])
+        self.feature_calls = 0
+
+    @property
+    def model(self) -> Any:
+        """The comfy BaseModel being sampled."""
+        return self._args["model"]
+
+    def differentiable(self) -> contextlib.AbstractContextManager:
+        """Context for feature passes and backward: out of inference mode, grad on, weights aliased (no copy)."""
+        return grad_enabled(self._args["model"])
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of `blocks` (cond rows, in the order of `blocks`) for sampler state x at this call's σ: one UNet
+        call on the positive conditioning, without this pack's K/V patches, stopped after the deepest block.
+        Differentiable w.r.t. x when x requires grad (inside `differentiable()`)."""
+        comfy = _comfy()
+        store = FeatureStore()
+        store.truncate = True
+        mo = _estimator_options(self._args["model_options"], store, self.blocks)
+        if not x.requires_grad and x.is_inference():
+            with torch.inference_mode(False):
+                x = x.detach().clone()
+        cond = self._args["cond"]
+        if not cond:
+            raise HostError("feature guidance needs a positive conditioning")
+        comfy.samplers.calc_cond_batch(self.model, [cond], x, self._args["sigma"], mo)
+        self.feature_calls += 1
+        if store.calls != 1:
+            raise HostError(f"feature guidance expected one UNet call for the positive conditioning, ComfyUI made "
+                            f"{store.calls} (area / timestep-ranged conditionings are not supported here)")
+        out = []
+        for b in self.blocks:
+            f = store.features.get(b)
+            if f is None:
+                raise HostError(f"output block {b} did not run during the feature pass")
+            if f.shape[0] != x.shape[0]:  # several cond entries batched together: average them like calc_cond_batch
+                f = f.reshape(f.shape[0] // x.shape[0], x.shape[0], *f.shape[1:]).mean(0)
+            out.append(f)
+        return out
+
+
+def _estimator_options(model_options: dict, store: FeatureStore, blocks: Sequence[int]) -> dict:
+    """model_options for the feature pass: this pack's attn1 patches removed (chained patches kept), a truncating
+    feature-capture wrapper added; nothing of the running options is mutated."""
+    import comfy.patcher_extension as pe
+    mo = dict(model_options)
+    to = dict(mo.get("transformer_options", {}))
+    wrappers = {k: dict(v) for k, v in to.get("wrappers", {}).items()}
+    dm = dict(wrappers.get(pe.WrappersMP.DIFFUSION_MODEL, {}))
+    dm["dragedit_guidance_features"] = [_FeatureWrapper(store, blocks)]
+    wrappers[pe.WrappersMP.DIFFUSION_MODEL] = dm
+    to["wrappers"] = wrappers
+    pr = to.get("patches_replace")
+    if pr and "attn1" in pr:
+        pr = dict(pr)
+        attn1 = {}
+        for key, p in pr["attn1"].items():
+            while isinstance(p, _Attn1Patch):
+                p = p.prev
+            if p is not None:
+                attn1[key] = p
+        pr["attn1"] = attn1
+        to["patches_replace"] = pr
+    mo["transformer_options"] = to
+    return mo
+
+
+class _GuidanceRun(_SharedHandle):
+    """OUTER_SAMPLE wrapper: opens a fresh state dict for one sampling run and drops it when the run ends."""
+
+    def __init__(self) -> None:
+        self.state: Optional[dict] = None
+
+    def __call__(self, executor, *args, **kwargs):
+        prev, self.state = self.state, {}
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.state = prev
+
+
+class _PostCfgGuidance(_SharedHandle):
+    """sampler_post_cfg_function: hands each call to `fn(GuidanceCall)`; fn returns the new x̂0 or None."""
+
+    def __init__(self, fn: Callable[[GuidanceCall], Optional[torch.Tensor]], blocks: Sequence[int], run: _GuidanceRun):
+        self.fn, self.blocks, self.run = fn, list(blocks), run
+
+    def __call__(self, args: dict) -> torch.Tensor:
+        state = self.run.state if self.run.state is not None else {}
+        out = self.fn(GuidanceCall(args, self.blocks, state))
+        return args["denoised"] if out is None else out
+
+
+def patch_post_cfg_guidance(model: Any, fn: Callable[[GuidanceCall], Optional[torch.Tensor]],
+                            blocks: Sequence[int]) -> Any:
+    """Make every sampler of `model` (a clone) pass each CFG result x̂0 through fn(GuidanceCall) -> new x̂0 or None;
+    GuidanceCall.features gives outputs of output blocks `blocks`. GuidanceCall.run lives for one sampling run."""
+    _comfy()
+    import comfy.patcher_extension as pe
+    n = len(decoder_blocks(model))
+    bad = [b for b in blocks if not 0 <= int(b) < n]
+    if bad or not blocks:
+        raise HostError(f"output block(s) {list(blocks)} invalid: this UNet has output blocks 0..{n - 1}")
+    run = _GuidanceRun()
+    model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, f"dragedit_guidance_run_{id(run)}", run)
+    model.set_model_sampler_post_cfg_function(_PostCfgGuidance(fn, blocks, run))
+    return model

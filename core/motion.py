@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "FeaturesFn", "IterationCallback", "DragResult",
-    "as_points", "check_points", "image_to_grid",
+    "as_points", "check_points",
     "track_points", "motion_supervision_loss", "mask_loss", "resize_mask", "all_reached",
     "optimize_latent",
 ]
@@ -55,17 +55,6 @@ def check_points(points: torch.Tensor, grid_hw: tuple[int, int], name: str = "po
         if not (0.0 <= x <= w - 1 and 0.0 <= y <= h - 1):
             raise ValueError(f"{name}[{i}] = ({x:g}, {y:g}) lies outside the {w}x{h} feature grid "
                              f"(x in [0, {w - 1}], y in [0, {h - 1}])")
-
-
-def image_to_grid(points_xy: PointsLike, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Image pixel (x, y) -> rounded grid cell (x, y), as DragDiffusion's run_drag (p·grid/image, rounded).
-
-    Stop-gap until core/geometry.py provides the project-wide conversion; clamps to the grid.
-    """
-    p = as_points(points_xy, "points_xy")
-    (ih, iw), (gh, gw) = image_hw, grid_hw
-    g = torch.round(p * torch.tensor([gw / iw, gh / ih]))
-    return torch.stack([g[:, 0].clamp(0, gw - 1), g[:, 1].clamp(0, gh - 1)], dim=1)
 
 
 def _check_map(feat: torch.Tensor, name: str) -> None:
@@ -189,6 +178,7 @@ class DragResult:
     losses: list[float] = field(default_factory=list)          # total loss of each Adam step
     iterations: int = 0                  # Adam steps taken
     reached: bool = False                # every handle within the threshold of its target
+    skipped: int = 0                     # steps skipped for a non-finite fp16 gradient (grad_scale backed off)
 
 
 def _features(features_fn: FeaturesFn, z: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -205,7 +195,8 @@ def optimize_latent(z: torch.Tensor, features_fn: FeaturesFn, handles: PointsLik
                     iterations: int = 80, lr: float = 0.01, r_m: int = 1, r_p: int = 3, lam: float = 0.1,
                     mask: Optional[torch.Tensor] = None, threshold: float = 2.0,
                     f0: Optional[torch.Tensor] = None, x_prev_ref: Optional[torch.Tensor] = None,
-                    track_final: bool = True, on_iteration: Optional[IterationCallback] = None) -> DragResult:
+                    track_final: bool = True, on_iteration: Optional[IterationCallback] = None,
+                    grad_scale: Optional[float] = None) -> DragResult:
     """DragDiffusion latent optimisation of z_t: Adam on z_t only, motion supervision + point tracking (+ mask term).
 
     Per iteration k: F1, x_{t-1} = features_fn(z_t^k); track handles against F0 (skipped at k = 0); stop when all
@@ -214,6 +205,9 @@ def optimize_latent(z: torch.Tensor, features_fn: FeaturesFn, handles: PointsLik
     last step so `handles` reflects the final latent. `mask` = editable region (1 = may change); without a mask
     features_fn may return x_prev None (truncated forward). The input z is never modified; a half-precision
     z is optimised in fp32 (features_fn then receives fp32) and returned in its own dtype.
+    `grad_scale`: loss scale for fp16 UNets (the reference's GradScaler): the loss is multiplied before backward
+    and z_t's gradient divided after; a step whose gradient overflows is skipped and the scale halved. None =
+    2^16 when F0 is fp16, else 1.
     """
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -242,6 +236,7 @@ def optimize_latent(z: torch.Tensor, features_fn: FeaturesFn, handles: PointsLik
         x_prev_ref = x_prev_ref.detach()
 
     # Adam state and updates in fp32 even for a half-precision latent (the reference casts z_t to fp32).
+    scale = float(grad_scale) if grad_scale is not None else (2.0 ** 16 if f0.dtype == torch.float16 else 1.0)
     z_opt = z0.to(torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype).clone()
     z_opt.requires_grad_(True)
     opt = torch.optim.Adam([z_opt], lr=lr)
@@ -264,8 +259,15 @@ def optimize_latent(z: torch.Tensor, features_fn: FeaturesFn, handles: PointsLik
             loss = loss + mask_loss(x_prev, x_prev_ref, mask, lam)
         opt.zero_grad(set_to_none=True)
         if loss.requires_grad:
-            loss.backward(inputs=[z_opt])  # grads for z_t only: no weight grads computed or accumulated
-            opt.step()
+            # grads for z_t only: no weight grads computed or accumulated
+            (loss * scale if scale != 1.0 else loss).backward(inputs=[z_opt])
+            if scale != 1.0:
+                z_opt.grad.div_(scale)
+            if scale == 1.0 or bool(torch.isfinite(z_opt.grad).all()):
+                opt.step()
+            else:                      # fp16 overflow: skip this step, retry with half the scale
+                scale = max(scale / 2.0, 1.0)
+                res.skipped += 1
         res.iterations += 1
         res.losses.append(float(loss.detach()))
         del f1, x_prev, loss

@@ -57,9 +57,8 @@ def from_eps(x: torch.Tensor, eps: torch.Tensor, sigma: float | torch.Tensor) ->
 
 @dataclass(frozen=True)
 class SegaConcept:
-    """One edit concept: scale s_e, threshold λ (quantile in [0, 1]; 0.9 keeps the top 10 %), reverse (remove
-    the concept = negate ψ), warmup (first step index it is applied at), cooldown (step index from which it is
-    off; None = never), weight w (negative = 0). Defaults are diffusers' SEGA pipeline defaults."""
+    """One edit concept (diffusers' SEGA defaults): scale s_e, threshold λ ∈ [0, 1] (0.9 keeps the top 10 %),
+    reverse = remove (negate ψ), warmup/cooldown step indices (cooldown None = never), weight w (< 0 acts as 0)."""
 
     scale: float = 5.0
     threshold: float = 0.9
@@ -84,9 +83,9 @@ class SegaConcept:
 
 
 class SegaState:
-    """The momentum ν of one sampling run (create one per run; never shared between runs). ν is updated once
-    per step index: a second call for the same step (a multi-evaluation sampler, a retry) recomputes from the
-    ν the step started with; going back to an earlier step raises."""
+    """The momentum ν of one sampling run (one per run, never shared); updated once per step index."""
+    # A second call for the same step (multi-evaluation sampler, retry) recomputes from the ν that step started
+    # with; going back to an earlier step raises.
 
     def __init__(self) -> None:
         self.momentum: Optional[torch.Tensor] = None  # ν after the last step seen
@@ -115,8 +114,9 @@ class SegaState:
 
 
 def _quantile_last(v: torch.Tensor, q: float) -> torch.Tensor:
-    """torch.quantile over the last dim in float32 (linear interpolation, as diffusers), chunked when large."""
-    v32 = v.float()
+    """torch.quantile over the last dim (linear interpolation, as diffusers; half types go through float32
+    and back, as diffusers does), chunked when large."""
+    v32 = v if v.dtype in (torch.float32, torch.float64) else v.float()
     rows = v32.reshape(-1, v32.shape[-1])
     if rows.numel() <= _QUANTILE_MAX_NUMEL:
         out = torch.quantile(rows, float(q), dim=-1)
@@ -165,8 +165,8 @@ def _psi(eps_c: torch.Tensor, eps_uncond: torch.Tensor, concept: SegaConcept) ->
 def sega_term(step: int, eps_uncond: torch.Tensor, eps_concepts: Sequence[torch.Tensor],
               concepts: Sequence[SegaConcept], state: SegaState, momentum_scale: float = 0.1,
               momentum_beta: float = 0.4) -> torch.Tensor:
-    """The SEGA edit term γ added to the CFG estimate at step i (diffusers semantics, incl. warm-up with
-    accumulating momentum, partial warm-up renormalisation and cool-down); updates `state`'s momentum."""
+    """SEGA's edit term γ at step i, added to the CFG estimate (diffusers' warm-up, momentum, renormalisation
+    and cool-down semantics, see the module docstring); updates `state`."""
     _check_eps(eps_uncond, eps_concepts, concepts)
     n = len(concepts)
     if n == 0:
@@ -221,9 +221,9 @@ def _smoothing_kernel(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 def attention_mask(attn_map: torch.Tensor, threshold: float, size: Sequence[int], channels: int = 4) -> torch.Tensor:
-    """LEDITS++ implicit mask M¹ from a concept's cross-attention map [B, h, w] (already summed over the
-    concept's tokens, SOT excluded, averaged over heads/layers): reflect-pad, 3×3 smooth, keep ≥ λ-quantile,
-    nearest-upsample to `size` (latent H, W); returns a 0/1 mask [B, channels, H, W]."""
+    """LEDITS++ implicit mask M¹ [B, channels, H, W] (0/1) from a concept's cross-attention map [B, h, w]:
+    reflect-pad, 3×3 smooth, keep ≥ λ-quantile, nearest-upsample to `size` = latent (H, W)."""
+    # attn_map: summed over the concept's tokens (SOT excluded), averaged over heads and the 16² layers.
     if attn_map.ndim != 3:
         raise ValueError(f"attention map must be [B, h, w], got shape {tuple(attn_map.shape)}")
     m = F.pad(attn_map.unsqueeze(1), (1, 1, 1, 1), mode="reflect")
@@ -238,10 +238,10 @@ def ledits_pp_term(step: int, eps_uncond: torch.Tensor, eps_concepts: Sequence[t
                    concepts: Sequence[SegaConcept], attn_masks: Optional[Sequence[Optional[torch.Tensor]]] = None,
                    use_intersect_mask: bool = True, noise_mask_active: bool = True,
                    user_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """LEDITS++ edit term Σ_c M_c ⊙ ψ_c (no momentum, weights unused). attn_masks[c] = M¹ (0/1, broadcastable
-    to ε, e.g. from `attention_mask`) or None; with M¹ and use_intersect_mask, M = M¹·M² when
-    noise_mask_active (diffusers: t ≤ 800) else M¹; with M¹ and not use_intersect_mask, M = M¹; without M¹,
-    M = M² at every step. user_mask multiplies ψ first."""
+    """LEDITS++ edit term Σ_c M_c ⊙ ψ_c (no momentum; weights unused); M per the module docstring."""
+    # attn_masks[c] = M¹ (0/1, broadcastable to ε, e.g. from `attention_mask`) or None. With M¹: M = M¹·M² if
+    # use_intersect_mask and noise_mask_active (diffusers: t ≤ 800), else M¹. Without M¹: M = M² at every
+    # step. user_mask multiplies ψ first.
     _check_eps(eps_uncond, eps_concepts, concepts)
     if attn_masks is not None and len(attn_masks) != len(concepts):
         raise ValueError(f"got {len(attn_masks)} attention masks for {len(concepts)} concepts")
@@ -276,8 +276,8 @@ def ledits_pp_guidance(step: int, eps_uncond: torch.Tensor, eps_concepts: Sequen
 
 
 def step_index_of(sigma: float | torch.Tensor, sample_sigmas: torch.Tensor) -> int:
-    """Index i of the step whose σ_i is nearest to `sigma` in the run's schedule (ComfyUI passes the schedule
-    as transformer_options["sample_sigmas"]); used to count warm-up / cool-down steps inside a cfg function."""
+    """Index i of the step whose σ_i is nearest to `sigma` in the run's schedule (ComfyUI: transformer_options
+    ["sample_sigmas"]), to count warm-up / cool-down steps inside a cfg function."""
     s = float(torch.as_tensor(sigma).reshape(-1)[0])
     grid = sample_sigmas.detach().to("cpu", torch.float64).reshape(-1)
     if grid.numel() == 0:

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dragedit.core.motion import (all_reached, image_to_grid, mask_loss, motion_supervision_loss, optimize_latent,
-                         resize_mask, track_points)
+from dragedit.core.motion import (all_reached, mask_loss, motion_supervision_loss, optimize_latent, resize_mask,
+                                  track_points)
 
 
 # ---------------------------------------------------------------- fixtures / helpers
@@ -285,9 +285,18 @@ def test_bad_inputs_give_clear_errors():
         motion_supervision_loss(torch.zeros(2, 3, 8, 8), [[1, 1]], [[5, 5]])
 
 
-def test_image_to_grid_rounds_and_clamps():
-    # DragDiffusion: (x, y) image px * grid / image, rounded; 512x512 image -> 256x256 grid
-    out = image_to_grid([[100.6, 3.0], [511, 511], [0, 0]], (512, 512), (256, 256))
-    assert out.tolist() == [[50.0, 2.0], [255.0, 255.0], [0.0, 0.0]]
-    out = image_to_grid([[300, 100]], (400, 600), (200, 300))   # non-square: x scales with width
-    assert out.tolist() == [[150.0, 50.0]]
+
+def test_fp16_features_use_a_loss_scale_that_backs_off_on_overflow():
+    z, _ = blob_scene(seed=0)
+    g = torch.Generator().manual_seed(0)
+    weight = (torch.randn(16, 4, 3, 3, generator=g) / 6).half()
+
+    def features_fn(zz):                                  # an fp16 "UNet": small gradients underflow without a scale
+        return torch.tanh(F.conv2d(zz.half(), weight, padding=1)), None
+
+    res = optimize_latent(z, features_fn, [[10, 16]], [[16, 16]], iterations=60, lr=0.05, grad_scale=2.0 ** 40)
+    assert res.skipped > 0                                # 2^40 overflows fp16: steps skipped, scale halved
+    assert torch.isfinite(res.latent).all() and res.latent.dtype == z.dtype
+    assert res.handles[0, 0] > 12                          # and the drag still works once the scale fits
+    auto = optimize_latent(z, features_fn, [[10, 16]], [[16, 16]], iterations=3, lr=0.05)
+    assert auto.skipped == 0 and not torch.equal(auto.latent, z)

@@ -239,7 +239,12 @@ def colour_alpha(image: torch.Tensor, colour: str | Sequence[float], background:
     alpha = ((img - bg) * d).sum(0) / (d * d).sum(0).clamp_min(1e-6)
     alpha = alpha.clamp(0, 1)
     off_line = (img - (bg + alpha.unsqueeze(0) * d)).norm(dim=0)  # distance from the bg->colour segment
-    return torch.where(off_line <= tol, alpha, torch.zeros_like(alpha))
+    alpha = torch.where(off_line <= tol, alpha, torch.zeros_like(alpha))
+    # keep only the neighbourhood (2 px) of clearly covered pixels: the faint edges of other objects lie near
+    # the background end of every colour's segment
+    core = (alpha > 0.5).float()[None, None]
+    near = torch.nn.functional.max_pool2d(core, 5, stride=1, padding=2)[0, 0] > 0
+    return torch.where(near, alpha, torch.zeros_like(alpha))
 
 
 def centroid(image: torch.Tensor, colour: str | Sequence[float], background: Optional[torch.Tensor] = None

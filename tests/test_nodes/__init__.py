@@ -56,3 +56,41 @@ class TinyLatent:
 
 NODE_CLASS_MAPPINGS = {"DragEditTestTinyModel": TinyModel, "DragEditTestConditioning": TinyConditioning,
                        "DragEditTestLatent": TinyLatent}
+
+
+class GradProbe:
+    """Backpropagates from a decoder feature to the latent through the UNet, inside a node run by the executor."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "latent": ("LATENT",), "positive": ("CONDITIONING",)}}
+    RETURN_TYPES = ("FLOAT",)
+    OUTPUT_NODE = True
+    FUNCTION = "probe"
+    CATEGORY = "DragEdit/testing"
+
+    def probe(self, model, latent, positive):
+        from dragedit.core import host
+        run = host.clone(model)
+        fs = host.FeatureStore()
+        blk = host.up_block_outputs(model)[0]
+        host.patch_feature_capture(run, fs, [blk])
+        sig = host.ddim_sigmas(model, 10)
+        got = {}
+
+        def loop(den, x, s):
+            with host.grad_enabled(den):
+                z = host.grad_input(x)
+                fs.truncate = True
+                den.x0(z, s[5])
+                (fs.half(blk) ** 2).mean().backward()
+                got["g"] = float(z.grad.abs().sum())
+            return x
+
+        host.session(run, positive, None, 1.0, latent["samples"], sig, loop)
+        if not (got["g"] > 0 and got["g"] < float("inf")):
+            raise RuntimeError(f"no gradient reached the latent: {got['g']}")
+        return {"ui": {"grad_norm": [got["g"]]}, "result": (got["g"],)}
+
+
+NODE_CLASS_MAPPINGS["DragEditTestGradProbe"] = GradProbe

@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` (main job) and `make test` (the suite). Both set up on first use.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test server bench clean
+
+setup:
+	@bash .ci/setup.sh
+
+demo: setup
+	$(PY) .ci/demo.py
+
+test: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+server: setup
+	cd .host/comfyui && ../../$(PY) main.py --cpu --listen 127.0.0.1 --port 8188 --disable-auto-launch \
+		--base-directory ../base --database-url sqlite:///$(CURDIR)/.host/base/comfy.db
+
+bench: setup
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf .venv .host out

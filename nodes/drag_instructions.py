@@ -1,0 +1,139 @@
+"""Node "Drag Instructions": image + the editor widget's JSON (or a script's JSON) -> DRAG and the editable MASK."""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Optional
+
+import torch
+
+from ..core.drag_schema import DragInstructions, DragSchemaError
+from ._common import CATEGORY, NodeInputError, require, tooltips
+
+NODE_NAME = "Drag Instructions"
+EMPTY_DRAG_JSON = '{"version": 1, "points": [], "regions": []}'
+
+TIPS = {
+    "image": "The image to edit (one image, not a batch). Point and region coordinates are in its pixels.",
+    "drag_data": "The editor's state as versioned JSON: point pairs {handle, target}, region pairs (rect or polygon), "
+                 "optional run-length mask. Written by the editor on this node; a bare list [[hx, hy, tx, ty], ...] "
+                 "also works. Coordinates are image pixels (x right, y down).",
+    "mask": "Optional editable area (white = may change). Combined with a mask painted in the editor by "
+            "intersection. An all-black mask counts as no mask (Load Image gives one for images without alpha).",
+    "drag_json": "Optional JSON string from another node or a script, same schema as drag_data. When connected it "
+                 "replaces the editor's drag_data.",
+}
+OUTPUT_TIPS = ("The drag instructions (points, regions, image size) for RegionDrag, DragDiffusion and "
+               "DragonDiffusion.",
+               "The editable mask at image size (1 = editable); all ones when none was drawn.")
+
+
+class DragInstructionsNode:
+    """Validate drag instructions against the image and emit them with the editable mask."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        """Image, the editor's JSON widget, optional mask and optional JSON input (all with tooltips)."""
+        return tooltips({
+            "required": {
+                "image": ("IMAGE",),
+                "drag_data": ("STRING", {"multiline": True, "default": EMPTY_DRAG_JSON, "dynamicPrompts": False}),
+            },
+            "optional": {
+                "mask": ("MASK",),
+                "drag_json": ("STRING", {"forceInput": True, "multiline": True, "dynamicPrompts": False}),
+            },
+        }, TIPS)
+
+    RETURN_TYPES = ("DRAG", "MASK")
+    RETURN_NAMES = ("drag", "mask")
+    OUTPUT_TOOLTIPS = OUTPUT_TIPS
+    FUNCTION = "build"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Handle -> target point pairs, region pairs and an editable mask for the drag-editing nodes, "
+                   "drawn on the image in the editor or given as JSON.")
+
+    def build(self, image: torch.Tensor, drag_data: str = "", mask: Optional[torch.Tensor] = None,
+              drag_json: Optional[str] = None) -> tuple[DragInstructions, torch.Tensor]:
+        """Parse + validate the JSON for this image; return (DRAG, editable MASK [1, H, W])."""
+        W, H = check_single_image(image, NODE_NAME, "image")
+        source, text = ("drag_json", drag_json) if drag_json is not None else ("drag_data", drag_data)
+        require(isinstance(text, str), NODE_NAME, source, f"expected a JSON string, got {type(text).__name__}.")
+        try:
+            drag = DragInstructions.from_json(text, image_size=(W, H))
+        except DragSchemaError as e:
+            raise NodeInputError(NODE_NAME, source, str(e)) from None
+
+        editable = _input_mask(mask, W, H)
+        drawn = drag.mask_tensor()
+        if drawn is not None and not drawn.any():
+            drawn = None
+        if editable is not None and drawn is not None:
+            combined = editable * drawn
+            require(bool(combined.any()), NODE_NAME, "mask",
+                    f"the mask input and the mask drawn in the editor ({source}) do not overlap, so nothing is "
+                    f"editable; clear one of them.")
+            editable = combined
+        elif drawn is not None:
+            editable = drawn
+        if editable is None:
+            editable = torch.ones(H, W)
+        editable = editable.to(torch.float32).clamp(0, 1)
+        return drag, editable[None]
+
+
+def check_single_image(image: Any, node: str, input_name: str) -> tuple[int, int]:
+    """(W, H) of a ComfyUI IMAGE [1, H, W, C]; clear errors for a batch or a malformed tensor."""
+    require(isinstance(image, torch.Tensor) and image.ndim == 4, node, input_name,
+            f"expected an IMAGE tensor [B, H, W, C], got {_shape(image)}.")
+    B, H, W, C = image.shape
+    require(B >= 1 and H >= 1 and W >= 1, node, input_name, f"the image is empty ({_shape(image)}).")
+    require(B == 1, node, input_name, f"a batch of {B} images was given; drag instructions describe one image. "
+                                      f"Pick one with 'Image From Batch' (batch_index, length 1).")
+    return int(W), int(H)
+
+
+def _shape(t: Any) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _input_mask(mask: Any, W: int, H: int) -> Optional[torch.Tensor]:
+    """The MASK input as float [H, W], or None when absent or all zero (no mask painted)."""
+    if mask is None:
+        return None
+    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), NODE_NAME, "mask",
+            f"expected a MASK tensor [H, W] or [B, H, W], got {_shape(mask)}.")
+    if mask.ndim == 3:
+        require(mask.shape[0] == 1, NODE_NAME, "mask",
+                f"a batch of {mask.shape[0]} masks was given; connect one mask for the one image.")
+        mask = mask[0]
+    m = mask.detach().to(torch.float32).cpu()
+    if not bool((m > 0).any()):
+        return None
+    require(tuple(m.shape) == (H, W), NODE_NAME, "mask",
+            f"the mask is {m.shape[1]}x{m.shape[0]} but the image is {W}x{H}; paint the mask on this image or "
+            f"resize it (e.g. with 'Upscale Image' on a mask converted to an image).")
+    return m
+
+
+def save_preview(image: torch.Tensor, prefix: str = "dragedit_instructions") -> list[dict]:
+    """Save image[0] as a PNG in ComfyUI's temp folder for the editor; [{filename, subfolder, type}] or [] on failure."""
+    try:
+        import folder_paths  # ComfyUI's module; absent outside ComfyUI
+        import numpy as np
+        from PIL import Image
+
+        folder = folder_paths.get_temp_directory()
+        os.makedirs(folder, exist_ok=True)
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}.png"
+        arr = (image[0].detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+        if arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        Image.fromarray(np.ascontiguousarray(arr)).save(os.path.join(folder, name), compress_level=1)
+        return [{"filename": name, "subfolder": "", "type": "temp"}]
+    except Exception:
+        return []
+
+
+NODE_CLASS_MAPPINGS = {"DragInstructions": DragInstructionsNode}
+NODE_DISPLAY_NAME_MAPPINGS = {"DragInstructions": NODE_NAME}

@@ -1,0 +1,288 @@
+"""DragDiffusion nodes: "Motion Supervision" (optimise the inverted latent so the handles move to the targets)
+and "DragDiffusion" (inversion + motion supervision + denoising with the source's K/V in one node)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Optional
+
+import torch
+
+from ..core import dragdiffusion as dd
+from ..core import host
+from ..core.drag_schema import DragInstructions, DragSchemaError
+from ..core.geometry import GeometryError, Grid, point_tensors
+from ._common import CATEGORY, NodeInputError, Progress, check_latent, check_range, require, tooltips
+from .inversion import DDIMInversion, check_cond_fits, supported_model
+
+MS_NODE = "Motion Supervision"
+DD_NODE = "DragDiffusion"
+
+_TIPS = {
+    "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL). A LoRA applied with the stock LoRA loader "
+             "(e.g. an identity LoRA trained on the image) is used as is.",
+    "positive": "Prompt describing the image (the one used for the inversion).",
+    "drag": "Point pairs handle -> target from 'Drag Instructions' (image pixels). Regions are not used by this method.",
+    "iterations": "Most optimisation steps (the reference's n_pix_step = 80); stops early once every handle is "
+                  "within 2 feature cells of its target.",
+    "learning_rate": "Adam learning rate on the latent z_t (reference 0.01; 0.02-0.04 is faster at some quality cost).",
+    "r_m": "Motion supervision radius r_m in feature cells (half-image pixels): the patch around each handle that is "
+           "pushed one cell toward its target.",
+    "r_p": "Point tracking radius r_p in feature cells: how far a handle may jump per step when it is re-located.",
+    "lam": "Weight λ of the mask term that keeps the area outside the editable mask unchanged (used only with a mask).",
+    "feature_block": "Decoder block whose features are supervised, as diffusers' up_blocks[k]; negative counts from "
+                     "the last. -2 = SD1.5's up_blocks[2] (640 ch, the paper's default).",
+    "reference_kv": "Denoise with the source's self-attention K/V in the decoder's two highest-resolution levels "
+                    "(keeps identity and background).",
+    "inversion": "From 'DDIM Inversion': sets the timestep (its start) and, with record_kv on, carries the source K/V "
+                 "for reference_kv.",
+    "latent": "The noisy latent at the start step (DDIM Inversion's latent output). Optional when an inversion is "
+              "connected. One image (batch 1).",
+    "mask": "Editable area (white = may change). Outside it the latent is held by the mask term. Defaults to the "
+            "mask stored in the drag instructions; all white or all black = no mask (faster: the UNet forward then "
+            "stops after the feature block).",
+    "steps": "Without an inversion: the DDIM grid the latent was inverted on.",
+    "strength": "Without an inversion: the fraction of that grid the latent was inverted to (0.7 = t 681 of 50 steps).",
+    "half_precision": "Run the optimisation's UNet calls under autocast (fp16 on GPU, bf16 on CPU); the latent and "
+                      "Adam stay fp32. Less memory and faster on GPUs.",
+    "negative": "Optional negative prompt for the denoising pass (only with cfg > 1).",
+    "cfg": "Classifier-free guidance of the denoising pass (1 = the reference's real-image mode).",
+}
+_TIPS_DD = dict(_TIPS, latent="The image to edit, as a clean latent (VAE Encode). One image (batch 1).",
+                steps="Steps of the full DDIM grid (50 in the paper).",
+                strength="Fraction of the grid to invert: 0.7 = the paper's t = 681 of 50 steps.")
+
+
+def _settings_spec(reference_default: bool) -> dict:
+    return {
+        "iterations": ("INT", {"default": 80, "min": 1, "max": 1000}),
+        "learning_rate": ("FLOAT", {"default": 0.01, "min": 0.0001, "max": 1.0, "step": 0.001}),
+        "r_m": ("INT", {"default": 1, "min": 0, "max": 16}),
+        "r_p": ("INT", {"default": 3, "min": 0, "max": 32}),
+        "lam": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 100.0, "step": 0.01}),
+        "feature_block": ("INT", {"default": -2, "min": -8, "max": 7}),
+        "reference_kv": ("BOOLEAN", {"default": reference_default}),
+    }
+
+
+def _settings(node: str, iterations: int, learning_rate: float, r_m: int, r_p: int, lam: float, feature_block: int,
+              half_precision: bool) -> dd.DragSettings:
+    """Checked DragSettings from the node's widgets."""
+    require(int(iterations) >= 1, node, "iterations", f"must be at least 1, got {iterations}.")
+    require(float(learning_rate) > 0, node, "learning_rate", f"must be above 0, got {learning_rate}.")
+    require(int(r_m) >= 0, node, "r_m", f"must be 0 or more, got {r_m}.")
+    require(int(r_p) >= 0, node, "r_p", f"must be 0 or more, got {r_p}.")
+    require(float(lam) >= 0, node, "lam", f"must be 0 or more, got {lam}.")
+    return dd.DragSettings(iterations=int(iterations), lr=float(learning_rate), r_m=int(r_m), r_p=int(r_p),
+                           lam=float(lam), feature_block=int(feature_block), half_precision=bool(half_precision))
+
+
+def _feature_block(model: Any, k: int, node: str) -> int:
+    """The output block index for up_blocks[k], or a NodeInputError naming feature_block."""
+    try:
+        return dd.feature_block_index(model, k)
+    except ValueError as e:
+        raise NodeInputError(node, "feature_block", f"{e}.") from None
+
+
+def _drag_points(drag: Any, latent_hw: tuple[int, int], node: str
+                 ) -> tuple[DragInstructions, Grid, torch.Tensor, torch.Tensor]:
+    """Validated DRAG (image size filled from the latent x 8 when absent), its supervision grid and the handles /
+    targets as grid cells; clear errors for points outside the image, regions, and handle == target."""
+    require(drag is not None, node, "drag", "connect 'Drag Instructions'.")
+    try:
+        d = DragInstructions.coerce(drag)
+        if d.image_size is None:
+            d = DragInstructions.coerce(d, image_size=(latent_hw[1] * dd.VAE_FACTOR, latent_hw[0] * dd.VAE_FACTOR))
+    except DragSchemaError as e:
+        raise NodeInputError(node, "drag", f"{e}.") from None
+    require(not d.regions, node, "drag", f"has {len(d.regions)} region(s): DragDiffusion moves point pairs only "
+                                         "(use RegionDrag for regions, or remove them).")
+    require(len(d.points) > 0, node, "drag", "has no point pairs: draw at least one handle -> target pair.")
+    try:
+        grid = dd.feature_grid(latent_hw, d.image_size)
+    except GeometryError as e:
+        raise NodeInputError(node, "drag", f"{e}.") from None
+    h_px, t_px = point_tensors(d)
+    handles, targets = dd.points_on_grid(h_px, t_px, grid)
+    for i in range(len(d.points)):
+        require(not torch.equal(h_px[i], t_px[i]), node, "drag",
+                f"points[{i}]: handle and target are the same point {tuple(h_px[i].tolist())}; move the target.")
+        require(not torch.equal(handles[i], targets[i]), node, "drag",
+                f"points[{i}]: handle {tuple(h_px[i].tolist())} and target {tuple(t_px[i].tolist())} fall in the same "
+                f"feature cell ({grid.scale[0]:g} px); drag further.")
+    return d, grid, handles, targets
+
+
+def _tracked(drag: DragInstructions, handles: torch.Tensor, grid: Grid) -> DragInstructions:
+    """The DRAG with each handle moved to its tracked position (centre of the tracked cell, image px)."""
+    px = dd.cells_to_image(handles, grid).tolist()
+    return replace(drag, points=tuple(((float(x), float(y)), t) for (x, y), (_h, t) in zip(px, drag.points)))
+
+
+def _mask(mask: Optional[torch.Tensor], drag: DragInstructions, node: str) -> Optional[torch.Tensor]:
+    """The editable mask: the MASK input if connected, else the one stored in the drag instructions."""
+    if mask is None:
+        return drag.mask_tensor()
+    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3, 4), node, "mask",
+            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ()))}.")
+    require(mask.ndim == 2 or mask.shape[0] == 1, node, "mask",
+            f"a batch of {mask.shape[0]} masks was given; connect one mask.")
+    return mask
+
+
+def _run_optimize(node: str, model, positive, samples, sigmas, drag, latent_hw, settings, mask, extra_total: int = 0):
+    """Checks shared by both nodes, then the optimisation with a progress bar; (outcome, drag, bar)."""
+    d, grid, handles, targets = _drag_points(drag, latent_hw, node)
+    _feature_block(model, settings.feature_block, node)
+    m = _mask(mask, d, node)
+    bar = Progress(settings.iterations + extra_total)
+    out = dd.optimize(model, positive, samples, sigmas, handles, targets, grid, settings, mask=m,
+                      on_iteration=lambda k, p, loss: bar.update(1))
+    left = settings.iterations - out.result.iterations
+    if left > 0:
+        bar.update(left)  # early stop: fill the bar (and honour Cancel once more)
+    return out, d, bar
+
+
+class MotionSupervision:
+    DESCRIPTION = ("DragDiffusion's latent optimisation: moves decoder features around each handle toward its "
+                   "target on the inverted latent z_t, re-locating the handles after each step. Sample the output "
+                   "latent with SamplerCustom (sampler ddim, add_noise off, the inversion's SIGMAS) using the output "
+                   "MODEL.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "model": ("MODEL",),
+                "positive": ("CONDITIONING",),
+                "drag": ("DRAG",),
+                **_settings_spec(False),
+            },
+            "optional": {
+                "inversion": ("INVERSION",),
+                "latent": ("LATENT",),
+                "mask": ("MASK",),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
+                "strength": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01}),
+                "half_precision": ("BOOLEAN", {"default": False}),
+            },
+        }, _TIPS)
+
+    RETURN_TYPES = ("LATENT", "DRAG", "MODEL")
+    RETURN_NAMES = ("latent", "tracked", "model")
+    OUTPUT_TOOLTIPS = ("The optimised latent, still noisy at the start step.",
+                       "The drag instructions with each handle moved to where tracking found it.",
+                       "The model for the denoising pass: with reference_kv on, it uses the source's self-attention K/V.")
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+
+    def run(self, model, positive, drag, iterations=80, learning_rate=0.01, r_m=1, r_p=3, lam=0.1, feature_block=-2,
+            reference_kv=False, inversion=None, latent=None, mask=None, steps=50, strength=0.7, half_precision=False):
+        node = MS_NODE
+        supported_model(model, node)
+        check_cond_fits(model, positive, node, "positive")
+        settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision)
+        require(inversion is not None or latent is not None, node, "latent",
+                "connect the noisy latent or an INVERSION from 'DDIM Inversion'.")
+        if inversion is not None:
+            require(hasattr(inversion, "sigmas") and hasattr(inversion, "latents"), node, "inversion",
+                    "expected an INVERSION from 'DDIM Inversion'.")
+            sigmas = inversion.sigmas
+            require(len(sigmas) >= 2 and float(sigmas[0]) > 0, node, "inversion",
+                    "was made with strength 0 (nothing inverted); raise its strength.")
+        else:
+            require(int(steps) >= 1, node, "steps", f"must be at least 1, got {steps}.")
+            check_range(float(strength), 0.0, 1.0, node, "strength")
+            grid = host.ddim_sigmas(model, int(steps))
+            from ..core.inversion import start_index
+            sigmas = grid[start_index(int(steps), float(strength)):]
+            require(len(sigmas) >= 2, node, "strength", f"is {strength}: no noise, so nothing to optimise; raise it.")
+        if latent is not None:
+            samples = check_latent(latent, node)
+            if inversion is not None and inversion.latents:
+                require(tuple(samples.shape[-2:]) == tuple(inversion.latents[0].shape[-2:]), node, "latent",
+                        f"is {tuple(samples.shape[-2:])} but the inversion is {tuple(inversion.latents[0].shape[-2:])}.")
+        else:
+            require(len(inversion.latents) > 0, node, "inversion", "holds no latents (was it freed?).")
+            samples = host.process_out(model, inversion.latents[0].clone())
+            require(samples.shape[0] == 1, node, "inversion", "holds a batch; this node edits one image at a time.")
+        kv = None
+        if reference_kv:
+            kv = getattr(inversion, "kv", None) if inversion is not None else None
+            require(kv is not None and len(kv) > 0, node, "reference_kv",
+                    "needs the source K/V: connect an INVERSION from 'DDIM Inversion' with record_kv on, "
+                    "or turn reference_kv off.")
+        out, d, _bar = _run_optimize(node, model, positive, samples, sigmas, drag, tuple(samples.shape[-2:]),
+                                     settings, mask)
+        model_out = dd.reference_kv_model(model, kv) if kv is not None else model
+        return ({"samples": out.samples}, _tracked(d, out.result.handles, out.grid), model_out)
+
+
+class DragDiffusion:
+    DESCRIPTION = ("DragDiffusion in one node: DDIM inversion, motion supervision with point tracking on the "
+                   "inverted latent, then DDIM denoising with the source's self-attention K/V.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "model": ("MODEL",),
+                "latent": ("LATENT",),
+                "positive": ("CONDITIONING",),
+                "drag": ("DRAG",),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
+                "strength": ("FLOAT", {"default": 0.7, "min": 0.01, "max": 1.0, "step": 0.01}),
+                **_settings_spec(True),
+            },
+            "optional": {
+                "mask": ("MASK",),
+                "negative": ("CONDITIONING",),
+                "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
+                "half_precision": ("BOOLEAN", {"default": False}),
+            },
+        }, _TIPS_DD)
+
+    RETURN_TYPES = ("LATENT", "DRAG")
+    RETURN_NAMES = ("latent", "tracked")
+    OUTPUT_TOOLTIPS = ("The edited clean latent (VAE Decode it).",
+                       "The drag instructions with each handle moved to where tracking found it.")
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+
+    def run(self, model, latent, positive, drag, steps=50, strength=0.7, iterations=80, learning_rate=0.01, r_m=1,
+            r_p=3, lam=0.1, feature_block=-2, reference_kv=True, mask=None, negative=None, cfg=1.0,
+            half_precision=False):
+        node = DD_NODE
+        samples = check_latent(latent, node)
+        supported_model(model, node)
+        check_cond_fits(model, positive, node, "positive")
+        if negative is not None:
+            check_cond_fits(model, negative, node, "negative")
+        require(float(cfg) <= 1.0 or negative is not None, node, "cfg",
+                "is above 1 but no negative conditioning is connected: connect one or set cfg to 1.")
+        require(int(steps) >= 1, node, "steps", f"must be at least 1, got {steps}.")
+        check_range(float(strength), 0.0, 1.0, node, "strength")
+        from ..core.inversion import start_index
+        require(int(steps) - start_index(int(steps), float(strength)) >= 1, node, "strength",
+                f"is {strength}: with {steps} steps nothing is inverted, so nothing can be dragged; raise it.")
+        settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision)
+        _drag_points(drag, tuple(samples.shape[-2:]), node)        # fail before the inversion runs
+        _feature_block(model, settings.feature_block, node)
+
+        x_t, inversion, sigmas = DDIMInversion().invert(model, latent, positive, int(steps), float(strength),
+                                                        bool(reference_kv))
+        try:
+            n_den = len(sigmas) - 1
+            out, d, bar = _run_optimize(node, model, positive, x_t["samples"], sigmas, drag,
+                                        tuple(samples.shape[-2:]), settings, mask, extra_total=n_den)
+            den_model = dd.reference_kv_model(model, inversion.kv) if reference_kv else model
+            final = dd.denoise(den_model, positive, negative, float(cfg), out.samples, sigmas,
+                               on_step=lambda i, n: bar.update(1))
+        finally:
+            inversion.free()
+        return ({"samples": final}, _tracked(d, out.result.handles, out.grid))
+
+
+NODE_CLASS_MAPPINGS = {"DragEditMotionSupervision": MotionSupervision, "DragEditDragDiffusion": DragDiffusion}
+NODE_DISPLAY_NAME_MAPPINGS = {"DragEditMotionSupervision": MS_NODE, "DragEditDragDiffusion": DD_NODE}

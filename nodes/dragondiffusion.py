@@ -1,0 +1,405 @@
+"""Nodes "Feature Guidance", "Memory Bank K/V" and "DragonDiffusion" (DragonDiffusion / DiffEditor editing).
+
+Thin: input checks and image px -> energy-grid conversion here, the method in core/dragondiffusion.py."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from ..core import dragon_energy as de
+from ..core import dragondiffusion as dd
+from ..core import host
+from ..core.drag_schema import DragInstructions, DragSchemaError
+from ..core.geometry import Grid, GeometryError
+from ..core.inversion import DDIMInversion
+from ._common import CATEGORY, NodeInputError, Progress, check_range, require, tooltips
+from .inversion import check_cond_fits, supported_model
+
+FG, MB, DD = "Feature Guidance", "Memory Bank K/V", "DragonDiffusion"
+MODES = list(de.MODES)
+AUTO = -1.0
+
+COMMON_TIPS = {
+    "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL); the same one the inversion used.",
+    "inversion": "INVERSION of the image to edit from DDIM Inversion (strength 1.0 = the papers' full inversion).",
+    "mode": "move: move/resize the masked object along one point pair; drag: drag content along point pairs; "
+            "appearance: give the masked region the look of the reference region; paste: paste the reference "
+            "region into the masked region.",
+    "drag": "Drag Instructions: point pairs in image pixels (drag: all pairs; move: one pair from the object to "
+            "where it goes).",
+    "mask": "move: the object; drag: the editable area (none or all white = boxes around the points); "
+            "appearance/paste: the region to change. Image size (or the latent's size).",
+    "reference": "appearance/paste: INVERSION of the second (reference) image, same size and steps.",
+    "ref_mask": "appearance/paste: the region of the reference image to take (paste: same shape as mask).",
+    "energy_scale": "Multiplier of the mode's reference energy scale (move 0.5e3, drag 2e3, appearance 2e3, "
+                    "paste 1.5e3). 0 turns the guidance off.",
+    "resize_scale": "move: scale of the object at its new place (1 = same size).",
+    "w_edit": "Weight of the edit term (-1 = the mode's default: move 4, drag 4, appearance 3.5, paste 4).",
+    "w_content": "Weight of the content-keeping term (-1 = the mode's default: 6, appearance 5).",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input checks and conversions
+# --------------------------------------------------------------------------------------------------------------
+
+def check_inversion(inv: Any, node: str, input_name: str = "inversion", need_kv: bool = False) -> DDIMInversion:
+    """An INVERSION from DDIM Inversion with at least one step (and recorded K/V when asked)."""
+    require(inv is not None, node, input_name, "is missing: connect the INVERSION output of DDIM Inversion.")
+    require(hasattr(inv, "latents") and hasattr(inv, "sigmas") and getattr(inv, "kind", "ddim") == "ddim", node,
+            input_name, "expected an INVERSION from DDIM Inversion.")
+    require(len(inv.sigmas) > 1 and len(inv.latents) == len(inv.sigmas), node, input_name,
+            "has no steps (strength 0 or freed): invert with strength > 0.")
+    if need_kv:
+        require(inv.kv is not None and len(inv.kv) > 0, node, input_name,
+                "was made without K/V: switch record_kv on in DDIM Inversion.")
+    return inv
+
+
+def check_same_model(model: Any, inv: DDIMInversion, node: str, input_name: str = "inversion") -> None:
+    """The inversion must come from this model (same weights): its latents and K/V are that model's."""
+    mid = getattr(inv, "model_id", 0)
+    require(not mid or mid == id(host.base_model(model)), node, input_name,
+            "was made with another model: invert the image with the same MODEL that edits it.")
+
+
+def _latent_hw(inv: DDIMInversion) -> tuple[int, int]:
+    return int(inv.start.shape[-2]), int(inv.start.shape[-1])
+
+
+def image_grid(image_size: tuple[int, int], latent_hw: tuple[int, int], energy_hw: tuple[int, int], node: str,
+               input_name: str) -> Grid:
+    """The energy grid laid over an image of image_size (W, H) whose latent is latent_hw."""
+    W, H = int(image_size[0]), int(image_size[1])
+    f = max(W // max(latent_hw[1], 1), 1)
+    try:
+        return Grid.latent((W, H), f, hw=latent_hw).resized(energy_hw)
+    except GeometryError as e:
+        raise NodeInputError(node, input_name, f"a {W}x{H} image does not fit the inversion's "
+                                               f"{latent_hw[1]}x{latent_hw[0]} latent ({e}).") from None
+
+
+def _mask_2d(mask: Any, node: str, input_name: str) -> torch.Tensor:
+    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), node, input_name,
+            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
+    if mask.ndim == 3:
+        require(mask.shape[0] == 1, node, input_name, f"a batch of {mask.shape[0]} masks was given; use one mask.")
+        mask = mask[0]
+    return mask.float()
+
+
+def mask_on_grid(mask: Any, node: str, input_name: str, latent_hw: tuple[int, int], energy_hw: tuple[int, int],
+                 image_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """A MASK (image size, or the latent's size) as bool cells of the energy grid; clear errors for a wrong size
+    or an empty mask."""
+    m = _mask_2d(mask, node, input_name)
+    H, W = int(m.shape[0]), int(m.shape[1])
+    h, w = latent_hw
+    if image_size is not None and (W, H) != tuple(image_size) and (H, W) != (h, w):
+        raise NodeInputError(node, input_name, f"the mask is {W}x{H} but the image of the drag instructions is "
+                                               f"{image_size[0]}x{image_size[1]}; use a mask of the image's size.")
+    f = W // w if W >= w else 0
+    ok = f >= 1 and (f & (f - 1)) == 0 and H // f == h and W // f == w   # VAE factors are powers of two
+    require(ok, node, input_name, f"the mask is {W}x{H}, which does not fit the {w}x{h} latent of the image "
+                                  f"(expected the image size, e.g. {w * 8}x{h * 8} for an SD model, or {w}x{h}).")
+    grid = Grid.latent((W, H), f, hw=latent_hw).resized(energy_hw)
+    cells = grid.mask_cells(m)
+    require(bool(cells.any()), node, input_name, "the mask is empty: paint the region in white.")
+    return cells
+
+
+def _is_full(mask: Any) -> bool:
+    return isinstance(mask, torch.Tensor) and mask.numel() > 0 and float(mask.min()) > 0.5
+
+
+def _coerce_drag(drag: Any, node: str) -> DragInstructions:
+    try:
+        return DragInstructions.coerce(drag)
+    except (DragSchemaError, ValueError, TypeError) as e:
+        raise NodeInputError(node, "drag", str(e)) from None
+
+
+def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, mask: Any = None,
+               reference: Optional[DDIMInversion] = None, ref_mask: Any = None, energy_scale: float = 1.0,
+               resize_scale: float = 1.0, w_edit: float = AUTO, w_content: float = AUTO
+               ) -> tuple[dd.EditSpec, list[int]]:
+    """Check the user's inputs for `mode` and build the EditSpec on the model's energy grid (+ feature blocks)."""
+    require(mode in MODES, node, "mode", f"must be one of {MODES}, got {mode!r}.")
+    check_range(float(energy_scale), 0.0, 1000.0, node, "energy_scale")
+    blocks = dd.feature_blocks(model)
+    lat_hw = _latent_hw(inv)
+    grid_hw = dd.energy_grid(model, lat_hw, blocks)
+    d = None if drag is None else _coerce_drag(drag, node)
+    image_size = d.image_size if d is not None else None
+    grid = image_grid(image_size, lat_hw, grid_hw, node, "drag") if image_size is not None else None
+
+    def cells(xy):
+        u = grid.to_grid(xy)
+        return (min(max(float(u[0]), 0.0), grid_hw[1] - 1e-3), min(max(float(u[1]), 0.0), grid_hw[0] - 1e-3))
+
+    kw: dict = dict(energy_scale=float(energy_scale), w_edit=None if w_edit < 0 else float(w_edit),
+                    w_content=None if w_content < 0 else float(w_content))
+    m = None
+    if mask is not None and not (mode == "drag" and _is_full(mask)):
+        m = mask_on_grid(mask, node, "mask", lat_hw, grid_hw, image_size)
+    try:
+        if mode == "move":
+            require(m is not None, node, "mask", "move mode needs the object mask (white = the object to move).")
+            require(not _is_full(mask), node, "mask", "covers the whole image: mark only the object to move.")
+            require(d is not None and len(d.points) == 1, node, "drag",
+                    "move mode needs exactly one point pair: from a point on the object to where it should go"
+                    + ("" if d is None else f" (got {len(d.points)})") + ".")
+            check_range(float(resize_scale), 0.05, 20.0, node, "resize_scale")
+            (hx, hy), (tx, ty) = (cells(p) for p in d.points[0])
+            try:
+                spec = dd.make_spec("move", grid_hw, mask=m, offset=(tx - hx, ty - hy),
+                                    resize_scale=float(resize_scale), **kw)
+            except ValueError as e:
+                raise NodeInputError(node, "resize_scale", str(e)) from None
+        elif mode == "drag":
+            require(d is not None and len(d.points) > 0, node, "drag",
+                    "drag mode needs point pairs (handle -> target) from Drag Instructions.")
+            handles = [cells(h) for h, _ in d.points]
+            targets = [cells(t) for _, t in d.points]
+            if m is None and d.has_mask and not _is_full(d.mask_tensor()):
+                m = mask_on_grid(d.mask_tensor(), node, "drag", lat_hw, grid_hw, image_size)
+            spec = dd.make_spec("drag", grid_hw, mask=m, handles=handles, targets=targets, **kw)
+        else:
+            require(reference is not None, node, "reference",
+                    f"{mode} mode needs the second image: connect its INVERSION (DDIM Inversion of the reference).")
+            check_inversion(reference, node, "reference")
+            require(_latent_hw(reference) == lat_hw, node, "reference",
+                    f"the reference latent is {_latent_hw(reference)[1]}x{_latent_hw(reference)[0]} but the edited "
+                    f"image's is {lat_hw[1]}x{lat_hw[0]}: resize the reference to the same size.")
+            require(len(reference.sigmas) == len(inv.sigmas)
+                    and torch.allclose(reference.sigmas.float(), inv.sigmas.float(), rtol=1e-4), node, "reference",
+                    "was inverted with other steps or strength than the edited image: use the same settings.")
+            require(m is not None, node, "mask", f"{mode} mode needs the mask of the region to change.")
+            require(ref_mask is not None, node, "ref_mask", f"{mode} mode needs the mask of the reference region.")
+            mr = mask_on_grid(ref_mask, node, "ref_mask", lat_hw, grid_hw)
+            try:
+                spec = dd.make_spec(mode, grid_hw, mask=m, ref_mask=mr, **kw)
+            except ValueError as e:
+                raise NodeInputError(node, "ref_mask", str(e)) from None
+    except NodeInputError:
+        raise
+    except ValueError as e:
+        raise NodeInputError(node, "drag" if mode in ("drag", "move") else "mask", str(e)) from None
+    return spec, blocks
+
+
+def _check_model_inputs(node: str, model: Any, inversion: Any, need_kv: bool = False) -> DDIMInversion:
+    supported_model(model, node)
+    inv = check_inversion(inversion, node, need_kv=need_kv)
+    check_same_model(model, inv, node)
+    return inv
+
+
+def _percent_window(node: str, model: Any, start: float, end: float):
+    check_range(float(start), 0.0, 1.0, node, "start_percent")
+    check_range(float(end), 0.0, 1.0, node, "end_percent")
+    require(float(start) < float(end), node, "end_percent", f"must be above start_percent ({start}), got {end}.")
+    return dd.sigma_percent_window(model, start, end)
+
+
+def _bank(node: str, model: Any, inv: DDIMInversion, mode: str, when, spec_masks: tuple, reference) -> Any:
+    base_mask, ref_mask = spec_masks
+    if mode in ("appearance", "paste"):
+        require(reference is not None, node, "reference", f"{mode} mode needs the reference image's INVERSION.")
+        check_inversion(reference, node, "reference", need_kv=True)
+    try:
+        return dd.patch_memory_bank(model, inv, mode, when=when, base_mask=base_mask, reference=reference,
+                                    ref_mask=ref_mask)
+    except ValueError as e:
+        raise NodeInputError(node, "inversion", str(e)) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------------------------------------------
+
+def _mode_inputs() -> dict:
+    return {"drag": ("DRAG",), "mask": ("MASK",), "reference": ("INVERSION",), "ref_mask": ("MASK",)}
+
+
+class FeatureGuidance:
+    DESCRIPTION = ("Patches the MODEL so that any sampler applies DragonDiffusion's feature-correspondence guidance: "
+                   "at guided steps an extra UNet pass (stopped after the feature blocks) compares the current "
+                   "features with the inverted image's and steers x̂0 along the energy's gradient.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "model": ("MODEL",),
+                "inversion": ("INVERSION",),
+                "mode": (MODES, {"default": "drag"}),
+                "energy_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.05}),
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+                "end_percent": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.01}),
+                "resize_scale": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 20.0, "step": 0.05}),
+            },
+            "optional": {**_mode_inputs(),
+                         "w_edit": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
+                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1})},
+        }, {**COMMON_TIPS,
+            "start_percent": "Guidance starts at this fraction of the denoising process (0 = first step).",
+            "end_percent": "Guidance stops here (0.6 = the reference's first 30 of 50 steps)."})
+
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with the guidance; sample it from the inversion's latent and sigmas.",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+
+    def patch(self, model, inversion, mode, energy_scale, start_percent, end_percent, resize_scale, drag=None,
+              mask=None, reference=None, ref_mask=None, w_edit=AUTO, w_content=AUTO):
+        inv = _check_model_inputs(FG, model, inversion)
+        spec, blocks = build_spec(FG, model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
+                                  energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
+                                  w_content=w_content)
+        when = _percent_window(FG, model, start_percent, end_percent)
+        m = host.clone(model)
+        guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference if spec.needs_reference else None,
+                                      active=when)
+        dd.patch_feature_guidance(m, guidance)
+        return (m,)
+
+
+class MemoryBankKV:
+    DESCRIPTION = ("Patches the MODEL's decoder self-attention with the inverted image's K/V (memory bank): "
+                   "replace for move, concatenate for drag, the region mix for appearance and paste.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "model": ("MODEL",),
+                "inversion": ("INVERSION",),
+                "mode": (MODES, {"default": "drag"}),
+                "start_percent": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 1.0, "step": 0.01}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            },
+            "optional": {"mask": ("MASK",), "reference": ("INVERSION",), "ref_mask": ("MASK",)},
+        }, {**COMMON_TIPS,
+            "inversion": "INVERSION from DDIM Inversion with record_kv on (its K/V are injected).",
+            "reference": "appearance/paste: INVERSION (record_kv on) of the reference image.",
+            "mask": "appearance/paste: the region to change (K/V outside it come from the bank).",
+            "start_percent": "Injection starts here (0.1 = the reference's step 5 of 50 for move/drag; "
+                             "appearance/paste used 0).",
+            "end_percent": "Injection stops here (1 = to the end; appearance/paste used 0.72 = step 36 of 50)."})
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+
+    def patch(self, model, inversion, mode, start_percent, end_percent, mask=None, reference=None, ref_mask=None):
+        inv = _check_model_inputs(MB, model, inversion, need_kv=True)
+        require(mode in MODES, MB, "mode", f"must be one of {MODES}, got {mode!r}.")
+        when = _percent_window(MB, model, start_percent, end_percent)
+        masks = (None, None)
+        if mode in ("appearance", "paste"):
+            lat_hw = _latent_hw(inv)
+            require(mask is not None, MB, "mask", f"{mode} mode needs the mask of the region to change.")
+            require(ref_mask is not None, MB, "ref_mask", f"{mode} mode needs the mask of the reference region.")
+            masks = (mask_on_grid(mask, MB, "mask", lat_hw, lat_hw), mask_on_grid(ref_mask, MB, "ref_mask", lat_hw, lat_hw))
+        m = host.clone(model)
+        _bank(MB, m, inv, mode, when, masks, reference)
+        return (m,)
+
+
+class DragonDiffusion:
+    DESCRIPTION = ("DragonDiffusion in one node: memory-bank K/V + feature guidance + DDIM along the inversion's "
+                   "sigmas. Modes move / drag / appearance / paste; DiffEditor's regional SDE and time travel are "
+                   "options.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "model": ("MODEL",),
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "inversion": ("INVERSION",),
+                "mode": (MODES, {"default": "drag"}),
+                "cfg": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 30.0, "step": 0.1}),
+                "energy_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.05}),
+                "resize_scale": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 20.0, "step": 0.05}),
+            },
+            "optional": {**_mode_inputs(),
+                         "regional_sde": ("BOOLEAN", {"default": False}),
+                         "time_travel": ("BOOLEAN", {"default": False}),
+                         "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1}),
+                         "w_edit": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
+                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1})},
+        }, {**COMMON_TIPS,
+            "inversion": "INVERSION from DDIM Inversion with record_kv on (memory bank); strength 1.0 as in the paper.",
+            "positive": "The prompt used for the inversion.",
+            "negative": "Negative prompt for classifier-free guidance.",
+            "cfg": "Classifier-free guidance (the reference: 4, appearance 5).",
+            "regional_sde": "DiffEditor: stochastic steps (η 0.4) inside the edit mask at steps 11-19 of 50.",
+            "time_travel": "DiffEditor: repeat steps 22-28 (even) three times, inverting back in between.",
+            "seed": "Noise seed of the regional SDE."})
+
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The edited latent (VAE Decode it).",)
+    FUNCTION = "edit"
+    CATEGORY = CATEGORY
+
+    def edit(self, model, positive, negative, inversion, mode, cfg, energy_scale, resize_scale, drag=None, mask=None,
+             reference=None, ref_mask=None, regional_sde=False, time_travel=False, seed=0, w_edit=AUTO,
+             w_content=AUTO):
+        inv = _check_model_inputs(DD, model, inversion, need_kv=True)
+        check_cond_fits(model, positive, DD, "positive")
+        check_cond_fits(model, negative, DD, "negative")
+        check_range(float(cfg), 1.0, 30.0, DD, "cfg")
+        spec, blocks = build_spec(DD, model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
+                                  energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
+                                  w_content=w_content)
+        defaults = de.mode_defaults(mode)
+        opts = dd.EditOptions(regional_sde=bool(regional_sde), time_travel=bool(time_travel), seed=int(seed),
+                              sde_strength=defaults.sde_strength)
+        result = run_edit(model, positive, negative, float(cfg), inv, spec, blocks, defaults, opts,
+                          reference=reference if spec.needs_reference else None)
+        return ({"samples": result},)
+
+
+def run_edit(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInversion, spec: dd.EditSpec,
+             blocks: list[int], defaults: de.DragonDefaults, opts: dd.EditOptions,
+             reference: Optional[DDIMInversion] = None, stats: Optional[dict] = None,
+             memory_bank: bool = True, **guidance_kw) -> torch.Tensor:
+    """The all-in-one edit on a clone of `model`: memory bank + feature guidance + the DDIM loop; LATENT samples.
+    `stats` (if given) receives the guidance counters and the denoiser call count."""
+    m = host.clone(model)
+    if memory_bank:
+        kv_when = dd.inversion_step_window(inv, lambda i, n: de.kv_inject_active(i, n, defaults))
+        masks = (spec.base_mask, spec.ref_mask) if spec.needs_reference else (None, None)
+        _bank(DD, m, inv, spec.mode, kv_when, masks, reference)
+    guidance = None
+    if spec.scale_edit != 0 or spec.scale_content != 0:
+        g_when = dd.inversion_step_window(inv, lambda i, n: de.guidance_active(i, n, defaults))
+        guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference, active=g_when, **guidance_kw)
+        dd.patch_feature_guidance(m, guidance)
+    latent_mask = de.mask_to_latent(spec.edit_mask, _latent_hw(inv))
+    bar = Progress(len(inv.sigmas) - 1)
+    holder: dict = {}
+
+    def loop(den, x, _sig):
+        x_start = inv.start.to(device=x.device, dtype=x.dtype)
+        out = dd.edit_loop(den, x_start, inv, guidance, defaults, opts, latent_mask=latent_mask,
+                           on_step=lambda i, n: bar.update(1))
+        holder["calls"] = den.calls
+        return out
+
+    samples = host.process_out(model, inv.start.clone())
+    out = host.session(m, positive, negative, cfg, samples, inv.sigmas, loop, seed=int(opts.seed))
+    if stats is not None:
+        stats.update(guidance.stats.as_dict() if guidance is not None else {})
+        stats["denoiser_calls"] = holder.get("calls", 0)
+    return out
+
+
+NODE_CLASS_MAPPINGS = {"DragEditFeatureGuidance": FeatureGuidance, "DragEditMemoryBankKV": MemoryBankKV,
+                       "DragEditDragonDiffusion": DragonDiffusion}
+NODE_DISPLAY_NAME_MAPPINGS = {"DragEditFeatureGuidance": FG, "DragEditMemoryBankKV": MB,
+                              "DragEditDragonDiffusion": DD}

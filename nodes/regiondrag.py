@@ -1,0 +1,317 @@
+"""RegionDrag nodes: "Latent Copy-Paste" (a SAMPLER wrapper), "Attention K/V Swap" (a MODEL patch) and the
+all-in-one "RegionDrag" (edit-friendly inversion with K/V, then one drag-denoising pass)."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+
+from ..core import host
+from ..core import regiondrag as rd
+from ..core.drag_schema import DragInstructions, DragSchemaError
+from ..core.geometry import GeometryError
+from ._common import CATEGORY, NodeInputError, Progress, check_latent, check_range, require, tooltips
+from .inversion import KV_DTYPES, check_cond_fits, supported_model
+
+CP_NODE = "Latent Copy-Paste"
+KV_NODE = "Attention K/V Swap"
+RD_NODE = "RegionDrag"
+LAYER_CHOICES = ("all", "decoder", "decoder, two highest resolutions")
+
+_TIPS = {
+    "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL). Patches applied upstream (LoRA, "
+             "IP-Adapter...) are used as they are.",
+    "positive": "Prompt describing the image. RegionDrag runs without CFG (scale 1), like the paper.",
+    "drag": "Region pairs, polygons or point pairs from 'Drag Instructions' (image pixels). Every target cell takes "
+            "the content of one handle cell.",
+    "drag_json": "Drag instructions as JSON text (the schema of 'Drag Instructions'), instead of the drag input. "
+                 "Needs \"image_size\" when only a LATENT is connected.",
+    "image": "The image to edit (one image), encoded with the VAE. Connect either IMAGE + VAE or a LATENT.",
+    "vae": "The VAE that encodes the image.",
+    "latent": "The image to edit as a clean latent (VAE Encode), instead of IMAGE + VAE. One image (batch 1).",
+    "mask": "Editable area (white = may change): outside it the latent is reset to the cached inversion at every "
+            "step, so it stays as it was. Defaults to the mask stored in the drag instructions, else the whole "
+            "image. All black = no mask.",
+    "steps": "Steps of the full DDIM grid (the paper: 20).",
+    "strength": "Fraction of the grid that is inverted and re-denoised (the paper: 0.5 = 10 of 20 steps). Higher "
+                "moves more freely but changes more.",
+    "noise_scale": "Noise α mixed into the vacated handle area before denoising: z ← sqrt(1−α²)·z + α·n "
+                   "(0 = keep a ghost of the old content, ≥ 1 = pure noise; the paper's UI 0.6, its benchmark 1.0).",
+    "seed": "Seed of the inversion's noise and of the vacate noise.",
+    "paste_end": "Fraction of the last steps that run without pasting (paste while step < (1 − paste_end)·steps), "
+                 "so the pasted content blends in.",
+    "paste_every_step": "Paste at every step, ignoring paste_end: what the reference code actually runs (it compares "
+                        "a timestep with a step count).",
+    "kv_dtype": "Precision of the cached self-attention K/V (kept on the model's offload device).",
+    "sampler": "The sampler to wrap (KSamplerSelect, Edit-friendly DDPM, ...). It is run one step at a time, so "
+               "multistep samplers (DPM++ 2M, LMS, UniPC...) act as their one-step form.",
+    "inversion": "An INVERSION with per-step latents (DDIM Inversion, DDPM Inversion). The sampler's sigmas must "
+                 "be the inversion's (feed its SIGMAS to SamplerCustom).",
+    "kv_inversion": "An INVERSION that carries self-attention K/V (DDIM Inversion with record_kv on).",
+    "layers": "Which self-attention layers take the cached K/V: all (RegionDrag), the decoder, or the decoder's two "
+              "highest resolutions (DragDiffusion's reference-latent control).",
+    "mode": "replace: K,V := the cached ones (RegionDrag). concat: attend to own and cached tokens.",
+}
+
+
+# ====================================================================== shared input handling
+def _as_drag(node: str, drag: Any, drag_json: Optional[str], image_size: Optional[tuple[int, int]]
+             ) -> DragInstructions:
+    """The DRAG or JSON input, validated against the image size (when known); NodeInputError naming the input."""
+    has_json = isinstance(drag_json, str) and drag_json.strip() != ""
+    require(not (drag is not None and has_json), node, "drag_json",
+            "both 'drag' and 'drag_json' are connected; connect one of them.")
+    require(drag is not None or has_json, node, "drag",
+            "connect 'Drag Instructions' (or give the instructions as JSON text in drag_json).")
+    name, value = ("drag", drag) if drag is not None else ("drag_json", drag_json)
+    require(drag_json is None or isinstance(drag_json, str), node, "drag_json",
+            f"expected JSON text, got {type(drag_json).__name__}.")
+    try:
+        return DragInstructions.coerce(value, image_size=image_size)
+    except DragSchemaError as e:
+        raise NodeInputError(node, name, f"{e}.") from None
+    except (TypeError, AttributeError) as e:
+        raise NodeInputError(node, name, f"is not drag instructions ({type(value).__name__}): {e}.") from None
+
+
+def _as_mask(node: str, mask: Any) -> Optional[torch.Tensor]:
+    """The MASK input as [H, W] float, or None when absent or all black."""
+    if mask is None:
+        return None
+    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), node, "mask",
+            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
+    if mask.ndim == 3:
+        require(mask.shape[0] == 1, node, "mask", f"a batch of {mask.shape[0]} masks was given; connect one mask.")
+        mask = mask[0]
+    m = mask.detach().float().cpu()
+    return m if bool((m > 0).any()) else None
+
+
+def _plan(node: str, drag: DragInstructions, latent_hw: tuple[int, int], mask: Optional[torch.Tensor],
+          drag_name: str, **kw: Any) -> rd.EditPlan:
+    """EditPlan with every geometry / mask problem as a NodeInputError naming the input."""
+    try:
+        return rd.make_plan(drag, latent_hw, mask, **kw)
+    except rd.RegionDragError as e:
+        raise NodeInputError(node, drag_name if e.field == "drag" else e.field, f"{e}.") from None
+    except (GeometryError, DragSchemaError) as e:
+        raise NodeInputError(node, drag_name, f"{e}.") from None
+
+
+def _drag_name(drag: Any) -> str:
+    return "drag" if drag is not None else "drag_json"
+
+
+def _plan_options(node: str, noise_scale: float, paste_end: float, paste_every_step: bool, seed: int) -> dict:
+    check_range(float(noise_scale), 0.0, 10.0, node, "noise_scale")
+    check_range(float(paste_end), 0.0, 1.0, node, "paste_end")
+    return dict(noise_scale=float(noise_scale), paste_end=float(paste_end), paste_every_step=bool(paste_every_step),
+                seed=int(seed))
+
+
+def _plan_spec() -> dict:
+    return {
+        "noise_scale": ("FLOAT", {"default": rd.DEFAULT_NOISE_SCALE, "min": 0.0, "max": 1.6, "step": 0.05}),
+        "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFF_FFFF_FFFF_FFFF}),
+    }
+
+
+def _schedule_spec() -> dict:
+    return {
+        "paste_end": ("FLOAT", {"default": rd.DEFAULT_PASTE_END, "min": 0.0, "max": 1.0, "step": 0.05}),
+        "paste_every_step": ("BOOLEAN", {"default": False}),
+    }
+
+
+# ====================================================================== Latent Copy-Paste
+class LatentCopyPaste:
+    DESCRIPTION = ("Wraps any SAMPLER so that, before each step, the inversion's cached handle cells are pasted "
+                   "onto the target cells and the cached latent is restored outside the editable mask; the vacated "
+                   "handle area is re-noised first. Use in SamplerCustom with the inversion's SIGMAS and its start "
+                   "latent (add_noise off); pair with 'Attention K/V Swap' for RegionDrag.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "sampler": ("SAMPLER",),
+                "inversion": ("INVERSION",),
+                **_plan_spec(),
+                **_schedule_spec(),
+            },
+            "optional": {
+                "drag": ("DRAG",),
+                "drag_json": ("STRING", {"forceInput": True, "multiline": True, "dynamicPrompts": False}),
+                "mask": ("MASK",),
+            },
+        }, _TIPS)
+
+    RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("The wrapped sampler (steps one at a time, pasting before each).",)
+    FUNCTION = "wrap"
+    CATEGORY = CATEGORY
+
+    def wrap(self, sampler, inversion, noise_scale=rd.DEFAULT_NOISE_SCALE, seed=42, paste_end=rd.DEFAULT_PASTE_END,
+             paste_every_step=False, drag=None, drag_json=None, mask=None):
+        node = CP_NODE
+        inner = getattr(sampler, "sampler_function", None)
+        require(callable(inner), node, "sampler",
+                f"expected a SAMPLER from KSamplerSelect or another sampler node (a KSAMPLER), got "
+                f"{type(sampler).__name__}.")
+        try:
+            sig, state_at = rd.cached_states(inversion)
+        except rd.RegionDragError as e:
+            raise NodeInputError(node, "inversion", f"{e}.") from None
+        latent = state_at(0)
+        require(latent.ndim == 4 and latent.shape[0] == 1, node, "inversion",
+                f"holds a latent of shape {tuple(latent.shape)}; this node edits one image (batch 1).")
+        opts = _plan_options(node, noise_scale, paste_end, paste_every_step, seed)
+        d = _as_drag(node, drag, drag_json, None)
+        plan = _plan(node, d, tuple(latent.shape[-2:]), _as_mask(node, mask), _drag_name(drag), **opts)
+        out = copy.copy(sampler)
+        out.sampler_function = rd.copy_paste_sampler_fn(inner, inversion, plan)
+        return (out,)
+
+
+# ====================================================================== Attention K/V Swap
+class AttentionKVSwap:
+    DESCRIPTION = ("Patches MODEL so that self-attention layers use the K/V cached in an INVERSION at the matching "
+                   "step (queries still come from the latent being sampled). Works with any sampler whose sigmas "
+                   "are the inversion's.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = tooltips({
+            "required": {
+                "model": ("MODEL",),
+                "inversion": ("INVERSION",),
+                "layers": (list(LAYER_CHOICES), {"default": "all"}),
+                "mode": (["replace", "concat"], {"default": "replace"}),
+            },
+        }, _TIPS)
+        spec["required"]["inversion"] = ("INVERSION", {"tooltip": _TIPS["kv_inversion"]})
+        return spec
+
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the cached K/V swapped in (a clone; the input model is unchanged).",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+
+    def patch(self, model, inversion, layers="all", mode="replace"):
+        node = KV_NODE
+        supported_model(model, node)
+        kv = rd.kv_of(inversion)
+        require(kv is not None and len(kv) > 0, node, "inversion",
+                "carries no self-attention K/V: turn record_kv on in 'DDIM Inversion' (or the inversion was freed).")
+        require(layers in LAYER_CHOICES, node, "layers", f"must be one of {list(LAYER_CHOICES)}, got {layers!r}.")
+        require(mode in ("replace", "concat"), node, "mode", f"must be 'replace' or 'concat', got {mode!r}.")
+        if layers == "all":
+            sel = host.attention_layers(model)
+        elif layers == "decoder":
+            sel = host.select_layers(model, part="output")
+        else:
+            lv = sorted({l.level for l in host.select_layers(model, part="output")})[:2]
+            sel = host.select_layers(model, part="output", levels=lv)
+        require(len(sel) > 0, node, "layers", f"'{layers}' selects no self-attention layer in this model.")
+        run, _inj = rd.kv_swap_model(model, kv, sel, mode)
+        return (run,)
+
+
+# ====================================================================== RegionDrag (all-in-one)
+class RegionDrag:
+    DESCRIPTION = ("RegionDrag (ECCV'24) in one node: edit-friendly inversion to the start step caching latents, "
+                   "noise maps and self-attention K/V, then one denoising pass that pastes the handle regions onto "
+                   "the targets and swaps in the cached K/V. One inversion + one denoising pass, no optimisation.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "model": ("MODEL",),
+                "positive": ("CONDITIONING",),
+                "steps": ("INT", {"default": rd.DEFAULT_STEPS, "min": 1, "max": 1000}),
+                "strength": ("FLOAT", {"default": rd.DEFAULT_STRENGTH, "min": 0.01, "max": 1.0, "step": 0.01}),
+                **_plan_spec(),
+            },
+            "optional": {
+                "drag": ("DRAG",),
+                "drag_json": ("STRING", {"forceInput": True, "multiline": True, "dynamicPrompts": False}),
+                "image": ("IMAGE",),
+                "vae": ("VAE",),
+                "latent": ("LATENT",),
+                "mask": ("MASK",),
+                **_schedule_spec(),
+                "kv_dtype": (list(KV_DTYPES), {"default": "float16"}),
+            },
+        }, _TIPS)
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The edited clean latent (VAE Decode it).",)
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+
+    def run(self, model, positive, steps=rd.DEFAULT_STEPS, strength=rd.DEFAULT_STRENGTH,
+            noise_scale=rd.DEFAULT_NOISE_SCALE, seed=42, drag=None, drag_json=None, image=None, vae=None, latent=None,
+            mask=None, paste_end=rd.DEFAULT_PASTE_END, paste_every_step=False, kv_dtype="float16"):
+        node = RD_NODE
+        supported_model(model, node)
+        check_cond_fits(model, positive, node, "positive")
+        require(int(steps) >= 1, node, "steps", f"must be at least 1, got {steps}.")
+        check_range(float(strength), 0.0, 1.0, node, "strength")
+        n = int(round(float(strength) * int(steps)))
+        require(n >= 1, node, "strength", f"is {strength}: with {steps} steps nothing is inverted, so nothing can be "
+                                          f"dragged; raise strength or steps.")
+        require(kv_dtype in KV_DTYPES, node, "kv_dtype", f"must be one of {list(KV_DTYPES)}, got {kv_dtype!r}.")
+        opts = _plan_options(node, noise_scale, paste_end, paste_every_step, seed)
+        samples, image_size = _source(node, model, image, vae, latent)
+        d = _as_drag(node, drag, drag_json, image_size)
+        plan = _plan(node, d, tuple(samples.shape[-2:]), _as_mask(node, mask), _drag_name(drag), **opts)
+
+        bar = Progress(2 * n)
+        out = rd.region_drag(model, positive, samples, plan, steps=int(steps), strength=float(strength),
+                             seed=int(seed), kv_dtype=KV_DTYPES[kv_dtype], on_step=lambda i, total: bar.update(1))
+        return ({"samples": out.to(samples.device)},)
+
+
+def _source(node: str, model: Any, image: Any, vae: Any, latent: Any) -> tuple[torch.Tensor, Optional[tuple[int, int]]]:
+    """(clean LATENT samples [1, C, h, w], image (W, H) or None) from IMAGE + VAE or LATENT, with clear errors."""
+    have_image = image is not None or vae is not None
+    require(not (have_image and latent is not None), node, "latent",
+            "both a LATENT and IMAGE/VAE are connected; connect either the LATENT or IMAGE + VAE.")
+    require(have_image or latent is not None, node, "latent", "connect the image to edit: a LATENT, or IMAGE + VAE.")
+    size = None
+    if have_image:
+        require(image is not None, node, "image", "a VAE is connected but no IMAGE; connect the image to encode.")
+        require(vae is not None, node, "vae", "an IMAGE is connected but no VAE to encode it; connect the VAE.")
+        from .drag_instructions import check_single_image
+        size = check_single_image(image, node, "image")
+        require(hasattr(vae, "encode"), node, "vae", f"expected a VAE, got {type(vae).__name__}.")
+        samples = vae.encode(image[:, :, :, :3])
+        require(isinstance(samples, torch.Tensor) and samples.ndim == 4, node, "vae",
+                f"encoded the image to shape {tuple(getattr(samples, 'shape', ()))}; expected an image VAE's "
+                f"[1, C, h, w] latent.")
+    else:
+        samples = check_latent(latent, node)
+        require(samples.ndim == 4, node, "latent", f"expected an image latent [1, C, h, w], got "
+                                                   f"{tuple(samples.shape)}.")
+    want = getattr(host.latent_format(model), "latent_channels", None)
+    require(want is None or samples.shape[1] == want, node, "vae" if have_image else "latent",
+            f"the latent has {samples.shape[1]} channels but this model takes {want} (VAE of another model "
+            f"family?).")
+    return samples, size
+
+
+NODE_CLASS_MAPPINGS = {
+    "DragEditLatentCopyPaste": LatentCopyPaste,
+    "DragEditAttentionKVSwap": AttentionKVSwap,
+    "DragEditRegionDrag": RegionDrag,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DragEditLatentCopyPaste": CP_NODE,
+    "DragEditAttentionKVSwap": KV_NODE,
+    "DragEditRegionDrag": RD_NODE,
+}

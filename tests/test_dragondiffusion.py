@@ -1,0 +1,394 @@
+"""DragonDiffusion on real ComfyUI code: the truncated estimator pass, guidance through the real UNet, the memory
+bank against the DDIM reconstruction, the three nodes (any sampler, all modes, SD1.5 / SDXL), input errors, server."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tiny_models
+from conftest import run_node
+from dragedit.core import dragon_energy as de
+from dragedit.core import dragondiffusion as dd
+from dragedit.core import host
+from dragedit.core import inversion as inv_mod
+from dragedit.core.drag_schema import DragInstructions
+from dragedit.nodes._common import NodeInputError
+from dragedit.nodes.dragondiffusion import DragonDiffusion, FeatureGuidance, MemoryBankKV
+from dragedit.nodes.inversion import DDIMInversion
+
+SIZE = 128  # image px of the 16x16 test latents (SD factor 8); energy grid 32x32 (4 px per cell)
+DRAG = DragInstructions.from_obj({"version": 1, "image_size": [SIZE, SIZE],
+                                  "points": [{"handle": [44, 52], "target": [76, 60]}]})
+
+
+def box(y0, y1, x0, x1, size=SIZE):
+    """MASK [1, size, size] with a white box."""
+    m = torch.zeros(1, size, size)
+    m[:, y0:y1, x0:x1] = 1.0
+    return m
+
+
+OBJ = box(32, 72, 32, 72)
+
+
+def invert(model, pos, seed=0, steps=10, kv=True, strength=1.0):
+    """(LATENT, INVERSION) of a test latent through the DDIM Inversion node, K/V in float32."""
+    out, inv, _ = run_node(DDIMInversion, model=model, latent=tiny_models.latent(seed), positive=pos, steps=steps,
+                           strength=strength, record_kv=kv, kv_dtype="float32")
+    return out, inv
+
+
+def ddim_reconstruction(model, pos, out, inv):
+    """Plain DDIM sampling (cfg 1, no patches) from the inverted start along the inversion's sigmas."""
+    def loop(den, x, _s):
+        return inv_mod.sample(den, inv.start.to(x), inv.sigmas.to(x))
+    with torch.inference_mode():
+        return host.session(host.clone(model), pos, None, 1.0, out["samples"], inv.sigmas, loop)
+
+
+def probe(model, pos, inv, fn, sigma_index=2, cfg=1.0, neg=None):
+    """Run one denoiser call at the inversion's latent for sigmas[sigma_index] on a clone with a post-CFG probe
+    fn(GuidanceCall) installed (features of the feature blocks); returns what fn stored."""
+    got = {}
+    m = host.clone(model)
+    blocks = dd.feature_blocks(model)
+    host.patch_post_cfg_guidance(m, lambda call: fn(call, got), blocks)
+    s = float(inv.sigmas[sigma_index])
+
+    def loop(den, x, _s):
+        got["x0"] = den.x0(inv.latents[sigma_index].to(x), s)
+        return x
+
+    with torch.inference_mode():
+        host.session(m, pos, neg, cfg, host.process_out(model, inv.start.clone()), inv.sigmas, loop)
+    return got, m
+
+
+# ---------------------------------------------------------------- the estimator pass
+
+def test_feature_blocks_and_energy_grid(sd15_model, sdxl_model):
+    assert dd.feature_blocks(sd15_model) == [1, 3]           # tiny 2-level UNet: the upsampling block + the last
+    assert dd.energy_grid(sd15_model, (16, 16)) == (32, 32)
+    # tiny SDXL layout (3 levels, 2 blocks each): up_blocks[0], [1] outputs, at 1/2 and full latent resolution
+    assert dd.feature_blocks(sdxl_model) == [1, 3]
+    assert [b.level for b in host.decoder_blocks(sdxl_model) if b.index in (1, 3)] == [2, 1]
+    assert dd.energy_grid(sdxl_model, (16, 16)) == (32, 32)
+
+
+def test_truncated_pass_equals_full_pass_and_ignores_kv_bank(sd15_model, cond):
+    """call.features(x) = the features of a normal full UNet pass (cond only) even when the sampled model carries a
+    K/V bank of another image, whose injection does change the sampler's own x̂0."""
+    pos, _ = cond
+    _, inv = invert(sd15_model, pos)
+    _, other = invert(sd15_model, pos, seed=5)
+    blocks = dd.feature_blocks(sd15_model)
+
+    def fn(call, got):
+        with call.differentiable(), torch.no_grad():
+            got["f"] = [f.clone() for f in call.features(call.x)]
+        got["calls"] = call.feature_calls
+        return None
+
+    plain, _ = probe(sd15_model, pos, inv, fn)
+    banked_model = host.clone(sd15_model)
+    dd.patch_memory_bank(banked_model, other, "move")
+    banked, _ = probe(banked_model, pos, inv, fn)
+    assert banked["calls"] == 1
+    # a full, uncut pass with plain feature capture
+    fs = host.FeatureStore()
+    full = host.patch_feature_capture(host.clone(sd15_model), fs, blocks)
+    s = float(inv.sigmas[2])
+
+    def loop(den, x, _s):
+        den.x0(inv.latents[2].to(x), s)
+        return x
+
+    with torch.inference_mode():
+        host.session(full, pos, None, 1.0, host.process_out(sd15_model, inv.start.clone()), inv.sigmas, loop)
+    for b, f_plain, f_bank in zip(blocks, plain["f"], banked["f"]):
+        torch.testing.assert_close(f_plain, fs.half(b, 0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(f_bank, f_plain, rtol=0, atol=0)
+    assert (banked["x0"] - plain["x0"]).abs().max() > 1e-3   # the bank does act on the sampled pass
+
+
+@pytest.mark.parametrize("mode", ["drag", "move"])
+def test_guidance_gradient_through_real_unet_descends_energy(sd15_model, cond, mode):
+    """g from the truncated pass is a descent direction of the mode's energy at that σ (edit and content parts)."""
+    pos, _ = cond
+    _, inv = invert(sd15_model, pos)
+    grid = dd.energy_grid(sd15_model, (16, 16))
+    spec = (dd.make_spec("drag", grid, handles=[(11, 13)], targets=[(19, 15)]) if mode == "drag" else
+            dd.make_spec("move", grid, mask=OBJ[0, ::4, ::4] > 0, offset=(4, 2)))
+    noise = torch.randn(inv.start.shape, generator=torch.Generator().manual_seed(3))
+
+    def fn(call, got):
+        x_gud = dd.guidance_latent(inv, call.sigma).to(call.x)
+        with call.differentiable():
+            with torch.no_grad():
+                f_gud = de.to_energy_grid(call.features(x_gud), grid)
+            x = host.grad_input(call.x + 0.3 * noise.to(call.x))
+            energy = lambda z: dd.energies(spec, de.to_energy_grid(call.features(z), grid), f_gud)  # noqa: E731
+            for part, (se, sc) in (("edit", (1.0, 0.0)), ("content", (0.0, 1.0))):
+                e_edit, e_con = energy(x)
+                g = de.guidance_gradient(e_edit, e_con, x, spec.edit_mask, se, sc)
+                with torch.no_grad():
+                    after = energy(x - 1e-2 * g / g.norm())
+                got[part] = (float((e_edit, e_con)[part == "content"]), float(after[part == "content"]))
+        return None
+
+    got, _ = probe(sd15_model, pos, inv, fn)
+    for part in ("edit", "content"):
+        before, after = got[part]
+        assert after < before, (part, before, after)
+
+
+# ---------------------------------------------------------------- memory bank vs DDIM reconstruction
+
+@pytest.mark.parametrize("mode", ["drag", "move"])
+def test_memory_bank_at_guidance_scale_0_reproduces_ddim_reconstruction(sd15_model, cond, mode):
+    """With the source's own K/V (recorded by the inversion, float32) and energy scale 0, the all-in-one equals
+    plain DDIM reconstruction up to the inversion's own z_i-vs-z_{i+1} K/V offset; another image's bank does not."""
+    pos, neg = cond
+    out, inv = invert(sd15_model, pos)
+    _, other = invert(sd15_model, pos, seed=5)
+    plain = ddim_reconstruction(sd15_model, pos, out, inv)
+    kw = dict(model=sd15_model, positive=pos, negative=neg, mode=mode, cfg=1.0, energy_scale=0.0,
+              resize_scale=1.0, drag=DRAG, mask=OBJ if mode == "move" else None)
+    (own,) = run_node(DragonDiffusion, inversion=inv, **kw)
+    err = float((own["samples"] - plain).abs().max())
+    assert err <= 5e-3 * float(plain.abs().max()), err
+    # control: the same run with another image's bank (its start latent swapped for ours) drifts far more
+    foreign = inv_mod.DDIMInversion(sigmas=inv.sigmas, latents=inv.latents, kv=other.kv, steps=inv.steps,
+                                    model_id=inv.model_id)
+    (wrong,) = run_node(DragonDiffusion, inversion=foreign, **kw)
+    assert float((wrong["samples"] - plain).abs().max()) > 10 * max(err, 1e-6)
+
+
+# ---------------------------------------------------------------- the nodes
+
+def _stock_sample(model, pos, neg, cfg, samples, sigmas, sampler="euler"):
+    """A stock ComfyUI sampler (what SamplerCustom does), add_noise off."""
+    import comfy.sample
+    import comfy.samplers
+    with torch.inference_mode():
+        return comfy.sample.sample_custom(model, torch.zeros_like(samples), cfg, comfy.samplers.sampler_object(sampler),
+                                          sigmas, pos, neg, samples, disable_pbar=True, seed=0)
+
+
+def _guidance_of(model) -> dd.FeatureGuidance:
+    return next(f.fn for f in model.model_options["sampler_post_cfg_function"] if hasattr(f, "fn"))
+
+
+def _runs_of(model) -> list:
+    import comfy.patcher_extension as pe
+    return [w for ws in model.wrappers.get(pe.WrappersMP.OUTER_SAMPLE, {}).values() for w in ws if hasattr(w, "state")]
+
+
+def test_feature_guidance_and_memory_bank_nodes_with_stock_samplers(sd15_model, cond):
+    pos, neg = cond
+    out, inv = invert(sd15_model, pos)
+    (banked,) = run_node(MemoryBankKV, model=sd15_model, inversion=inv, mode="drag", start_percent=0.1,
+                         end_percent=1.0)
+    (guided,) = run_node(FeatureGuidance, model=banked, inversion=inv, mode="drag", energy_scale=1.0,
+                         start_percent=0.0, end_percent=0.6, resize_scale=1.0, drag=DRAG)
+    assert not sd15_model.model_options.get("sampler_post_cfg_function")   # the input MODEL is untouched
+    g = _guidance_of(guided)
+    plain = _stock_sample(banked, pos, neg, 3.0, out["samples"], inv.sigmas)
+    edited = _stock_sample(guided, pos, neg, 3.0, out["samples"], inv.sigmas)
+    n_window = sum(de.guidance_active(i, 10, de.mode_defaults("drag")) for i in range(10))
+    assert g.stats.guided == n_window == 6 and g.stats.calls == 10
+    assert g.stats.feature_passes_grad == 6 and g.stats.feature_passes_nograd == 6 and g.stats.backward_passes == 12
+    assert torch.isfinite(edited).all() and (edited - plain).abs().max() > 1e-3
+    assert all(r.state is None for r in _runs_of(guided))               # the run's feature cache is gone
+    # a schedule off the inversion grid (karras, 2nd-order sampler): z_t^gud is interpolated along the DDIM path
+    from comfy.k_diffusion.sampling import get_sigmas_karras
+    ms = host.model_sampling(sd15_model)
+    karras = get_sigmas_karras(6, float(ms.sigma_min), float(inv.sigmas[0])).float()
+    before = g.stats.guided
+    other = _stock_sample(guided, pos, neg, 3.0, out["samples"], karras, sampler="heun")
+    assert g.stats.guided > before and torch.isfinite(other).all()
+
+
+def test_guidance_latent_is_the_piecewise_linear_ddim_path(sd15_model, cond):
+    _, inv = invert(sd15_model, cond[0])
+    s = inv.sigmas
+    assert torch.equal(dd.guidance_latent(inv, float(s[3])), inv.latents[3])
+    mid = dd.guidance_latent(inv, 0.25 * float(s[3]) + 0.75 * float(s[4]))
+    torch.testing.assert_close(mid, 0.25 * inv.latents[3] + 0.75 * inv.latents[4])
+    assert dd.guidance_latent(inv, float(s[0]) * 1.5) is None
+
+
+def test_percent_windows_match_reference_steps(sd15_model):
+    sig = host.ddim_sigmas(sd15_model, 50)
+    guide = dd.sigma_percent_window(sd15_model, 0.0, 0.6)
+    bank = dd.sigma_percent_window(sd15_model, 0.1, 1.0)
+    assert [i for i in range(50) if guide(float(sig[i]))] == list(range(30))
+    assert [i for i in range(50) if bank(float(sig[i]))] == list(range(5, 50))
+
+
+MODE_INPUTS = {
+    "drag": dict(drag=DRAG),
+    "move": dict(drag=DRAG, mask=OBJ, resize_scale=1.2),
+    "appearance": dict(mask=OBJ, ref_mask=box(8, 40, 72, 120)),
+    "paste": dict(mask=OBJ, ref_mask=box(64, 104, 80, 120)),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODE_INPUTS))
+def test_all_in_one_modes_sd15(sd15_model, cond, mode):
+    pos, neg = cond
+    _, inv = invert(sd15_model, pos, steps=8)
+    kw = dict(MODE_INPUTS[mode])
+    if mode in ("appearance", "paste"):
+        _, kw["reference"] = invert(sd15_model, pos, seed=4, steps=8)
+    kw.setdefault("resize_scale", 1.0)
+    args = dict(model=sd15_model, positive=pos, negative=neg, inversion=inv, mode=mode, cfg=4.0, **kw)
+    (edited,) = run_node(DragonDiffusion, energy_scale=1.0, **args)
+    (unguided,) = run_node(DragonDiffusion, energy_scale=0.0, **args)
+    assert edited["samples"].shape == (1, 4, 16, 16) and torch.isfinite(edited["samples"]).all()
+    assert (edited["samples"] - unguided["samples"]).abs().max() > 1e-3
+
+
+def test_all_in_one_sdxl_shaped(sdxl_model, cond_xl):
+    pos, neg = cond_xl
+    _, inv = invert(sdxl_model, pos, steps=6)
+    (edited,) = run_node(DragonDiffusion, model=sdxl_model, positive=pos, negative=neg, inversion=inv, mode="drag",
+                         cfg=4.0, energy_scale=1.0, resize_scale=1.0, drag=DRAG)
+    assert torch.isfinite(edited["samples"]).all() and edited["samples"].shape == (1, 4, 16, 16)
+
+
+def test_diffeditor_options_run_and_count(sd15_model, cond):
+    """Time travel adds the repeats (a forward and an inversion call each); regional SDE is seeded."""
+    from dragedit.nodes.dragondiffusion import run_edit, build_spec
+    pos, neg = cond
+    _, inv = invert(sd15_model, pos, steps=50, strength=0.7)   # steps 15..49 of 50: SDE 15-19, travel 22-28
+    spec, blocks = build_spec("test", sd15_model, inv, "drag", drag=DRAG, energy_scale=1.0)
+    d = de.mode_defaults("drag")
+    counts = {}
+    outs = {}
+    for name, opts in (("base", dd.EditOptions()), ("tt", dd.EditOptions(time_travel=True)),
+                       ("sde", dd.EditOptions(regional_sde=True, seed=1)),
+                       ("sde2", dd.EditOptions(regional_sde=True, seed=1))):
+        st = {}
+        with torch.inference_mode():
+            outs[name] = run_edit(sd15_model, pos, neg, 4.0, inv, spec, blocks, d, opts, stats=st)
+        counts[name] = st["denoiser_calls"]
+    assert counts["base"] == 35 and counts["tt"] == 35 + 4 * 2 * 2     # 4 steps x 2 extra repeats x (fwd + back)
+    assert torch.equal(outs["sde"], outs["sde2"]) and (outs["sde"] - outs["base"]).abs().max() > 1e-4
+    assert (outs["tt"] - outs["base"]).abs().max() > 1e-5
+
+
+# ---------------------------------------------------------------- input errors
+
+@pytest.fixture()
+def inverted(sd15_model, cond):
+    return invert(sd15_model, cond[0], steps=4)[1]
+
+
+@pytest.mark.parametrize("mode, change, match", [
+    ("appearance", dict(mask=OBJ, ref_mask=OBJ), r"input 'reference'.*second image"),
+    ("paste", dict(mask=OBJ, ref_mask=OBJ), r"input 'reference'"),
+    ("appearance", dict(mask=box(0, 40, 0, 40, size=100), ref_mask=OBJ, reference="inv"), r"input 'mask'.*100x100"),
+    ("appearance", dict(mask=OBJ, ref_mask=torch.ones(1, 48, 64), reference="inv"), r"input 'ref_mask'.*64x48"),
+    ("drag", dict(drag=DRAG, mask=box(0, 40, 0, 40, size=64)), r"input 'mask'.*64x64.*128x128"),
+    ("move", dict(drag=DRAG, mask=OBJ, resize_scale=3.0), r"input 'resize_scale'.*leaves the image"),
+    ("move", dict(drag=DRAG), r"input 'mask'.*object mask"),
+    ("move", dict(mask=OBJ), r"input 'drag'.*one point pair"),
+    ("drag", dict(), r"input 'drag'.*point pairs"),
+    ("paste", dict(mask=OBJ, ref_mask=box(0, 8, 0, 8), reference="inv"), r"input 'ref_mask'.*same size"),
+    ("appearance", dict(mask=OBJ, ref_mask=torch.zeros(1, SIZE, SIZE), reference="inv"), r"input 'ref_mask'.*empty"),
+])
+def test_dragondiffusion_input_errors(sd15_model, cond, inverted, mode, change, match):
+    pos, neg = cond
+    kw = dict(model=sd15_model, positive=pos, negative=neg, inversion=inverted, mode=mode, cfg=4.0,
+              energy_scale=1.0, resize_scale=1.0)
+    kw.update(change)
+    if kw.get("reference") == "inv":
+        kw["reference"] = inverted
+    with pytest.raises(NodeInputError, match=r"^\[DragonDiffusion\] " + match):
+        run_node(DragonDiffusion, **kw)
+
+
+def test_node_errors_for_inversion_inputs(sd15_model, cond):
+    pos, neg = cond
+    _, no_kv = invert(sd15_model, pos, steps=4, kv=False)
+    _, kv = invert(sd15_model, pos, steps=4)
+    with pytest.raises(NodeInputError, match=r"^\[Memory Bank K/V\] input 'inversion'.*record_kv"):
+        run_node(MemoryBankKV, model=sd15_model, inversion=no_kv, mode="drag", start_percent=0.1, end_percent=1.0)
+    with pytest.raises(NodeInputError, match=r"^\[Feature Guidance\] input 'inversion'.*another model"):
+        run_node(FeatureGuidance, model=tiny_models.sd15(seed=3), inversion=no_kv, mode="drag", energy_scale=1.0,
+                 start_percent=0.0, end_percent=0.6, resize_scale=1.0, drag=DRAG)
+    with pytest.raises(NodeInputError, match=r"^\[Feature Guidance\] input 'end_percent'"):
+        run_node(FeatureGuidance, model=sd15_model, inversion=no_kv, mode="drag", energy_scale=1.0,
+                 start_percent=0.6, end_percent=0.2, resize_scale=1.0, drag=DRAG)
+    with pytest.raises(NodeInputError, match=r"^\[Memory Bank K/V\] input 'reference'"):
+        run_node(MemoryBankKV, model=sd15_model, inversion=kv, mode="paste", start_percent=0.0, end_percent=1.0,
+                 mask=OBJ, ref_mask=OBJ)
+    with pytest.raises(NodeInputError, match=r"^\[DragonDiffusion\] input 'negative'"):
+        run_node(DragonDiffusion, model=sd15_model, positive=pos, negative=tiny_models.conditioning(2, width=64),
+                 inversion=kv, mode="drag", cfg=4.0, energy_scale=1.0, resize_scale=1.0, drag=DRAG)
+
+
+# ---------------------------------------------------------------- the real server
+
+@pytest.mark.slow
+def test_server_prompt_all_in_one_and_patch_nodes(comfy_server):
+    import safetensors.torch
+    g = {
+        "1": {"class_type": "DragEditTestTinyModel", "inputs": {"kind": "sd15", "seed": 0}},
+        "2": {"class_type": "DragEditTestConditioning", "inputs": {"seed": 1, "pooled": False}},
+        "3": {"class_type": "DragEditTestLatent", "inputs": {"seed": 0, "size": 16, "batch": 1}},
+        "4": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1, "color": 0}},
+        "5": {"class_type": "DragInstructions", "inputs": {
+            "image": ["4", 0], "drag_data": '{"version": 1, "points": [{"handle": [44, 52], "target": [76, 60]}]}'}},
+        "6": {"class_type": "DragEditDDIMInversion", "inputs": {
+            "model": ["1", 0], "latent": ["3", 0], "positive": ["2", 0], "steps": 10, "strength": 1.0,
+            "record_kv": True}},
+        "7": {"class_type": "DragEditDragonDiffusion", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "inversion": ["6", 1], "mode": "drag",
+            "cfg": 4.0, "energy_scale": 1.0, "resize_scale": 1.0, "drag": ["5", 0], "mask": ["5", 1]}},
+        "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "dragon_all"}},
+        "9": {"class_type": "DragEditMemoryBankKV", "inputs": {
+            "model": ["1", 0], "inversion": ["6", 1], "mode": "drag", "start_percent": 0.1, "end_percent": 1.0}},
+        "10": {"class_type": "DragEditFeatureGuidance", "inputs": {
+            "model": ["9", 0], "inversion": ["6", 1], "mode": "drag", "energy_scale": 1.0, "start_percent": 0.0,
+            "end_percent": 0.6, "resize_scale": 1.0, "drag": ["5", 0]}},
+        "11": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
+        "12": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["10", 0], "add_noise": False, "noise_seed": 0, "cfg": 4.0, "positive": ["2", 0],
+            "negative": ["2", 0], "sampler": ["11", 0], "sigmas": ["6", 2], "latent_image": ["6", 0]}},
+        "13": {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": "dragon_patch"}},
+    }
+    comfy_server.run_prompt(g)
+    out = comfy_server.base / "output" / "latents"
+    for prefix in ("dragon_all", "dragon_patch"):
+        t = safetensors.torch.load_file(sorted(out.glob(f"{prefix}*.latent"))[-1])["latent_tensor"]
+        assert t.shape == (1, 4, 16, 16) and torch.isfinite(t).all()
+
+
+@pytest.mark.slow
+def test_server_reports_resize_leaving_image(comfy_server):
+    from comfy_server import PromptError
+    g = {
+        "1": {"class_type": "DragEditTestTinyModel", "inputs": {"kind": "sd15", "seed": 0}},
+        "2": {"class_type": "DragEditTestConditioning", "inputs": {"seed": 1, "pooled": False}},
+        "3": {"class_type": "DragEditTestLatent", "inputs": {"seed": 0, "size": 16, "batch": 1}},
+        "4": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1, "color": 0}},
+        "5": {"class_type": "DragInstructions", "inputs": {
+            "image": ["4", 0], "drag_data": '{"version": 1, "points": [{"handle": [44, 52], "target": [76, 60]}]}'}},
+        "6": {"class_type": "DragEditDDIMInversion", "inputs": {
+            "model": ["1", 0], "latent": ["3", 0], "positive": ["2", 0], "steps": 4, "strength": 1.0,
+            "record_kv": True}},
+        "7": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 40, "height": 40}},
+        "8": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": SIZE, "height": SIZE}},
+        "9": {"class_type": "MaskComposite", "inputs": {"destination": ["8", 0], "source": ["7", 0], "x": 32,
+                                                        "y": 32, "operation": "add"}},
+        "10": {"class_type": "DragEditDragonDiffusion", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "inversion": ["6", 1], "mode": "move",
+            "cfg": 4.0, "energy_scale": 1.0, "resize_scale": 3.0, "drag": ["5", 0], "mask": ["9", 0]}},
+        "11": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "x"}},
+    }
+    with pytest.raises(PromptError, match=r"\[DragonDiffusion\] input 'resize_scale'.*leaves the image"):
+        comfy_server.run_prompt(g)

@@ -1,0 +1,1077 @@
+// "Drag Instructions" editor: a DOM widget with a <canvas> on the node. It shows the image (the connected
+// Load Image before the first run, the node's last executed image after it), and edits handle -> target
+// point pairs, region pairs (rect / polygon) and an editable-area mask. The state lives only in the node's
+// "drag_data" STRING widget (versioned JSON, schema in core/drag_schema.py); every edit rewrites it.
+// Coordinates are image pixels whatever the node size or canvas zoom. Text from workflows is only ever
+// shown with textContent or drawn on the canvas, never parsed as HTML.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import {
+  DragStateError,
+  LIMITS,
+  centroid,
+  cloneState,
+  countPairs,
+  emptyState,
+  isEmptyState,
+  parseState,
+  pointInPolygon,
+  polygonProblem,
+  rectCorners,
+  rescaleState,
+  serializeState,
+  shapeOutline,
+} from "./drag_state.js";
+
+const DATA_WIDGET = "drag_data";
+const EDITOR_WIDGET = "drag_editor";
+const HIT_RADIUS = 9; // screen px
+const MIN_HEIGHT = 260;
+const UNDO_LIMIT = 100;
+const POLL_MS = 400;
+const COLORS = {
+  handle: "#ff4d4d",
+  target: "#3d9bff",
+  arrow: "#ffd24d",
+  regionHandle: "rgba(255, 77, 77, 0.22)",
+  regionTarget: "rgba(61, 155, 255, 0.22)",
+  mask: [80, 255, 120, 90],
+  pending: "#ffffff",
+};
+const TOOLS = [
+  ["point", "Point", "Click a handle, then its target. Drag a point to move it; right-click or Delete removes it."],
+  ["brush", "Mask", "Paint the editable area (optional; none = the whole image)."],
+  ["eraser", "Erase", "Erase the editable-area mask."],
+  ["rect", "Rect", "Drag the handle rectangle, then drag (or click) the target rectangle."],
+  ["polygon", "Polygon", "Click the handle polygon's vertices, close it on the first vertex (or Enter), then click where its copy (the target) goes; drag vertices to reshape."],
+];
+
+/** Is this node definition the pack's "Drag Instructions" node? (by its inputs/outputs, robust to renames) */
+function isDragInstructionsDef(nodeData) {
+  const req = nodeData?.input?.required || {};
+  return !!req[DATA_WIDGET] && !!req.image && (nodeData.output || []).includes("DRAG");
+}
+
+/** {filename, subfolder, type} of a Load Image style widget value ("sub/name.png [input]"). */
+function parseImageValue(value) {
+  if (typeof value !== "string" || !value.trim()) return null;
+  let v = value.trim();
+  let type = "input";
+  const m = v.match(/^(.*) \[(input|output|temp)\]$/);
+  if (m) {
+    v = m[1];
+    type = m[2];
+  }
+  const cut = v.lastIndexOf("/");
+  return { filename: cut >= 0 ? v.slice(cut + 1) : v, subfolder: cut >= 0 ? v.slice(0, cut) : "", type };
+}
+
+function viewUrl(ref) {
+  const q = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder || "", type: ref.type || "input" });
+  return api.apiURL(`/view?${q.toString()}`);
+}
+
+function el(tag, style = {}, attrs = {}) {
+  const e = document.createElement(tag);
+  Object.assign(e.style, style);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+const dist2 = (a, b) => (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2;
+
+class DragEditor {
+  constructor(node, dataWidget) {
+    this.node = node;
+    this.dataWidget = dataWidget;
+    this.state = emptyState();
+    this.lastText = null; // widget text the state was built from / written to
+    this.storedError = ""; // why the stored value could not be read
+    this.note = ""; // transient information
+    this.tool = "point";
+    this.brush = 24; // brush diameter in image pixels
+    this.pending = null; // unfinished pair / region
+    this.selected = null; // {kind: "point"|"region", index, ...}
+    this.drag = null; // active pointer gesture
+    this.hover = null; // image coordinates under the pointer
+    this.undoStack = [];
+    this.image = null; // HTMLImageElement shown
+    this.imageKey = ""; // url of the image shown (or being loaded)
+    this.imageError = "";
+    this.execImage = null; // {url, upstream} from the last execution
+    this.maskCanvas = null;
+    this.destroyed = false;
+    this.buildDom();
+  }
+
+  // ------------------------------------------------------------------ DOM
+  buildDom() {
+    this.root = el("div", {
+      display: "flex",
+      flexDirection: "column",
+      gap: "4px",
+      width: "100%",
+      height: "100%",
+      minHeight: `${MIN_HEIGHT}px`,
+      boxSizing: "border-box",
+      fontFamily: "sans-serif",
+      fontSize: "11px",
+      color: "#ddd",
+    });
+    this.root.className = "dragedit-editor widget-expands";
+    this.toolbar = el("div", { display: "flex", flexWrap: "wrap", gap: "3px", alignItems: "center" });
+    this.toolButtons = {};
+    for (const [id, label, tip] of TOOLS) {
+      const b = this.button(label, tip, () => this.setTool(id));
+      b.dataset.tool = id;
+      this.toolButtons[id] = b;
+    }
+    this.sizeInput = el("input", { width: "70px" }, { type: "range", min: "2", max: "256", step: "1", title: "Brush size (image pixels)" });
+    this.sizeInput.value = String(this.brush);
+    this.sizeInput.dataset.role = "brush-size";
+    this.sizeInput.addEventListener("input", () => {
+      this.brush = Number(this.sizeInput.value);
+      this.redraw();
+    });
+    this.stopPointer(this.sizeInput);
+    this.toolbar.appendChild(this.sizeInput);
+    this.button("Undo", "Undo the last edit (Ctrl+Z)", () => this.undo()).dataset.action = "undo";
+    this.button("Clear", "Remove all points, regions and the mask", () => this.clearAll()).dataset.action = "clear";
+    this.canvas = el("canvas", { flex: "1 1 auto", minHeight: "120px", width: "100%", display: "block", background: "#1b1b1b", borderRadius: "4px", outline: "none", cursor: "crosshair", touchAction: "none" });
+    this.canvas.tabIndex = 0;
+    this.canvas.dataset.role = "drag-canvas";
+    this.status = el("div", { minHeight: "14px", whiteSpace: "pre-wrap", overflowWrap: "anywhere", lineHeight: "14px" });
+    this.status.dataset.role = "status";
+    this.root.append(this.toolbar, this.canvas, this.status);
+    this.bindEvents();
+    this.setTool("point");
+    this.resizeObserver = new ResizeObserver(() => this.redraw());
+    this.resizeObserver.observe(this.canvas);
+  }
+
+  button(label, tip, fn) {
+    const b = el("button", { padding: "2px 6px", fontSize: "11px", borderRadius: "3px", border: "1px solid #555", background: "#333", color: "#ddd", cursor: "pointer" });
+    b.type = "button";
+    b.textContent = label;
+    b.title = tip;
+    b.addEventListener("click", (e) => {
+      e.stopPropagation();
+      fn();
+    });
+    this.stopPointer(b);
+    this.toolbar.appendChild(b);
+    return b;
+  }
+
+  stopPointer(e) {
+    // Keep pointer events for ourselves: otherwise the node (Nodes 2.0) or the graph canvas would drag.
+    for (const t of ["pointerdown", "pointermove", "pointerup", "mousedown", "contextmenu"]) {
+      e.addEventListener(t, (ev) => ev.stopPropagation());
+    }
+  }
+
+  setTool(id) {
+    if (this.tool !== id) this.pending = null;
+    this.tool = id;
+    for (const [k, b] of Object.entries(this.toolButtons)) {
+      b.style.background = k === id ? "#4a6da8" : "#333";
+      b.setAttribute("aria-pressed", k === id ? "true" : "false");
+    }
+    this.note = "";
+    this.updateStatus();
+    this.redraw();
+  }
+
+  // ------------------------------------------------------------------ state <-> widget
+  /** Read the widget text into the editor (a workflow was loaded, or the value changed outside the editor). */
+  loadFromWidget() {
+    const text = this.dataWidget.value ?? "";
+    this.lastText = text;
+    this.pending = null;
+    this.selected = null;
+    try {
+      this.state = parseState(String(text));
+      this.storedError = "";
+    } catch (e) {
+      const msg = e instanceof DragStateError ? e.message : String(e && e.message ? e.message : e);
+      this.storedError = `Stored drag_data is invalid: ${msg}. Editing replaces it (Undo brings it back).`;
+      this.state = emptyState(this.image ? [this.image.naturalWidth, this.image.naturalHeight] : null);
+    }
+    if (this.image && !this.storedError) this.adoptImageSize(false);
+    this.rebuildMaskCanvas();
+    this.updateStatus();
+    this.redraw();
+  }
+
+  /** Write the state to the widget (one edit); keeps the previous text for Undo. */
+  commit(note = "") {
+    const text = serializeState(this.state);
+    if (new TextEncoder().encode(text).length > LIMITS.maxJsonBytes) {
+      this.applyText(this.undoStack.pop() ?? this.lastText, false);
+      this.note = `Not applied: the instructions would exceed ${LIMITS.maxJsonBytes / 1024} KiB (simplify the mask).`;
+      this.updateStatus();
+      return;
+    }
+    this.writeWidget(text);
+    this.storedError = "";
+    this.note = note;
+    this.updateStatus();
+    this.redraw();
+  }
+
+  writeWidget(text) {
+    this.lastText = text;
+    this.dataWidget.value = text;
+    this.dataWidget.callback?.(text);
+    this.node.setDirtyCanvas?.(true, true);
+    this.node.graph?.change?.();
+  }
+
+  pushUndo() {
+    this.undoStack.push(this.lastText ?? "");
+    if (this.undoStack.length > UNDO_LIMIT) this.undoStack.shift();
+  }
+
+  applyText(text, write = true) {
+    if (write) this.writeWidget(text);
+    this.loadFromWidget();
+  }
+
+  undo() {
+    if (this.pending) {
+      this.pending = null;
+      this.redraw();
+      return;
+    }
+    if (!this.undoStack.length) {
+      this.note = "Nothing to undo.";
+      this.updateStatus();
+      return;
+    }
+    this.applyText(this.undoStack.pop());
+    this.note = "Undone.";
+    this.updateStatus();
+  }
+
+  clearAll() {
+    this.pushUndo();
+    this.pending = null;
+    this.selected = null;
+    this.state = emptyState(this.state.imageSize || this.imageSize());
+    this.rebuildMaskCanvas();
+    this.commit("Cleared.");
+  }
+
+  updateStatus() {
+    let text = "";
+    let color = "#aaa";
+    const problems = [this.storedError, this.imageError].filter(Boolean);
+    if (problems.length) {
+      text = problems.join("\n");
+      color = "#ff7b7b";
+    } else if (this.note) {
+      text = this.note;
+    } else {
+      const s = this.state;
+      const size = this.imageSize();
+      text = `${s.points.length} point pair(s), ${s.regions.length} region pair(s)${s.mask ? ", mask" : ""}` +
+        (size ? `  |  ${size[0]}x${size[1]} px` : "") + `  |  ${this.hint()}`;
+    }
+    if (this.linkedJson()) {
+      text += "\nThe drag_json input is connected: it replaces what is drawn here.";
+    }
+    this.status.textContent = text;
+    this.status.style.color = color;
+    this.status.dataset.error = problems.length ? "1" : "0";
+  }
+
+  hint() {
+    if (!this.imageSize()) return "Connect a Load Image (or run once) to see the image.";
+    const p = this.pending;
+    if (p?.type === "point") return "Click the target of this handle (Esc cancels).";
+    if (p?.type === "rect-target") return "Drag or click the target rectangle (Esc cancels).";
+    if (p?.type === "poly-handle") return "Click vertices; click the first vertex or press Enter to close.";
+    if (p?.type === "poly-target") return "Click where the target polygon goes.";
+    return TOOLS.find((t) => t[0] === this.tool)[2];
+  }
+
+  linkedJson() {
+    const inp = (this.node.inputs || []).find((i) => i.name === "drag_json");
+    return !!(inp && inp.link != null);
+  }
+
+  // ------------------------------------------------------------------ image
+  imageSize() {
+    if (this.image) return [this.image.naturalWidth, this.image.naturalHeight];
+    return this.state.imageSize;
+  }
+
+  upstreamRef() {
+    const slot = (this.node.inputs || []).findIndex((i) => i.name === "image");
+    if (slot < 0 || this.node.inputs[slot].link == null) return null;
+    const up = this.node.getInputNode?.(slot);
+    if (!up) return null;
+    const w = (up.widgets || []).find((x) => x.name === "image" && typeof x.value === "string");
+    const ref = w ? parseImageValue(w.value) : null;
+    if (ref) return { url: viewUrl(ref), label: w.value };
+    const src = up.imgs?.[0]?.src;
+    return src ? { url: src, label: up.title || up.type } : null;
+  }
+
+  /** Pick the image to show: the last executed one while the upstream source is unchanged, else upstream. */
+  refreshImage() {
+    const up = this.upstreamRef();
+    const upKey = up ? up.url : "";
+    let want = null;
+    if (this.execImage && this.execImage.upstream === upKey) want = { url: this.execImage.url, label: "last run" };
+    else if (up) want = up;
+    const url = want ? want.url : "";
+    if (url === this.imageKey) return;
+    this.imageKey = url;
+    if (!url) {
+      this.image = null;
+      this.imageError = "";
+      this.updateStatus();
+      this.redraw();
+      return;
+    }
+    const img = new Image();
+    img.onload = () => {
+      if (this.imageKey !== url || this.destroyed) return;
+      this.image = img;
+      this.imageError = "";
+      this.adoptImageSize(true);
+      this.updateStatus();
+      this.redraw();
+    };
+    img.onerror = () => {
+      if (this.imageKey !== url || this.destroyed) return;
+      this.image = null;
+      this.imageError = `Could not load the image ${want.label}.`;
+      this.updateStatus();
+      this.redraw();
+    };
+    img.src = url;
+  }
+
+  /** Align the state with the shown image's size; rescales instructions drawn on another size. */
+  adoptImageSize(mayWrite) {
+    const [W, H] = [this.image.naturalWidth, this.image.naturalHeight];
+    const s = this.state;
+    if (s.imageSize && s.imageSize[0] === W && s.imageSize[1] === H) return;
+    if (s.imageSize && !isEmptyState(s) && mayWrite && !this.storedError) {
+      const [w0, h0] = s.imageSize;
+      this.pushUndo();
+      this.state = rescaleState(s, W, H);
+      this.rebuildMaskCanvas();
+      this.commit(`The instructions were drawn on a ${w0}x${h0} image and were rescaled to ${W}x${H}.`);
+      return;
+    }
+    s.imageSize = [W, H];
+    if (s.mask && s.mask.length !== W * H) s.mask = null;
+    this.rebuildMaskCanvas();
+  }
+
+  onExecuted(output) {
+    const list = output?.drag_image || output?.images;
+    const ref = Array.isArray(list) ? list[0] : null;
+    if (!ref || typeof ref.filename !== "string") return;
+    const up = this.upstreamRef();
+    this.execImage = { url: viewUrl(ref) + `&t=${Date.now()}`, upstream: up ? up.url : "" };
+    this.refreshImage();
+  }
+
+  /** Periodic check for changes made outside the editor (links, the Load Image choice, the widget). */
+  poll() {
+    if (this.destroyed) return;
+    this.root.dataset.dragEditNode = String(this.node.id);
+    const text = this.dataWidget.value ?? "";
+    if (text !== this.lastText) this.loadFromWidget();
+    this.refreshImage();
+    const linked = this.linkedJson();
+    if (linked !== this._linked) {
+      this._linked = linked;
+      this.updateStatus();
+    }
+  }
+
+  // ------------------------------------------------------------------ mask
+  rebuildMaskCanvas() {
+    const size = this.state.imageSize;
+    if (!this.state.mask || !size) {
+      this.maskCanvas = null;
+      return;
+    }
+    const [W, H] = size;
+    if (!this.maskCanvas || this.maskCanvas.width !== W || this.maskCanvas.height !== H) {
+      this.maskCanvas = el("canvas");
+      this.maskCanvas.width = W;
+      this.maskCanvas.height = H;
+    }
+    this.paintMaskRect(0, 0, W, H);
+  }
+
+  paintMaskRect(x0, y0, x1, y1) {
+    const [W] = this.state.imageSize;
+    const w = x1 - x0;
+    const h = y1 - y0;
+    if (w <= 0 || h <= 0) return;
+    const ctx = this.maskCanvas.getContext("2d");
+    const data = ctx.createImageData(w, h);
+    const [r, g, b, a] = COLORS.mask;
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        if (this.state.mask[(y0 + y) * W + x0 + x]) {
+          const o = (y * w + x) * 4;
+          data.data[o] = r;
+          data.data[o + 1] = g;
+          data.data[o + 2] = b;
+          data.data[o + 3] = a;
+        }
+      }
+    }
+    ctx.putImageData(data, x0, y0);
+  }
+
+  dab(p, value) {
+    const size = this.state.imageSize;
+    if (!size) return;
+    const [W, H] = size;
+    if (!this.state.mask) {
+      if (!value) return;
+      this.state.mask = new Uint8Array(W * H);
+      this.rebuildMaskCanvas();
+    }
+    const r = this.brush / 2;
+    const x0 = clamp(Math.floor(p[0] - r), 0, W);
+    const x1 = clamp(Math.ceil(p[0] + r), 0, W);
+    const y0 = clamp(Math.floor(p[1] - r), 0, H);
+    const y1 = clamp(Math.ceil(p[1] + r), 0, H);
+    for (let y = y0; y < y1; y++) {
+      for (let x = x0; x < x1; x++) {
+        if ((x + 0.5 - p[0]) ** 2 + (y + 0.5 - p[1]) ** 2 <= r * r) this.state.mask[y * W + x] = value;
+      }
+    }
+    this.paintMaskRect(x0, y0, x1, y1);
+  }
+
+  strokeTo(p, value) {
+    const last = this.drag.last;
+    const step = Math.max(1, this.brush / 4);
+    const n = Math.max(1, Math.ceil(Math.sqrt(dist2(last, p)) / step));
+    for (let i = 1; i <= n; i++) this.dab([last[0] + ((p[0] - last[0]) * i) / n, last[1] + ((p[1] - last[1]) * i) / n], value);
+    this.drag.last = p;
+  }
+
+  // ------------------------------------------------------------------ view transform
+  view() {
+    const size = this.imageSize() || [512, 512];
+    const cw = this.canvas.width;
+    const ch = this.canvas.height;
+    const s = Math.min(cw / size[0], ch / size[1]);
+    return { s, ox: (cw - size[0] * s) / 2, oy: (ch - size[1] * s) / 2, size };
+  }
+
+  /** Canvas bitmap px per screen px (the node may be scaled by the graph zoom). */
+  screenScale() {
+    const r = this.canvas.getBoundingClientRect();
+    return r.width > 0 ? this.canvas.width / r.width : 1;
+  }
+
+  /** Image pixel coordinates of a pointer event. */
+  eventToImage(e) {
+    const r = this.canvas.getBoundingClientRect();
+    const k = this.canvas.width / r.width;
+    const kh = this.canvas.height / r.height;
+    const v = this.view();
+    return [((e.clientX - r.left) * k - v.ox) / v.s, ((e.clientY - r.top) * kh - v.oy) / v.s];
+  }
+
+  /** Client (page) coordinates of an image point: for tests and tooling. */
+  imageToClient(x, y) {
+    const r = this.canvas.getBoundingClientRect();
+    const v = this.view();
+    return { x: r.left + ((v.ox + x * v.s) * r.width) / this.canvas.width, y: r.top + ((v.oy + y * v.s) * r.height) / this.canvas.height };
+  }
+
+  /** Hit radius in image pixels. */
+  hitRadius() {
+    return (HIT_RADIUS * this.screenScale()) / this.view().s;
+  }
+
+  clampToImage(p) {
+    const size = this.imageSize();
+    return [clamp(p[0], 0, size[0]), clamp(p[1], 0, size[1])];
+  }
+
+  // ------------------------------------------------------------------ hit testing
+  /** The point or vertex under p: {kind, index, ...} or null (nearest within the hit radius). */
+  hitTest(p) {
+    const r2 = this.hitRadius() ** 2;
+    let best = null;
+    let bestD = r2;
+    const consider = (pos, info) => {
+      const d = dist2(pos, p);
+      if (d <= bestD) {
+        bestD = d;
+        best = info;
+      }
+    };
+    this.state.points.forEach((pp, i) => {
+      consider(pp.handle, { kind: "point", index: i, end: "handle" });
+      consider(pp.target, { kind: "point", index: i, end: "target" });
+    });
+    this.state.regions.forEach((rg, i) => {
+      rg.handle.forEach((v, k) => consider(v, { kind: "region", index: i, which: "handle", vertex: k }));
+      (rg.target || []).forEach((v, k) => consider(v, { kind: "region", index: i, which: "target", vertex: k }));
+      (rg.points || []).forEach((pp, k) => {
+        consider(pp.handle, { kind: "region", index: i, which: "points", vertex: k, end: "handle" });
+        consider(pp.target, { kind: "region", index: i, which: "points", vertex: k, end: "target" });
+      });
+    });
+    return best;
+  }
+
+  /** The region whose handle or target shape contains p (for deleting by right-click), or null. */
+  regionAt(p) {
+    for (let i = this.state.regions.length - 1; i >= 0; i--) {
+      const rg = this.state.regions[i];
+      if (pointInPolygon(p, shapeOutline(rg.kind, rg.handle))) return { kind: "region", index: i };
+      if (rg.target && pointInPolygon(p, shapeOutline(rg.kind, rg.target))) return { kind: "region", index: i };
+    }
+    return null;
+  }
+
+  posOf(hit) {
+    if (hit.kind === "point") return this.state.points[hit.index][hit.end];
+    const rg = this.state.regions[hit.index];
+    if (hit.which === "points") return rg.points[hit.vertex][hit.end];
+    return rg[hit.which][hit.vertex];
+  }
+
+  setPos(hit, p) {
+    if (hit.kind === "point") this.state.points[hit.index][hit.end] = p;
+    else {
+      const rg = this.state.regions[hit.index];
+      if (hit.which === "points") rg.points[hit.vertex][hit.end] = p;
+      else rg[hit.which][hit.vertex] = p;
+    }
+  }
+
+  deleteHit(hit) {
+    if (!hit) return false;
+    this.pushUndo();
+    if (hit.kind === "point") this.state.points.splice(hit.index, 1);
+    else if (hit.which === "points" && this.state.regions[hit.index].points.length > 1) this.state.regions[hit.index].points.splice(hit.vertex, 1);
+    else this.state.regions.splice(hit.index, 1);
+    this.selected = null;
+    this.commit(hit.kind === "point" ? "Point pair removed." : "Region pair removed.");
+    return true;
+  }
+
+  // ------------------------------------------------------------------ events
+  bindEvents() {
+    const c = this.canvas;
+    c.addEventListener("pointerdown", (e) => this.onPointerDown(e));
+    c.addEventListener("pointermove", (e) => this.onPointerMove(e));
+    c.addEventListener("pointerup", (e) => this.onPointerUp(e));
+    c.addEventListener("pointercancel", (e) => this.onPointerUp(e, true));
+    c.addEventListener("pointerleave", () => {
+      this.hover = null;
+      this.redraw();
+    });
+    c.addEventListener("mousedown", (e) => e.stopPropagation());
+    c.addEventListener("contextmenu", (e) => {
+      e.preventDefault();
+      e.stopPropagation();
+    });
+    c.addEventListener("dblclick", (e) => {
+      e.stopPropagation();
+      if (this.pending?.type === "poly-handle") this.closePolygon();
+    });
+    c.addEventListener("keydown", (e) => this.onKey(e));
+    c.addEventListener("wheel", (e) => {
+      // Let the graph zoom while the pointer is over the editor.
+      e.preventDefault();
+      e.stopPropagation();
+      app.canvas?.processMouseWheel?.(e);
+    }, { passive: false });
+  }
+
+  onKey(e) {
+    const k = e.key;
+    const ctrl = e.ctrlKey || e.metaKey;
+    let handled = true;
+    if (k === "Delete" || k === "Backspace") {
+      if (this.pending) this.pending = null;
+      else if (this.selected) this.deleteHit(this.selected);
+    } else if (k === "Escape") {
+      this.pending = null;
+      this.drag = null;
+    } else if (k === "Enter") {
+      if (this.pending?.type === "poly-handle") this.closePolygon();
+    } else if (ctrl && (k === "z" || k === "Z")) {
+      this.undo();
+    } else {
+      handled = false;
+    }
+    if (handled) {
+      e.preventDefault();
+      e.stopPropagation();
+      this.updateStatus();
+      this.redraw();
+    }
+  }
+
+  onPointerDown(e) {
+    e.stopPropagation();
+    if (e.button === 1) return; // middle button: leave to the graph
+    e.preventDefault();
+    this.canvas.focus({ preventScroll: true });
+    if (!this.imageSize()) return;
+    const p = this.eventToImage(e);
+    if (e.button === 2) {
+      if (this.pending) {
+        this.pending = null;
+        this.updateStatus();
+        this.redraw();
+        return;
+      }
+      const hit = this.hitTest(p) || this.regionAt(p);
+      if (hit && hit.kind === "region" && hit.which === undefined) {
+        this.deleteHit({ kind: "region", index: hit.index, which: "handle" });
+      } else this.deleteHit(hit);
+      return;
+    }
+    if (e.button !== 0) return;
+    try {
+      this.canvas.setPointerCapture(e.pointerId);
+    } catch (err) {
+      /* synthetic events have no active pointer */
+    }
+    const inImage = this.insideImage(p);
+    if (this.tool === "brush" || this.tool === "eraser") {
+      if (!inImage) return;
+      this.pushUndo();
+      this.drag = { type: "paint", value: this.tool === "brush" ? 1 : 0, last: p };
+      this.dab(p, this.drag.value);
+      this.redraw();
+      return;
+    }
+    const hit = this.pending?.type === "poly-handle" ? null : this.hitTest(p);
+    if (hit) {
+      this.selected = hit;
+      this.drag = { type: "move", hit, start: this.posOf(hit).slice(), moved: false, startText: this.lastText };
+      this.redraw();
+      return;
+    }
+    if (!inImage) return;
+    const q = this.clampToImage(p);
+    if (this.tool === "point") this.clickPoint(q);
+    else if (this.tool === "rect") this.drag = { type: "rect", a: q, b: q };
+    else if (this.tool === "polygon") this.clickPolygon(q);
+    this.updateStatus();
+    this.redraw();
+  }
+
+  onPointerMove(e) {
+    e.stopPropagation();
+    const p = this.eventToImage(e);
+    this.hover = p;
+    const d = this.drag;
+    if (d?.type === "paint") this.strokeTo(p, d.value);
+    else if (d?.type === "move") {
+      this.setPos(d.hit, this.clampToImage(p));
+      d.moved = true;
+    } else if (d?.type === "rect") d.b = this.clampToImage(p);
+    this.redraw();
+  }
+
+  onPointerUp(e, cancelled = false) {
+    e.stopPropagation();
+    const d = this.drag;
+    this.drag = null;
+    if (!d) return;
+    if (d.type === "paint") {
+      this.commit(d.value ? "Mask painted." : "Mask erased.");
+    } else if (d.type === "move") {
+      if (!d.moved) return;
+      if (cancelled || !this.movedShapeValid(d.hit)) {
+        this.setPos(d.hit, d.start);
+        this.note = cancelled ? "" : "Not moved: the shape would become invalid (zero size or self-crossing).";
+        this.updateStatus();
+        this.redraw();
+        return;
+      }
+      this.undoStack.push(d.startText ?? "");
+      this.commit("Moved.");
+    } else if (d.type === "rect" && !cancelled) {
+      this.finishRect(d.a, d.b);
+    }
+    this.updateStatus();
+    this.redraw();
+  }
+
+  insideImage(p) {
+    const size = this.imageSize();
+    const tol = this.hitRadius() / 2;
+    return p[0] >= -tol && p[1] >= -tol && p[0] <= size[0] + tol && p[1] <= size[1] + tol;
+  }
+
+  movedShapeValid(hit) {
+    if (hit.kind !== "region" || hit.which === "points") return true;
+    const rg = this.state.regions[hit.index];
+    const verts = rg[hit.which];
+    if (rg.kind === "rect") {
+      const [a, b] = rectCorners(verts);
+      return b[0] - a[0] >= 1 && b[1] - a[1] >= 1;
+    }
+    return !polygonProblem(verts);
+  }
+
+  // ------------------------------------------------------------------ tools
+  clickPoint(q) {
+    if (this.pending?.type === "point") {
+      if (countPairs(this.state) >= LIMITS.maxPoints) {
+        this.note = `At most ${LIMITS.maxPoints} point pairs.`;
+        this.pending = null;
+        return;
+      }
+      this.pushUndo();
+      this.state.points.push({ handle: this.pending.handle, target: q });
+      this.pending = null;
+      this.selected = { kind: "point", index: this.state.points.length - 1, end: "target" };
+      this.commit("Point pair added.");
+    } else {
+      this.pending = { type: "point", handle: q };
+      this.note = "";
+    }
+  }
+
+  finishRect(a, b) {
+    const [c0, c1] = rectCorners([a, b]);
+    const big = c1[0] - c0[0] >= 2 && c1[1] - c0[1] >= 2;
+    if (this.pending?.type === "rect-target") {
+      let target;
+      if (big) target = [c0, c1];
+      else {
+        // A click places a copy of the handle rectangle centred there.
+        const [h0, h1] = this.pending.handle;
+        const w = h1[0] - h0[0];
+        const h = h1[1] - h0[1];
+        const size = this.imageSize();
+        const x = clamp(a[0] - w / 2, 0, size[0] - w);
+        const y = clamp(a[1] - h / 2, 0, size[1] - h);
+        target = [[x, y], [x + w, y + h]];
+      }
+      this.addRegion({ kind: "rect", handle: this.pending.handle, target, points: null });
+    } else if (big) {
+      this.pending = { type: "rect-target", handle: [c0, c1] };
+      this.note = "";
+    }
+  }
+
+  addRegion(rg) {
+    this.pending = null;
+    if (this.state.regions.length >= LIMITS.maxRegions) {
+      this.note = `At most ${LIMITS.maxRegions} regions.`;
+      return;
+    }
+    this.pushUndo();
+    this.state.regions.push(rg);
+    this.selected = null;
+    this.commit("Region pair added.");
+  }
+
+  clickPolygon(q) {
+    const p = this.pending;
+    if (p?.type === "poly-target") {
+      const c = centroid(p.handle);
+      const size = this.imageSize();
+      const xs = p.handle.map((v) => v[0]);
+      const ys = p.handle.map((v) => v[1]);
+      // Shift so the copy stays inside the image.
+      const dx = clamp(q[0] - c[0], -Math.min(...xs), size[0] - Math.max(...xs));
+      const dy = clamp(q[1] - c[1], -Math.min(...ys), size[1] - Math.max(...ys));
+      this.addRegion({ kind: "polygon", handle: p.handle, target: p.handle.map((v) => [v[0] + dx, v[1] + dy]), points: null });
+      return;
+    }
+    if (p?.type !== "poly-handle") {
+      this.pending = { type: "poly-handle", verts: [q] };
+      this.note = "";
+      return;
+    }
+    if (p.verts.length >= 3 && dist2(q, p.verts[0]) <= this.hitRadius() ** 2) {
+      this.closePolygon();
+      return;
+    }
+    if (p.verts.length >= LIMITS.maxPolygon) {
+      this.note = `A polygon has at most ${LIMITS.maxPolygon} vertices: closing it.`;
+      this.closePolygon();
+      return;
+    }
+    const last = p.verts[p.verts.length - 1];
+    if (dist2(q, last) > 0) p.verts.push(q);
+  }
+
+  closePolygon() {
+    const p = this.pending;
+    if (p?.type !== "poly-handle") return;
+    if (p.verts.length < 3) {
+      this.note = "A polygon needs at least 3 vertices.";
+      return;
+    }
+    const why = polygonProblem(p.verts);
+    if (why) {
+      this.note = `The polygon ${why}; draw it again.`;
+      this.pending = null;
+      return;
+    }
+    this.pending = { type: "poly-target", handle: p.verts };
+    this.note = "";
+  }
+
+  // ------------------------------------------------------------------ drawing
+  redraw() {
+    if (this.destroyed || this._frame) return;
+    this._frame = requestAnimationFrame(() => {
+      this._frame = 0;
+      this.draw();
+    });
+  }
+
+  draw() {
+    const c = this.canvas;
+    const w = Math.max(1, Math.round(c.clientWidth));
+    const h = Math.max(1, Math.round(c.clientHeight));
+    if (c.width !== w || c.height !== h) {
+      c.width = w;
+      c.height = h;
+    }
+    const ctx = c.getContext("2d");
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, c.width, c.height);
+    const size = this.imageSize();
+    const v = this.view();
+    const X = (p) => v.ox + p[0] * v.s;
+    const Y = (p) => v.oy + p[1] * v.s;
+    if (!size) {
+      ctx.fillStyle = "#888";
+      ctx.font = "12px sans-serif";
+      ctx.textAlign = "center";
+      ctx.fillText("No image: connect a Load Image node (or run once).", c.width / 2, c.height / 2);
+      return;
+    }
+    if (this.image) ctx.drawImage(this.image, v.ox, v.oy, size[0] * v.s, size[1] * v.s);
+    else {
+      ctx.fillStyle = "#2a2a2a";
+      ctx.fillRect(v.ox, v.oy, size[0] * v.s, size[1] * v.s);
+    }
+    if (this.maskCanvas) {
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(this.maskCanvas, v.ox, v.oy, size[0] * v.s, size[1] * v.s);
+      ctx.imageSmoothingEnabled = true;
+    }
+    const dot = (p, color, r = 5, selected = false) => {
+      ctx.beginPath();
+      ctx.arc(X(p), Y(p), selected ? r + 2 : r, 0, Math.PI * 2);
+      ctx.fillStyle = color;
+      ctx.fill();
+      ctx.lineWidth = selected ? 2.5 : 1.5;
+      ctx.strokeStyle = selected ? "#fff" : "#000";
+      ctx.stroke();
+    };
+    const arrow = (a, b, color) => {
+      const ax = X(a), ay = Y(a), bx = X(b), by = Y(b);
+      const ang = Math.atan2(by - ay, bx - ax);
+      ctx.strokeStyle = color;
+      ctx.fillStyle = color;
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      ctx.moveTo(ax, ay);
+      ctx.lineTo(bx - Math.cos(ang) * 6, by - Math.sin(ang) * 6);
+      ctx.stroke();
+      ctx.beginPath();
+      ctx.moveTo(bx, by);
+      ctx.lineTo(bx - Math.cos(ang - 0.45) * 12, by - Math.sin(ang - 0.45) * 12);
+      ctx.lineTo(bx - Math.cos(ang + 0.45) * 12, by - Math.sin(ang + 0.45) * 12);
+      ctx.closePath();
+      ctx.fill();
+    };
+    const shape = (kind, verts, fill, stroke, dashed = false) => {
+      const o = shapeOutline(kind, verts);
+      ctx.beginPath();
+      o.forEach((p, i) => (i ? ctx.lineTo(X(p), Y(p)) : ctx.moveTo(X(p), Y(p))));
+      ctx.closePath();
+      if (fill) {
+        ctx.fillStyle = fill;
+        ctx.fill();
+      }
+      ctx.setLineDash(dashed ? [5, 4] : []);
+      ctx.lineWidth = 2;
+      ctx.strokeStyle = stroke;
+      ctx.stroke();
+      ctx.setLineDash([]);
+    };
+    const label = (p, text) => {
+      ctx.font = "bold 11px sans-serif";
+      ctx.textAlign = "left";
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "#000";
+      ctx.strokeText(text, X(p) + 7, Y(p) - 7);
+      ctx.fillStyle = "#fff";
+      ctx.fillText(text, X(p) + 7, Y(p) - 7);
+    };
+    const isSel = (info) => this.selected && Object.keys(info).every((k) => this.selected[k] === info[k]);
+
+    this.state.regions.forEach((rg, i) => {
+      shape(rg.kind, rg.handle, COLORS.regionHandle, COLORS.handle);
+      if (rg.target) {
+        shape(rg.kind, rg.target, COLORS.regionTarget, COLORS.target);
+        arrow(centroid(shapeOutline(rg.kind, rg.handle)), centroid(shapeOutline(rg.kind, rg.target)), COLORS.arrow);
+        rg.target.forEach((p, k) => dot(p, COLORS.target, 4, isSel({ kind: "region", index: i, which: "target", vertex: k })));
+      }
+      rg.handle.forEach((p, k) => dot(p, COLORS.handle, 4, isSel({ kind: "region", index: i, which: "handle", vertex: k })));
+      (rg.points || []).forEach((pp) => {
+        arrow(pp.handle, pp.target, COLORS.arrow);
+        dot(pp.handle, COLORS.handle, 4);
+        dot(pp.target, COLORS.target, 4);
+      });
+      label(rg.handle[0], `R${i + 1}`);
+    });
+    this.state.points.forEach((pp, i) => {
+      arrow(pp.handle, pp.target, COLORS.arrow);
+      dot(pp.handle, COLORS.handle, 5, isSel({ kind: "point", index: i, end: "handle" }));
+      dot(pp.target, COLORS.target, 5, isSel({ kind: "point", index: i, end: "target" }));
+      label(pp.handle, String(i + 1));
+    });
+
+    const p = this.pending;
+    const hv = this.hover;
+    if (p?.type === "point") {
+      if (hv) {
+        ctx.setLineDash([4, 4]);
+        ctx.strokeStyle = COLORS.pending;
+        ctx.beginPath();
+        ctx.moveTo(X(p.handle), Y(p.handle));
+        ctx.lineTo(X(hv), Y(hv));
+        ctx.stroke();
+        ctx.setLineDash([]);
+      }
+      dot(p.handle, COLORS.handle, 5, true);
+    } else if (p?.type === "rect-target") {
+      shape("rect", p.handle, COLORS.regionHandle, COLORS.handle, true);
+    } else if (p?.type === "poly-handle") {
+      ctx.beginPath();
+      p.verts.forEach((q, i) => (i ? ctx.lineTo(X(q), Y(q)) : ctx.moveTo(X(q), Y(q))));
+      if (hv) ctx.lineTo(X(hv), Y(hv));
+      ctx.setLineDash([5, 4]);
+      ctx.strokeStyle = COLORS.handle;
+      ctx.lineWidth = 2;
+      ctx.stroke();
+      ctx.setLineDash([]);
+      p.verts.forEach((q, i) => dot(q, COLORS.handle, i === 0 ? 6 : 4));
+    } else if (p?.type === "poly-target") {
+      shape("polygon", p.handle, COLORS.regionHandle, COLORS.handle, true);
+      if (hv) {
+        const c0 = centroid(p.handle);
+        shape("polygon", p.handle.map((q) => [q[0] + hv[0] - c0[0], q[1] + hv[1] - c0[1]]), null, COLORS.target, true);
+      }
+    }
+    if (this.drag?.type === "rect") {
+      shape("rect", [this.drag.a, this.drag.b], null, this.pending ? COLORS.target : COLORS.handle, true);
+    }
+    if (hv && (this.tool === "brush" || this.tool === "eraser")) {
+      ctx.beginPath();
+      ctx.arc(X(hv), Y(hv), (this.brush / 2) * v.s, 0, Math.PI * 2);
+      ctx.strokeStyle = this.tool === "brush" ? "#8f8" : "#f88";
+      ctx.lineWidth = 1.5;
+      ctx.stroke();
+    }
+  }
+
+  destroy() {
+    this.destroyed = true;
+    this.resizeObserver?.disconnect();
+    if (this._frame) cancelAnimationFrame(this._frame);
+  }
+}
+
+/** Hide a widget in the classic canvas and in Nodes 2.0 (Vue) rendering, keeping its value serialised. */
+function hideWidget(w) {
+  w.hidden = true;
+  w.options = w.options || {};
+  w.options.hidden = true;
+  if (w.options.minNodeSize) delete w.options.minNodeSize;
+}
+
+app.registerExtension({
+  name: "DragEdit.DragEditor",
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!isDragInstructionsDef(nodeData)) return;
+
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      const dataWidget = (this.widgets || []).find((w) => w.name === DATA_WIDGET);
+      if (!dataWidget) return r;
+      hideWidget(dataWidget);
+      const editor = new DragEditor(this, dataWidget);
+      this.dragEditor = editor;
+      const widget = this.addDOMWidget(EDITOR_WIDGET, "dragedit-editor", editor.root, {
+        serialize: false,
+        hideOnZoom: false,
+        getValue: () => "",
+        setValue: () => {},
+        getMinHeight: () => MIN_HEIGHT,
+      });
+      widget.serialize = false;
+      editor.domWidget = widget;
+      editor.loadFromWidget();
+      editor.root.dataset.dragEditNode = String(this.id);
+      editor.timer = setInterval(() => editor.poll(), POLL_MS);
+      const [w, h] = this.size;
+      this.setSize([Math.max(w, 420), Math.max(h, 470)]);
+      return r;
+    };
+
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {
+      const r = onConfigure?.apply(this, arguments);
+      // A workflow was loaded: rebuild the editor from the stored JSON.
+      if (this.dragEditor) {
+        this.dragEditor.root.dataset.dragEditNode = String(this.id);
+        this.dragEditor.loadFromWidget();
+        this.dragEditor.refreshImage();
+      }
+      return r;
+    };
+
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (output) {
+      const r = onExecuted?.apply(this, arguments);
+      this.dragEditor?.onExecuted(output);
+      return r;
+    };
+
+    const onConnectionsChange = nodeType.prototype.onConnectionsChange;
+    nodeType.prototype.onConnectionsChange = function () {
+      const r = onConnectionsChange?.apply(this, arguments);
+      this.dragEditor?.refreshImage();
+      this.dragEditor?.updateStatus();
+      return r;
+    };
+
+    const onRemoved = nodeType.prototype.onRemoved;
+    nodeType.prototype.onRemoved = function () {
+      const ed = this.dragEditor;
+      if (ed) {
+        clearInterval(ed.timer);
+        ed.destroy();
+      }
+      return onRemoved?.apply(this, arguments);
+    };
+  },
+});
