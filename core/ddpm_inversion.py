@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
@@ -89,6 +89,8 @@ class Inversion:
     reconstruction of x0; zs: (S, B, C, H, W) noise maps z_t (zero for a step ending at σ = 0); residual:
     x0 − x̂0 added at a final step to σ = 0 (None when the grid does not end in 0); eta: η; skipped: number of
     noisiest steps of the original grid that were dropped."""
+
+    kind: ClassVar[str] = "ddpm"  # INVERSION sockets carry DDIM and DDPM inversions: this tells them apart
 
     sigmas: torch.Tensor
     xts: torch.Tensor
@@ -264,6 +266,12 @@ def make_sampler_fn(inversion: Inversion, apply_residual: bool = True) -> Callab
         offset = inversion.match_sigmas(sigmas)
         steps = int(sigmas.numel()) - 1
         _fit(inversion.zs[offset], x, "noise maps")  # shape/batch errors before the first model call
+        if inversion.xts.ndim > 1 and inversion.xts.shape[0] > offset:
+            # a start latent that went through LATENT (process_out -> process_in) differs from the stored state by
+            # rounding: continue from the stored state itself so that reconstruction stays exact
+            ref = _fit(inversion.xts[offset], x, "start latents")
+            if torch.allclose(x, ref, rtol=1e-5, atol=1e-6):
+                x = ref.clone()
         s_in = x.new_ones([x.shape[0]])
 
         def x0_fn(xx: torch.Tensor, i: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ The optimisation runs in the VP latent z_t = sqrt(ᾱ_t)·x (as the reference, s
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -21,8 +21,9 @@ from .geometry import Grid, GeometryError
 from .motion import DragResult, IterationCallback, optimize_latent
 from .schedule import from_z, to_z
 
-__all__ = ["DragSettings", "feature_block_index", "feature_grid", "editable_mask", "optimize", "reference_layers",
-           "reference_kv_model", "denoise", "VAE_FACTOR"]
+__all__ = ["DragSettings", "OptimizeOutcome", "feature_block_index", "feature_grid", "editable_mask", "optimize",
+           "reference_layers", "reference_kv_model", "denoise", "points_on_grid", "cells_to_image", "VAE_FACTOR",
+           "GeometryError"]
 
 VAE_FACTOR = 8
 
@@ -200,5 +201,3 @@ def cells_to_image(cells: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Grid cells (x, y) -> image px of their centres (float64 [N, 2])."""
     return grid.cell_center(cells.round().long())
 
-
-__all__ += ["OptimizeOutcome", "points_on_grid", "cells_to_image", "GeometryError"]

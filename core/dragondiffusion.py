@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -91,6 +91,17 @@ class EditSpec:
     def needs_reference(self) -> bool:
         """Appearance and paste compare with a second (reference) image."""
         return self.mode in ("appearance", "paste")
+
+    def normal(self) -> "EditSpec":
+        """A copy whose tensors are normal (not inference-mode) tensors, so autograd may save them; a spec built
+        inside a node (inference mode) goes through this before it enters a differentiable pass."""
+        def cp(t):
+            return t.detach().clone() if isinstance(t, torch.Tensor) else t
+        with torch.inference_mode(False):
+            geom = None if self.geom is None else de.MoveGeometry(
+                **{f: cp(getattr(self.geom, f)) for f in self.geom.__dataclass_fields__})
+            return replace(self, edit_mask=cp(self.edit_mask), geom=geom, base_mask=cp(self.base_mask),
+                           ref_mask=cp(self.ref_mask))
 
 
 def default_drag_mask(grid: tuple[int, int], handles: Sequence, targets: Sequence, margin: Optional[int] = None
@@ -255,7 +266,7 @@ class FeatureGuidance:
                  observer: Optional[Callable[[float, torch.Tensor, torch.Tensor], None]] = None):
         if spec.needs_reference and reference is None:
             raise ValueError(f"{spec.mode}: the reference image's inversion is missing.")
-        self.spec, self.inv, self.ref, self.blocks = spec, inversion, reference, list(blocks)
+        self.spec, self.inv, self.ref, self.blocks = spec.normal(), inversion, reference, list(blocks)
         self.active = active
         self.batched_backward = batched_backward
         self.truncate = truncate
@@ -434,6 +445,7 @@ class EditOptions:
     sde_strength: float = 0.4          # η inside the edit mask
     sde_strength_outside: float = 0.0  # η outside
     time_travel: bool = False
+    init_paste: bool = False           # DiffEditor: paste the object (move) / handle cells (drag) into the start latent
     unguided_direction: bool = True    # DiffEditor: direction term with the unguided ε̂
     seed: int = 0
 
@@ -515,3 +527,39 @@ def loop_passes(inv: DDIMInversion, defaults: de.DragonDefaults, opts: EditOptio
     offset = steps - n
     tt = _scaled_steps(defaults.time_travel_steps, steps) if opts.time_travel else set()
     return sum(defaults.time_travel_repeats if (i + offset) in tt else 1 for i in range(n))
+
+
+def init_latent(x: torch.Tensor, spec: EditSpec) -> torch.Tensor:
+    """DiffEditor's start-latent init (algorithms.md 2(a)3): move pastes the object's start latent at its new place
+    and size; drag copies the 3x3 latent cells around each handle to its target. Other modes: unchanged."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    H, W = spec.grid
+    ry, rx = H / h, W / w
+    out = x.clone()
+    if spec.mode == "move" and spec.geom is not None:
+        g = spec.geom
+        hr, wr = g.resized
+        cur_map = torch.full((H * W,), -1, dtype=torch.long)
+        cur_map[g.cur_idx.cpu()] = g.tar_idx.cpu()
+        ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        gy = ((ii.float() + 0.5) * ry).long().clamp(max=H - 1)
+        gx = ((jj.float() + 0.5) * rx).long().clamp(max=W - 1)
+        t = cur_map[(gy * W + gx).reshape(-1)]
+        sel = t >= 0
+        if bool(sel.any()):
+            ty, tx = (t[sel] // wr).float(), (t[sel] % wr).float()
+            si = (((ty + 0.5) * H / hr) / ry).long().clamp(0, h - 1)
+            sj = (((tx + 0.5) * W / wr) / rx).long().clamp(0, w - 1)
+            dst = sel.nonzero().squeeze(1)
+            di, dj = dst // w, dst % w
+            out[..., di.to(x.device), dj.to(x.device)] = x[..., si.to(x.device), sj.to(x.device)]
+    elif spec.mode == "drag":
+        for (hx, hy), (tx, ty) in zip(spec.handles, spec.targets):
+            hi, hj = min(int(hy / ry), h - 1), min(int(hx / rx), w - 1)
+            ti, tj = min(int(ty / ry), h - 1), min(int(tx / rx), w - 1)
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    a, b, c, d = hi + di, hj + dj, ti + di, tj + dj
+                    if 0 <= a < h and 0 <= b < w and 0 <= c < h and 0 <= d < w:
+                        out[..., c, d] = x[..., a, b]
+    return out

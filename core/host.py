@@ -834,3 +834,261 @@ def patch_post_cfg_guidance(model: Any, fn: Callable[[GuidanceCall], Optional[to
     model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, f"dragedit_guidance_run_{id(run)}", run)
     model.set_model_sampler_post_cfg_function(_PostCfgGuidance(fn, blocks, run))
     return model
+
+
+# --- added for SEGA ---
+# Extra conditionings (SEGA / LEDITS++ edit concepts) evaluated in the SAME batched UNet call as cond and uncond,
+# and a combine function that takes the place of the CFG step. ComfyUI does the cond processing itself: an
+# OUTER_SAMPLE wrapper adds each extra CONDITIONING to the guider's conds under its own key before sampling starts,
+# so prepare_sampling / process_conds (areas, masks, timestep ranges, model conds such as SDXL's pooled/size ADM)
+# treat it exactly like positive and negative. A sampler_calc_cond_batch_function appends those processed conds to
+# [cond, uncond] (calc_cond_batch batches every cond that fits into one UNet call) and keeps the extra x̂0's for the
+# sampler_cfg_function, which hands everything to `combine`. Optional attn2 probes record the extra conds'
+# cross-attention probabilities (LEDITS++ implicit masks). Per-run state (momentum, maps) lives in a dict that the
+# wrapper opens and drops with each sampling run; the patch object itself is immutable and shared by clones.
+
+def _calc_cond_batch_fn() -> Callable:
+    comfy = _comfy()
+    return comfy.samplers.calc_cond_batch
+
+
+class CondGuidanceCall:
+    """One denoiser call as a cond-guidance combine function sees it. Noise tensors are ComfyUI's cfg "noise"
+    x − x̂0 = σ·ε̂ (batch B); `noise_extra[j]` belongs to extra conditioning j; `attn_maps[j]` is its cross-attention
+    map [B, h, w] (probabilities summed over its tokens, averaged over heads and probed layers) or None."""
+
+    def __init__(self, args: dict, noise_extra: list[torch.Tensor], run: dict, step: int, timestep: float,
+                 attn_maps: list[Optional[torch.Tensor]], prev_cfg: Optional[Callable[[dict], torch.Tensor]]):
+        self._args, self._prev_cfg = args, prev_cfg
+        self.x: torch.Tensor = args["input"]
+        self.sigma: torch.Tensor = torch.as_tensor(args["sigma"]).reshape(-1)
+        self.cond_scale = float(args["cond_scale"])
+        self.noise_cond: torch.Tensor = args["cond"]
+        self.noise_uncond: torch.Tensor = args["uncond"]
+        self.noise_extra = noise_extra
+        self.run = run
+        self.step = int(step)
+        self.timestep = float(timestep)
+        self.attn_maps = attn_maps
+
+    def cfg(self) -> torch.Tensor:
+        """The CFG noise the model would use without this guidance (a cfg function patched in before, or plain
+        uncond + s·(cond − uncond))."""
+        if self._prev_cfg is not None:
+            return self._prev_cfg(self._args)
+        return self.noise_uncond + (self.noise_cond - self.noise_uncond) * self.cond_scale
+
+
+class _CondGuidancePatch(_SharedHandle):
+    """OUTER_SAMPLE wrapper (`outer`), sampler_calc_cond_batch_function (`calc`) and sampler_cfg_function
+    (`__call__`) of one cond guidance; immutable apart from `run`, the state of the sampling run in progress."""
+
+    def __init__(self, key: str, conds: Sequence[Any], combine: Callable[[CondGuidanceCall], torch.Tensor], payload: Any,
+                 drop_positive: bool, attn_tokens: Optional[Sequence[int]], prev_cfg: Optional[Callable],
+                 prev_calc: Optional[Callable]):
+        self.key, self.conds, self.combine, self.payload = key, list(conds), combine, payload
+        self.drop_positive = bool(drop_positive)
+        self.attn_tokens = list(attn_tokens) if attn_tokens is not None else None
+        self.ctx_lens = [int(c[0][0].shape[1]) if c and c[0][0] is not None and c[0][0].ndim == 3 else 0 for c in self.conds]
+        self.prev_cfg, self.prev_calc = prev_cfg, prev_calc
+        self.run: Optional[dict] = None
+
+    def cond_key(self, j: int) -> str:
+        return f"{self.key}_{j}"
+
+    def outer(self, executor, *args, **kwargs):
+        """Add the extra conds to the guider's conds (processed by ComfyUI with positive/negative) and open the
+        run's state for the duration of this sampling run."""
+        comfy = _comfy()
+        import comfy.sampler_helpers as sh
+        guider = executor.class_obj
+        conds = getattr(guider, "conds", None)
+        if not isinstance(conds, dict):
+            raise HostError("edit concepts need ComfyUI's standard guider (KSampler, SamplerCustom or CFGGuider)")
+        added = []
+        for j, c in enumerate(self.conds):
+            k = self.cond_key(j)
+            conds[k] = [d.copy() for d in sh.convert_cond(c)]
+            added.append(k)
+        comfy.samplers.filter_registered_hooks_on_conds({k: conds[k] for k in added}, guider.model_options)
+        prev, self.run = self.run, {"guider": guider, "keys": added}
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.run = prev
+            for k in added:
+                conds.pop(k, None)
+
+    def _state(self) -> dict:
+        if self.run is None:
+            raise HostError("edit concepts were evaluated outside a sampling run (a guider that skips ComfyUI's "
+                            "OUTER_SAMPLE stage is not supported)")
+        return self.run
+
+    def calc(self, args: dict) -> list[torch.Tensor]:
+        """Evaluate cond, uncond and every extra cond in one calc_cond_batch; return [cond, uncond] and keep the rest."""
+        run = self._state()
+        conds = list(args["conds"])
+        if len(conds) < 2 or not conds[1]:
+            raise HostError("edit concepts need the negative (unconditional) conditioning: connect a negative prompt "
+                            "(an empty CLIP Text Encode) to the sampler or guider")
+        guider = run["guider"]
+        extra = [guider.conds.get(k) for k in run["keys"]]
+        if any(e is None for e in extra):
+            raise HostError("the edit concepts' conditionings were lost before sampling (another patch replaced the "
+                            "guider's conds)")
+        if self.drop_positive:
+            conds[0] = None
+        run["attn"] = {} if self.attn_tokens is not None else None
+        all_conds = conds[:2] + extra
+        if self.prev_calc is not None:
+            out = self.prev_calc(dict(args, conds=all_conds))
+        else:
+            out = _calc_cond_batch_fn()(args["model"], all_conds, args["input"], args["sigma"], args["model_options"])
+        run["extra_x0"] = list(out[2:2 + len(extra)])
+        first = out[1] if self.drop_positive else out[0]
+        return [first, out[1]]
+
+    def __call__(self, args: dict) -> torch.Tensor:
+        run = self._state()
+        extra_x0 = run.pop("extra_x0", None)
+        if extra_x0 is None:
+            raise HostError("the edit concepts' predictions are missing at the CFG step: this guider does not use "
+                            "ComfyUI's standard CFG path (use KSampler, SamplerCustom or CFGGuider)")
+        x = args["input"]
+        sigma = torch.as_tensor(args["sigma"]).reshape(-1)
+        mo = args.get("model_options") or {}
+        grid = (mo.get("transformer_options") or {}).get("sample_sigmas")
+        if grid is None:
+            raise HostError("this ComfyUI does not report the run's sigmas (transformer_options['sample_sigmas'])")
+        g = torch.as_tensor(grid).detach().to("cpu", torch.float64).reshape(-1)
+        step = int(torch.argmin((g - float(sigma[0])).abs()).item())
+        ts = float(model_sampling(args["model"]).timestep(sigma[:1].float().cpu())[0])
+        maps: list[Optional[torch.Tensor]] = [None] * len(extra_x0)
+        rec = run.get("attn")
+        if rec:
+            for j, (s, n) in rec.items():
+                if j < len(maps) and n > 0:
+                    maps[j] = s / n
+        call = CondGuidanceCall(args, [x - e for e in extra_x0], run, step, ts, maps, self.prev_cfg)
+        return self.combine(call)
+
+
+class _Attn2Probe(_SharedHandle):
+    """attn2 replace patch: plain cross-attention (or the patch that was there), plus, for rows of extra conds, the
+    attention probabilities of their tokens recorded into the owner's run state."""
+
+    def __init__(self, owner: _CondGuidancePatch, layer: AttnLayer, prev: Optional[Callable]):
+        self.owner, self.layer, self.prev = owner, layer, prev
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
+        run = self.owner.run
+        rec = run.get("attn") if run is not None else None
+        if rec is not None:
+            self._record(rec, q, k, extra)
+        if self.prev is not None:
+            return self.prev(q, k, v, extra)
+        from comfy.ldm.modules import attention as A
+        return A.optimized_attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"))
+
+    def _record(self, rec: dict, q: torch.Tensor, k: torch.Tensor, extra: dict) -> None:
+        heads = int(extra["n_heads"])
+        tokens = self.owner.attn_tokens or []
+        shape = extra.get("original_shape") or [0, 0, 1, q.shape[1]]
+        h, w = self.layer.tokens(shape[-2:])
+        if h * w != q.shape[1]:
+            return
+        for idx, rows in _chunks(extra, q.shape[0]):
+            j = idx - 2
+            if j < 0 or j >= len(tokens):
+                continue
+            qj, kj = q[rows].float(), k[rows].float()
+            n, lq, dim = qj.shape
+            dh = dim // heads
+            qh = qj.reshape(n, lq, heads, dh).transpose(1, 2)
+            kh = kj.reshape(n, kj.shape[1], heads, dh).transpose(1, 2)
+            probs = torch.softmax(qh @ kh.transpose(-1, -2) * dh ** -0.5, dim=-1)  # [n, heads, HW, T]
+            t_own = self.owner.ctx_lens[j]
+            if t_own and probs.shape[-1] != t_own and probs.shape[-1] % t_own == 0:
+                # batched with a longer context: ComfyUI repeated this one's tokens; fold the copies back together
+                probs = probs.reshape(*probs.shape[:-1], probs.shape[-1] // t_own, t_own).sum(-2)
+            cnt = int(tokens[j]) if tokens[j] else probs.shape[-1] - 2  # 0: all but the first and last (diffusers)
+            cnt = max(1, min(cnt, probs.shape[-1] - 1))
+            m = probs[..., 1:1 + cnt].sum(-1).sum(1).reshape(n, h, w)  # summed over heads; divided by the count
+            s, c = rec.get(j, (0.0, 0))
+            rec[j] = (s + m, c + heads)
+
+
+def cond_guidance_patch(model: Any, key: str) -> Optional[_CondGuidancePatch]:
+    """The cond guidance installed on `model` under `key`, or None."""
+    _comfy()
+    import comfy.patcher_extension as pe
+    for w in model.get_wrappers(pe.WrappersMP.OUTER_SAMPLE, f"dragedit_cond_guidance_{key}"):
+        owner = getattr(w, "__self__", None)
+        if isinstance(owner, _CondGuidancePatch):
+            return owner
+    return None
+
+
+def cond_guidance_payload(model: Any, key: str) -> Any:
+    """The payload object given to `patch_cond_guidance` for `key` on this model (for chaining), or None."""
+    p = cond_guidance_patch(model, key)
+    return None if p is None else p.payload
+
+
+def patch_cond_guidance(model: Any, key: str, conds: Sequence[Any], combine: Callable[[CondGuidanceCall], torch.Tensor],
+                        *, payload: Any = None, drop_positive: bool = False,
+                        attn_layers: Optional[Sequence[AttnLayer]] = None,
+                        attn_tokens: Optional[Sequence[int]] = None) -> Any:
+    """Make every sampler of `model` (a clone) evaluate the extra CONDITIONINGs `conds` in the same batched UNet
+    call as cond and uncond and return combine(CondGuidanceCall) (a cfg "noise" x − x̂0) as the CFG result. A guidance
+    already installed under `key` is replaced (chained cfg / calc functions of others are kept). drop_positive:
+    the positive is not evaluated (cond := uncond). attn_layers + attn_tokens: record the extra conds' cross-attention
+    maps on those layers, summed over each one's first attn_tokens[j] tokens after the start token (0 = all but the
+    first and the last, as diffusers' LEDITS++ does: its token count includes the padding)."""
+    _comfy()
+    import comfy.patcher_extension as pe
+    old = cond_guidance_patch(model, key)
+    mo = model.model_options
+    prev_cfg = mo.get("sampler_cfg_function")
+    if old is not None and prev_cfg is old:
+        prev_cfg = old.prev_cfg
+    prev_calc = mo.get("sampler_calc_cond_batch_function")
+    if old is not None and getattr(prev_calc, "__self__", None) is old:
+        prev_calc = old.prev_calc
+    if attn_layers and attn_tokens is None:
+        attn_tokens = [0] * len(conds)
+    patch = _CondGuidancePatch(key, conds, combine, payload, drop_positive, attn_tokens if attn_layers else None,
+                               prev_cfg, prev_calc)
+    wkey = f"dragedit_cond_guidance_{key}"
+    model.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey)
+    model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey, patch.outer)
+    model.set_model_sampler_calc_cond_batch_function(patch.calc)
+    model.set_model_sampler_cfg_function(patch, disable_cfg1_optimization=True)
+    to = mo.setdefault("transformer_options", {})
+    rep = to.get("patches_replace", {}).get("attn2", {})
+    for layer in (attn_layers or []):
+        cur = rep.get(layer.key) or rep.get((layer.part, layer.number))
+        if isinstance(cur, _Attn2Probe) and cur.owner.key == key:
+            cur = cur.prev
+        model.set_model_attn2_replace(_Attn2Probe(patch, layer, cur), layer.part, layer.number, layer.block_index)
+    if old is not None and old.attn_tokens is not None and not attn_layers:  # drop the old probes
+        rep = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+        for lk, cur in list(rep.items()):
+            if isinstance(cur, _Attn2Probe) and cur.owner.key == key:
+                if cur.prev is None:
+                    rep.pop(lk)
+                else:
+                    rep[lk] = cur.prev
+    return model
+
+
+def sample_with_sampler(model: Any, positive: Any, negative: Any, cfg: float, sampler: Any, sigmas: torch.Tensor,
+                        samples: torch.Tensor, seed: int = 0,
+                        callback: Optional[Callable[[int, torch.Tensor, torch.Tensor, int], None]] = None) -> torch.Tensor:
+    """Stock SamplerCustom without added noise: sample LATENT `samples` with a SAMPLER on `sigmas`; returns LATENT
+    samples. callback(step, x̂0, x, total) per step."""
+    comfy = _comfy()
+    noise = torch.zeros_like(samples)
+    return comfy.sample.sample_custom(model, noise, float(cfg), sampler, sigmas, positive, negative if negative is not None else [],
+                                      samples, noise_mask=None, callback=callback, disable_pbar=True, seed=seed)

@@ -1,6 +1,7 @@
 """RegionDrag (Lu, Li, Han, ECCV'24, arXiv 2407.18247): drags by latent copy-paste and self-attention K/V swap.
 
-One stochastic (edit-friendly) inversion of the clean latent to a start fraction of the grid, which keeps every
+One stochastic inversion of the clean latent to a start fraction of the grid (the reference's "cycle-SDE": a
+forward diffusion chain whose DDPM noise maps are stored, as in edit-friendly DDPM inversion), which keeps every
 per-step state x_t, the noise maps z_t and the self-attention K/V of every layer; then one DDPM(η=1) pass with
 those noise maps, where before each step the cached handle cells x_t[handle] are pasted onto the target cells,
 the cached x_t is restored outside the editable mask, and every self-attention layer gets the cached K/V of
@@ -44,7 +45,7 @@ class RegionDragError(ValueError):
 # ====================================================================== the INVERSION
 @dataclass
 class RegionInversion:
-    """INVERSION of RegionDrag: the edit-friendly inversion (states xts, noise maps zs, residual) and the
+    """INVERSION of RegionDrag: the stochastic inversion (an ef.Inversion: states xts, noise maps zs, residual) and the
     self-attention K/V of every layer at every step (a KVStore on the offload device)."""
 
     ef: ef.Inversion
@@ -235,7 +236,9 @@ def make_plan(drag: DragInstructions, latent_hw: Sequence[int], mask: Optional[t
         if not bool((m > 0.5).any()):
             raise RegionDragError("mask", "is empty (all black), so nothing may change; paint the editable area")
         editable = (grid.coverage(m) >= 0.5).float()
-    vacate = pairs.src_mask() & ~pairs.dst_mask() & (editable > 0.5) if len(pairs) else torch.zeros(h, w, dtype=torch.bool)
+    vacate = torch.zeros(h, w, dtype=torch.bool)
+    if len(pairs):
+        vacate = pairs.src_mask() & ~pairs.dst_mask() & (editable > 0.5)
     return EditPlan(pairs=pairs, editable=editable, vacate=vacate, noise_scale=float(noise_scale),
                     paste_end=float(paste_end), paste_every_step=bool(paste_every_step), seed=int(seed))
 
@@ -293,11 +296,47 @@ def grid_sigmas(model: Any, steps: int, strength: float) -> torch.Tensor:
     return full[k:]
 
 
+def invert_cycle_sde(denoise: ef.DenoiseFn, x0: torch.Tensor, sigmas: torch.Tensor, *, seed: int = 0,
+                     callback: Optional[Callable[[int, int], None]] = None) -> ef.Inversion:
+    """RegionDrag's stochastic ("cycle-SDE", from SDE-Drag) inversion: the states are a forward diffusion chain
+    x_{i} = x_{i+1} + sqrt(σ_i² − σ_{i+1}²)·n_i from the clean latent up (not independent draws), then from the
+    noisiest step down the noise map z_i = (x_{i+1} − μ_i(x_i))/σ_up,i of the DDPM(η=1) step that the sampler will
+    take, so sampling with the maps reproduces the chain (same Inversion as the edit-friendly one)."""
+    # With independent draws (edit-friendly DDPM) z has variance (σ_i² + σ_{i+1}²)/(σ_i² − σ_{i+1}²) ≈ 6 on a 20-step
+    # grid: an edited region then keeps that excess noise to the end. On the chain z is the posterior noise, ≈ N(0, I).
+    s64 = ef.check_sigmas(sigmas)
+    n = s64.numel() - 1
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    xts = torch.empty((n + 1, *x0.shape), dtype=x0.dtype, device=x0.device)
+    xts[n] = x0
+    for i in reversed(range(n)):                     # up the chain, least noisy first
+        e = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device, x0.dtype)
+        xts[i] = xts[i + 1] + math.sqrt(max(float(s64[i]) ** 2 - float(s64[i + 1]) ** 2, 0.0)) * e
+    zs = torch.zeros((n, *x0.shape), dtype=x0.dtype, device=x0.device)
+    residual: Optional[torch.Tensor] = None
+    sig_t = sigmas.detach()
+    for j in range(n):
+        s, sn = float(s64[j]), float(s64[j + 1])
+        x0_hat = denoise(xts[j], sig_t[j])
+        if sn <= 0.0:
+            residual = xts[j + 1] - x0_hat
+            xts[j + 1] = x0_hat + residual
+        else:
+            _, up = ef.ancestral_sigmas(s, sn, 1.0)
+            zs[j] = (xts[j + 1] - ef.ddpm_step(xts[j], x0_hat, s, sn, None, 1.0)) / up
+            xts[j + 1] = ef.ddpm_step(xts[j], x0_hat, s, sn, zs[j], 1.0)   # exactly what the sampler computes
+        if callback is not None:
+            callback(j, n)
+    return ef.Inversion(sigmas=sigmas.detach().clone(), xts=xts, zs=zs, eta=1.0, residual=residual, skipped=0)
+
+
 def invert(model: Any, positive: Any, samples: torch.Tensor, sigmas: torch.Tensor, *, seed: int = 0,
            record_kv: bool = True, kv_dtype: torch.dtype = torch.float16,
-           on_step: Optional[Callable[[int, int], None]] = None, steps: int = 0) -> RegionInversion:
-    """Edit-friendly inversion of LATENT samples on `sigmas` (descending, ends 0), CFG 1 on `positive`, with the
-    self-attention K/V of every layer recorded on a clone into a KVStore (kv_dtype, offload device)."""
+           on_step: Optional[Callable[[int, int], None]] = None, steps: int = 0, chained: bool = True
+           ) -> RegionInversion:
+    """Stochastic inversion of LATENT samples on `sigmas` (descending, ends 0), CFG 1 on `positive`: the cycle-SDE
+    chain (chained=True, RegionDrag) or edit-friendly independent draws (core.ddpm_inversion); the self-attention
+    K/V of every layer is recorded on a clone into a KVStore (kv_dtype, offload device)."""
     run = host.clone(model)
     store = None
     if record_kv:
@@ -307,8 +346,11 @@ def invert(model: Any, positive: Any, samples: torch.Tensor, sigmas: torch.Tenso
 
     def loop(den: host.Denoiser, x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
         cb = (lambda j, total: on_step(j + 1, total)) if on_step is not None else None
-        inv = ef.invert_edit_friendly(lambda xx, s: den.x0(xx, s), x, sig.to(x.device), seed=seed, eta=1.0,
-                                      callback=cb)
+        fn = (lambda xx, s: den.x0(xx, s))
+        if chained:
+            inv = invert_cycle_sde(fn, x, sig.to(x.device), seed=seed, callback=cb)
+        else:
+            inv = ef.invert_edit_friendly(fn, x, sig.to(x.device), seed=seed, eta=1.0, callback=cb)
         holder["inv"], holder["calls"] = inv, den.calls
         return inv.xts[0]
 
@@ -395,6 +437,7 @@ def region_drag(model: Any, positive: Any, samples: torch.Tensor, plan: EditPlan
             stats["inversion_bytes"] = inversion.nbytes()
         den_stats: dict = {}
         out = denoise(model, positive, inversion, plan, swap_kv=swap_kv, on_step=on_step, stats=den_stats)
+        out = restore_outside(out, samples.to(out), plan)     # outside the editable area: the input, bit for bit
         if stats is not None:
             stats["unet_calls"] = int(inversion.extras.get("unet_calls", 0)) + int(den_stats.get("unet_calls", 0))
             stats.update({k: v for k, v in den_stats.items() if k != "unet_calls"})

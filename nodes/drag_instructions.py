@@ -48,10 +48,19 @@ class DragInstructionsNode:
     RETURN_TYPES = ("DRAG", "MASK")
     RETURN_NAMES = ("drag", "mask")
     OUTPUT_TOOLTIPS = OUTPUT_TIPS
-    FUNCTION = "build"
+    FUNCTION = "run"  # added by the web-editor engineer: run() = build() + the editor's image preview
     CATEGORY = CATEGORY
     DESCRIPTION = ("Handle -> target point pairs, region pairs and an editable mask for the drag-editing nodes, "
                    "drawn on the image in the editor or given as JSON.")
+
+    # Added for the web editor (web/drag_editor.js): the executor calls run(), which returns build()'s outputs
+    # plus a "drag_image" UI message; the editor's onExecuted shows that image after a run. A key other than
+    # "images" keeps the frontend from drawing a second preview under the node. build() is unchanged.
+    def run(self, image: torch.Tensor, drag_data: str = "", mask: Optional[torch.Tensor] = None,
+            drag_json: Optional[str] = None) -> dict:
+        """Executor entry: build() plus the image this run used, for the editor widget."""
+        drag, editable = self.build(image, drag_data, mask, drag_json)
+        return {"ui": {"drag_image": save_preview(image)}, "result": (drag, editable)}
 
     def build(self, image: torch.Tensor, drag_data: str = "", mask: Optional[torch.Tensor] = None,
               drag_json: Optional[str] = None) -> tuple[DragInstructions, torch.Tensor]:

@@ -9,6 +9,7 @@ import torch
 
 from ..core import dragdiffusion as dd
 from ..core import host
+from ..core.inversion import start_index
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import GeometryError, Grid, point_tensors
 from ._common import CATEGORY, NodeInputError, Progress, check_latent, check_range, require, tooltips
@@ -195,7 +196,6 @@ class MotionSupervision:
             require(int(steps) >= 1, node, "steps", f"must be at least 1, got {steps}.")
             check_range(float(strength), 0.0, 1.0, node, "strength")
             grid = host.ddim_sigmas(model, int(steps))
-            from ..core.inversion import start_index
             sigmas = grid[start_index(int(steps), float(strength)):]
             require(len(sigmas) >= 2, node, "strength", f"is {strength}: no noise, so nothing to optimise; raise it.")
         if latent is not None:
@@ -263,7 +263,6 @@ class DragDiffusion:
                 "is above 1 but no negative conditioning is connected: connect one or set cfg to 1.")
         require(int(steps) >= 1, node, "steps", f"must be at least 1, got {steps}.")
         check_range(float(strength), 0.0, 1.0, node, "strength")
-        from ..core.inversion import start_index
         require(int(steps) - start_index(int(steps), float(strength)) >= 1, node, "strength",
                 f"is {strength}: with {steps} steps nothing is inverted, so nothing can be dragged; raise it.")
         settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision)

@@ -329,6 +329,7 @@ class DragonDiffusion:
             "optional": {**_mode_inputs(),
                          "regional_sde": ("BOOLEAN", {"default": False}),
                          "time_travel": ("BOOLEAN", {"default": False}),
+                         "init_paste": ("BOOLEAN", {"default": False}),
                          "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1}),
                          "w_edit": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
                          "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1})},
@@ -339,6 +340,8 @@ class DragonDiffusion:
             "cfg": "Classifier-free guidance (the reference: 4, appearance 5).",
             "regional_sde": "DiffEditor: stochastic steps (η 0.4) inside the edit mask at steps 11-19 of 50.",
             "time_travel": "DiffEditor: repeat steps 22-28 (even) three times, inverting back in between.",
+            "init_paste": "DiffEditor: paste the object (move) or the cells around each handle (drag) into the start "
+                          "latent at the target before denoising.",
             "seed": "Noise seed of the regional SDE."})
 
     RETURN_TYPES = ("LATENT",)
@@ -347,8 +350,8 @@ class DragonDiffusion:
     CATEGORY = CATEGORY
 
     def edit(self, model, positive, negative, inversion, mode, cfg, energy_scale, resize_scale, drag=None, mask=None,
-             reference=None, ref_mask=None, regional_sde=False, time_travel=False, seed=0, w_edit=AUTO,
-             w_content=AUTO):
+             reference=None, ref_mask=None, regional_sde=False, time_travel=False, init_paste=False, seed=0,
+             w_edit=AUTO, w_content=AUTO):
         inv = _check_model_inputs(DD, model, inversion, need_kv=True)
         check_cond_fits(model, positive, DD, "positive")
         check_cond_fits(model, negative, DD, "negative")
@@ -357,8 +360,8 @@ class DragonDiffusion:
                                   energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
                                   w_content=w_content)
         defaults = de.mode_defaults(mode)
-        opts = dd.EditOptions(regional_sde=bool(regional_sde), time_travel=bool(time_travel), seed=int(seed),
-                              sde_strength=defaults.sde_strength)
+        opts = dd.EditOptions(regional_sde=bool(regional_sde), time_travel=bool(time_travel),
+                              init_paste=bool(init_paste), seed=int(seed), sde_strength=defaults.sde_strength)
         result = run_edit(model, positive, negative, float(cfg), inv, spec, blocks, defaults, opts,
                           reference=reference if spec.needs_reference else None)
         return ({"samples": result},)
@@ -386,6 +389,8 @@ def run_edit(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInve
 
     def loop(den, x, _sig):
         x_start = inv.start.to(device=x.device, dtype=x.dtype)
+        if opts.init_paste:
+            x_start = dd.init_latent(x_start, spec)
         out = dd.edit_loop(den, x_start, inv, guidance, defaults, opts, latent_mask=latent_mask,
                            on_step=lambda i, n: bar.update(1))
         holder["calls"] = den.calls

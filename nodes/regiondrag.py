@@ -1,5 +1,5 @@
 """RegionDrag nodes: "Latent Copy-Paste" (a SAMPLER wrapper), "Attention K/V Swap" (a MODEL patch) and the
-all-in-one "RegionDrag" (edit-friendly inversion with K/V, then one drag-denoising pass)."""
+all-in-one "RegionDrag" (stochastic inversion with K/V, then one drag-denoising pass)."""
 from __future__ import annotations
 
 import copy
@@ -222,9 +222,9 @@ class AttentionKVSwap:
 
 # ====================================================================== RegionDrag (all-in-one)
 class RegionDrag:
-    DESCRIPTION = ("RegionDrag (ECCV'24) in one node: edit-friendly inversion to the start step caching latents, "
-                   "noise maps and self-attention K/V, then one denoising pass that pastes the handle regions onto "
-                   "the targets and swaps in the cached K/V. One inversion + one denoising pass, no optimisation.")
+    DESCRIPTION = ("RegionDrag (ECCV'24) in one node: stochastic (cycle-SDE) inversion to the start step caching "
+                   "latents, noise maps and self-attention K/V, then one denoising pass that pastes the handle regions "
+                   "onto the targets and swaps in the cached K/V. One inversion + one denoising pass, no optimisation.")
 
     @classmethod
     def INPUT_TYPES(cls):

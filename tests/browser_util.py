@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -33,6 +32,15 @@ def chromium_missing_reason() -> Optional[str]:
     return None
 
 
+def frontend_version() -> str:
+    """Version of the installed comfyui-frontend-package (the server runs with this interpreter)."""
+    try:
+        from importlib.metadata import version
+        return version("comfyui-frontend-package")
+    except Exception:
+        return "unknown"
+
+
 def launch(playwright) -> Any:
     """Chromium from the system (never a Playwright-downloaded one)."""
     return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
@@ -46,6 +54,10 @@ def drag_node_type(server) -> str:
         if "drag_data" in req and "image" in req and "DRAG" in spec.get("output", []):
             return name
     raise AssertionError("no node with a drag_data widget and a DRAG output is registered")
+
+
+class FeatureMissing(RuntimeError):
+    """The frontend lacks something a test needs (e.g. an older one without "Nodes 2.0")."""
 
 
 class ComfyPage:
@@ -74,7 +86,11 @@ class ComfyPage:
             timeout=timeout_ms)
         self.close_first_visit_ui()
         actual = self.page.evaluate(f"() => app.extensionManager.setting.get('{VUE_NODES_SETTING}')")
-        assert bool(actual) == self.vue_nodes, f"{VUE_NODES_SETTING} is {actual}, wanted {self.vue_nodes}"
+        if bool(actual) != self.vue_nodes:
+            version = frontend_version()
+            self.close()
+            raise FeatureMissing(f"frontend {version}: setting {VUE_NODES_SETTING} is {actual!r}, wanted "
+                                 f"{self.vue_nodes} (no Nodes 2.0 rendering in this frontend?)")
         return self
 
     def close_first_visit_ui(self) -> None:
@@ -126,8 +142,8 @@ class ComfyPage:
                  const n = app.graph.getNodeById(id);
                  const ds = app.canvas.ds;
                  ds.scale = scale;
-                 ds.offset[0] = 80 / scale - n.pos[0];
-                 ds.offset[1] = 90 / scale - n.pos[1];
+                 ds.offset[0] = 120 / scale - n.pos[0];
+                 ds.offset[1] = 150 / scale - n.pos[1];
                  app.canvas.setDirty(true, true);
                }""", [node_id, scale])
         self.page.wait_for_timeout(400)
@@ -155,7 +171,20 @@ class ComfyPage:
     def editor(self, node_id: int) -> "EditorHandle":
         return EditorHandle(self, node_id)
 
-    def screenshot_clip(self, path: Path, box: dict, pad: tuple = (16, 48, 16, 16)) -> Path:
+    def node_box(self, node_id: int) -> dict:
+        """Client-px box of a node with its title (the Vue element in Nodes 2.0, the graph rect otherwise)."""
+        return self.page.evaluate(
+            """(id) => {
+                 const el = document.querySelector(`[data-node-id="${id}"]`);
+                 if (el) { const r = el.getBoundingClientRect();
+                           return {x: r.left, y: r.top, width: r.width, height: r.height}; }
+                 const n = app.graph.getNodeById(id), ds = app.canvas.ds;
+                 const c = app.canvas.canvas.getBoundingClientRect(), b = n.boundingRect;
+                 return {x: c.left + (b[0] + ds.offset[0]) * ds.scale, y: c.top + (b[1] + ds.offset[1]) * ds.scale,
+                         width: b[2] * ds.scale, height: b[3] * ds.scale};
+               }""", node_id)
+
+    def screenshot_clip(self, path: Path, box: dict, pad: tuple = (12, 26, 12, 12)) -> Path:
         """Save a screenshot of the page region `box` (client px) grown by pad (left, top, right, bottom)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         clip = {"x": max(0, box["x"] - pad[0]), "y": max(0, box["y"] - pad[1])}
@@ -183,6 +212,14 @@ class EditorHandle:
             "ed.canvas.clientWidth > 50 && ed.canvas.clientHeight > 50); }", arg=self.id, timeout=timeout_ms)
         self.page.wait_for_timeout(100)
         return self.eval("ed.imageSize()")
+
+    def wait_stable(self, timeout_ms: int = 10_000) -> None:
+        """Wait until the editor canvas stops moving on screen (after a zoom, pan or resize)."""
+        self.page.wait_for_function(
+            """(id) => { const ed = app.graph.getNodeById(id).dragEditor, r = ed.canvas.getBoundingClientRect();
+                         const key = [r.left, r.top, r.width, r.height].map(Math.round).join(',');
+                         const same = ed.__lastRect === key; ed.__lastRect = key; return same; }""",
+            arg=self.id, polling=150, timeout=timeout_ms)
 
     def client(self, x: float, y: float) -> tuple[float, float]:
         p = self.eval("ed.imageToClient(arg[0], arg[1])", [x, y])
@@ -224,9 +261,9 @@ class EditorHandle:
 
     def pixel(self, x: float, y: float) -> list[int]:
         """RGBA of the editor canvas at image point (x, y)."""
-        return self.eval("(() => { const v = ed.view(); const c = ed.canvas.getContext('2d');"
-                         " return Array.from(c.getImageData(Math.round(v.ox + arg[0] * v.s),"
-                         " Math.round(v.oy + arg[1] * v.s), 1, 1).data); })()", [x, y])
+        return self.eval("(() => { const v = ed.view(), k = ed.pixelRatio, c = ed.canvas.getContext('2d');"
+                         " return Array.from(c.getImageData(Math.round((v.ox + arg[0] * v.s) * k),"
+                         " Math.round((v.oy + arg[1] * v.s) * k), 1, 1).data); })()", [x, y])
 
 
 # ---------------------------------------------------------------------- UI-format workflows
@@ -266,10 +303,3 @@ def drag_workflow(drag_type: str, image_name: str, drag_data: str) -> dict:
     links = [(1, 1, 0, 2, 0, "IMAGE"), (2, 2, 1, 3, 0, "MASK"), (3, 3, 0, 4, 0, "IMAGE")]
     return ui_workflow(nodes, links)
 
-
-def save_screenshot(src: Path, name: str) -> Path:
-    """Copy a screenshot into out/screenshots/ under `name`."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    dst = SCREENSHOTS / name
-    shutil.copyfile(src, dst)
-    return dst

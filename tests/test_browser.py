@@ -4,7 +4,7 @@ values, both classic and "Nodes 2.0" rendering, and every example workflow in wo
 from __future__ import annotations
 
 import json
-import math
+import os
 import shutil
 from pathlib import Path
 
@@ -17,8 +17,9 @@ import browser_util as bu
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = ROOT / "workflows"
+WORKFLOWS = Path(os.environ.get("DRAGEDIT_WORKFLOWS", ROOT / "workflows"))   # override: check other folders
 IMAGE_NAME = "dragedit_browser_test.png"
+IMAGE_2X = "dragedit_browser_test_2x.png"
 W, H = 256, 192          # not square, so letterboxing and the x/y scales are exercised
 TOL = 1.0                # image px: mouse positions are whole screen px at a zoom below 1
 
@@ -43,15 +44,13 @@ def server(comfy_server):
     d.ellipse([30, 30, 110, 110], fill=(230, 180, 40))
     d.rectangle([150, 100, 230, 170], fill=(200, 60, 60))
     img.save(comfy_server.base / "input" / IMAGE_NAME)
+    img.resize((2 * W, 2 * H)).save(comfy_server.base / "input" / IMAGE_2X)
     return comfy_server
 
 
 @pytest.fixture(scope="module")
 def drag_type(server):
     return bu.drag_node_type(server)
-
-
-_pages: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,10 @@ def pages(browser, server):
             for other in list(opened.values()):
                 other.close()
             opened.clear()
-            opened[vue] = bu.ComfyPage(browser, server, vue_nodes=vue).open()
+            try:
+                opened[vue] = bu.ComfyPage(browser, server, vue_nodes=vue).open()
+            except bu.FeatureMissing as e:
+                pytest.skip(str(e))
         return opened[vue]
 
     yield get
@@ -84,12 +86,18 @@ def _load(cp: bu.ComfyPage, drag_type: str, drag_data: str) -> bu.EditorHandle:
     cp.show_node(2, scale=0.9)
     ed = cp.editor(2)
     assert ed.wait_image() == [W, H]
+    ed.wait_stable()
     return ed
 
 
-@pytest.mark.parametrize("vue", [False, True], ids=["classic", "nodes2"])
-def test_editor_by_mouse_then_queue(pages, server, drag_type, vue):
-    cp = pages(vue)
+# Tests run in file order: the classic-rendering tests first, the Nodes 2.0 ones last (two page loads in all).
+def test_editor_by_mouse_then_queue(pages, server, drag_type):
+    _editor_by_mouse_then_queue(pages(False), server, drag_type, vue=False)
+
+
+def _editor_by_mouse_then_queue(cp: bu.ComfyPage, server, drag_type: str, vue: bool) -> None:
+    """Place two point pairs, a region pair (rects, or polygons in Nodes 2.0) and a mask stroke by mouse; move,
+    delete and undo; check the widget JSON; queue from the UI and check the prompt and its mask output."""
     ed = _load(cp, drag_type, "")
     assert cp.page.evaluate("() => app.graph.getNodeById(2).widgets.find(w => w.name === 'drag_data').hidden")
 
@@ -131,6 +139,13 @@ def test_editor_by_mouse_then_queue(pages, server, drag_type, vue):
         assert _close(c, (170, 50)), reg
     mask = _decode_mask(data["mask"])
     assert mask[40, 130] and mask[40, 112] and not mask[150, 20] and not mask[100, 130]
+    # A thinner eraser cuts the stroke in two.
+    ed.root().locator("input[data-role='brush-size']").evaluate(
+        "(e) => { e.value = '10'; e.dispatchEvent(new Event('input')); }")
+    ed.tool("eraser")
+    ed.drag((130, 25), (130, 55))
+    mask = _decode_mask(ed.data()["mask"])
+    assert not mask[40, 130] and mask[40, 112] and mask[40, 145]
 
     # Drag the first target to a new place; right-click removes a pair; Undo brings it back.
     ed.tool("point")
@@ -138,6 +153,7 @@ def test_editor_by_mouse_then_queue(pages, server, drag_type, vue):
     assert _close(ed.data()["points"][0]["target"], (110, 82))
     ed.click(200, 150, button="right")
     assert len(ed.data()["points"]) == 1
+    assert cp.page.locator(".litecontextmenu:visible, .p-contextmenu:visible").count() == 0   # no graph menu
     ed.action("undo")
     assert len(ed.data()["points"]) == 2
     # Delete key removes the selected point's pair (the target just dragged is selected after a click on it).
@@ -148,8 +164,16 @@ def test_editor_by_mouse_then_queue(pages, server, drag_type, vue):
     ed.action("undo")
     data = ed.data()
     assert len(data["points"]) == 2 and not ed.status()["error"]
+    cp.page.keyboard.press("Delete")      # focus stays in the editor: nothing selected, the node survives
+    assert cp.page.evaluate("() => !!app.graph.getNodeById(2)") and ed.data() == data
+    ed.action("clear")
+    cleared = ed.data()
+    assert not cleared["points"] and not cleared["regions"] and "mask" not in cleared
+    ed.action("undo")
+    assert ed.data() == data
 
-    shot = cp.screenshot_clip(bu.SCREENSHOTS / f"drag_editor_{'nodes2' if vue else 'classic'}.png", ed.box())
+    shot = cp.screenshot_clip(bu.SCREENSHOTS / f"drag_editor_{'nodes2' if vue else 'classic'}.png",
+                             cp.node_box(2))
     assert shot.stat().st_size > 10_000
 
     # Queue from the UI; the server receives exactly the widget JSON and the mask reaches the output.
@@ -161,10 +185,11 @@ def test_editor_by_mouse_then_queue(pages, server, drag_type, vue):
     out = np.asarray(Image.open(saved[0]).convert("L")) > 127
     assert out.shape == (H, W)
     assert (out == _decode_mask(data["mask"])).all()
-    drag_out = entry["outputs"].get("2", {})
-    if drag_out.get("drag_image") or drag_out.get("images"):      # node shows its last image after a run
-        cp.page.wait_for_function("() => (app.graph.getNodeById(2).dragEditor.imageKey || '').includes('type=temp')",
-                                  timeout=10_000)
+    # After the run the editor shows the image the node executed on (its "drag_image" UI output).
+    assert entry["outputs"]["2"]["drag_image"][0]["type"] == "temp"
+    cp.page.wait_for_function("() => { const ed = app.graph.getNodeById(2).dragEditor;"
+                              " return ed.image && ed.imageKey.includes('type=temp'); }", timeout=10_000)
+    assert ed.eval("ed.imageSize()") == [W, H] and ed.data() == data
     assert not [e for e in cp.errors if "dragedit" in e.lower() or "drag_editor" in e.lower()], cp.errors
 
 
@@ -182,8 +207,17 @@ def test_restore_from_workflow_and_draw(pages, drag_type):
     cp.page.wait_for_timeout(200)
     r, g, b, _ = ed.pixel(90, 60)             # the first target dot is drawn blue
     assert b > 200 and r < 120, (r, g, b)
-    # Loading alone does not rewrite the stored value.
+    # Loading alone does not rewrite the stored value, and only drag_data is saved with the workflow.
     assert json.loads(cp.widget_value(2, "drag_data")) == stored
+    saved = cp.page.evaluate("() => app.graph.serialize().nodes.find(n => n.id === 2).widgets_values")
+    assert len(saved) == 1 and json.loads(saved[0]) == stored
+    # Choosing a larger image in Load Image shows it and rescales the instructions to its pixels.
+    cp.page.evaluate(f"() => {{ app.graph.getNodeById(1).widgets.find(w => w.name === 'image').value = '{IMAGE_2X}'; }}")
+    cp.page.wait_for_function("() => app.graph.getNodeById(2).dragEditor.imageSize()[0] === 512", timeout=10_000)
+    cp.page.wait_for_timeout(100)
+    data = ed.data()
+    assert data["image_size"] == [2 * W, 2 * H] and data["points"][0] == {"handle": [80, 80], "target": [180, 120]}
+    assert sum(data["mask"]["counts"][1::2]) == 4 * W * 20 and "rescaled" in ed.status()["text"]
 
 
 def test_malformed_value_shows_error_and_canvas_still_works(pages, drag_type):
@@ -196,7 +230,10 @@ def test_malformed_value_shows_error_and_canvas_still_works(pages, drag_type):
     st = ed.status()
     assert st["error"] and "points[0].target" in st["text"], st
     assert ed.root().locator("b").count() == 0
-    # The canvas still edits: the first edit replaces the broken value with valid JSON.
+    # The canvas still edits (here at another zoom and node size): the first edit replaces the broken value.
+    cp.page.evaluate("() => { app.graph.getNodeById(2).setSize([620, 640]); }")
+    cp.show_node(2, scale=1.2)
+    ed.wait_stable()
     ed.click(30, 30)
     ed.click(60, 40)
     data = ed.data()
@@ -205,6 +242,59 @@ def test_malformed_value_shows_error_and_canvas_still_works(pages, drag_type):
     ed.action("undo")
     assert ed.status()["error"]
     assert "<b>x</b>" in cp.widget_value(2, "drag_data")
+
+
+_SAME = [
+    [[10, 20, 30, 40], [0, 0, 64, 48]],
+    {"version": 1, "image_size": [64, 48], "points": [],
+     "regions": [{"kind": "rect", "handle": [[2, 2], [20, 2], [20, 10], [2, 10]], "target": [[30, 30], [40, 30], [40, 40], [30, 40]]},
+                 {"kind": "polygon", "handle": [[1, 1], [10, 1], [5, 9]], "points": [{"handle": [5, 5], "target": [9, 9]}]}]},
+    {"version": 1, "image_size": [4, 3], "mask": {"size": [4, 3], "counts": [0, 5, 3, 4]}, "ui": {"tool": "x"}},
+    "",
+]
+_BAD = [
+    {"points": [{"handle": [1, 2]}]},
+    {"regions": [{"kind": "polygon", "handle": [[0, 0], [5, 5]], "target": [[1, 1], [6, 6]]}]},
+    {"regions": [{"kind": "polygon", "handle": [[0, 0], [9, 9], [9, 0], [0, 9]], "target": [[0, 0], [9, 9], [9, 0], [0, 9]]}]},
+    {"image_size": [4, 3], "mask": {"size": [4, 3], "counts": [1, 2]}},
+    {"version": 2},
+    {"image_size": [10, 10], "points": [[1, 1, 11, 5]]},
+    {"points": [], "extra": 1},
+]
+
+
+def test_editor_state_module_agrees_with_python_schema(pages, server):
+    """web/drag_state.js (the editor's parser/serialiser) and core/drag_schema.py accept and reject the same
+    JSON, and what the editor writes parses in Python to the same instructions."""
+    from dragedit.core.drag_schema import DragInstructions, DragSchemaError, rle_decode
+    url = next(e for e in server.get("/extensions") if e.endswith("/drag_state.js"))
+    cp = pages(False)
+    res = cp.page.evaluate(
+        """async ([url, same, bad]) => {
+             const m = await import(url);
+             const run = (t) => { try { return {json: m.serializeState(m.parseState(t))}; }
+                                  catch (e) { return {error: e.message}; } };
+             const mask = new Uint8Array(13 * 7).map((_, i) => (i * 7919) % 5 < 2 ? 1 : 0);
+             return {same: same.map(run), bad: bad.map(run), rle: m.rleEncode(mask), mask: Array.from(mask)};
+           }""", [url, [s if isinstance(s, str) else json.dumps(s) for s in _SAME], [json.dumps(b) for b in _BAD]])
+    for src, got in zip(_SAME, res["same"]):
+        assert "json" in got, (src, got)
+        want = _canon(DragInstructions.from_json(src if isinstance(src, str) else json.dumps(src)))
+        assert _canon(DragInstructions.from_json(got["json"])) == want, (src, got)
+    for src, got in zip(_BAD, res["bad"]):
+        assert "error" in got, (src, got)
+        with pytest.raises(DragSchemaError):
+            DragInstructions.from_json(json.dumps(src))
+    decoded = rle_decode(res["rle"], (13, 7)).reshape(-1).tolist()
+    assert decoded == [bool(v) for v in res["mask"]]
+
+
+def _canon(drag) -> tuple:
+    """Comparable form of DragInstructions; a rect is its box (2 or 4 vertices mean the same rectangle)."""
+    regions = tuple((r.kind, r.rect_box("handle") if r.kind == "rect" else r.handle,
+                     (r.rect_box("target") if r.kind == "rect" else r.target) if r.target is not None else None,
+                     r.points) for r in drag.regions)
+    return drag.points, regions, drag.image_size, drag.mask_counts
 
 
 def _decode_mask(mask: dict) -> np.ndarray:
@@ -221,15 +311,27 @@ def _workflow_files() -> list[Path]:
 
 def test_example_workflows_load_in_browser(pages, server):
     """Every workflows/*.json loads with all node types known, no error dialogs or console errors, combo values
-    among their options, numbers within their limits and readable Drag Instructions data (none: passes)."""
+    among their options, numbers within their limits and readable Drag Instructions data."""
+    _check_example_workflows(pages, server, vue=False)
+
+
+def _check_example_workflows(pages, server, vue: bool) -> None:
     files = _workflow_files()
     if not files:
         pytest.skip("workflows/ holds no example workflow yet")
-    cp = pages(False)
+    cp = pages(vue)
     problems = []
+    workflows = {}
     for path in files:
-        wf = json.loads(path.read_text())
-        _ship_input_files(wf, path.parent, server.base / "input")
+        try:
+            workflows[path] = json.loads(path.read_text())
+        except ValueError as e:
+            problems.append(f"{path.name}: not valid JSON: {e}")
+    if any([_ship_input_files(wf, path.parent, server.base / "input") for path, wf in workflows.items()]):
+        cp.page.evaluate("async () => { await app.refreshComboInNodes(); }")   # new input files in the combos
+    drag_type = bu.drag_node_type(server)
+    for path, wf in workflows.items():
+        problems += [f"{path.name}: {p}" for p in _drag_inputs_not_from_editor(wf, drag_type)]
         res = cp.load_workflow(wf)
         if res["unknown"] or res["missing"]:
             problems.append(f"{path.name}: unknown node types {sorted(set(res['unknown'] + res['missing']))}")
@@ -241,13 +343,37 @@ def test_example_workflows_load_in_browser(pages, server):
         if dialogs.count():
             problems.append(f"{path.name}: a dialog opened on load: {dialogs.first.inner_text()[:200]!r}")
             cp.close_first_visit_ui()
-        errs = [e for e in cp.errors if "favicon" not in e]
+        errs = [e for e in cp.errors if not _ignorable(e)]
         problems += [f"{path.name}: console error: {e[:300]}" for e in errs]
     assert not problems, "\n".join(problems)
 
 
-def _ship_input_files(wf: dict, folder: Path, input_dir: Path) -> None:
-    """Copy images a workflow's Load Image nodes name from the workflow folder into the server's input/."""
+def _drag_inputs_not_from_editor(wf: dict, drag_type: str) -> list[str]:
+    """Issue item 4: every DRAG input of an example workflow comes from a Drag Instructions node."""
+    nodes = {n["id"]: n for n in wf.get("nodes", [])}
+    links = {l[0]: l for l in wf.get("links", []) if isinstance(l, list)}
+    links.update({l["id"]: [l["id"], l["origin_id"]] for l in wf.get("links", []) if isinstance(l, dict)})
+    out = []
+    for n in nodes.values():
+        for inp in n.get("inputs", []):
+            if inp.get("type") != "DRAG":
+                continue
+            src = nodes.get(links[inp["link"]][1]) if inp.get("link") in links else None
+            if src is None or src["type"] != drag_type:
+                out.append(f"node {n['id']} ({n['type']}) input {inp['name']!r} is fed by "
+                           f"{src['type'] if src else 'nothing'}, not {drag_type}")
+    return out
+
+
+def _ignorable(console_error: str) -> bool:
+    """Console errors of the frontend itself in an offline sandbox (blocked calls to api.comfy.org, favicon)."""
+    return "api.comfy.org" in console_error or "favicon" in console_error
+
+
+def _ship_input_files(wf: dict, folder: Path, input_dir: Path) -> bool:
+    """Copy images a workflow's Load Image nodes name from the workflow folder into the server's input/;
+    True when a file was copied."""
+    copied = False
     for node in wf.get("nodes", []):
         for v in node.get("widgets_values") or []:
             if isinstance(v, str) and v.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
@@ -255,6 +381,8 @@ def _ship_input_files(wf: dict, folder: Path, input_dir: Path) -> None:
                 if src.is_file() and not (input_dir / v).exists():
                     (input_dir / v).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, input_dir / v)
+                    copied = True
+    return copied
 
 
 _WIDGET_CHECK_JS = """() => {
@@ -276,3 +404,28 @@ _WIDGET_CHECK_JS = """() => {
   }
   return out;
 }"""
+
+
+# ---------------------------------------------------------------------- the same with "Nodes 2.0" (Vue nodes)
+def test_editor_by_mouse_then_queue_nodes2(pages, server, drag_type):
+    _editor_by_mouse_then_queue(pages(True), server, drag_type, vue=True)
+
+
+def test_example_workflows_load_with_nodes2(pages, server):
+    _check_example_workflows(pages, server, vue=True)
+
+
+def test_switching_rendering_at_runtime_keeps_the_editor(pages, drag_type):
+    """Turning Nodes 2.0 off and on again without a reload moves the same editor between renderers."""
+    cp = pages(True)
+    ed = _load(cp, drag_type, json.dumps({"version": 1, "points": [[20, 20, 40, 30]]}))
+    for vue, pair in ((False, ((100, 100), (130, 90))), (True, ((200, 60), (220, 150)))):
+        cp.page.evaluate(f"async () => {{ await app.extensionManager.setting.set('{bu.VUE_NODES_SETTING}', {str(vue).lower()}); }}")
+        cp.page.wait_for_timeout(500)
+        ed.wait_stable()
+        in_vue = cp.page.evaluate("() => !!app.graph.getNodeById(2).dragEditor.root.closest('[data-node-id]')")
+        assert in_vue == vue
+        ed.click(*pair[0])
+        ed.click(*pair[1])
+        assert _close(ed.data()["points"][-1]["target"], pair[1]), ed.data()
+    assert len(ed.data()["points"]) == 3

@@ -135,7 +135,7 @@ def test_guidance_gradient_through_real_unet_descends_energy(sd15_model, cond, m
                 g = de.guidance_gradient(e_edit, e_con, x, spec.edit_mask, se, sc)
                 with torch.no_grad():
                     after = energy(x - 1e-2 * g / g.norm())
-                got[part] = (float((e_edit, e_con)[part == "content"]), float(after[part == "content"]))
+                got[part] = (float((e_edit, e_con)[part == "content"].detach()), float(after[part == "content"]))
         return None
 
     got, _ = probe(sd15_model, pos, inv, fn)
@@ -151,19 +151,19 @@ def test_memory_bank_at_guidance_scale_0_reproduces_ddim_reconstruction(sd15_mod
     """With the source's own K/V (recorded by the inversion, float32) and energy scale 0, the all-in-one equals
     plain DDIM reconstruction up to the inversion's own z_i-vs-z_{i+1} K/V offset; another image's bank does not."""
     pos, neg = cond
-    out, inv = invert(sd15_model, pos)
-    _, other = invert(sd15_model, pos, seed=5)
+    out, inv = invert(sd15_model, pos, steps=20, strength=0.5)
+    _, other = invert(sd15_model, pos, seed=5, steps=20, strength=0.5)
     plain = ddim_reconstruction(sd15_model, pos, out, inv)
     kw = dict(model=sd15_model, positive=pos, negative=neg, mode=mode, cfg=1.0, energy_scale=0.0,
               resize_scale=1.0, drag=DRAG, mask=OBJ if mode == "move" else None)
     (own,) = run_node(DragonDiffusion, inversion=inv, **kw)
     err = float((own["samples"] - plain).abs().max())
-    assert err <= 5e-3 * float(plain.abs().max()), err
-    # control: the same run with another image's bank (its start latent swapped for ours) drifts far more
+    assert err <= 2e-4 * float(plain.abs().max()), err
+    # control: the same run with another image's bank (start latent and schedule ours) drifts far more
     foreign = inv_mod.DDIMInversion(sigmas=inv.sigmas, latents=inv.latents, kv=other.kv, steps=inv.steps,
                                     model_id=inv.model_id)
     (wrong,) = run_node(DragonDiffusion, inversion=foreign, **kw)
-    assert float((wrong["samples"] - plain).abs().max()) > 10 * max(err, 1e-6)
+    assert float((wrong["samples"] - plain).abs().max()) > 5 * max(err, 1e-7)
 
 
 # ---------------------------------------------------------------- the nodes
@@ -362,9 +362,9 @@ def test_server_prompt_all_in_one_and_patch_nodes(comfy_server):
         "13": {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": "dragon_patch"}},
     }
     comfy_server.run_prompt(g)
-    out = comfy_server.base / "output" / "latents"
+    out = comfy_server.base / "output"
     for prefix in ("dragon_all", "dragon_patch"):
-        t = safetensors.torch.load_file(sorted(out.glob(f"{prefix}*.latent"))[-1])["latent_tensor"]
+        t = safetensors.torch.load_file(sorted(out.rglob(f"{prefix}_*.latent"))[-1])["latent_tensor"]
         assert t.shape == (1, 4, 16, 16) and torch.isfinite(t).all()
 
 

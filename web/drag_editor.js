@@ -10,7 +10,6 @@ import {
   DragStateError,
   LIMITS,
   centroid,
-  cloneState,
   countPairs,
   emptyState,
   isEmptyState,
@@ -22,6 +21,7 @@ import {
   serializeState,
   shapeOutline,
 } from "./drag_state.js";
+import { COLORS, drawEditor } from "./drag_draw.js";
 
 const DATA_WIDGET = "drag_data";
 const EDITOR_WIDGET = "drag_editor";
@@ -29,15 +29,6 @@ const HIT_RADIUS = 9; // screen px
 const MIN_HEIGHT = 260;
 const UNDO_LIMIT = 100;
 const POLL_MS = 400;
-const COLORS = {
-  handle: "#ff4d4d",
-  target: "#3d9bff",
-  arrow: "#ffd24d",
-  regionHandle: "rgba(255, 77, 77, 0.22)",
-  regionTarget: "rgba(61, 155, 255, 0.22)",
-  mask: [80, 255, 120, 90],
-  pending: "#ffffff",
-};
 const TOOLS = [
   ["point", "Point", "Click a handle, then its target. Drag a point to move it; right-click or Delete removes it."],
   ["brush", "Mask", "Paint the editable area (optional; none = the whole image)."],
@@ -66,11 +57,13 @@ function parseImageValue(value) {
   return { filename: cut >= 0 ? v.slice(cut + 1) : v, subfolder: cut >= 0 ? v.slice(0, cut) : "", type };
 }
 
+/** URL of ComfyUI's /view endpoint for an {filename, subfolder, type} image reference. */
 function viewUrl(ref) {
   const q = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder || "", type: ref.type || "input" });
   return api.apiURL(`/view?${q.toString()}`);
 }
 
+/** A new element with inline style and attributes (never HTML from values). */
 function el(tag, style = {}, attrs = {}) {
   const e = document.createElement(tag);
   Object.assign(e.style, style);
@@ -81,6 +74,7 @@ function el(tag, style = {}, attrs = {}) {
 const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 const dist2 = (a, b) => (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2;
 
+/** The editor of one node: owns the canvas, the tools and the undo history; the widget owns the data. */
 class DragEditor {
   constructor(node, dataWidget) {
     this.node = node;
@@ -101,11 +95,13 @@ class DragEditor {
     this.imageError = "";
     this.execImage = null; // {url, upstream} from the last execution
     this.maskCanvas = null;
+    this.pixelRatio = 1; // canvas bitmap px per layout px
     this.destroyed = false;
     this.buildDom();
   }
 
   // ------------------------------------------------------------------ DOM
+  /** Toolbar (tools, brush size, Undo, Clear), canvas and status line. */
   buildDom() {
     this.root = el("div", {
       display: "flex",
@@ -141,7 +137,8 @@ class DragEditor {
     this.canvas = el("canvas", { flex: "1 1 auto", minHeight: "120px", width: "100%", display: "block", background: "#1b1b1b", borderRadius: "4px", outline: "none", cursor: "crosshair", touchAction: "none" });
     this.canvas.tabIndex = 0;
     this.canvas.dataset.role = "drag-canvas";
-    this.status = el("div", { minHeight: "14px", whiteSpace: "pre-wrap", overflowWrap: "anywhere", lineHeight: "14px" });
+    // Fixed height: a status text of another length must not move the image under the pointer.
+    this.status = el("div", { flex: "0 0 auto", height: "28px", overflowY: "auto", whiteSpace: "pre-wrap", overflowWrap: "anywhere", lineHeight: "14px" });
     this.status.dataset.role = "status";
     this.root.append(this.toolbar, this.canvas, this.status);
     this.bindEvents();
@@ -150,6 +147,7 @@ class DragEditor {
     this.resizeObserver.observe(this.canvas);
   }
 
+  /** A toolbar button that runs fn and hands the keyboard focus back to the canvas. */
   button(label, tip, fn) {
     const b = el("button", { padding: "2px 6px", fontSize: "11px", borderRadius: "3px", border: "1px solid #555", background: "#333", color: "#ddd", cursor: "pointer" });
     b.type = "button";
@@ -158,12 +156,14 @@ class DragEditor {
     b.addEventListener("click", (e) => {
       e.stopPropagation();
       fn();
+      this.canvas.focus({ preventScroll: true }); // keys (Delete, Ctrl+Z) go to the editor, not the graph
     });
     this.stopPointer(b);
     this.toolbar.appendChild(b);
     return b;
   }
 
+  /** Keep pointer events on a control from reaching the node or the graph canvas. */
   stopPointer(e) {
     // Keep pointer events for ourselves: otherwise the node (Nodes 2.0) or the graph canvas would drag.
     for (const t of ["pointerdown", "pointermove", "pointerup", "mousedown", "contextmenu"]) {
@@ -171,6 +171,7 @@ class DragEditor {
     }
   }
 
+  /** Switch tool (point, brush, eraser, rect, polygon); drops an unfinished pair or region. */
   setTool(id) {
     if (this.tool !== id) this.pending = null;
     this.tool = id;
@@ -190,6 +191,7 @@ class DragEditor {
     this.lastText = text;
     this.pending = null;
     this.selected = null;
+    this.note = "";
     try {
       this.state = parseState(String(text));
       this.storedError = "";
@@ -198,8 +200,8 @@ class DragEditor {
       this.storedError = `Stored drag_data is invalid: ${msg}. Editing replaces it (Undo brings it back).`;
       this.state = emptyState(this.image ? [this.image.naturalWidth, this.image.naturalHeight] : null);
     }
-    if (this.image && !this.storedError) this.adoptImageSize(false);
     this.rebuildMaskCanvas();
+    if (this.image && !this.storedError) this.adoptImageSize(true);
     this.updateStatus();
     this.redraw();
   }
@@ -220,6 +222,7 @@ class DragEditor {
     this.redraw();
   }
 
+  /** Store text in the drag_data widget and tell the graph it changed. */
   writeWidget(text) {
     this.lastText = text;
     this.dataWidget.value = text;
@@ -228,16 +231,19 @@ class DragEditor {
     this.node.graph?.change?.();
   }
 
+  /** Remember the current widget text for Undo. */
   pushUndo() {
     this.undoStack.push(this.lastText ?? "");
     if (this.undoStack.length > UNDO_LIMIT) this.undoStack.shift();
   }
 
+  /** Put text (optionally) in the widget and rebuild the editor from it. */
   applyText(text, write = true) {
     if (write) this.writeWidget(text);
     this.loadFromWidget();
   }
 
+  /** Cancel the unfinished item, else restore the text before the last edit. */
   undo() {
     if (this.pending) {
       this.pending = null;
@@ -254,6 +260,7 @@ class DragEditor {
     this.updateStatus();
   }
 
+  /** Remove every point, region and the mask (one undoable edit). */
   clearAll() {
     this.pushUndo();
     this.pending = null;
@@ -263,6 +270,7 @@ class DragEditor {
     this.commit("Cleared.");
   }
 
+  /** Status line: errors in red, else the last note or a hint, and the counts. */
   updateStatus() {
     let text = "";
     let color = "#aaa";
@@ -270,13 +278,12 @@ class DragEditor {
     if (problems.length) {
       text = problems.join("\n");
       color = "#ff7b7b";
-    } else if (this.note) {
-      text = this.note;
     } else {
       const s = this.state;
       const size = this.imageSize();
-      text = `${s.points.length} point pair(s), ${s.regions.length} region pair(s)${s.mask ? ", mask" : ""}` +
-        (size ? `  |  ${size[0]}x${size[1]} px` : "") + `  |  ${this.hint()}`;
+      const counts = `${s.points.length} point pair(s), ${s.regions.length} region pair(s)${s.mask ? ", mask" : ""}` +
+        (size ? ` on ${size[0]}x${size[1]} px` : "");
+      text = this.note ? `${this.note}  |  ${counts}` : `${counts}  |  ${this.hint()}`;
     }
     if (this.linkedJson()) {
       text += "\nThe drag_json input is connected: it replaces what is drawn here.";
@@ -286,8 +293,10 @@ class DragEditor {
     this.status.dataset.error = problems.length ? "1" : "0";
   }
 
+  /** What the current tool or unfinished item expects next. */
   hint() {
     if (!this.imageSize()) return "Connect a Load Image (or run once) to see the image.";
+    if (!this.image && !this.pending) return "No image yet: run once (or connect a Load Image) to see it.";
     const p = this.pending;
     if (p?.type === "point") return "Click the target of this handle (Esc cancels).";
     if (p?.type === "rect-target") return "Drag or click the target rectangle (Esc cancels).";
@@ -296,17 +305,20 @@ class DragEditor {
     return TOOLS.find((t) => t[0] === this.tool)[2];
   }
 
+  /** True when the drag_json input is connected (it overrides drag_data in the node). */
   linkedJson() {
     const inp = (this.node.inputs || []).find((i) => i.name === "drag_json");
     return !!(inp && inp.link != null);
   }
 
   // ------------------------------------------------------------------ image
+  /** (W, H) of the shown image, else the stored image_size, else null. */
   imageSize() {
     if (this.image) return [this.image.naturalWidth, this.image.naturalHeight];
     return this.state.imageSize;
   }
 
+  /** {url, label} of the image on the node feeding 'image' (a Load Image widget or a preview), or null. */
   upstreamRef() {
     const slot = (this.node.inputs || []).findIndex((i) => i.name === "image");
     if (slot < 0 || this.node.inputs[slot].link == null) return null;
@@ -361,8 +373,9 @@ class DragEditor {
     const s = this.state;
     if (s.imageSize && s.imageSize[0] === W && s.imageSize[1] === H) return;
     if (s.imageSize && !isEmptyState(s) && mayWrite && !this.storedError) {
+      // Undo history is in the old pixels: it ends here (Undo would bring back the old size and rescale again).
       const [w0, h0] = s.imageSize;
-      this.pushUndo();
+      this.undoStack = [];
       this.state = rescaleState(s, W, H);
       this.rebuildMaskCanvas();
       this.commit(`The instructions were drawn on a ${w0}x${h0} image and were rescaled to ${W}x${H}.`);
@@ -373,6 +386,7 @@ class DragEditor {
     this.rebuildMaskCanvas();
   }
 
+  /** After a run: show the image the node executed on (its "drag_image" UI output). */
   onExecuted(output) {
     const list = output?.drag_image || output?.images;
     const ref = Array.isArray(list) ? list[0] : null;
@@ -389,6 +403,8 @@ class DragEditor {
     const text = this.dataWidget.value ?? "";
     if (text !== this.lastText) this.loadFromWidget();
     this.refreshImage();
+    const k = clamp((window.devicePixelRatio || 1) / this.screenScale(), 1, 3);
+    if (Math.abs(k - this.pixelRatio) > 0.1 && this.canvas.isConnected) this.redraw(); // graph zoom changed
     const linked = this.linkedJson();
     if (linked !== this._linked) {
       this._linked = linked;
@@ -397,6 +413,7 @@ class DragEditor {
   }
 
   // ------------------------------------------------------------------ mask
+  /** Recreate the overlay bitmap of the mask at image size. */
   rebuildMaskCanvas() {
     const size = this.state.imageSize;
     if (!this.state.mask || !size) {
@@ -412,6 +429,7 @@ class DragEditor {
     this.paintMaskRect(0, 0, W, H);
   }
 
+  /** Repaint the overlay in an image-pixel rectangle from the mask array. */
   paintMaskRect(x0, y0, x1, y1) {
     const [W] = this.state.imageSize;
     const w = x1 - x0;
@@ -434,6 +452,7 @@ class DragEditor {
     ctx.putImageData(data, x0, y0);
   }
 
+  /** Set (1) or erase (0) a disc of the brush size at image point p. */
   dab(p, value) {
     const size = this.state.imageSize;
     if (!size) return;
@@ -456,6 +475,7 @@ class DragEditor {
     this.paintMaskRect(x0, y0, x1, y1);
   }
 
+  /** Dabs along the segment from the last stroke point to p. */
   strokeTo(p, value) {
     const last = this.drag.last;
     const step = Math.max(1, this.brush / 4);
@@ -465,34 +485,37 @@ class DragEditor {
   }
 
   // ------------------------------------------------------------------ view transform
+  /** Image -> canvas layout px transform (layout px = bitmap px; the graph zoom scales both on screen). */
   view() {
     const size = this.imageSize() || [512, 512];
-    const cw = this.canvas.width;
-    const ch = this.canvas.height;
+    const cw = Math.max(1, this.canvas.clientWidth);
+    const ch = Math.max(1, this.canvas.clientHeight);
     const s = Math.min(cw / size[0], ch / size[1]);
     return { s, ox: (cw - size[0] * s) / 2, oy: (ch - size[1] * s) / 2, size };
   }
 
-  /** Canvas bitmap px per screen px (the node may be scaled by the graph zoom). */
+  /** Canvas layout px per screen px (the node may be scaled by the graph zoom). */
   screenScale() {
     const r = this.canvas.getBoundingClientRect();
-    return r.width > 0 ? this.canvas.width / r.width : 1;
+    return r.width > 0 ? this.canvas.clientWidth / r.width : 1;
   }
 
   /** Image pixel coordinates of a pointer event. */
   eventToImage(e) {
     const r = this.canvas.getBoundingClientRect();
-    const k = this.canvas.width / r.width;
-    const kh = this.canvas.height / r.height;
+    const kx = r.width > 0 ? this.canvas.clientWidth / r.width : 1;
+    const ky = r.height > 0 ? this.canvas.clientHeight / r.height : 1;
     const v = this.view();
-    return [((e.clientX - r.left) * k - v.ox) / v.s, ((e.clientY - r.top) * kh - v.oy) / v.s];
+    return [((e.clientX - r.left) * kx - v.ox) / v.s, ((e.clientY - r.top) * ky - v.oy) / v.s];
   }
 
   /** Client (page) coordinates of an image point: for tests and tooling. */
   imageToClient(x, y) {
     const r = this.canvas.getBoundingClientRect();
     const v = this.view();
-    return { x: r.left + ((v.ox + x * v.s) * r.width) / this.canvas.width, y: r.top + ((v.oy + y * v.s) * r.height) / this.canvas.height };
+    const kx = r.width / Math.max(1, this.canvas.clientWidth);
+    const ky = r.height / Math.max(1, this.canvas.clientHeight);
+    return { x: r.left + (v.ox + x * v.s) * kx, y: r.top + (v.oy + y * v.s) * ky };
   }
 
   /** Hit radius in image pixels. */
@@ -500,6 +523,7 @@ class DragEditor {
     return (HIT_RADIUS * this.screenScale()) / this.view().s;
   }
 
+  /** p moved inside [0, W] x [0, H]. */
   clampToImage(p) {
     const size = this.imageSize();
     return [clamp(p[0], 0, size[0]), clamp(p[1], 0, size[1])];
@@ -543,6 +567,7 @@ class DragEditor {
     return null;
   }
 
+  /** Position of a hit point or vertex. */
   posOf(hit) {
     if (hit.kind === "point") return this.state.points[hit.index][hit.end];
     const rg = this.state.regions[hit.index];
@@ -550,6 +575,7 @@ class DragEditor {
     return rg[hit.which][hit.vertex];
   }
 
+  /** Move a hit point or vertex to p. */
   setPos(hit, p) {
     if (hit.kind === "point") this.state.points[hit.index][hit.end] = p;
     else {
@@ -559,6 +585,7 @@ class DragEditor {
     }
   }
 
+  /** Remove the pair or region a hit belongs to (one undoable edit). */
   deleteHit(hit) {
     if (!hit) return false;
     this.pushUndo();
@@ -571,6 +598,7 @@ class DragEditor {
   }
 
   // ------------------------------------------------------------------ events
+  /** Pointer, wheel and keyboard handlers of the canvas and the editor. */
   bindEvents() {
     const c = this.canvas;
     c.addEventListener("pointerdown", (e) => this.onPointerDown(e));
@@ -590,7 +618,7 @@ class DragEditor {
       e.stopPropagation();
       if (this.pending?.type === "poly-handle") this.closePolygon();
     });
-    c.addEventListener("keydown", (e) => this.onKey(e));
+    this.root.addEventListener("keydown", (e) => this.onKey(e));
     c.addEventListener("wheel", (e) => {
       // Let the graph zoom while the pointer is over the editor.
       e.preventDefault();
@@ -599,6 +627,7 @@ class DragEditor {
     }, { passive: false });
   }
 
+  /** Delete/Backspace removes the selection, Esc cancels, Enter closes a polygon, Ctrl+Z undoes. */
   onKey(e) {
     const k = e.key;
     const ctrl = e.ctrlKey || e.metaKey;
@@ -609,8 +638,8 @@ class DragEditor {
     } else if (k === "Escape") {
       this.pending = null;
       this.drag = null;
-    } else if (k === "Enter") {
-      if (this.pending?.type === "poly-handle") this.closePolygon();
+    } else if (k === "Enter" && this.pending?.type === "poly-handle") {
+      this.closePolygon();
     } else if (ctrl && (k === "z" || k === "Z")) {
       this.undo();
     } else {
@@ -624,6 +653,7 @@ class DragEditor {
     }
   }
 
+  /** Start a gesture: paint, move a point, draw a rect, add a point or polygon vertex; right button deletes. */
   onPointerDown(e) {
     e.stopPropagation();
     if (e.button === 1) return; // middle button: leave to the graph
@@ -675,6 +705,7 @@ class DragEditor {
     this.redraw();
   }
 
+  /** Continue the gesture (paint, move, rubber band) and track the hover position. */
   onPointerMove(e) {
     e.stopPropagation();
     const p = this.eventToImage(e);
@@ -688,6 +719,7 @@ class DragEditor {
     this.redraw();
   }
 
+  /** Finish the gesture and commit it as one edit (moves that break a shape are reverted). */
   onPointerUp(e, cancelled = false) {
     e.stopPropagation();
     const d = this.drag;
@@ -713,12 +745,14 @@ class DragEditor {
     this.redraw();
   }
 
+  /** True when p lies on the image (with half a hit radius of slack). */
   insideImage(p) {
     const size = this.imageSize();
     const tol = this.hitRadius() / 2;
     return p[0] >= -tol && p[1] >= -tol && p[0] <= size[0] + tol && p[1] <= size[1] + tol;
   }
 
+  /** False when moving this vertex left a rect without area or a polygon the node would reject. */
   movedShapeValid(hit) {
     if (hit.kind !== "region" || hit.which === "points") return true;
     const rg = this.state.regions[hit.index];
@@ -731,6 +765,7 @@ class DragEditor {
   }
 
   // ------------------------------------------------------------------ tools
+  /** Point tool: first click = handle, second click = its target. */
   clickPoint(q) {
     if (this.pending?.type === "point") {
       if (countPairs(this.state) >= LIMITS.maxPoints) {
@@ -749,6 +784,7 @@ class DragEditor {
     }
   }
 
+  /** Rect tool: the first rectangle is the handle, the next (or a click: a copy) the target. */
   finishRect(a, b) {
     const [c0, c1] = rectCorners([a, b]);
     const big = c1[0] - c0[0] >= 2 && c1[1] - c0[1] >= 2;
@@ -772,6 +808,7 @@ class DragEditor {
     }
   }
 
+  /** Append a finished region pair (one undoable edit). */
   addRegion(rg) {
     this.pending = null;
     if (this.state.regions.length >= LIMITS.maxRegions) {
@@ -784,6 +821,7 @@ class DragEditor {
     this.commit("Region pair added.");
   }
 
+  /** Polygon tool: add a vertex, close on the first vertex, then place the target copy. */
   clickPolygon(q) {
     const p = this.pending;
     if (p?.type === "poly-target") {
@@ -815,6 +853,7 @@ class DragEditor {
     if (dist2(q, last) > 0) p.verts.push(q);
   }
 
+  /** Close the handle polygon if the node would accept it; the target copy comes next. */
   closePolygon() {
     const p = this.pending;
     if (p?.type !== "poly-handle") return;
@@ -833,6 +872,7 @@ class DragEditor {
   }
 
   // ------------------------------------------------------------------ drawing
+  /** Draw on the next animation frame (many requests, one draw). */
   redraw() {
     if (this.destroyed || this._frame) return;
     this._frame = requestAnimationFrame(() => {
@@ -841,156 +881,12 @@ class DragEditor {
     });
   }
 
+  /** Draw now (drag_draw.js). */
   draw() {
-    const c = this.canvas;
-    const w = Math.max(1, Math.round(c.clientWidth));
-    const h = Math.max(1, Math.round(c.clientHeight));
-    if (c.width !== w || c.height !== h) {
-      c.width = w;
-      c.height = h;
-    }
-    const ctx = c.getContext("2d");
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.clearRect(0, 0, c.width, c.height);
-    const size = this.imageSize();
-    const v = this.view();
-    const X = (p) => v.ox + p[0] * v.s;
-    const Y = (p) => v.oy + p[1] * v.s;
-    if (!size) {
-      ctx.fillStyle = "#888";
-      ctx.font = "12px sans-serif";
-      ctx.textAlign = "center";
-      ctx.fillText("No image: connect a Load Image node (or run once).", c.width / 2, c.height / 2);
-      return;
-    }
-    if (this.image) ctx.drawImage(this.image, v.ox, v.oy, size[0] * v.s, size[1] * v.s);
-    else {
-      ctx.fillStyle = "#2a2a2a";
-      ctx.fillRect(v.ox, v.oy, size[0] * v.s, size[1] * v.s);
-    }
-    if (this.maskCanvas) {
-      ctx.imageSmoothingEnabled = false;
-      ctx.drawImage(this.maskCanvas, v.ox, v.oy, size[0] * v.s, size[1] * v.s);
-      ctx.imageSmoothingEnabled = true;
-    }
-    const dot = (p, color, r = 5, selected = false) => {
-      ctx.beginPath();
-      ctx.arc(X(p), Y(p), selected ? r + 2 : r, 0, Math.PI * 2);
-      ctx.fillStyle = color;
-      ctx.fill();
-      ctx.lineWidth = selected ? 2.5 : 1.5;
-      ctx.strokeStyle = selected ? "#fff" : "#000";
-      ctx.stroke();
-    };
-    const arrow = (a, b, color) => {
-      const ax = X(a), ay = Y(a), bx = X(b), by = Y(b);
-      const ang = Math.atan2(by - ay, bx - ax);
-      ctx.strokeStyle = color;
-      ctx.fillStyle = color;
-      ctx.lineWidth = 2;
-      ctx.beginPath();
-      ctx.moveTo(ax, ay);
-      ctx.lineTo(bx - Math.cos(ang) * 6, by - Math.sin(ang) * 6);
-      ctx.stroke();
-      ctx.beginPath();
-      ctx.moveTo(bx, by);
-      ctx.lineTo(bx - Math.cos(ang - 0.45) * 12, by - Math.sin(ang - 0.45) * 12);
-      ctx.lineTo(bx - Math.cos(ang + 0.45) * 12, by - Math.sin(ang + 0.45) * 12);
-      ctx.closePath();
-      ctx.fill();
-    };
-    const shape = (kind, verts, fill, stroke, dashed = false) => {
-      const o = shapeOutline(kind, verts);
-      ctx.beginPath();
-      o.forEach((p, i) => (i ? ctx.lineTo(X(p), Y(p)) : ctx.moveTo(X(p), Y(p))));
-      ctx.closePath();
-      if (fill) {
-        ctx.fillStyle = fill;
-        ctx.fill();
-      }
-      ctx.setLineDash(dashed ? [5, 4] : []);
-      ctx.lineWidth = 2;
-      ctx.strokeStyle = stroke;
-      ctx.stroke();
-      ctx.setLineDash([]);
-    };
-    const label = (p, text) => {
-      ctx.font = "bold 11px sans-serif";
-      ctx.textAlign = "left";
-      ctx.lineWidth = 3;
-      ctx.strokeStyle = "#000";
-      ctx.strokeText(text, X(p) + 7, Y(p) - 7);
-      ctx.fillStyle = "#fff";
-      ctx.fillText(text, X(p) + 7, Y(p) - 7);
-    };
-    const isSel = (info) => this.selected && Object.keys(info).every((k) => this.selected[k] === info[k]);
-
-    this.state.regions.forEach((rg, i) => {
-      shape(rg.kind, rg.handle, COLORS.regionHandle, COLORS.handle);
-      if (rg.target) {
-        shape(rg.kind, rg.target, COLORS.regionTarget, COLORS.target);
-        arrow(centroid(shapeOutline(rg.kind, rg.handle)), centroid(shapeOutline(rg.kind, rg.target)), COLORS.arrow);
-        rg.target.forEach((p, k) => dot(p, COLORS.target, 4, isSel({ kind: "region", index: i, which: "target", vertex: k })));
-      }
-      rg.handle.forEach((p, k) => dot(p, COLORS.handle, 4, isSel({ kind: "region", index: i, which: "handle", vertex: k })));
-      (rg.points || []).forEach((pp) => {
-        arrow(pp.handle, pp.target, COLORS.arrow);
-        dot(pp.handle, COLORS.handle, 4);
-        dot(pp.target, COLORS.target, 4);
-      });
-      label(rg.handle[0], `R${i + 1}`);
-    });
-    this.state.points.forEach((pp, i) => {
-      arrow(pp.handle, pp.target, COLORS.arrow);
-      dot(pp.handle, COLORS.handle, 5, isSel({ kind: "point", index: i, end: "handle" }));
-      dot(pp.target, COLORS.target, 5, isSel({ kind: "point", index: i, end: "target" }));
-      label(pp.handle, String(i + 1));
-    });
-
-    const p = this.pending;
-    const hv = this.hover;
-    if (p?.type === "point") {
-      if (hv) {
-        ctx.setLineDash([4, 4]);
-        ctx.strokeStyle = COLORS.pending;
-        ctx.beginPath();
-        ctx.moveTo(X(p.handle), Y(p.handle));
-        ctx.lineTo(X(hv), Y(hv));
-        ctx.stroke();
-        ctx.setLineDash([]);
-      }
-      dot(p.handle, COLORS.handle, 5, true);
-    } else if (p?.type === "rect-target") {
-      shape("rect", p.handle, COLORS.regionHandle, COLORS.handle, true);
-    } else if (p?.type === "poly-handle") {
-      ctx.beginPath();
-      p.verts.forEach((q, i) => (i ? ctx.lineTo(X(q), Y(q)) : ctx.moveTo(X(q), Y(q))));
-      if (hv) ctx.lineTo(X(hv), Y(hv));
-      ctx.setLineDash([5, 4]);
-      ctx.strokeStyle = COLORS.handle;
-      ctx.lineWidth = 2;
-      ctx.stroke();
-      ctx.setLineDash([]);
-      p.verts.forEach((q, i) => dot(q, COLORS.handle, i === 0 ? 6 : 4));
-    } else if (p?.type === "poly-target") {
-      shape("polygon", p.handle, COLORS.regionHandle, COLORS.handle, true);
-      if (hv) {
-        const c0 = centroid(p.handle);
-        shape("polygon", p.handle.map((q) => [q[0] + hv[0] - c0[0], q[1] + hv[1] - c0[1]]), null, COLORS.target, true);
-      }
-    }
-    if (this.drag?.type === "rect") {
-      shape("rect", [this.drag.a, this.drag.b], null, this.pending ? COLORS.target : COLORS.handle, true);
-    }
-    if (hv && (this.tool === "brush" || this.tool === "eraser")) {
-      ctx.beginPath();
-      ctx.arc(X(hv), Y(hv), (this.brush / 2) * v.s, 0, Math.PI * 2);
-      ctx.strokeStyle = this.tool === "brush" ? "#8f8" : "#f88";
-      ctx.lineWidth = 1.5;
-      ctx.stroke();
-    }
+    drawEditor(this);
   }
 
+  /** Stop observers and drawing (the node was removed). */
   destroy() {
     this.destroyed = true;
     this.resizeObserver?.disconnect();
@@ -1004,6 +900,8 @@ function hideWidget(w) {
   w.options = w.options || {};
   w.options.hidden = true;
   if (w.options.minNodeSize) delete w.options.minNodeSize;
+  // The classic layout hands free space to every DOM widget, hidden or not: ask for none.
+  w.computeLayoutSize = () => ({ minHeight: 0, maxHeight: 0, minWidth: 0 });
 }
 
 app.registerExtension({

@@ -112,6 +112,20 @@ class Scene:
         return dataclasses.replace(self, background=tuple(background),
                                    gradient=self.gradient if gradient is None else tuple(gradient))
 
+    def to_dict(self) -> dict:
+        """A JSON-ready record of the scene (from_dict inverts it)."""
+        return {"background": list(self.background), "gradient": list(self.gradient),
+                "shapes": [dataclasses.asdict(s) for s in self.shapes]}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Scene":
+        """The scene of a to_dict() record (ValueError naming the problem for a bad record)."""
+        try:
+            shapes = tuple(Shape(**s) for s in d["shapes"])
+            return Scene(tuple(float(v) for v in d["background"]), shapes, tuple(float(v) for v in d.get("gradient", (0, 0))))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a scene record ({e}): expected background, gradient and shapes") from None
+
     def _with(self, index: int, shape: Shape) -> "Scene":
         shapes = list(self.shapes)
         shapes[index] = shape
@@ -200,46 +214,44 @@ def prompt(scene: Scene) -> str:
 # measurement
 # ---------------------------------------------------------------------------------------------------------
 
-def _fit_background(image: torch.Tensor, weight: torch.Tensor, iters: int = 4, thresh: float = 0.06) -> torch.Tensor:
-    """Robust least-squares plane per channel (a + b x + c y) over the pixels with weight 1: refitted without
-    the pixels that stay far from the plane (other objects), so the result is the background."""
+def estimate_background(image: torch.Tensor, iters: int = 4, thresh: float = 0.06) -> torch.Tensor:
+    """The background of a scene image [3,H,W]: a robust least-squares plane per channel (a + b·x + c·y), started
+    from the median colour and refitted on the pixels that stay near the plane (objects cover under half the image)."""
     _, h, w = image.shape
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h, dtype=torch.float64), torch.linspace(-1, 1, w, dtype=torch.float64),
                             indexing="ij")
     a = torch.stack([torch.ones_like(xx), xx, yy], -1).reshape(-1, 3)
     b = image.double().reshape(image.shape[0], -1).T
-    wv = weight.reshape(-1).double()
-    fit = None
+    fit = b.median(dim=0).values.expand_as(b)
+    limit = 0.25
     for _ in range(iters):
-        sol = torch.linalg.lstsq(a * wv[:, None], b * wv[:, None]).solution
-        fit = a @ sol
-        keep = ((b - fit).norm(dim=1) <= thresh).double() * weight.reshape(-1).double()
+        keep = ((b - fit).norm(dim=1) <= limit).double()
         if keep.sum() < 8:
             break
-        wv = keep
+        fit = a @ torch.linalg.lstsq(a * keep[:, None], b * keep[:, None]).solution
+        limit = thresh
     return fit.T.reshape(image.shape).float()
 
 
 def colour_alpha(image: torch.Tensor, colour: str | Sequence[float], background: Optional[torch.Tensor] = None,
-                 tol: float = 0.25) -> torch.Tensor:
-    """Per-pixel coverage estimate [H, W] of a colour: the projection of (pixel − background) onto
-    (colour − background), clipped to [0, 1], and 0 where the pixel is far from that line (other objects).
-    The background (image [3,H,W] or RGB) is fitted as a plane to pixels far from the colour when not given."""
+                 tol: float = 0.15) -> torch.Tensor:
+    """Per-pixel coverage estimate α [H, W] of a colour c over the background b: the projection of (pixel − b) onto
+    (c − b), clipped to [0, 1], 0 far from that segment (beyond 0.05 + tol·α: other objects) and outside 2 px of
+    clearly covered pixels. b (image [3,H,W] or RGB) is `estimate_background(image)` when not given."""
     img = image.float()
     rgb = torch.tensor(PALETTE[colour] if isinstance(colour, str) else tuple(colour), dtype=torch.float32).view(3, 1, 1)
     if background is None:
-        far = ((img - rgb).norm(dim=0) > 0.35).float()
-        if far.sum() < 8:
-            raise ValueError("cannot estimate the background: the colour covers almost the whole image")
-        bg = _fit_background(img, far)
+        bg = estimate_background(img)
     else:
         bg = torch.as_tensor(background, dtype=torch.float32)
         bg = bg.view(3, 1, 1).expand_as(img) if bg.ndim == 1 else bg
     d = rgb - bg
-    alpha = ((img - bg) * d).sum(0) / (d * d).sum(0).clamp_min(1e-6)
-    alpha = alpha.clamp(0, 1)
-    off_line = (img - (bg + alpha.unsqueeze(0) * d)).norm(dim=0)  # distance from the bg->colour segment
-    alpha = torch.where(off_line <= tol, alpha, torch.zeros_like(alpha))
+    r = img - bg
+    alpha = ((r * d).sum(0) / (d * d).sum(0).clamp_min(1e-6)).clamp(0, 1)
+    model = bg + alpha.unsqueeze(0) * d
+    # distance from the background -> colour model; another colour's pixels drift away in proportion to their coverage
+    off_line = (img - model).norm(dim=0)
+    alpha = torch.where(off_line <= 0.05 + tol * alpha, alpha, torch.zeros_like(alpha))
     # keep only the neighbourhood (2 px) of clearly covered pixels: the faint edges of other objects lie near
     # the background end of every colour's segment
     core = (alpha > 0.5).float()[None, None]
@@ -250,7 +262,9 @@ def colour_alpha(image: torch.Tensor, colour: str | Sequence[float], background:
 def centroid(image: torch.Tensor, colour: str | Sequence[float], background: Optional[torch.Tensor] = None
              ) -> Optional[tuple[float, float]]:
     """Centroid (x, y) in pixels (centres at +0.5) of the named colour in a [3,H,W] image, weighted by its
-    estimated coverage; None when the colour is absent (total coverage below 1 pixel)."""
+    estimated coverage; None when the colour is absent (total coverage below 1 pixel). Within ~0.15 px for flat
+    shapes; shaded ones keep a bias (up to ~0.6 px) that is the same wherever the shape stands, so compare with the
+    measurement of the re-rendered ground truth, not with the shape's parameters."""
     a = colour_alpha(image, colour, background).double()
     tot = float(a.sum())
     if tot < 1.0:
@@ -264,6 +278,37 @@ def centroid(image: torch.Tensor, colour: str | Sequence[float], background: Opt
 def area(image: torch.Tensor, colour: str | Sequence[float], background: Optional[torch.Tensor] = None) -> float:
     """Estimated area (pixels) of the named colour in the image."""
     return float(colour_alpha(image, colour, background).sum())
+
+
+def classify(image: torch.Tensor, colour: str, background: Optional[torch.Tensor] = None, min_area: float = 6.0
+             ) -> Optional[tuple[str, float]]:
+    """Which shape kind the named colour forms in the image: (kind, soft IoU with that kind's ideal coverage at the
+    measured centroid and area), or None when the colour covers less than min_area pixels."""
+    a = colour_alpha(image, colour, background)
+    tot = float(a.sum())
+    if tot < min_area:
+        return None
+    c = centroid(image, colour, background)
+    r = math.sqrt(tot / math.pi)
+    size = image.shape[-1]
+    best = None
+    for kind in KINDS:
+        cov = coverage(Shape(kind, colour, c[0] * 32.0 / size, c[1] * 32.0 / size, r * 32.0 / size), size=size)
+        iou = float(torch.minimum(a, cov).sum() / torch.maximum(a, cov).sum().clamp_min(1e-6))
+        if best is None or iou > best[1]:
+            best = (kind, iou)
+    return best
+
+
+def colours_present(image: torch.Tensor, min_area: float = 6.0) -> dict[str, float]:
+    """Palette colours covering at least min_area pixels of the image, with their estimated areas."""
+    out = {}
+    bg = estimate_background(image.float())
+    for col in COLOURS:
+        ar = area(image, col, bg)
+        if ar >= min_area:
+            out[col] = ar
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -300,8 +345,9 @@ def random_shape(rng: random.Random, size: int = 32, exclude: Sequence[Shape] = 
     raise ValueError("could not place a shape without overlap: the image is too small for these sizes")
 
 
-def random_scene(rng: random.Random | int, size: int = 32, two_p: float = 0.5, shading_p: float = 0.3) -> Scene:
-    """A seeded random scene: muted background with a gentle gradient, 1 shape, or 2 with probability two_p."""
+def random_scene(rng: random.Random | int, two_p: float = 0.5, shading_p: float = 0.3) -> Scene:
+    """A seeded random scene (coordinates in 32 px units): muted background with a gentle gradient, 1 shape, or 2
+    with probability two_p; shapes shaded with probability shading_p. The training data of the shapes model."""
     rng = random.Random(rng) if isinstance(rng, int) else rng
     bg, grad = random_background(rng)
     n = 2 if rng.random() < two_p else 1

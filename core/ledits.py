@@ -1,0 +1,139 @@
+"""LEDITS (Tsaban & Passos, arXiv 2307.00522) on ComfyUI: edit-friendly DDPM inversion run through the host, and
+SEGA / LEDITS++ concept guidance as a model patch that any sampler applies.
+
+The SEGA patch is an immutable `SegaPatch` (concept list + settings) handed to `host.patch_cond_guidance`: the
+concepts' predictions come from the same batched UNet call as cond and uncond, and `SegaPatch.combine` replaces
+the CFG step. Chaining builds a new `SegaPatch` with one more concept and installs it on the next clone, so the
+upstream MODEL keeps its own list. The momentum ν and the attention maps live in the host's per-run state dict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import ddpm_inversion as ef
+from . import host
+from . import sega
+
+KEY = "dragedit_sega"
+MODES = ("SEGA", "LEDITS++")
+LEDITS_PP_NOISE_MASK_MAX_T = 800.0
+"""LEDITS++ intersects the attention mask with the noise-quantile mask only while t ≤ 800 (diffusers)."""
+
+
+# ---------------------------------------------------------------------------------------------------- inversion
+
+def invert(model: Any, samples: torch.Tensor, positive: Any, negative: Any, cfg: float, steps: int, *, skip: int = 0,
+           eta: float = 1.0, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None) -> ef.Inversion:
+    """Edit-friendly DDPM inversion of LATENT `samples` on the model's DDIM grid of `steps` (first `skip` noisiest steps
+    dropped), with the CFG denoiser of (positive, negative, cfg) run inside ComfyUI's sampling machinery (den.x0)."""
+    # ComfyUI's ddim_uniform adds noisier steps when 1000 % steps != 0; keep diffusers' `steps` (1 + k·(1000//steps))
+    sigmas = host.ddim_sigmas(model, int(steps))[-(int(steps) + 1):]
+    holder: dict = {}
+
+    def loop(den: host.Denoiser, x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+        inv = ef.invert_edit_friendly(den.x0, x, sig.to(x.device), seed=seed, eta=eta, skip=skip, callback=on_step)
+        holder["inv"], holder["calls"] = inv, den.calls
+        return inv.xts[-1]
+
+    host.session(host.clone(model), positive, negative, cfg if negative is not None else 1.0, samples, sigmas, loop,
+                 seed=seed)
+    inv = holder["inv"]
+    off = getattr(model, "offload_device", None) or torch.device("cpu")
+    return replace(inv.to(device=off), sigmas=inv.sigmas.detach().cpu())
+
+
+# ---------------------------------------------------------------------------------------------------- SEGA patch
+
+@dataclass(frozen=True)
+class ConceptEntry:
+    """One edit concept on a model: its CONDITIONING, SEGA parameters and (LEDITS++) the number of its prompt
+    tokens (after the start token) whose cross-attention makes the implicit mask (0 = all but the first and the
+    last token, padding included, as diffusers does)."""
+    conditioning: Any
+    concept: sega.SegaConcept
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class SegaPatch:
+    """Concepts and settings of the SEGA / LEDITS++ guidance on one MODEL (immutable; chaining makes a new one).
+    mode "SEGA": ε̃ = CFG + γ (thresholds, warm-up, momentum); "LEDITS++": ε̃ = ε_u + Σ_c M_c ⊙ ψ_c (no
+    target-prompt CFG, the positive is not evaluated), M from the noise quantile and optionally cross-attention."""
+    entries: tuple[ConceptEntry, ...] = ()
+    momentum_scale: float = 0.1
+    momentum_beta: float = 0.4
+    mode: str = "SEGA"
+    cross_attention_mask: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 <= float(self.momentum_beta) <= 1.0:
+            raise ValueError(f"momentum beta must be in [0, 1], got {self.momentum_beta}")
+
+    @property
+    def concepts(self) -> list[sega.SegaConcept]:
+        return [e.concept for e in self.entries]
+
+    @property
+    def uses_attention(self) -> bool:
+        """True when the LEDITS++ cross-attention masks are recorded."""
+        return self.mode == "LEDITS++" and self.cross_attention_mask
+
+    def with_concept(self, entry: ConceptEntry, **settings: Any) -> "SegaPatch":
+        """A new patch with one more concept (settings given here replace the chain's)."""
+        return replace(self, entries=self.entries + (entry,), **settings)
+
+    def combine(self, call: host.CondGuidanceCall) -> torch.Tensor:
+        """The guided cfg "noise" σ·ε̃ of one denoiser call (see the class docstring)."""
+        x, sig = call.x, call.sigma.to(call.x.device, call.x.dtype)
+        s = sig.reshape(-1, *([1] * (x.ndim - 1))) if sig.numel() > 1 else sig.reshape(())
+        eps_u = call.noise_uncond / s
+        eps_c = [n / s for n in call.noise_extra]
+        if self.mode == "LEDITS++":
+            masks = None
+            if self.uses_attention:
+                masks = []
+                for c, m in zip(self.concepts, call.attn_maps):
+                    if m is None:
+                        raise host.HostError("LEDITS++ cross-attention masks: no attention was recorded for a concept "
+                                             "(the probed layers did not run)")
+                    masks.append(sega.attention_mask(m.to(eps_u.dtype), c.threshold, x.shape[-2:], x.shape[1]))
+            active = call.timestep <= LEDITS_PP_NOISE_MASK_MAX_T
+            term = sega.ledits_pp_term(call.step, eps_u, eps_c, self.concepts, masks, True, active)
+            return call.noise_uncond + term * s
+        state = call.run.get("sega_state")
+        if state is None:
+            state = call.run["sega_state"] = sega.SegaState()
+        gamma = sega.sega_term(call.step, eps_u, eps_c, self.concepts, state, self.momentum_scale, self.momentum_beta)
+        return call.cfg() + gamma * s
+
+
+def sega_patch_of(model: Any) -> Optional[SegaPatch]:
+    """The SEGA patch already on this MODEL (an upstream SEGA Guidance node), or None."""
+    p = host.cond_guidance_payload(model, KEY)
+    return p if isinstance(p, SegaPatch) else None
+
+
+def attention_layers(model: Any) -> list[host.AttnLayer]:
+    """LEDITS++'s probed cross-attention layers: encoder and decoder transformers at 1/4 of the latent resolution
+    (SD1.5: input 7, 8 and output 3, 4, 5; diffusers down_blocks.2 / up_blocks.1)."""
+    return host.select_layers(model, part=("input", "output"), levels=[4])
+
+
+def apply(model: Any, patch: SegaPatch) -> Any:
+    """A clone of `model` carrying `patch` (replacing an upstream SEGA patch)."""
+    if not patch.entries:
+        raise ValueError("SEGA needs at least one concept")
+    run = host.clone(model)
+    layers = attention_layers(model) if patch.uses_attention else None
+    if patch.uses_attention and not layers:
+        raise host.HostError("this model has no cross-attention layers at 1/4 of the latent resolution, where "
+                             "LEDITS++ reads its attention masks")
+    host.patch_cond_guidance(run, KEY, [e.conditioning for e in patch.entries], patch.combine, payload=patch,
+                             drop_positive=patch.mode == "LEDITS++", attn_layers=layers,
+                             attn_tokens=[e.tokens for e in patch.entries] if layers else None)
+    return run

@@ -1,0 +1,125 @@
+"""Nodes "DDPM Inversion (edit-friendly)" and "Edit-friendly DDPM" (a SAMPLER for stock SamplerCustom /
+SamplerCustomAdvanced that replays the inversion's noise maps). Thin: checks here, the method in
+core/ddpm_inversion.py and core/ledits.py."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..core import ddpm_inversion as ef
+from ..core import host, ledits
+from ._common import CATEGORY, Progress, check_latent, check_range, require, tooltips
+from .inversion import check_cond_fits, supported_model
+
+NODE = "DDPM Inversion (edit-friendly)"
+SAMPLER_NODE = "Edit-friendly DDPM"
+
+
+def check_ddpm_inversion(inv: Any, node: str, input_name: str = "inversion") -> ef.Inversion:
+    """The edit-friendly inversion inside an INVERSION input (DDPM Inversion, or RegionDrag's), else a clear error."""
+    require(inv is not None, node, input_name, "is missing: connect the INVERSION output of DDPM Inversion (edit-friendly).")
+    inner = getattr(inv, "ef", inv)
+    require(getattr(inner, "kind", None) == "ddpm" and hasattr(inner, "zs"), node, input_name,
+            "expected an INVERSION from DDPM Inversion (edit-friendly); a DDIM Inversion has no noise maps.")
+    require(inner.zs.numel() > 0 and inner.steps >= 1, node, input_name, "holds no noise maps (freed or empty).")
+    return inner
+
+
+class DDPMInversion:
+    DESCRIPTION = ("Edit-friendly DDPM inversion (LEDITS): noise maps that make the DDPM reverse process reproduce the "
+                   "image exactly. Sample the output LATENT with SamplerCustom (add_noise off, sampler 'Edit-friendly "
+                   "DDPM' fed by the INVERSION, sigmas from here): with the same conditioning and cfg you get the "
+                   "input back; with SEGA Guidance on the model (or another prompt) you get the edit.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "model": ("MODEL",),
+                "latent": ("LATENT",),
+                "positive": ("CONDITIONING",),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
+                "skip": ("INT", {"default": 15, "min": 0, "max": 999}),
+                "source_cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1}),
+                "eta": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+            },
+            "optional": {
+                "negative": ("CONDITIONING",),
+            },
+        }, {
+            "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL), without SEGA Guidance.",
+            "latent": "The image to invert, as a latent (VAE Encode).",
+            "positive": "Source prompt describing the image (sample with the same one to reconstruct it).",
+            "steps": "Steps of the DDIM grid the inversion covers (LEDITS: 100; LEDITS++: 30-50).",
+            "skip": "Noisiest steps to drop: editing starts this many steps into the grid (LEDITS: 36 of 100). More "
+                    "skip keeps more of the image.",
+            "source_cfg": "Classifier-free guidance of the source prompt during inversion (LEDITS: 3.5); needs the "
+                          "negative above 1.",
+            "eta": "DDPM noise level η (1 = the papers' edit-friendly DDPM); the sampler uses the same.",
+            "seed": "Seed of the independent noisy latents the inversion draws.",
+            "negative": "Unconditional / negative prompt (an empty CLIP Text Encode) for source_cfg > 1.",
+        })
+
+    RETURN_TYPES = ("LATENT", "INVERSION", "SIGMAS")
+    RETURN_NAMES = ("latent", "inversion", "sigmas")
+    OUTPUT_TOOLTIPS = ("The start latent x_T−skip (feed SamplerCustom's latent_image, add_noise off).",
+                       "Start latent and noise maps for the Edit-friendly DDPM sampler.",
+                       "The sampling sigmas from the start step to 0.")
+    FUNCTION = "invert"
+    CATEGORY = CATEGORY
+
+    def invert(self, model, latent, positive, steps, skip, source_cfg, eta, seed, negative=None):
+        samples = check_latent(latent, NODE, allow_batch=True)
+        supported_model(model, NODE)
+        require(ledits.sega_patch_of(model) is None, NODE, "model",
+                "carries SEGA concepts: invert with the model from before SEGA Guidance (the concepts are for sampling).")
+        check_cond_fits(model, positive, NODE, "positive")
+        require(int(steps) >= 1, NODE, "steps", f"must be at least 1, got {steps}.")
+        require(0 <= int(skip) < int(steps), NODE, "skip", f"must be between 0 and steps - 1 = {int(steps) - 1}, got {skip}.")
+        check_range(float(eta), 1e-6, 1.0, NODE, "eta")
+        check_range(float(source_cfg), 1.0, 100.0, NODE, "source_cfg")
+        if negative is not None:
+            check_cond_fits(model, negative, NODE, "negative")
+        require(float(source_cfg) == 1.0 or negative is not None, NODE, "source_cfg",
+                f"is {source_cfg} but no negative conditioning is connected: connect one (an empty prompt) or set it to 1.")
+        bar = Progress(int(steps) - int(skip))
+        inv = ledits.invert(model, samples, positive, negative, float(source_cfg), int(steps), skip=int(skip),
+                            eta=float(eta), seed=int(seed), on_step=lambda j, n: bar.update(1))
+        start = host.process_out(model, inv.start.clone())
+        return ({"samples": start}, inv, inv.sigmas.clone())
+
+
+class EditFriendlyDDPMSampler:
+    DESCRIPTION = ("A SAMPLER for SamplerCustom / SamplerCustomAdvanced: DDPM (η of the inversion) that uses the "
+                   "INVERSION's noise maps instead of fresh noise, so any guidance or model patch (SEGA Guidance, "
+                   "another prompt, ControlNet...) edits the inverted image. Use the inversion's SIGMAS (or a "
+                   "SplitSigmas part) and its start latent with add_noise off.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "inversion": ("INVERSION",),
+            },
+            "optional": {
+                "exact_last_step": ("BOOLEAN", {"default": True}),
+            },
+        }, {
+            "inversion": "INVERSION from DDPM Inversion (edit-friendly).",
+            "exact_last_step": "Add the inversion's last-step residual so reconstruction is exact (the original "
+                               "DDPM_inversion code drops it; off = plain last DDPM step).",
+        })
+
+    RETURN_TYPES = ("SAMPLER",)
+    OUTPUT_TOOLTIPS = ("Connect to SamplerCustom's sampler input.",)
+    FUNCTION = "get_sampler"
+    CATEGORY = CATEGORY
+
+    def get_sampler(self, inversion, exact_last_step=True):
+        import comfy.samplers
+        inv = check_ddpm_inversion(inversion, SAMPLER_NODE)
+        return (comfy.samplers.KSAMPLER(ef.make_sampler_fn(inv, apply_residual=bool(exact_last_step))),)
+
+
+NODE_CLASS_MAPPINGS = {"DragEditDDPMInversion": DDPMInversion, "DragEditEditFriendlyDDPM": EditFriendlyDDPMSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"DragEditDDPMInversion": NODE, "DragEditEditFriendlyDDPM": SAMPLER_NODE}

@@ -1,0 +1,74 @@
+"""Shapes demo model nodes: "Shapes Demo Model" (MODEL, CLIP, VAE of the bundled tiny model; prompt it with the
+stock CLIP Text Encode) and "Shapes Scene" (a seeded procedural scene as IMAGE plus its prompt)."""
+from __future__ import annotations
+
+from ..core.shapes import model as shapes_model
+from ..core.shapes import renderer
+from ..core.shapes.prompt import COLOURS, KINDS
+from ._common import CATEGORY, NodeInputError, tooltips
+
+NODE_MODEL = "Shapes Demo Model"
+NODE_SCENE = "Shapes Scene"
+
+
+class ShapesDemoModel:
+    DESCRIPTION = ("The bundled tiny text-to-image model trained on 32x32 scenes of coloured circles, squares and "
+                   "triangles: runs on a laptop CPU in seconds. Prompt it with CLIP Text Encode using only the words "
+                   f"{', '.join(COLOURS)}, {', '.join(KINDS)} and 'and' (e.g. 'red circle and blue square'). Images are "
+                   "32x32 (Empty Latent Image 128x128 gives a 32x32 image, since that node assumes an 8x VAE); the VAE "
+                   "is an exact 2x2 pixel-unshuffle, so VAE Encode -> VAE Decode returns the image unchanged.")
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    OUTPUT_TOOLTIPS = ("SD-style eps-prediction UNet (ComfyUI's own UNet class) with self- and cross-attention at every level.",
+                       "Tiny prompt encoder: connect it to CLIP Text Encode.",
+                       "Exact pixel-unshuffle VAE (3x32x32 image <-> 12x16x16 latent).")
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/shapes demo"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        path = shapes_model.WEIGHTS
+        try:
+            model, clip, vae = shapes_model.load_demo(path, allow_random=False)
+        except FileNotFoundError:
+            raise NodeInputError(NODE_MODEL, "weights", f"the bundled weights file is missing ({path}); reinstall the "
+                                 "pack or run `python -m core.shapes.train` in its folder to recreate it.") from None
+        except Exception as e:  # a damaged or foreign file
+            raise NodeInputError(NODE_MODEL, "weights", f"could not load {path}: {e}") from None
+        return (model, clip, vae)
+
+
+class ShapesScene:
+    DESCRIPTION = ("Draws a seeded random scene of the kind the Shapes Demo Model was trained on (32x32, muted background "
+                   "with a gentle gradient, one or two coloured shapes) and gives its prompt: a ready-made image to edit.")
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "prompt")
+    OUTPUT_TOOLTIPS = ("The scene as a 32x32 IMAGE.", "The scene's words, e.g. 'red circle and blue square'.")
+    FUNCTION = "draw"
+    CATEGORY = f"{CATEGORY}/shapes demo"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return tooltips({
+            "required": {
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1}),
+                "shapes": (["random", "1", "2"], {"default": "random"}),
+            },
+        }, {
+            "seed": "Which scene: the same seed always draws the same scene.",
+            "shapes": "Number of shapes in the scene ('random': one or two).",
+        })
+
+    def draw(self, seed: int, shapes: str = "random"):
+        if shapes not in ("random", "1", "2"):
+            raise NodeInputError(NODE_SCENE, "shapes", f"must be 'random', '1' or '2', got {shapes!r}.")
+        two_p = {"random": 0.5, "1": 0.0, "2": 1.0}[shapes]
+        scene = renderer.random_scene(int(seed), two_p=two_p)
+        img = renderer.render(scene).permute(1, 2, 0).unsqueeze(0).contiguous()
+        return (img, renderer.prompt(scene))
+
+
+NODE_CLASS_MAPPINGS = {"DragEditShapesDemoModel": ShapesDemoModel, "DragEditShapesScene": ShapesScene}
+NODE_DISPLAY_NAME_MAPPINGS = {"DragEditShapesDemoModel": NODE_MODEL, "DragEditShapesScene": NODE_SCENE}
