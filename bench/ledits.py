@@ -242,7 +242,8 @@ def start_comfy(attention: str, cuda: bool) -> None:
     if path not in sys.path:
         sys.path.insert(0, path)
     argv = sys.argv
-    sys.argv = [argv[0]] + ([] if cuda else ["--cpu"]) + (["--use-pytorch-cross-attention"] if attention == "pytorch" else [])
+    flags = ([] if cuda else ["--cpu"]) + (["--use-pytorch-cross-attention"] if attention == "pytorch" else [])
+    sys.argv = [argv[0]] + flags
     try:
         import comfy.options
         comfy.options.enable_args_parsing()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -250,6 +250,7 @@ class GuidanceStats:
     backward_passes: int = 0
 
     def as_dict(self) -> dict:
+        """The counters as a plain dict."""
         return dict(self.__dict__)
 
 
@@ -304,8 +305,8 @@ class FeatureGuidance:
         """Truncated feature pass (or a full pass when truncate is off: the reference design, for the bench)."""
         if self.truncate:
             return call.features(x)
-        full = host.GuidanceCall(call._args, call.blocks + [len(host.decoder_blocks(call.model)) - 1], call.run)
-        return full.features(x)[:len(call.blocks)]
+        last = len(host.decoder_blocks(call.model)) - 1
+        return call.features(x, blocks=call.blocks + [last])[:len(call.blocks)]
 
     def __call__(self, call: host.GuidanceCall) -> Optional[torch.Tensor]:
         self.stats.calls += 1

@@ -738,14 +738,15 @@ class GuidanceCall:
         """Context for feature passes and backward: out of inference mode, grad on, weights aliased (no copy)."""
         return grad_enabled(self._args["model"])
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of `blocks` (cond rows, in the order of `blocks`) for sampler state x at this call's σ: one UNet
-        call on the positive conditioning, without this pack's K/V patches, stopped after the deepest block.
-        Differentiable w.r.t. x when x requires grad (inside `differentiable()`)."""
+    def features(self, x: torch.Tensor, blocks: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
+        """Outputs of `blocks` (default: the patch's blocks; cond rows, in that order) for sampler state x at this
+        call's σ: one UNet call on the positive conditioning, without this pack's K/V patches, stopped after the
+        deepest block. Differentiable w.r.t. x when x requires grad (inside `differentiable()`)."""
         comfy = _comfy()
+        blocks = self.blocks if blocks is None else [int(b) for b in blocks]
         store = FeatureStore()
         store.truncate = True
-        mo = _estimator_options(self._args["model_options"], store, self.blocks)
+        mo = _estimator_options(self._args["model_options"], store, blocks)
         if not x.requires_grad and x.is_inference():
             with torch.inference_mode(False):
                 x = x.detach().clone()
@@ -758,7 +759,7 @@ class GuidanceCall:
             raise HostError(f"feature guidance expected one UNet call for the positive conditioning, ComfyUI made "
                             f"{store.calls} (area / timestep-ranged conditionings are not supported here)")
         out = []
-        for b in self.blocks:
+        for b in blocks:
             f = store.features.get(b)
             if f is None:
                 raise HostError(f"output block {b} did not run during the feature pass")
@@ -889,7 +890,8 @@ class _CondGuidancePatch(_SharedHandle):
         self.key, self.conds, self.combine, self.payload = key, list(conds), combine, payload
         self.drop_positive = bool(drop_positive)
         self.attn_tokens = list(attn_tokens) if attn_tokens is not None else None
-        self.ctx_lens = [int(c[0][0].shape[1]) if c and c[0][0] is not None and c[0][0].ndim == 3 else 0 for c in self.conds]
+        self.ctx_lens = [int(c[0][0].shape[1]) if c and c[0][0] is not None and c[0][0].ndim == 3 else 0
+                         for c in self.conds]  # token counts, to fold ComfyUI's repeated contexts (LCM padding)
         self.prev_cfg, self.prev_calc = prev_cfg, prev_calc
         self.run: Optional[dict] = None
 
@@ -1090,5 +1092,6 @@ def sample_with_sampler(model: Any, positive: Any, negative: Any, cfg: float, sa
     samples. callback(step, x̂0, x, total) per step."""
     comfy = _comfy()
     noise = torch.zeros_like(samples)
-    return comfy.sample.sample_custom(model, noise, float(cfg), sampler, sigmas, positive, negative if negative is not None else [],
-                                      samples, noise_mask=None, callback=callback, disable_pbar=True, seed=seed)
+    negative = negative if negative is not None else []
+    return comfy.sample.sample_custom(model, noise, float(cfg), sampler, sigmas, positive, negative, samples,
+                                      noise_mask=None, callback=callback, disable_pbar=True, seed=seed)

@@ -16,7 +16,8 @@ SAMPLER_NODE = "Edit-friendly DDPM"
 
 def check_ddpm_inversion(inv: Any, node: str, input_name: str = "inversion") -> ef.Inversion:
     """The edit-friendly inversion inside an INVERSION input (DDPM Inversion, or RegionDrag's), else a clear error."""
-    require(inv is not None, node, input_name, "is missing: connect the INVERSION output of DDPM Inversion (edit-friendly).")
+    require(inv is not None, node, input_name,
+            "is missing: connect the INVERSION output of DDPM Inversion (edit-friendly).")
     inner = getattr(inv, "ef", inv)
     require(getattr(inner, "kind", None) == "ddpm" and hasattr(inner, "zs"), node, input_name,
             "expected an INVERSION from DDPM Inversion (edit-friendly); a DDIM Inversion has no noise maps.")
@@ -75,7 +76,8 @@ class DDPMInversion:
                 "carries SEGA concepts: invert with the model from before SEGA Guidance (the concepts are for sampling).")
         check_cond_fits(model, positive, NODE, "positive")
         require(int(steps) >= 1, NODE, "steps", f"must be at least 1, got {steps}.")
-        require(0 <= int(skip) < int(steps), NODE, "skip", f"must be between 0 and steps - 1 = {int(steps) - 1}, got {skip}.")
+        require(0 <= int(skip) < int(steps), NODE, "skip",
+                f"must be between 0 and steps - 1 = {int(steps) - 1}, got {skip}.")
         check_range(float(eta), 1e-6, 1.0, NODE, "eta")
         check_range(float(source_cfg), 1.0, 100.0, NODE, "source_cfg")
         if negative is not None:

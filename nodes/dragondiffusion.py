@@ -65,6 +65,7 @@ def check_same_model(model: Any, inv: DDIMInversion, node: str, input_name: str 
 
 
 def _latent_hw(inv: DDIMInversion) -> tuple[int, int]:
+    """(h, w) of the inversion's latent."""
     return int(inv.start.shape[-2]), int(inv.start.shape[-1])
 
 
@@ -81,6 +82,7 @@ def image_grid(image_size: tuple[int, int], latent_hw: tuple[int, int], energy_h
 
 
 def _mask_2d(mask: Any, node: str, input_name: str) -> torch.Tensor:
+    """A single MASK as float [H, W] (clear errors for a batch or a malformed tensor)."""
     require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), node, input_name,
             f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
     if mask.ndim == 3:
@@ -110,10 +112,12 @@ def mask_on_grid(mask: Any, node: str, input_name: str, latent_hw: tuple[int, in
 
 
 def _is_full(mask: Any) -> bool:
+    """True for an all-white mask (Drag Instructions' 'no mask drawn')."""
     return isinstance(mask, torch.Tensor) and mask.numel() > 0 and float(mask.min()) > 0.5
 
 
 def _coerce_drag(drag: Any, node: str) -> DragInstructions:
+    """The DRAG input as DragInstructions, or a NodeInputError naming the input."""
     try:
         return DragInstructions.coerce(drag)
     except (DragSchemaError, ValueError, TypeError) as e:
@@ -132,6 +136,8 @@ def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: An
     grid_hw = dd.energy_grid(model, lat_hw, blocks)
     d = None if drag is None else _coerce_drag(drag, node)
     image_size = d.image_size if d is not None else None
+    require(d is None or image_size is not None, node, "drag",
+            "the instructions carry no image size: make them with Drag Instructions (or add \"image_size\": [W, H]).")
     grid = image_grid(image_size, lat_hw, grid_hw, node, "drag") if image_size is not None else None
 
     def cells(xy):
@@ -190,6 +196,7 @@ def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: An
 
 
 def _check_model_inputs(node: str, model: Any, inversion: Any, need_kv: bool = False) -> DDIMInversion:
+    """Supported model, a usable INVERSION made by that model (with K/V when needed)."""
     supported_model(model, node)
     inv = check_inversion(inversion, node, need_kv=need_kv)
     check_same_model(model, inv, node)
@@ -197,6 +204,7 @@ def _check_model_inputs(node: str, model: Any, inversion: Any, need_kv: bool = F
 
 
 def _percent_window(node: str, model: Any, start: float, end: float):
+    """Checked start/end percents as a predicate σ -> active."""
     check_range(float(start), 0.0, 1.0, node, "start_percent")
     check_range(float(end), 0.0, 1.0, node, "end_percent")
     require(float(start) < float(end), node, "end_percent", f"must be above start_percent ({start}), got {end}.")
@@ -204,6 +212,7 @@ def _percent_window(node: str, model: Any, start: float, end: float):
 
 
 def _bank(node: str, model: Any, inv: DDIMInversion, mode: str, when, spec_masks: tuple, reference) -> Any:
+    """Install the memory-bank K/V injection on `model` (a clone), errors named after `node`."""
     base_mask, ref_mask = spec_masks
     if mode in ("appearance", "paste"):
         require(reference is not None, node, "reference", f"{mode} mode needs the reference image's INVERSION.")
@@ -220,6 +229,7 @@ def _bank(node: str, model: Any, inv: DDIMInversion, mode: str, when, spec_masks
 # --------------------------------------------------------------------------------------------------------------
 
 def _mode_inputs() -> dict:
+    """Optional inputs shared by Feature Guidance and DragonDiffusion."""
     return {"drag": ("DRAG",), "mask": ("MASK",), "reference": ("INVERSION",), "ref_mask": ("MASK",)}
 
 

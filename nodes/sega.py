@@ -37,9 +37,9 @@ TIPS = {
             "cross-attention map. One mode per chain.",
     "cross_attention_mask": "LEDITS++: also mask each concept by its own cross-attention map (layers at 1/4 of the "
                             "latent resolution), intersected with the noise-quantile mask. Shared by the chain.",
-    "concept_tokens": "LEDITS++ cross-attention mask: number of the concept prompt's tokens (words / sub-words) whose "
-                      "attention makes the mask; 0 = all tokens but the start and the last one, padding included (what diffusers' "
-                      "LEDITS++ pipeline does).",
+    "concept_tokens": "LEDITS++ cross-attention mask: number of the concept prompt's tokens (words / sub-words) "
+                      "whose attention makes the mask; 0 = all tokens but the start and the last one, padding "
+                      "included (what diffusers' LEDITS++ pipeline does).",
 }
 
 
@@ -172,7 +172,7 @@ class LEDITSEdit:
             "mode": TIPS["mode"],
             "seed": "Seed of the inversion's noise.",
             "threshold": TIPS["threshold"] + " Shared by the concepts.",
-            "warmup": TIPS["warmup"].replace("(SEGA default 10; LEDITS++ 0)", "") + " Shared by the concepts.",
+            "warmup": "Steps (from the first step run) before the concepts apply; their momentum builds up meanwhile.",
             "momentum_scale": "SEGA momentum scale s_m (0 = off).",
             "momentum_beta": "SEGA momentum β.",
             "image": "The image to edit (or connect a latent instead).",

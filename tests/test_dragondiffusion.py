@@ -280,6 +280,23 @@ def test_diffeditor_options_run_and_count(sd15_model, cond):
     assert (outs["tt"] - outs["base"]).abs().max() > 1e-5
 
 
+def test_init_paste_moves_start_latent_cells():
+    """DiffEditor's start-latent init: move pastes the object's latent cells at the new place, drag copies the 3x3
+    cells around the handle to the target; everything else stays."""
+    x = torch.arange(4 * 16 * 16, dtype=torch.float32).reshape(1, 4, 16, 16)
+    spec = dd.make_spec("move", (32, 32), mask=OBJ[0, ::4, ::4] > 0, offset=(4, 2))   # object cells 8..17, +2 rows +4 cols
+    out = dd.init_latent(x, spec)
+    torch.testing.assert_close(out[..., 5:10, 6:11], x[..., 4:9, 4:9])          # latent shift (1 row, 2 cols)
+    changed = (out != x).any(1)[0]
+    assert not changed[:5].any() and not changed[:, :6].any() and not changed[10:].any()
+    spec = dd.make_spec("drag", (32, 32), handles=[(11, 13)], targets=[(19, 15)])
+    out = dd.init_latent(x, spec)
+    torch.testing.assert_close(out[..., 6:9, 8:11], x[..., 5:8, 4:7])
+    assert int((out != x).any(1).sum()) <= 9
+    spec = dd.make_spec("appearance", (32, 32), mask=OBJ[0, ::4, ::4] > 0, ref_mask=OBJ[0, ::4, ::4] > 0)
+    assert torch.equal(dd.init_latent(x, spec), x)
+
+
 # ---------------------------------------------------------------- input errors
 
 @pytest.fixture()
@@ -297,6 +314,7 @@ def inverted(sd15_model, cond):
     ("move", dict(drag=DRAG), r"input 'mask'.*object mask"),
     ("move", dict(mask=OBJ), r"input 'drag'.*one point pair"),
     ("drag", dict(), r"input 'drag'.*point pairs"),
+    ("drag", dict(drag=[[44, 52, 76, 60]]), r"input 'drag'.*no image size"),
     ("paste", dict(mask=OBJ, ref_mask=box(0, 8, 0, 8), reference="inv"), r"input 'ref_mask'.*same size"),
     ("appearance", dict(mask=OBJ, ref_mask=torch.zeros(1, SIZE, SIZE), reference="inv"), r"input 'ref_mask'.*empty"),
 ])
@@ -392,3 +410,33 @@ def test_server_reports_resize_leaving_image(comfy_server):
     }
     with pytest.raises(PromptError, match=r"\[DragonDiffusion\] input 'resize_scale'.*leaves the image"):
         comfy_server.run_prompt(g)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["move", "drag"])
+def test_example_workflow_runs_on_server(comfy_server, mode):
+    """workflows/dragondiffusion_{mode}.json (UI format, shapes demo model, DiffEditor's start-latent paste on)
+    converted the way the frontend does and run on the real server: a 32x32 image of the same scene whose white
+    triangle has moved toward the target."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from dragedit.core.shapes import renderer
+    from workflow_api import ui_to_api
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / f"dragondiffusion_{mode}.json").read_text())
+    prompt = ui_to_api(wf, comfy_server.get("/object_info"))
+    assert prompt["8"]["class_type"] == "DragEditDragonDiffusion" and prompt["8"]["inputs"]["mode"] == mode
+    assert prompt["8"]["inputs"]["inversion"] == ["7", 1] and prompt["8"]["inputs"]["drag"] == ["6", 0]
+    comfy_server.run_prompt(prompt)
+    src = renderer.render(renderer.random_scene(1, two_p=0.0))
+    png = sorted((comfy_server.base / "output").glob(f"dragondiffusion_{mode}_*.png"))[-1]
+    img = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    assert img.shape == (3, 32, 32)
+    mse = float(((img - src) ** 2).mean())
+    # still the same scene (move relocates a large triangle, so the whole-image PSNR drops more)
+    assert 10 * math.log10(1.0 / max(mse, 1e-10)) > {"move": 10.0, "drag": 15.0}[mode]
+    (sx, sy), (gx, gy) = renderer.centroid(src, "white"), renderer.centroid(img, "white")
+    assert gx > sx + 0.5 and gy > sy + 0.5                                     # the triangle went right and down

@@ -29,6 +29,16 @@ def sample_custom(model, positive, negative, cfg, sampler, sigmas, samples, call
                                           negative, samples, callback=callback, disable_pbar=True)
 
 
+def stock_sampler_custom(model, positive, negative, cfg, sampler, sigmas, latent):
+    """ComfyUI's own SamplerCustom node (add_noise off), called like the executor calls it."""
+    from comfy_extras.nodes_custom_sampler import SamplerCustom
+    fn = getattr(SamplerCustom, "execute", None) or SamplerCustom().sample
+    with torch.inference_mode():
+        out = fn(model=model, add_noise=False, noise_seed=0, cfg=cfg, positive=positive, negative=negative,
+                 sampler=sampler, sigmas=sigmas, latent_image=latent)
+    return (out.args if hasattr(out, "args") else out)[0]["samples"]
+
+
 def ksampler(name):
     import comfy.samplers
     return comfy.samplers.ksampler(name)
@@ -77,7 +87,7 @@ def test_inversion_node_then_stock_sampling_reproduces_the_latent(kind):
     assert isinstance(inv, ef.Inversion) and inv.kind == "ddpm" and inv.steps == 7 and sig.shape == (8,)
     assert float(sig[-1]) == 0.0 and torch.allclose(sig, host.ddim_sigmas(model, 10)[3:])
     (sampler,) = run_node(EditFriendlyDDPMSampler, inversion=inv)
-    out = sample_custom(model, pos, neg, 3.5, sampler, sig, start["samples"])
+    out = stock_sampler_custom(model, pos, neg, 3.5, sampler, sig, start)
     torch.testing.assert_close(out, lat["samples"], rtol=0, atol=2e-6 * float(lat["samples"].abs().max()))
     # another prompt edits instead
     other = sample_custom(model, tiny_models.conditioning(9, pooled=pooled), neg, 3.5, sampler, sig, start["samples"])
@@ -96,6 +106,16 @@ def test_sampler_splits_and_residual_switch(sd15_model, cond):
     (plain,) = run_node(EditFriendlyDDPMSampler, inversion=inv, exact_last_step=False)
     rough = sample_custom(sd15_model, pos, neg, 1.0, plain, sig, start["samples"])
     assert (rough - lat["samples"]).abs().max() > 1e-4
+
+
+def test_inversion_grid_is_diffusers_leading_grid_for_any_step_count(sd15_model, cond):
+    """steps = 12 gives 12 steps at t = 1 + 83·k (diffusers' DDIM/LEDITS grid); ComfyUI's ddim_uniform alone would
+    add a 13th, noisier one when 1000 % steps != 0."""
+    pos, _ = cond
+    _, inv, sig = run_node(DDPMInversion, model=sd15_model, latent=tiny_models.latent(0), positive=pos, steps=12,
+                           skip=0, source_cfg=1.0, eta=1.0, seed=0)
+    ts = [round(host.timestep_of(sd15_model, s)) for s in sig[:-1]]
+    assert inv.steps == 12 and ts == [1 + 83 * k for k in range(12)][::-1]
 
 
 def test_inversion_and_sampler_errors(sd15_model, cond):
@@ -214,7 +234,7 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
     pipe = LEditsPPPipelineStableDiffusion(**comps)
     pipe.set_progress_bar_config(disable=True)
     add_noise = pipe.scheduler.add_noise
-    pipe.scheduler.add_noise = lambda x, n, t: add_noise(x, n, t.long())  # diffusers 0.39 vs torch 2.14, see test_sega_math
+    pipe.scheduler.add_noise = lambda x, n, t: add_noise(x, n, t.long())  # diffusers 0.39 on torch 2.14
     with torch.no_grad():
         pipe.invert(image=tsm._image(), source_prompt="a cat", source_guidance_scale=3.5, num_inversion_steps=10,
                     skip=0.15, generator=torch.Generator().manual_seed(3))
@@ -250,7 +270,8 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
         plain = sega_node(plain, [[c, {}]], "remove" if i else "add", kw["edit_guidance_scale"][i],
                           kw["edit_threshold"][i], kw["edit_warmup_steps"][i], mode="LEDITS++",
                           cross_attention_mask=False)
-    other = sample_custom(plain, [[e_u, {}]], [[e_u, {}]], 1.0, sampler, sig, inv.start / 0.18215) * 0.18215 * math.sqrt(abar[-1])
+    other = sample_custom(plain, [[e_u, {}]], [[e_u, {}]], 1.0, sampler, sig, inv.start / 0.18215)
+    other = other * 0.18215 * math.sqrt(abar[-1])
     assert (other - ref).abs().max() > 100 * (ours - ref).abs().max()
 
 
@@ -405,7 +426,8 @@ def test_chaining_accumulates_on_clones_without_copying(sd15_model, cond):
     m3 = sega_node(sega_node(pre, c1), c2)
     assert host.cond_guidance_patch(m3, ledits.KEY).prev_cfg is my_cfg
     pos, neg = cond
-    sample_custom(m3, pos, neg, 3.0, ksampler("euler"), host.ddim_sigmas(sd15_model, 3), tiny_models.latent(0)["samples"])
+    lat = tiny_models.latent(0)["samples"]
+    sample_custom(m3, pos, neg, 3.0, ksampler("euler"), host.ddim_sigmas(sd15_model, 3), lat)
     assert len(seen) == 3
 
 
@@ -505,7 +527,8 @@ def test_sega_errors(sd15_model, cond):
     m = sega_node(sd15_model, tiny_models.conditioning(7))
     pos, _ = cond
     with pytest.raises(host.HostError, match="negative"):  # no uncond to guide against
-        sample_custom(m, pos, [], 1.0, ksampler("euler"), host.ddim_sigmas(sd15_model, 2), tiny_models.latent(0)["samples"])
+        sample_custom(m, pos, [], 1.0, ksampler("euler"), host.ddim_sigmas(sd15_model, 2),
+                      tiny_models.latent(0)["samples"])
 
 
 # ------------------------------------------------------------------------------------------- LEDITS Edit (item 4)
@@ -602,3 +625,28 @@ def test_server_reports_sega_errors(comfy_server):
         g.pop(k)
     with pytest.raises(PromptError, match=r"\[SEGA Guidance\] input 'cooldown'"):
         comfy_server.run_prompt(g)
+
+
+@pytest.mark.slow
+def test_example_workflow_runs_on_server(comfy_server):
+    """workflows/ledits.json (UI format, shapes demo model) converted the way the frontend does and run on the real
+    server: the edited 32x32 image differs from the scene but keeps most of it."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from dragedit.core.shapes import renderer
+    from workflow_api import ui_to_api
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "ledits.json").read_text())
+    prompt = ui_to_api(wf, comfy_server.get("/object_info"))
+    edit = prompt["6"]
+    assert edit["class_type"] == "DragEditLEDITSEdit" and edit["inputs"]["concept_1"] == ["5", 0]
+    assert edit["inputs"]["steps"] == 20 and edit["inputs"]["scale_1"] == 20.0 and edit["inputs"]["mode"] == "SEGA"
+    comfy_server.run_prompt(prompt)
+    png = sorted((comfy_server.base / "output").glob("ledits*.png"))[-1]
+    img = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    scene = renderer.render(renderer.random_scene(4, two_p=0.0))
+    diff = (img - scene).abs()
+    assert img.shape == (3, 32, 32) and 2e-3 < float(diff.mean()) < 0.25, float(diff.mean())
