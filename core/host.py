@@ -158,10 +158,18 @@ def timestep_of(model: Any, sigma: torch.Tensor | float) -> float:
 
 
 def ddim_sigmas(model: Any, steps: int) -> torch.Tensor:
-    """Descending DDIM grid ending in 0: timesteps 1 + k·(1000//steps), as diffusers' DDIMScheduler with
-    steps_offset=1 (ComfyUI's 'ddim_uniform')."""
-    comfy = _comfy()
-    return comfy.samplers.calculate_sigmas(model_sampling(model), "ddim_uniform", int(steps)).float()
+    """Descending DDIM grid ending in 0: timesteps 1 + k·(T//steps) for k < steps, as diffusers' DDIMScheduler
+    with steps_offset=1 and "leading" spacing (equal to ComfyUI's 'ddim_uniform' when T divides by steps; that one
+    adds extra steps otherwise)."""
+    ms = model_sampling(model)
+    n = int(len(ms.sigmas))
+    steps = int(steps)
+    if not 1 <= steps <= n:
+        raise HostError(f"steps must be between 1 and {n}, got {steps}")
+    ratio = n // steps
+    ts = [1 + k * ratio for k in range(steps)][::-1]
+    sig = [float(ms.sigmas[min(t, n - 1)]) for t in ts] + [0.0]
+    return torch.tensor(sig, dtype=torch.float32)
 
 
 def latent_format(model: Any) -> Any:

@@ -29,8 +29,7 @@ def invert(model: Any, samples: torch.Tensor, positive: Any, negative: Any, cfg:
            eta: float = 1.0, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None) -> ef.Inversion:
     """Edit-friendly DDPM inversion of LATENT `samples` on the model's DDIM grid of `steps` (first `skip` noisiest steps
     dropped), with the CFG denoiser of (positive, negative, cfg) run inside ComfyUI's sampling machinery (den.x0)."""
-    # ComfyUI's ddim_uniform adds noisier steps when 1000 % steps != 0; keep diffusers' `steps` (1 + k·(1000//steps))
-    sigmas = host.ddim_sigmas(model, int(steps))[-(int(steps) + 1):]
+    sigmas = host.ddim_sigmas(model, int(steps))
     holder: dict = {}
 
     def loop(den: host.Denoiser, x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:

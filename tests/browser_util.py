@@ -206,12 +206,23 @@ class EditorHandle:
             f"([id, arg]) => {{ const ed = app.graph.getNodeById(id).dragEditor; return ({body}); }}", [self.id, arg])
 
     def wait_image(self, timeout_ms: int = 20_000) -> list[int]:
-        """Wait until the editor shows an image; returns its (W, H)."""
+        """Wait until the editor shows an image; returns its (W, H). Raises FeatureMissing when the editor
+        reports that the renderer never mounts it (Nodes 2.0 on frontends without DOM widgets in Vue nodes)."""
         self.page.wait_for_function(
-            "(id) => { const ed = app.graph.getNodeById(id)?.dragEditor; return !!(ed && ed.image && "
-            "ed.canvas.clientWidth > 50 && ed.canvas.clientHeight > 50); }", arg=self.id, timeout=timeout_ms)
+            "(id) => { const ed = app.graph.getNodeById(id)?.dragEditor; return !!(ed && (ed.hostProblem || "
+            "(ed.image && ed.canvas.clientWidth > 50 && ed.canvas.clientHeight > 50))); }",
+            arg=self.id, timeout=timeout_ms)
+        problem = self.eval("ed.hostProblem")
+        if problem:
+            raise FeatureMissing(f"frontend {frontend_version()}: {problem}")
         self.page.wait_for_timeout(100)
         return self.eval("ed.imageSize()")
+
+    def host_note(self) -> str:
+        """Text of the note the editor puts on its Vue node when it cannot be shown there ("" when none)."""
+        return self.page.evaluate(
+            """(id) => { const n = document.querySelector(`[data-node-id="${id}"] [data-role="host-note"]`);
+                         return n && n.getClientRects().length ? n.textContent : ""; }""", self.id)
 
     def wait_stable(self, timeout_ms: int = 10_000) -> None:
         """Wait until the editor canvas stops moving on screen (after a zoom, pan or resize)."""

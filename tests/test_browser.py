@@ -85,7 +85,13 @@ def _load(cp: bu.ComfyPage, drag_type: str, drag_data: str) -> bu.EditorHandle:
     assert not res["unknown"] and not res["missing"], res
     cp.show_node(2, scale=0.9)
     ed = cp.editor(2)
-    assert ed.wait_image() == [W, H]
+    try:
+        size = ed.wait_image()
+    except bu.FeatureMissing as e:
+        # Frontend 1.27.x: its Nodes 2.0 renderer mounts no DOM widgets; the node shows a note instead.
+        assert cp.vue_nodes and "Nodes 2.0" in ed.host_note(), (str(e), ed.host_note())
+        pytest.skip(str(e))
+    assert size == [W, H]
     ed.wait_stable()
     return ed
 
@@ -100,6 +106,7 @@ def _editor_by_mouse_then_queue(cp: bu.ComfyPage, server, drag_type: str, vue: b
     delete and undo; check the widget JSON; queue from the UI and check the prompt and its mask output."""
     ed = _load(cp, drag_type, "")
     assert cp.page.evaluate("() => app.graph.getNodeById(2).widgets.find(w => w.name === 'drag_data').hidden")
+    assert not ed.host_note() and not ed.eval("ed.hostProblem")      # hosted: no "editor unavailable" note
 
     # Two point pairs (Point is the default tool): click handle, click target.
     pairs = [((60, 50), (100, 70)), ((200, 150), (180, 100))]

@@ -165,3 +165,14 @@ def test_vpred_alpha_bar_and_timesteps(vpred_model):
     assert [round(host.timestep_of(vpred_model, s)) for s in sig[:-1]] == list(range(901, 0, -100))
     ab = host.alpha_bar(sig[0])
     assert abs(float(host.sigma_of_alpha_bar(ab)) - float(sig[0])) < 1e-5
+
+
+def test_ddim_grid_matches_diffusers_for_any_step_count(sd15_model):
+    from diffusers import DDIMScheduler
+    for steps in (6, 12, 30, 50):
+        sch = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                            timestep_spacing="leading")
+        sch.set_timesteps(steps)
+        sig = host.ddim_sigmas(sd15_model, steps)
+        assert len(sig) == steps + 1 and float(sig[-1]) == 0.0
+        assert [round(host.timestep_of(sd15_model, s)) for s in sig[:-1]] == sch.timesteps.tolist()

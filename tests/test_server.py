@@ -21,7 +21,7 @@ def test_pack_nodes_registered(comfy_server):
     assert node["category"] == "DragEdit"
     assert all("tooltip" in spec[1] for spec in node["input"]["required"].values() if len(spec) > 1)
     failed = [l for l in comfy_server.log().splitlines() if "IMPORT FAILED" in l or "Cannot import" in l]
-    assert not [l for l in failed if "DragEdit" in l or "dragedit" in l], failed
+    assert not [l for l in failed if "ComfyUI-DragEdit" in l or "dragedit_test_nodes" in l], failed
 
 
 def test_web_extension_served(comfy_server):

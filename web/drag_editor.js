@@ -29,6 +29,11 @@ const HIT_RADIUS = 9; // screen px
 const MIN_HEIGHT = 260;
 const UNDO_LIMIT = 100;
 const POLL_MS = 400;
+// Shown on the node where a "Nodes 2.0" (Vue) renderer never mounts DOM widgets (frontend 1.27.x mounts only
+// its built-in widget types there and drops the DOM-widget overlay; 1.32 mounts them).
+const VUE_HOST_NOTE = "Drag editor unavailable: this ComfyUI frontend's Nodes 2.0 (Vue) renderer does not show " +
+  "custom DOM widgets. Turn Nodes 2.0 off (or update the frontend) to draw; the stored drag_data is kept and still runs.";
+const VUE_HOST_POLLS = 2; // consecutive polls without the editor in the Vue node before the note shows
 const TOOLS = [
   ["point", "Point", "Click a handle, then its target. Drag a point to move it; right-click or Delete removes it."],
   ["brush", "Mask", "Paint the editable area (optional; none = the whole image)."],
@@ -97,6 +102,9 @@ class DragEditor {
     this.maskCanvas = null;
     this.pixelRatio = 1; // canvas bitmap px per layout px
     this.destroyed = false;
+    this.hostProblem = ""; // why the editor cannot be shown in this renderer ("" = it can)
+    this.hostMisses = 0; // consecutive polls that found the Vue node without the editor
+    this.hostNote = null; // the note element put on the Vue node instead of the editor
     this.buildDom();
   }
 
@@ -400,6 +408,7 @@ class DragEditor {
   poll() {
     if (this.destroyed) return;
     this.root.dataset.dragEditNode = String(this.node.id);
+    this.checkHost();
     const text = this.dataWidget.value ?? "";
     if (text !== this.lastText) this.loadFromWidget();
     this.refreshImage();
@@ -410,6 +419,36 @@ class DragEditor {
       this._linked = linked;
       this.updateStatus();
     }
+  }
+
+  /** Detect a "Nodes 2.0" (Vue) renderer that renders the node but never mounts the editor (frontend 1.27.x);
+   * put a text note on the node there instead. Classic rendering always hosts the editor. */
+  checkHost() {
+    const vue = !!window.LiteGraph?.vueNodesMode;
+    const vueEl = vue ? document.querySelector(`[data-node-id="${CSS.escape(String(this.node.id))}"]`) : null;
+    if (!vue || (vueEl && vueEl.contains(this.root))) {
+      this.hostMisses = 0;
+      this.hostProblem = "";
+      this.hostNote?.remove();
+      return;
+    }
+    if (!vueEl || this.node.flags?.collapsed) {
+      // Not rendered now (off screen) or collapsed (no widgets shown): nothing to decide, nothing to show.
+      this.hostMisses = 0;
+      this.hostNote?.remove();
+      return;
+    }
+    this.hostMisses += 1;
+    if (this.hostMisses < VUE_HOST_POLLS) return;
+    this.hostProblem = VUE_HOST_NOTE;
+    if (!this.hostNote) {
+      this.hostNote = el("div", { padding: "6px 10px", margin: "4px 8px", border: "1px solid #a86", borderRadius: "4px",
+        color: "#fc9", fontSize: "12px", lineHeight: "16px", whiteSpace: "normal", pointerEvents: "none" });
+      this.hostNote.className = "dragedit-host-note";
+      this.hostNote.dataset.role = "host-note";
+      this.hostNote.textContent = VUE_HOST_NOTE;
+    }
+    if (this.hostNote.parentElement !== vueEl) vueEl.appendChild(this.hostNote);
   }
 
   // ------------------------------------------------------------------ mask
@@ -890,6 +929,7 @@ class DragEditor {
   destroy() {
     this.destroyed = true;
     this.resizeObserver?.disconnect();
+    this.hostNote?.remove();
     if (this._frame) cancelAnimationFrame(this._frame);
   }
 }

@@ -258,7 +258,8 @@ def train(args: argparse.Namespace) -> None:
                 e.copy_(tmp)
 
     t_start, run_loss, run_n, t_log = time.time(), 0.0, 0, time.time()
-    while step < args.steps:
+    last = min(args.steps, args.stop_at) if args.stop_at else args.steps  # stop early on the same schedule
+    while step < last:
         z0, ids = make_batch(rng, args.batch, args.p_uncond, args.p_word)
         t = torch.randint(0, 1000, (args.batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
@@ -291,14 +292,14 @@ def train(args: argparse.Namespace) -> None:
             swap_ema()
             hist.append({"step": step, "val_eps_mse_ema": vl})
             print(f"step {step:5d}  val eps-MSE (EMA) {vl:.4f}", flush=True)
-        if step % args.ckpt_every == 0 or step == args.steps:
+        if step % args.ckpt_every == 0 or step == last:
             torch.save({"params": [p.detach() for p in params], "ema": ema, "opt": opt.state_dict(),
                         "rng": rng.getstate(), "gen": gen.get_state(), "step": step, "hist": hist}, state_path)
 
     # ship the EMA weights
     swap_ema()
     unet.eval(), encoder.eval()
-    meta = {"format": "dragedit-shapes-v1", "steps": step, "batch": args.batch, "seed": args.seed, "lr": args.lr,
+    meta = {"format": "dragedit-shapes-v1", "steps": step, "schedule_steps": args.steps, "batch": args.batch, "seed": args.seed, "lr": args.lr,
             "scale_factor": shapes_model.SCALE_FACTOR, "final_loss": hist[-2]["loss"] if len(hist) > 1 else None,
             "val_eps_mse_ema": next((h["val_eps_mse_ema"] for h in reversed(hist) if "val_eps_mse_ema" in h), None)}
     wpath = out / "shapes_v1.safetensors"
@@ -336,6 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "weights"))
     ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--stop-at", type=int, default=0, help="stop (and export the EMA weights) at this step of the --steps schedule")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=0.01)
