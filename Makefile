@@ -17,8 +17,10 @@ server: setup
 	cd .host/comfyui && ../../$(PY) main.py --cpu --listen 127.0.0.1 --port 8188 --disable-auto-launch \
 		--base-directory ../base --database-url sqlite:///$(CURDIR)/.host/base/comfy.db
 
+BENCHES := inversion regiondrag dragdiffusion dragondiffusion ledits shapesbench
+
 bench: setup
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf .venv .host out

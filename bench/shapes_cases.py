@@ -315,7 +315,8 @@ def _make_region_drag(rng: random.Random, i: int) -> Case:
         if use_poly_now:
             region = ("polygon", tuple(hv), tuple(tv))
         else:
-            region = ("rect", ((box[0], box[1]), (box[2], box[3])), ((_r(tbox[0]), _r(tbox[1])), (_r(tbox[2]), _r(tbox[3]))))
+            tb = tuple(_r(v) for v in tbox)
+            region = ("rect", ((box[0], box[1]), (box[2], box[3])), ((tb[0], tb[1]), (tb[2], tb[3])))
         c = (s.x, s.y)
         pts = (((_r(c[0]), _r(c[1])), (_r(c[0] + d[0]), _r(c[1] + d[1]))),)
         tags = _tags(sc, style) + (("polygon",) if use_poly_now else ())
