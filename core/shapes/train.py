@@ -267,7 +267,8 @@ def train(args: argparse.Namespace) -> None:
         xt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         e = unet(xt, timesteps=t.float(), context=encoder(ids))
         snr = (a / (1 - a)).view(-1)
-        w = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
+        min_snr_on = args.min_snr > 0 and (args.min_snr_until <= 0 or step < args.min_snr_until)
+        w = snr.clamp(max=args.min_snr) / snr if min_snr_on else torch.ones_like(snr)
         loss = (((e - noise) ** 2).mean(dim=(1, 2, 3)) * w).mean()
         for g_ in opt.param_groups:
             g_["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
@@ -344,6 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--min-snr", type=float, default=5.0, help="min-SNR-γ loss weighting (0 = plain ε-MSE)")
+    ap.add_argument("--min-snr-until", type=int, default=0,
+                    help="plain ε-MSE from this step on (0 = min-SNR for the whole run)")
     ap.add_argument("--p-uncond", type=float, default=0.1)
     ap.add_argument("--p-word", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
