@@ -115,3 +115,16 @@ SD15_MID = dict(
     use_spatial_transformer=True, legacy=False, image_size=32, adm_in_channels=None, num_head_channels=-1,
 )
 SD15_FULL = dict(SD15_MID, model_channels=320, context_dim=768, num_heads=8, image_size=64)
+
+
+def bench_model(full: bool, size: int):
+    """The bench UNet (SD15_FULL or SD15_MID at a latent side `size`), fp16 on CUDA when there is one; returns
+    (ModelPatcher, unet config)."""
+    import torch
+    from dragedit.core import host
+    cuda = torch.cuda.is_available()
+    cfg = dict(SD15_FULL if full else SD15_MID, image_size=size)
+    model = host.build_model(cfg, dtype=torch.float16 if cuda else torch.float32)
+    if cuda:
+        model.load_device = torch.device("cuda")
+    return model, cfg

@@ -36,10 +36,7 @@ def build(a: argparse.Namespace) -> dict:
 
     cuda = torch.cuda.is_available()
     size = a.size or (64 if a.full else 32)
-    cfg = dict(_util.SD15_FULL if a.full else _util.SD15_MID, image_size=size)
-    model = host.build_model(cfg, dtype=torch.float16 if cuda else torch.float32)
-    if cuda:
-        model.load_device = torch.device("cuda")
+    model, cfg = _util.bench_model(a.full, size)
     g = torch.Generator().manual_seed(0)
     pos = [[torch.randn(1, 77, cfg["context_dim"], generator=g), {}]]
     # a smooth latent with a planted blob at 30% of the width; the drag moves it to 60% (image px)

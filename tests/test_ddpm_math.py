@@ -9,21 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    """Import a pure core module by path (no ComfyUI needed)."""
-    key = f"_dragedit_pure_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, ROOT / "core" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
-
-
-ddpm = _load("ddpm_inversion")
+from dragedit.core import ddpm_inversion as ddpm  # noqa: E402
 
 
 def sd15_alphas_cumprod() -> torch.Tensor:

@@ -2,30 +2,13 @@
 SemanticStableDiffusionPipeline replayed on its own recorded estimates (tiny UNet built from config, no weights)."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import string
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    """Import a pure core module by path (no ComfyUI needed)."""
-    key = f"_dragedit_pure_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, ROOT / "core" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
-
-
-sega = _load("sega")
+from dragedit.core import sega  # noqa: E402
 Concept = sega.SegaConcept
 
 
@@ -376,7 +359,7 @@ def test_ledits_pp_edit_matches_diffusers_pipeline():
     """LEDITS++ (noise-quantile masks, no cross-attention masks): replay our guidance on the pipeline's recorded
     estimates, and run our DDPM sampler with its noise maps and a denoiser built from the same UNet: the edited
     latent equals the pipeline's."""
-    ddpm = _load("ddpm_inversion")
+    from dragedit.core import ddpm_inversion as ddpm
     pipe, _ = ledits_pp_inverted()
     ts, abar, sig = ddim_grid(pipe)
     kw = dict(editing_prompt=["glasses", "snow"], reverse_editing_direction=[False, True],
