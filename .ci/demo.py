@@ -56,8 +56,8 @@ def _draw(before: Path, after: Path, arrows, dest: Path) -> None:
 
 
 def run_demo(server: ComfyServer, name: str, out: Path, info: dict) -> dict:
-    """Run workflows/<name>.json, save the scene (before) and the result (after), draw the comparison."""
-    wf = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    """Run example_workflows/<name>.json, save the scene (before) and the result (after), draw the comparison."""
+    wf = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
     prompt = ui_to_api(wf, info)
     scene = next((k for k, v in prompt.items() if v["class_type"] == "DragEditShapesScene"), None)
     drag = next((v for v in prompt.values() if v["class_type"] == "DragInstructions"), None)
@@ -103,7 +103,7 @@ def main() -> None:
         info = server.get("/object_info")
         results = []
         for name in a.workflows:
-            if not (ROOT / "workflows" / f"{name}.json").exists():
+            if not (ROOT / "example_workflows" / f"{name}.json").exists():
                 print(f"[demo] {name}: no such workflow, skipped")
                 continue
             r = run_demo(server, name, out, info)

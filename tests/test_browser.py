@@ -1,6 +1,6 @@
 """The "Drag Instructions" editor in a real browser (headless Debian Chromium via Playwright) against the real
 ComfyUI server: points, regions and mask placed by mouse, JSON in the widget, a queued prompt, malformed stored
-values, both classic and "Nodes 2.0" rendering, and every example workflow in workflows/ loading cleanly."""
+values, both classic and "Nodes 2.0" rendering, and every example workflow in example_workflows/ loading cleanly."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ import browser_util as bu
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = Path(os.environ.get("DRAGEDIT_WORKFLOWS", ROOT / "workflows"))   # override: check other folders
+WORKFLOWS = Path(os.environ.get("DRAGEDIT_WORKFLOWS", ROOT / "example_workflows"))   # override: check other folders
 IMAGE_NAME = "dragedit_browser_test.png"
 IMAGE_2X = "dragedit_browser_test_2x.png"
 W, H = 256, 192          # not square, so letterboxing and the x/y scales are exercised
@@ -317,7 +317,7 @@ def _workflow_files() -> list[Path]:
 
 
 def test_example_workflows_load_in_browser(pages, server):
-    """Every workflows/*.json loads with all node types known, no error dialogs or console errors, combo values
+    """Every example_workflows/*.json loads with all node types known, no error dialogs or console errors, combo values
     among their options, numbers within their limits and readable Drag Instructions data."""
     _check_example_workflows(pages, server, vue=False)
 
@@ -325,7 +325,7 @@ def test_example_workflows_load_in_browser(pages, server):
 def _check_example_workflows(pages, server, vue: bool) -> None:
     files = _workflow_files()
     if not files:
-        pytest.skip("workflows/ holds no example workflow yet")
+        pytest.skip("example_workflows/ holds no example workflow yet")
     cp = pages(vue)
     problems = []
     workflows = {}

@@ -386,7 +386,7 @@ def test_server_reports_bad_drag(comfy_server):
 
 @pytest.mark.slow
 def test_example_workflow_runs_on_server(comfy_server):
-    """workflows/dragdiffusion.json (UI format, shapes demo model) converted the way the frontend does and run on the
+    """example_workflows/dragdiffusion.json (UI format, shapes demo model) converted the way the frontend does and run on the
     real server: the all-in-one and the modular chain both give a 32x32 image close to the scene (the drag is small
     on this model) with the blue triangle still there."""
     import json
@@ -397,7 +397,7 @@ def test_example_workflow_runs_on_server(comfy_server):
 
     from dragedit.core.shapes import renderer
     from workflow_api import ui_to_api
-    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "dragdiffusion.json").read_text())
+    wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "dragdiffusion.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["6"]["class_type"] == "DragEditDragDiffusion" and prompt["6"]["inputs"]["drag"] == ["5", 0]
     assert prompt["13"]["inputs"]["model"] == ["11", 2] and prompt["11"]["inputs"]["inversion"] == ["10", 1]

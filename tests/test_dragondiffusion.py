@@ -415,7 +415,7 @@ def test_server_reports_resize_leaving_image(comfy_server):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["move", "drag"])
 def test_example_workflow_runs_on_server(comfy_server, mode):
-    """workflows/dragondiffusion_{mode}.json (UI format, shapes demo model, DiffEditor's start-latent paste on)
+    """example_workflows/dragondiffusion_{mode}.json (UI format, shapes demo model, DiffEditor's start-latent paste on)
     converted the way the frontend does and run on the real server: a 32x32 image of the same scene whose white
     triangle has moved toward the target."""
     import json
@@ -426,7 +426,7 @@ def test_example_workflow_runs_on_server(comfy_server, mode):
 
     from dragedit.core.shapes import renderer
     from workflow_api import ui_to_api
-    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / f"dragondiffusion_{mode}.json").read_text())
+    wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / f"dragondiffusion_{mode}.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["8"]["class_type"] == "DragEditDragonDiffusion" and prompt["8"]["inputs"]["mode"] == mode
     assert prompt["8"]["inputs"]["inversion"] == ["7", 1] and prompt["8"]["inputs"]["drag"] == ["6", 0]

@@ -629,7 +629,7 @@ def test_server_reports_sega_errors(comfy_server):
 
 @pytest.mark.slow
 def test_example_workflow_runs_on_server(comfy_server):
-    """workflows/ledits.json (UI format, shapes demo model) converted the way the frontend does and run on the real
+    """example_workflows/ledits.json (UI format, shapes demo model) converted the way the frontend does and run on the real
     server: the edited 32x32 image differs from the scene but keeps most of it."""
     import json
     from pathlib import Path
@@ -639,7 +639,7 @@ def test_example_workflow_runs_on_server(comfy_server):
 
     from dragedit.core.shapes import renderer
     from workflow_api import ui_to_api
-    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "ledits.json").read_text())
+    wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "ledits.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     edit = prompt["6"]
     assert edit["class_type"] == "DragEditLEDITSEdit" and edit["inputs"]["concept_1"] == ["5", 0]

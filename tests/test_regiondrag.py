@@ -397,7 +397,7 @@ def test_region_drag_prompt_through_server(comfy_server):
 
 @pytest.mark.slow
 def test_example_workflow_runs_on_server(comfy_server):
-    """workflows/regiondrag.json (UI format) converted the way the frontend does, run on the real server: the blue
+    """example_workflows/regiondrag.json (UI format) converted the way the frontend does, run on the real server: the blue
     triangle of the shapes scene ends up where the drag put it (cell-aligned +10, +10 px)."""
     from pathlib import Path
 
@@ -406,7 +406,7 @@ def test_example_workflow_runs_on_server(comfy_server):
 
     from dragedit.core.shapes import renderer
     from workflow_api import ui_to_api
-    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "regiondrag.json").read_text())
+    wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "regiondrag.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["5"]["class_type"] == "DragEditRegionDrag" and prompt["5"]["inputs"]["drag"] == ["4", 0]
     comfy_server.run_prompt(prompt)
