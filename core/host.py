@@ -170,9 +170,9 @@ def ddim_sigmas(model: Any, steps: int) -> torch.Tensor:
         raise HostError(f"steps must be between 1 and {n}, got {steps}")
     ratio = n // steps
     offset = min(1, n - 1 - (steps - 1) * ratio)
-    ts = [offset + k * ratio for k in range(steps)][::-1]
-    sig = [float(ms.sigmas[t]) for t in ts] + [0.0]
-    return torch.tensor(sig, dtype=torch.float32)
+    ts = torch.arange(steps - 1, -1, -1, dtype=torch.long) * ratio + offset
+    sig = ms.sigmas.detach().to("cpu", torch.float32)[ts]
+    return torch.cat([sig, sig.new_zeros(1)])
 
 
 def latent_format(model: Any) -> Any:
