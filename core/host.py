@@ -158,18 +158,21 @@ def timestep_of(model: Any, sigma: torch.Tensor | float) -> float:
 
 
 def ddim_sigmas(model: Any, steps: int) -> torch.Tensor:
-    """Descending DDIM grid ending in 0: timesteps 1 + k·(T//steps) for k < steps, as diffusers' DDIMScheduler
-    with steps_offset=1 and "leading" spacing (equal to ComfyUI's 'ddim_uniform' when T divides by steps; that one
-    adds extra steps otherwise)."""
+    """Descending DDIM grid ending in 0, strictly descending for every steps in 1..T: timesteps o + k·(T//steps) for
+    k < steps with offset o = 1, as diffusers' DDIMScheduler with steps_offset=1 and "leading" spacing (equal to
+    ComfyUI's 'ddim_uniform' when T divides by steps; that one adds extra steps otherwise). At the one edge where
+    that grid leaves the model's range (steps = T: timesteps 1..T) the offset drops to o = T−1−(steps−1)·(T//steps)
+    (= 0: every timestep 0..T−1 once) instead of clipping T to T−1, which would repeat the first sigma."""
     ms = model_sampling(model)
     n = int(len(ms.sigmas))
     steps = int(steps)
     if not 1 <= steps <= n:
         raise HostError(f"steps must be between 1 and {n}, got {steps}")
     ratio = n // steps
-    ts = [1 + k * ratio for k in range(steps)][::-1]
-    sig = [float(ms.sigmas[min(t, n - 1)]) for t in ts] + [0.0]
-    return torch.tensor(sig, dtype=torch.float32)
+    offset = min(1, n - 1 - (steps - 1) * ratio)
+    ts = torch.arange(steps - 1, -1, -1, dtype=torch.long) * ratio + offset
+    sig = ms.sigmas.detach().to("cpu", torch.float32)[ts]
+    return torch.cat([sig, sig.new_zeros(1)])
 
 
 def latent_format(model: Any) -> Any:
@@ -320,20 +323,49 @@ def _sigma_key(sigma: float) -> float:
     return float(math.log(max(float(sigma), 1e-8)))
 
 
+class KVBudgetError(HostError):
+    """A K/V store reached its memory budget (the RAM guard's hard stop)."""
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of RAM available now (psutil), or None when unknown."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - psutil is a ComfyUI requirement
+        return None
+
+
 class KVStore(_SharedHandle):
     """Self-attention K/V cache keyed by (sigma step, layer order/block_index, half); half 0 = cond, 1 = uncond.
-    Tensors are kept in `dtype` on `device` (the offload device) and moved back on read."""
+    Tensors are kept in `dtype` (fp16 by default: half the RAM of fp32) on `device` (the offload device) and moved
+    back on read. `budget_bytes` > 0 is a hard stop: a put that would exceed it raises KVBudgetError."""
 
-    def __init__(self, dtype: torch.dtype = torch.float16, device: torch.device | str = "cpu", tolerance: float = 0.02):
+    def __init__(self, dtype: torch.dtype = torch.float16, device: torch.device | str = "cpu", tolerance: float = 0.02,
+                 budget_bytes: int = 0):
         self.dtype, self.device, self.tolerance = dtype, torch.device(device), tolerance
+        self.budget_bytes = int(budget_bytes)
         self._data: dict[tuple[float, tuple, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._sigmas: dict[float, float] = {}
+        self._bytes = 0
+
+    def _reserve(self, key: tuple, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Account for an entry about to be stored under key; KVBudgetError beyond the budget."""
+        size = torch.empty((), dtype=self.dtype).element_size()
+        new = (k.numel() + v.numel()) * size
+        old = self._data.get(key)
+        grow = new - (sum(t.numel() * t.element_size() for t in old) if old is not None else 0)
+        if self.budget_bytes > 0 and self._bytes + grow > self.budget_bytes:
+            raise KVBudgetError(f"the recorded self-attention K/V reached the memory limit of "
+                                f"{self.budget_bytes / 1024 ** 3:.2f} GB ({len(self._sigmas)} steps stored)")
+        self._bytes += grow
 
     def put(self, sigma: float, layer: AttnLayer | tuple, half: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store K, V (detached, converted) for one step, layer and half."""
         key = _sigma_key(sigma)
         self._sigmas[key] = float(sigma)
         lk = layer.key if isinstance(layer, AttnLayer) else tuple(layer)
+        self._reserve((key, lk, int(half)), k, v)
         self._data[(key, lk, int(half))] = (k.detach().to(self.device, self.dtype), v.detach().to(self.device, self.dtype))
 
     def nearest_step(self, sigma: float) -> Optional[float]:
@@ -373,6 +405,7 @@ class KVStore(_SharedHandle):
         """Free every cached tensor."""
         self._data.clear()
         self._sigmas.clear()
+        self._bytes = 0
 
 
 class FeatureStore(_SharedHandle):
@@ -533,6 +566,28 @@ def _attn1_patch_for(model: Any, layer: AttnLayer) -> _Attn1Patch:
 def clone(model: Any) -> Any:
     """A per-run clone of the user's ModelPatcher; every patch of this pack goes on such a clone."""
     return model.clone()
+
+
+class _SamplingCheck(_SharedHandle):
+    """OUTER_SAMPLE wrapper: check(sigmas, latent_image, noise) before a sampling run starts (raises to refuse)."""
+
+    def __init__(self, check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]):
+        self.check = check
+
+    def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        self.check(sigmas, latent_image, noise)
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+
+def patch_sampling_check(model: Any, key: str, check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> Any:
+    """Make every sampler of `model` (a clone) call check(sigmas, latent_image, noise) before it samples (e.g. the
+    schedule-match rule of a patch that only works on an inversion's sigmas); replaces a check under the same key."""
+    _comfy()
+    import comfy.patcher_extension as pe
+    wkey = f"dragedit_sampling_check_{key}"
+    model.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey)
+    model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey, _SamplingCheck(check))
+    return model
 
 
 def patch_kv_record(model: Any, store: KVStore, layers: Optional[Sequence[AttnLayer]] = None) -> Any:

@@ -13,7 +13,8 @@ from ..core import host
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import Grid, GeometryError
 from ..core.inversion import DDIMInversion
-from ._common import CATEGORY, NodeInputError, Progress, check_range, require, tooltips
+from ._common import (CATEGORY, NodeInputError, Progress, check_mask, check_range, check_schedule, guard_model, require,
+                      tooltips)
 from .inversion import check_cond_fits, supported_model
 
 FG, MB, DD = "Feature Guidance", "Memory Bank K/V", "DragonDiffusion"
@@ -95,12 +96,9 @@ def mask_on_grid(mask: Any, node: str, input_name: str, latent_hw: tuple[int, in
                  image_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """A MASK (image size, or the latent's size) as bool cells of the energy grid; clear errors for a wrong size
     or an empty mask."""
-    m = _mask_2d(mask, node, input_name)
+    m = check_mask(mask, node, input_name, image_size=image_size, latent_hw=latent_hw)   # the pack's one mask rule
     H, W = int(m.shape[0]), int(m.shape[1])
     h, w = latent_hw
-    if image_size is not None and (W, H) != tuple(image_size) and (H, W) != (h, w):
-        raise NodeInputError(node, input_name, f"the mask is {W}x{H} but the image of the drag instructions is "
-                                               f"{image_size[0]}x{image_size[1]}; use a mask of the image's size.")
     f = W // w if W >= w else 0
     ok = f >= 1 and (f & (f - 1)) == 0 and H // f == h and W // f == w   # VAE factors are powers of two
     require(ok, node, input_name, f"the mask is {W}x{H}, which does not fit the {w}x{h} latent of the image "
@@ -224,6 +222,13 @@ def _bank(node: str, model: Any, inv: DDIMInversion, mode: str, when, spec_masks
         raise NodeInputError(node, "inversion", str(e)) from None
 
 
+def _guard_schedule(model: Any, node: str, inv: DDIMInversion) -> None:
+    """The patched model refuses (naming `node`) to sample off the inversion's sigmas or another latent size."""
+    lat_hw = _latent_hw(inv)
+    guard_model(model, f"{node}_{id(inv)}", lambda sig, shape, noise: check_schedule(
+        node, "inversion", sig, inv.sigmas, source="DDIM Inversion", latent_shape=shape, inv_latent_hw=lat_hw))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Nodes
 # --------------------------------------------------------------------------------------------------------------
@@ -273,6 +278,7 @@ class FeatureGuidance:
         guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference if spec.needs_reference else None,
                                       active=when)
         dd.patch_feature_guidance(m, guidance)
+        _guard_schedule(m, FG, inv)
         return (m,)
 
 
@@ -315,6 +321,7 @@ class MemoryBankKV:
             masks = (mask_on_grid(mask, MB, "mask", lat_hw, lat_hw), mask_on_grid(ref_mask, MB, "ref_mask", lat_hw, lat_hw))
         m = host.clone(model)
         _bank(MB, m, inv, mode, when, masks, reference)
+        _guard_schedule(m, MB, inv)
         return (m,)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from ..core import host, ledits
 from ..core import sega
-from ._common import CATEGORY, NodeInputError, Progress, check_range, require, tooltips
+from ._common import CATEGORY, NodeInputError, Progress, check_latent_fits, check_range, require, tooltips
 from .ddpm_inversion import DDPMInversion, EditFriendlyDDPMSampler
 from .inversion import check_cond_fits, supported_model
 
@@ -201,6 +201,9 @@ class LEDITSEdit:
         require(len(concepts) > 0, EDIT, "concept_1", "no concepts: connect at least one concept (CLIP Text Encode).")
         require(vae is not None, EDIT, "vae", "is missing: connect the model's VAE.")
         samples = self._samples(vae, image, latent)
+        supported_model(model, EDIT)
+        check_latent_fits(model, samples, EDIT, "latent" if latent is not None else "vae",
+                          "latent" if latent is not None else "image")
         check_cond_fits(model, negative, EDIT, "negative")
         if target is not None:
             check_cond_fits(model, target, EDIT, "target")
