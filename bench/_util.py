@@ -291,3 +291,31 @@ def bench_model(full: bool, size: int, *, init_std: float = 0.02, frozen: bool =
         model.load_device = mm.get_torch_device()
         model.offload_device = mm.unet_offload_device()
     return model, cfg
+
+
+def comfy_unet_config(family: str) -> dict:
+    """The full UNet config ComfyUI itself derives for a real SD1.5 ('sd15') or SDXL ('sdxl') checkpoint:
+    comfy.model_detection.unet_config_from_diffusers_unet on a shape-only (meta) diffusers key set of that
+    architecture, so the layer layout is ComfyUI's own, not a copy. `dtype` is left out (the caller picks it)."""
+    import torch
+    import comfy.model_detection as md
+    meta = lambda *s: torch.empty(*s, device="meta")  # noqa: E731
+    if family == "sd15":
+        ch, ctx, adm, levels = 320, 768, None, [(1, 2), (1, 2), (1, 2), (0, 2)]   # (transformers per attention, res)
+    elif family == "sdxl":
+        ch, ctx, adm, levels = 320, 2048, 2816, [(0, 2), (2, 2), (10, 2)]
+    else:
+        raise ValueError(family)
+    sd = {"conv_in.weight": meta(ch, 4, 3, 3)}
+    if adm is not None:
+        sd["add_embedding.linear_1.weight"] = meta(1280, adm)
+    for i, (depth, res) in enumerate(levels):
+        for r in range(res):
+            sd[f"down_blocks.{i}.resnets.{r}.conv1.weight"] = meta(1)
+            for t in range(depth):
+                sd[f"down_blocks.{i}.attentions.{r}.transformer_blocks.{t}.attn2.to_k.weight"] = meta(ch, ctx)
+    cfg = md.unet_config_from_diffusers_unet(sd)
+    if cfg is None:
+        raise RuntimeError(f"ComfyUI did not recognise the {family} layout")
+    cfg.pop("dtype", None)
+    return cfg
