@@ -256,15 +256,32 @@ def check_interrupt() -> None:
 
 
 def tooltips(spec: dict, tips: dict[str, str]) -> dict:
-    """Add tooltips to an INPUT_TYPES dict in place: tips maps input name -> text."""
+    """Add tooltips to an INPUT_TYPES dict in place: tips maps input name -> text. Also declares the
+    control_after_generate widget of INT "seed" inputs (see seed_control)."""
     for section in spec.values():
         for name, entry in section.items():
             if name in tips:
                 if len(entry) == 1:
-                    section[name] = (entry[0], {"tooltip": tips[name]})
+                    section[name] = entry = (entry[0], {"tooltip": tips[name]})
                 else:
                     entry[1].setdefault("tooltip", tips[name])
+            if name == "seed":
+                section[name] = seed_control(section[name])
     return spec
+
+
+def seed_control(entry: tuple) -> tuple:
+    """An INT seed input spec with its "control after generate" widget declared (control_after_generate=True).
+
+    The frontend adds that widget to any INT input named seed, but from about 1.5x it lines saved widget values
+    up with the declared controls only: on a node that also has a forceInput input (drag_json) an undeclared one
+    shifts every later value by one when a workflow loads ("control_after_generate = 0.2 is not one of its
+    options"). Declared, every frontend (1.27 .. 1.58) builds the same widgets and reads the same values."""
+    if entry[0] != "INT":
+        return entry
+    opts = dict(entry[1]) if len(entry) > 1 else {}
+    opts.setdefault("control_after_generate", True)
+    return (entry[0], opts)
 
 
 def iter_nodes(modules: Iterable[Any]) -> tuple[dict, dict]:
