@@ -64,9 +64,10 @@ def init_weights_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> 
 
 def build_model(unet_config: dict, *, latent_format: Any = "sd15", prediction: str = "eps", sdxl: bool = False,
                 state_dict: Optional[dict] = None, seed: int = 0, dtype: torch.dtype = torch.float32,
-                init_std: float = 0.02) -> Any:
+                init_std: float = 0.02, text_start_tokens: int = 1) -> Any:
     """Build a real ComfyUI model (model_base + ModelPatcher on the CPU) from a UNet config: the tiny test
-    models and the shapes demo model. `latent_format` is "sd15", "sdxl" or a comfy LatentFormat class."""
+    models and the shapes demo model. `latent_format` is "sd15", "sdxl" or a comfy LatentFormat class;
+    `text_start_tokens`: start tokens its text encoder puts before the words (see `text_start_tokens`)."""
     comfy = _comfy()
     lf = {"sd15": comfy.latent_formats.SD15, "sdxl": comfy.latent_formats.SDXL}.get(latent_format, latent_format) \
         if isinstance(latent_format, str) else latent_format
@@ -78,6 +79,7 @@ def build_model(unet_config: dict, *, latent_format: Any = "sd15", prediction: s
         unet_extra_config = {}
         latent_format = lf
 
+    _Config.text_start_tokens = int(text_start_tokens)
     mc = _Config(cfg)
     mtype = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
     base_cls = comfy.model_base.SDXL if sdxl else comfy.model_base.BaseModel
@@ -101,6 +103,21 @@ def build_model(unet_config: dict, *, latent_format: Any = "sd15", prediction: s
 def base_model(model: Any) -> Any:
     """The comfy BaseModel behind a ModelPatcher (or the BaseModel itself)."""
     return getattr(model, "model", model)
+
+
+def text_start_tokens(model: Any) -> int:
+    """Start tokens (BOS) the model's text encoder puts before the prompt's words: 1 for CLIP (SD1.x/2.x, SDXL),
+    0 for a model built with `build_model(text_start_tokens=0)` (the shapes demo model's word encoder)."""
+    return int(getattr(getattr(base_model(model), "model_config", None), "text_start_tokens", 1))
+
+
+def concept_token_range(n_tokens: int, count: int, start: int = 1) -> tuple[int, int]:
+    """Token slice [lo, hi) of a concept's context whose cross-attention makes its LEDITS++ mask: the first `count`
+    tokens after the `start` start tokens; count 0 = from `start` to all but the last token (diffusers on CLIP:
+    tokens 1..T−2, padding included). At least one token, never past the context."""
+    lo = max(0, min(int(start), n_tokens - 1))
+    hi = lo + int(count) if count else n_tokens - 1
+    return lo, max(lo + 1, min(hi, n_tokens))
 
 
 def diffusion_model(model: Any) -> torch.nn.Module:
@@ -1077,9 +1094,8 @@ class _Attn2Probe(_SharedHandle):
             if t_own and probs.shape[-1] != t_own and probs.shape[-1] % t_own == 0:
                 # batched with a longer context: ComfyUI repeated this one's tokens; fold the copies back together
                 probs = probs.reshape(*probs.shape[:-1], probs.shape[-1] // t_own, t_own).sum(-2)
-            cnt = int(tokens[j]) if tokens[j] else probs.shape[-1] - 2  # 0: all but the first and last (diffusers)
-            cnt = max(1, min(cnt, probs.shape[-1] - 1))
-            m = probs[..., 1:1 + cnt].sum(-1).sum(1).reshape(n, h, w)  # summed over heads; divided by the count
+            lo, hi = concept_token_range(probs.shape[-1], int(tokens[j] or 0), getattr(self.owner, "attn_start", 1))
+            m = probs[..., lo:hi].sum(-1).sum(1).reshape(n, h, w)  # summed over heads; divided by the count
             s, c = rec.get(j, (0.0, 0))
             rec[j] = (s + m, c + heads)
 
@@ -1109,8 +1125,9 @@ def patch_cond_guidance(model: Any, key: str, conds: Sequence[Any], combine: Cal
     call as cond and uncond and return combine(CondGuidanceCall) (a cfg "noise" x − x̂0) as the CFG result. A guidance
     already installed under `key` is replaced (chained cfg / calc functions of others are kept). drop_positive:
     the positive is not evaluated (cond := uncond). attn_layers + attn_tokens: record the extra conds' cross-attention
-    maps on those layers, summed over each one's first attn_tokens[j] tokens after the start token (0 = all but the
-    first and the last, as diffusers' LEDITS++ does: its token count includes the padding)."""
+    maps on those layers, summed over each one's first attn_tokens[j] tokens after the start token, if the encoder
+    has one (`text_start_tokens`; 0 = all but the start token and the last, as diffusers' LEDITS++ does: its token
+    count includes the padding; `concept_token_range`)."""
     _comfy()
     import comfy.patcher_extension as pe
     old = cond_guidance_patch(model, key)
@@ -1125,6 +1142,7 @@ def patch_cond_guidance(model: Any, key: str, conds: Sequence[Any], combine: Cal
         attn_tokens = [0] * len(conds)
     patch = _CondGuidancePatch(key, conds, combine, payload, drop_positive, attn_tokens if attn_layers else None,
                                prev_cfg, prev_calc)
+    patch.attn_start = text_start_tokens(model)  # where the concept's words begin in its context
     wkey = f"dragedit_cond_guidance_{key}"
     model.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey)
     model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey, patch.outer)

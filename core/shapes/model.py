@@ -71,7 +71,7 @@ def build(unet_sd: Optional[dict] = None, text_sd: Optional[dict] = None, seed: 
     if unet_sd is not None:
         unet_sd = {k: v.float() for k, v in unet_sd.items()}
     model = host.build_model(UNET_CONFIG, latent_format=latent_format_class(), prediction="eps",
-                             state_dict=unet_sd, seed=seed)
+                             state_dict=unet_sd, seed=seed, text_start_tokens=0)  # word ids, no start token
     with torch.inference_mode(False):
         torch.manual_seed(seed)
         enc = PromptEncoder()
