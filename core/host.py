@@ -706,6 +706,22 @@ class Denoiser:
         """The comfy BaseModel being sampled (for model_sampling, latent format)."""
         return self._model_k.inner_model.inner_model
 
+    def cond_x0(self, x: torch.Tensor, sigma: torch.Tensor | float, kv_patches: bool = False) -> torch.Tensor:
+        """x̂0 of the positive conditioning alone: one UNet pass, no CFG and no post-CFG functions; this pack's
+        attn1 (K/V record / inject) patches are left out unless kv_patches (DragonDiffusion's plain cond UNet)."""
+        comfy = _comfy()
+        guider = self._model_k.inner_model
+        cond = guider.conds.get("positive") if hasattr(guider, "conds") else None
+        if not cond:
+            raise HostError("a cond-only pass needs the positive conditioning of the session")
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        s = s.expand(x.shape[0]) if s.numel() == 1 else s
+        mo = self.extra_args.get("model_options", {})
+        if not kv_patches:
+            mo = dict(mo, transformer_options=_without_attn1_patches(mo.get("transformer_options", {})))
+        self.calls += 1
+        return comfy.samplers.calc_cond_batch(guider.inner_model, [cond], x, s, mo)[0]
+
 
 def _alias_non_inference(t: torch.Tensor) -> torch.Tensor:
     """A normal (non-inference) tensor that shares t's memory: no copy of the weights."""
@@ -860,6 +876,13 @@ def _estimator_options(model_options: dict, store: FeatureStore, blocks: Sequenc
     dm["dragedit_guidance_features"] = [_FeatureWrapper(store, blocks)]
     wrappers[pe.WrappersMP.DIFFUSION_MODEL] = dm
     to["wrappers"] = wrappers
+    mo["transformer_options"] = _without_attn1_patches(to)
+    return mo
+
+
+def _without_attn1_patches(transformer_options: dict) -> dict:
+    """A copy of transformer_options without this pack's attn1 patches (patches chained below them are kept)."""
+    to = dict(transformer_options)
     pr = to.get("patches_replace")
     if pr and "attn1" in pr:
         pr = dict(pr)
@@ -871,8 +894,7 @@ def _estimator_options(model_options: dict, store: FeatureStore, blocks: Sequenc
                 attn1[key] = p
         pr["attn1"] = attn1
         to["patches_replace"] = pr
-    mo["transformer_options"] = to
-    return mo
+    return to
 
 
 class _GuidanceRun(_SharedHandle):

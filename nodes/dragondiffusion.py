@@ -38,7 +38,10 @@ COMMON_TIPS = {
     "resize_scale": "move: scale of the object at its new place (1 = same size).",
     "w_edit": "Weight of the edit term (-1 = the mode's default: move 4, drag 4, appearance 3.5, paste 4).",
     "w_content": "Weight of the content-keeping term (-1 = the mode's default: 6, appearance 5).",
+    "center_features": "Subtract each image's mean feature before the cosine similarities (not in the reference). "
+                       "Helps when one shared component dominates the features, as on small models.",
 }
+CENTER_DEFAULT = False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -124,8 +127,8 @@ def _coerce_drag(drag: Any, node: str) -> DragInstructions:
 
 def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, mask: Any = None,
                reference: Optional[DDIMInversion] = None, ref_mask: Any = None, energy_scale: float = 1.0,
-               resize_scale: float = 1.0, w_edit: float = AUTO, w_content: float = AUTO
-               ) -> tuple[dd.EditSpec, list[int]]:
+               resize_scale: float = 1.0, w_edit: float = AUTO, w_content: float = AUTO,
+               center: bool = CENTER_DEFAULT) -> tuple[dd.EditSpec, list[int]]:
     """Check the user's inputs for `mode` and build the EditSpec on the model's energy grid (+ feature blocks)."""
     require(mode in MODES, node, "mode", f"must be one of {MODES}, got {mode!r}.")
     check_range(float(energy_scale), 0.0, 1000.0, node, "energy_scale")
@@ -143,7 +146,7 @@ def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: An
         return (min(max(float(u[0]), 0.0), grid_hw[1] - 1e-3), min(max(float(u[1]), 0.0), grid_hw[0] - 1e-3))
 
     kw: dict = dict(energy_scale=float(energy_scale), w_edit=None if w_edit < 0 else float(w_edit),
-                    w_content=None if w_content < 0 else float(w_content))
+                    w_content=None if w_content < 0 else float(w_content), center=bool(center))
     m = None
     if mask is not None and not (mode == "drag" and _is_full(mask)):
         m = mask_on_grid(mask, node, "mask", lat_hw, grid_hw, image_size)
@@ -257,7 +260,8 @@ class FeatureGuidance:
             },
             "optional": {**_mode_inputs(),
                          "w_edit": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
-                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1})},
+                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
+                         "center_features": ("BOOLEAN", {"default": CENTER_DEFAULT})},
         }, {**COMMON_TIPS,
             "start_percent": "Guidance starts at this fraction of the denoising process (0 = first step).",
             "end_percent": "Guidance stops here (0.6 = the reference's first 30 of 50 steps)."})
@@ -268,11 +272,11 @@ class FeatureGuidance:
     CATEGORY = CATEGORY
 
     def patch(self, model, inversion, mode, energy_scale, start_percent, end_percent, resize_scale, drag=None,
-              mask=None, reference=None, ref_mask=None, w_edit=AUTO, w_content=AUTO):
+              mask=None, reference=None, ref_mask=None, w_edit=AUTO, w_content=AUTO, center_features=CENTER_DEFAULT):
         inv = _check_model_inputs(FG, model, inversion)
         spec, blocks = build_spec(FG, model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
                                   energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
-                                  w_content=w_content)
+                                  w_content=w_content, center=center_features)
         when = _percent_window(FG, model, start_percent, end_percent)
         m = host.clone(model)
         guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference if spec.needs_reference else None,
@@ -349,7 +353,8 @@ class DragonDiffusion:
                          "init_paste": ("BOOLEAN", {"default": False}),
                          "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1}),
                          "w_edit": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
-                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1})},
+                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
+                         "center_features": ("BOOLEAN", {"default": CENTER_DEFAULT})},
         }, {**COMMON_TIPS,
             "inversion": "INVERSION from DDIM Inversion with record_kv on (memory bank); strength 1.0 as in the paper.",
             "positive": "The prompt used for the inversion.",
@@ -368,14 +373,14 @@ class DragonDiffusion:
 
     def edit(self, model, positive, negative, inversion, mode, cfg, energy_scale, resize_scale, drag=None, mask=None,
              reference=None, ref_mask=None, regional_sde=False, time_travel=False, init_paste=False, seed=0,
-             w_edit=AUTO, w_content=AUTO):
+             w_edit=AUTO, w_content=AUTO, center_features=CENTER_DEFAULT):
         inv = _check_model_inputs(DD, model, inversion, need_kv=True)
         check_cond_fits(model, positive, DD, "positive")
         check_cond_fits(model, negative, DD, "negative")
         check_range(float(cfg), 1.0, 30.0, DD, "cfg")
         spec, blocks = build_spec(DD, model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
                                   energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
-                                  w_content=w_content)
+                                  w_content=w_content, center=center_features)
         defaults = de.mode_defaults(mode)
         opts = dd.EditOptions(regional_sde=bool(regional_sde), time_travel=bool(time_travel),
                               init_paste=bool(init_paste), seed=int(seed), sde_strength=defaults.sde_strength)
@@ -397,10 +402,10 @@ def run_edit(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInve
         _bank(DD, m, inv, spec.mode, kv_when, masks, reference)
     guidance = None
     if spec.scale_edit != 0 or spec.scale_content != 0:
-        g_when = dd.inversion_step_window(inv, lambda i, n: de.guidance_active(i, n, defaults))
+        g_when = dd.inversion_step_window(inv, lambda i, n: de.guidance_active(i, n, defaults, opts.sparsify))
         guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference, active=g_when, **guidance_kw)
         dd.patch_feature_guidance(m, guidance)
-    latent_mask = de.mask_to_latent(spec.edit_mask, _latent_hw(inv))
+    latent_mask = de.mask_to_latent(dd.sde_mask(spec), _latent_hw(inv))
     bar = Progress(len(inv.sigmas) - 1)
     holder: dict = {}
 
