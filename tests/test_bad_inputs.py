@@ -343,7 +343,8 @@ def test_server_schedule_mismatch(comfy_server):
     g["11"] = {"class_type": "DragEditEditFriendlyDDPM", "inputs": {"inversion": ["10", 1]}}
     g["12"] = _sampler_custom(("1", 0), ("11", 0), ("10", 2), ("10", 0), add_noise=True)
     g["13"] = _save(("12", 0))
-    _fails(comfy_server, g, r"\[Edit-friendly DDPM\] input 'inversion': the sampler node adds noise .*turn add_noise off")
+    _fails(comfy_server, g, r"\[Edit-friendly DDPM\] input 'inversion': the sampler node adds noise .*turn "
+                            r"add_noise off")
 
 
 @pytest.mark.slow
@@ -438,8 +439,9 @@ def test_server_sampler_errors_name_the_pack_node(comfy_server):
     g["12"] = _sampler_custom(("1", 0), ("11", 0), ("20", 0), ("10", 0))
     g["13"] = _save(("12", 0))
     g["20"] = _basic_sigmas()
-    _fails(comfy_server, g, r"\[Edit-friendly DDPM\] input 'inversion': the sampler node runs sigmas .*not a contiguous "
-                            r"run of the INVERSION's sigmas\).*Connect the SIGMAS output of DDPM Inversion \(edit-friendly\)")
+    _fails(comfy_server, g, r"\[Edit-friendly DDPM\] input 'inversion': the sampler node runs sigmas .*not a "
+                            r"contiguous run of the INVERSION's sigmas\).*Connect the SIGMAS output of DDPM "
+                            r"Inversion \(edit-friendly\)")
     g["12"] = _sampler_custom(("1", 0), ("11", 0), ("10", 2), ("8", 0))
     g["8"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["9", 0], "vae": ["1", 2]}}
     g["9"] = {"class_type": "ImageScale", "inputs": {"image": ["2", 0], "upscale_method": "nearest-exact",
