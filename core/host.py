@@ -178,8 +178,9 @@ def ddim_sigmas(model: Any, steps: int) -> torch.Tensor:
     """Descending DDIM grid ending in 0, strictly descending for every steps in 1..T: timesteps o + k·(T//steps) for
     k < steps with offset o = 1, as diffusers' DDIMScheduler with steps_offset=1 and "leading" spacing (equal to
     ComfyUI's 'ddim_uniform' when T divides by steps; that one adds extra steps otherwise). At the one edge where
-    that grid leaves the model's range (steps = T: timesteps 1..T) the offset drops to o = T−1−(steps−1)·(T//steps)
-    (= 0: every timestep 0..T−1 once) instead of clipping T to T−1, which would repeat the first sigma."""
+    that grid leaves the model's range (steps = T: timesteps 1..T) the offset drops to
+    o = T−1−(steps−1)·(T//steps) (= 0: every timestep 0..T−1 once) instead of clipping T to T−1, which would repeat
+    the first sigma."""
     ms = model_sampling(model)
     n = int(len(ms.sigmas))
     steps = int(steps)

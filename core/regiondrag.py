@@ -175,8 +175,8 @@ def infer_factor(image_size: Sequence[int], latent_hw: Sequence[int]) -> int:
         if W // f == w and H // f == h and f <= MAX_VAE_FACTOR:  # a bigger "factor" is a wrong image_size
             return f
     raise RegionDragError("drag", f"the drag instructions are for a {W}x{H} image, which does not match the "
-                                  f"{w}x{h} latent at any VAE factor up to {MAX_VAE_FACTOR} (was the image resized or cropped after the "
-                                  f"drag was drawn?)")
+                                  f"{w}x{h} latent at any VAE factor up to {MAX_VAE_FACTOR} (was the image resized or "
+                                  f"cropped after the drag was drawn?)")
 
 
 def latent_grid(drag: DragInstructions, latent_hw: Sequence[int]) -> Grid:

@@ -214,11 +214,12 @@ class MotionSupervision:
         out, d, _bar = _run_optimize(node, model, positive, samples, sigmas, drag, tuple(samples.shape[-2:]),
                                      settings, mask)
         model_out = dd.reference_kv_model(model, kv) if kv is not None else host.clone(model)
-        src = "the DDIM Inversion that made the latent" if inversion is not None else "DDIM Inversion (same steps and strength)"
+        src = ("the DDIM Inversion that made the latent" if inversion is not None
+               else "DDIM Inversion (same steps and strength)")
         lat_hw = tuple(samples.shape[-2:])
-        guard_model(model_out, f"ms_{id(out)}", lambda sig, shape, noise: check_schedule(
-            node, "inversion" if inversion is not None else "steps", sig, sigmas, source=src, latent_shape=shape,
-            inv_latent_hw=lat_hw))
+        guard_model(model_out, f"ms_{id(out)}", lambda sig, shape, noise: check_schedule(   # K/V: at its steps only
+            node, "inversion" if inversion is not None else "steps", sig, sigmas, source=src,
+            rule="grid" if kv is not None else "range", latent_shape=shape, inv_latent_hw=lat_hw))
         return ({"samples": out.samples}, _tracked(d, out.result.handles, out.grid), model_out)
 
 

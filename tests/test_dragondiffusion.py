@@ -206,9 +206,14 @@ def test_feature_guidance_and_memory_bank_nodes_with_stock_samplers(sd15_model, 
     from comfy.k_diffusion.sampling import get_sigmas_karras
     ms = host.model_sampling(sd15_model)
     karras = get_sigmas_karras(6, float(ms.sigma_min), float(inv.sigmas[0])).float()
-    before = g.stats.guided
-    other = _stock_sample(guided, pos, neg, 3.0, out["samples"], karras, sampler="heun")
-    assert g.stats.guided > before and torch.isfinite(other).all()
+    (fg_only,) = run_node(FeatureGuidance, model=sd15_model, inversion=inv, mode="drag", energy_scale=1.0,
+                          start_percent=0.0, end_percent=0.6, resize_scale=1.0, drag=DRAG)
+    g2 = _guidance_of(fg_only)
+    other = _stock_sample(fg_only, pos, neg, 3.0, out["samples"], karras, sampler="heun")
+    assert g2.stats.guided > 0 and torch.isfinite(other).all()
+    # the memory bank's K/V exist only at the inversion's steps: that schedule is refused, naming the node (issue 14)
+    with pytest.raises(NodeInputError, match=r"\[Memory Bank K/V\] input 'inversion': the sampler node runs sigmas"):
+        _stock_sample(guided, pos, neg, 3.0, out["samples"], karras, sampler="heun")
 
 
 def test_guidance_latent_is_the_piecewise_linear_ddim_path(sd15_model, cond):
