@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test server bench clean
+.PHONY: setup demo test server bench bench-gpu clean
 
 setup:
 	@bash .ci/setup.sh
@@ -21,6 +21,11 @@ BENCHES := inversion regiondrag dragdiffusion dragondiffusion ledits shapesbench
 
 bench: setup
 	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
+
+# One prepared GPU run (CUDA required, fails loudly without it): every method at SD1.5 512² and SDXL 1024²,
+# seconds per edit, peak VRAM, K/V RAM and transfer time -> out/bench/gpu.json (within 8 minutes on one GPU).
+bench-gpu: setup
+	DRAGEDIT_COMFY_GPU=1 $(PY) bench/gpu.py
 
 clean:
 	rm -rf .venv .host out
