@@ -86,6 +86,8 @@ class RegionInversion:
         """Release the cached tensors (the K/V cache first: it is the big one)."""
         if self.kv is not None:
             self.kv.clear()
+            if self.kv.pinned:
+                host.release_pinned_memory()
         empty = self.ef.xts.new_zeros((0,))
         self.ef = ef.Inversion(sigmas=self.ef.sigmas, xts=empty, zs=empty, eta=self.ef.eta, residual=None,
                                skipped=self.ef.skipped)
@@ -341,7 +343,10 @@ def invert(model: Any, positive: Any, samples: torch.Tensor, sigmas: torch.Tenso
     run = host.clone(model)
     store = None
     if record_kv:
-        store = host.KVStore(dtype=kv_dtype, device=getattr(model, "offload_device", "cpu"))
+        est = kv_cache_bytes(host.attention_layers(model), samples.shape[-2:], max(len(sigmas) - 1, 0), kv_dtype,
+                             batch=samples.shape[0])
+        device, pinned = host.kv_placement(model, est, scoped=True)   # RegionDrag frees its store in `finally`
+        store = host.KVStore(dtype=kv_dtype, device=device).use_pinned_memory(pinned)
         host.patch_kv_record(run, store)
     holder: dict = {}
 
