@@ -86,6 +86,28 @@ class ComfyPage:
                                  f"{self.vue_nodes} (no Nodes 2.0 rendering in this frontend?)")
         return self
 
+    def reload(self, timeout_ms: int = 90_000) -> "ComfyPage":
+        """Reload the page (F5) and wait as in open(): the frontend restores the workflow it kept for a reload."""
+        self.page.reload(wait_until="domcontentloaded", timeout=timeout_ms)
+        self.page.wait_for_function(
+            "() => window.app && window.app.graph && window.app.canvas && window.LiteGraph &&"
+            " (window.app.extensions || []).some(e => e.name === 'DragEdit.DragEditor')",
+            timeout=timeout_ms)
+        self.close_first_visit_ui()
+        return self
+
+    def wait_stored(self, text: str, timeout_ms: int = 10_000) -> bool:
+        """Wait until the browser storage (where the frontend keeps the workflow for a reload) holds `text` as a
+        string value inside a JSON document; False when it never does."""
+        try:
+            self.page.wait_for_function(
+                """(needle) => [localStorage, sessionStorage].some(s => {
+                     for (let i = 0; i < s.length; i++) { const v = s.getItem(s.key(i)); if (v && v.includes(needle)) return true; }
+                     return false; })""", arg=json.dumps(text)[1:-1], polling=100, timeout=timeout_ms)
+            return True
+        except Exception:
+            return False
+
     def close_first_visit_ui(self) -> None:
         """Close the templates dialog and the Nodes 2.0 banner if they show up anyway."""
         page = self.page

@@ -200,6 +200,36 @@ def _editor_by_mouse_then_queue(cp: bu.ComfyPage, server, drag_type: str, vue: b
     assert not [e for e in cp.errors if "dragedit" in e.lower() or "drag_editor" in e.lower()], cp.errors
 
 
+def test_drawing_survives_page_reload(pages, drag_type):
+    _drawing_survives_page_reload(pages(False), drag_type)
+
+
+def _drawing_survives_page_reload(cp: bu.ComfyPage, drag_type: str) -> None:
+    """Issue 13 item 1: draw, touch nothing else, reload the page: the drawing is still there (every edit reaches
+    the frontend's change tracker, which keeps the copy of the workflow a reload restores)."""
+    ed = _load(cp, drag_type, "")
+    ed.click(40, 40)
+    ed.click(80, 60)
+    ed.tool("brush")
+    ed.drag((150, 120), (200, 120))
+    data = ed.data()
+    assert len(data["points"]) == 1 and "mask" in data, data
+    text = cp.widget_value(2, "drag_data")
+    stored = cp.wait_stored(text)
+    cp.reload()
+    assert cp.page.evaluate(f"() => app.graph.getNodeById(2)?.type") == drag_type
+    after = cp.widget_value(2, "drag_data")
+    assert after == text, f"stored copy updated before reload: {stored}; drag_data after reload: {after[:200]!r}"
+    cp.show_node(2, scale=0.9)
+    ed = cp.editor(2)
+    ed.wait_image()
+    ed.wait_stable()
+    assert ed.data() == data and len(ed.eval("ed.state.points")) == 1
+    cp.page.wait_for_timeout(200)
+    r, g, b, _ = ed.pixel(80, 60)             # the target dot is drawn blue again
+    assert b > 200 and r < 120, (r, g, b)
+
+
 def test_restore_from_workflow_and_draw(pages, drag_type):
     stored = {"version": 1, "image_size": [W, H],
               "points": [{"handle": [40, 40], "target": [90, 60]}, [200, 40, 230, 90]],
@@ -416,6 +446,10 @@ _WIDGET_CHECK_JS = """() => {
 # ---------------------------------------------------------------------- the same with "Nodes 2.0" (Vue nodes)
 def test_editor_by_mouse_then_queue_nodes2(pages, server, drag_type):
     _editor_by_mouse_then_queue(pages(True), server, drag_type, vue=True)
+
+
+def test_drawing_survives_page_reload_nodes2(pages, drag_type):
+    _drawing_survives_page_reload(pages(True), drag_type)
 
 
 def test_example_workflows_load_with_nodes2(pages, server):

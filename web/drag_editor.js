@@ -76,6 +76,22 @@ function el(tag, style = {}, attrs = {}) {
   return e;
 }
 
+/** Tell the frontend's change tracker that the graph changed. Its copy of the workflow is what a page reload
+ * restores (and what undo, the "modified" mark and autosave use); the frontend refreshes it on its own only after
+ * graph-canvas events, which the editor keeps for itself. The tracker is the active workflow's: reached through
+ * app.extensionManager.workflow (frontends 1.2x .. 1.5x) or app.workflowManager (older ones); captureCanvasState
+ * is 1.5x's name for the deprecated checkState. A frontend without either has nothing to tell. */
+function notifyChangeTracker() {
+  try {
+    const wf = app.extensionManager?.workflow?.activeWorkflow ?? app.workflowManager?.activeWorkflow;
+    const tracker = wf?.changeTracker;
+    if (typeof tracker?.captureCanvasState === "function") tracker.captureCanvasState();
+    else if (typeof tracker?.checkState === "function") tracker.checkState();
+  } catch (e) {
+    console.warn("DragEdit: could not tell the workflow change tracker about an edit", e);
+  }
+}
+
 const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 const dist2 = (a, b) => (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2;
 
@@ -237,6 +253,7 @@ class DragEditor {
     this.dataWidget.callback?.(text);
     this.node.setDirtyCanvas?.(true, true);
     this.node.graph?.change?.();
+    notifyChangeTracker();
   }
 
   /** Remember the current widget text for Undo. */
