@@ -96,6 +96,18 @@ def _load(cp: bu.ComfyPage, drag_type: str, drag_data: str) -> bu.EditorHandle:
     return ed
 
 
+def test_extension_registered_once(pages, server):
+    """Issue 13 item 6: the pack's folder name (ComfyUI-DragEdit) differs from its project name
+    (comfyui-dragedit); the server still serves the editor once and the page registers it once."""
+    exts = server.get("/extensions")
+    mine = [e for e in exts if e.endswith("/drag_editor.js")]
+    assert len(mine) == 1, mine
+    cp = pages(False)
+    assert cp.page.evaluate("() => app.extensions.filter(e => e.name === 'DragEdit.DragEditor').length") == 1
+    dup = [m for m in cp.messages if "already registered" in m and "DragEdit" in m]
+    assert not dup, dup
+
+
 # Tests run in file order: the classic-rendering tests first, the Nodes 2.0 ones last (two page loads in all).
 def test_editor_by_mouse_then_queue(pages, server, drag_type):
     _editor_by_mouse_then_queue(pages(False), server, drag_type, vue=False)
