@@ -45,6 +45,14 @@ def server(comfy_server):
     d.rectangle([150, 100, 230, 170], fill=(200, 60, 60))
     img.save(comfy_server.base / "input" / IMAGE_NAME)
     img.resize((2 * W, 2 * H)).save(comfy_server.base / "input" / IMAGE_2X)
+    # The real-image example workflows name ComfyUI's own input/example.png and the checkpoints they were made for:
+    # give the combos those names (nothing loads the placeholder checkpoints here).
+    from comfy_env import comfyui_path
+    shutil.copyfile(comfyui_path() / "input" / "example.png", comfy_server.base / "input" / "example.png")
+    ckpts = comfy_server.base / "models" / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    for name in ("v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"):
+        (ckpts / name).touch()
     return comfy_server
 
 
