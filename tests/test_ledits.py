@@ -712,10 +712,18 @@ def test_example_workflow_runs_on_server(comfy_server):
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     edit = prompt["6"]
     assert edit["class_type"] == "DragEditLEDITSEdit" and edit["inputs"]["concept_1"] == ["5", 0]
-    assert edit["inputs"]["steps"] == 20 and edit["inputs"]["scale_1"] == 20.0 and edit["inputs"]["mode"] == "SEGA"
+    assert edit["inputs"]["steps"] == 20 and edit["inputs"]["skip"] == 2 and edit["inputs"]["mode"] == "SEGA"
+    assert edit["inputs"]["concept_2"] and edit["inputs"]["direction_2"] == "remove"
+    assert edit["inputs"]["target_cfg"] == edit["inputs"]["source_cfg"] == 3.5
     comfy_server.run_prompt(prompt)
     png = sorted((comfy_server.base / "output").glob("ledits*.png"))[-1]
     img = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    scene = renderer.render(renderer.random_scene(4, two_p=0.0))
+    sc = renderer.random_scene(4, two_p=0.0)
+    scene = renderer.render(sc)
     diff = (img - scene).abs()
     assert img.shape == (3, 32, 32) and 2e-3 < float(diff.mean()) < 0.25, float(diff.mean())
+    # the red square became a blue one (coverage of each colour over the square's core, as ShapesBench measures)
+    core = renderer.coverage(sc.shapes[0]) >= 0.5
+    assert sc.shapes[0].colour == "red" and sc.shapes[0].kind == "square"
+    blue, red = (float(renderer.colour_alpha(img, c)[core].mean()) for c in ("blue", "red"))
+    assert blue >= 0.5 and red <= 0.3, (blue, red)
