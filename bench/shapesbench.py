@@ -115,14 +115,22 @@ def _graph_dragondiffusion(case, how: str, s: dict, files: dict, prefix: str) ->
 
 
 def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
+    """how "words": the case's concepts (SEGA add / remove); "target": no concept, the target prompt is the scene
+    as it should become (removal by prompt switch: the remaining shapes' words), at skip `remove_skip`."""
     g = _base(case, files)
+    skip = s.get("remove_skip", s["skip"]) if how == "target" else s["skip"]
     inputs = {"model": ["model", 0], "vae": ["model", 2], "source": ["pos", 0], "negative": ["neg", 0],
-              "steps": s["steps"], "skip": s["skip"], "source_cfg": s["source_cfg"], "target_cfg": s["target_cfg"],
+              "steps": s["steps"], "skip": skip, "source_cfg": s["source_cfg"], "target_cfg": s["target_cfg"],
               "mode": s["mode"], "seed": s["seed"], "threshold": s["threshold"], "warmup": s["warmup"],
               "momentum_scale": s["momentum_scale"], "momentum_beta": s["momentum_beta"], "image": ["load", 0]}
     for i in (1, 2, 3):
         inputs[f"direction_{i}"], inputs[f"scale_{i}"] = "add", s["scale"]
-    for i, (words, direction) in enumerate(case.concepts[:3], 1):
+    if how == "target":
+        from dragedit.core.shapes import renderer
+        g["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": renderer.prompt(case.target),
+                                                               "clip": ["model", 1]}}
+        inputs["target"] = ["tgt", 0]
+    for i, (words, direction) in enumerate(case.concepts[:3] if how == "words" else (), 1):
         g[f"c{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": words, "clip": ["model", 1]}}
         inputs[f"concept_{i}"] = [f"c{i}", 0]
         inputs[f"direction_{i}"] = direction
@@ -134,9 +142,10 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
 def methods() -> list[Method]:
     """The method nodes under test with their default settings: those of the example workflows (workflows/*.json);
     a full run (108 cases) took 11.5 min on one thread of a shared 2-core CPU."""
-    ledits = dict(steps=20, skip=4, source_cfg=3.5, target_cfg=7.5, seed=0, scale=20.0, threshold=0.7, warmup=1,
-                  momentum_scale=0.1, momentum_beta=0.4)
+    ledits = dict(steps=20, skip=2, source_cfg=3.5, target_cfg=3.5, seed=0, scale=10.0, threshold=0.95, warmup=2,
+                  momentum_scale=0.1, momentum_beta=0.4, remove_skip=1)
     word_kinds = {"concept_recolour": "words", "concept_remove": "words", "recolour": "words"}
+    target_kinds = dict(word_kinds, concept_remove="target")  # remove by the target prompt of what remains
     return [
         Method("regiondrag", ("DragEditRegionDrag", "DragInstructions"),
                {"point_drag": "points", "region_drag": "region", "move": "region", "resize": "region"},
@@ -156,8 +165,9 @@ def methods() -> list[Method]:
                _graph_dragondiffusion,
                "DDIM Inversion (record_kv) + DragonDiffusion: drag mode for points, move mode (object mask + centre "
                "pair, resize_scale) for regions/moves/resizes, appearance mode (reference = same image) for recolour"),
-        Method("ledits", ("DragEditLEDITSEdit",), word_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
-               "LEDITS Edit, SEGA mode: concepts add new colour + remove old colour, or remove a shape word"),
+        Method("ledits", ("DragEditLEDITSEdit",), target_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
+               "LEDITS Edit, SEGA mode: concepts add 'new-colour kind' + remove 'old-colour kind'; removal by the "
+               "target prompt of the remaining shapes (no concept)"),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds, dict(ledits, mode="LEDITS++"), _graph_ledits,
                "LEDITS Edit, LEDITS++ mode (masked concepts, no prompt CFG)"),
     ]
