@@ -416,6 +416,11 @@ def run_edit(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInve
         x_start = inv.start.to(device=x.device, dtype=x.dtype)
         if opts.init_paste:
             x_start = dd.init_latent(x_start, spec)
+            if opts.vacate_noise > 0:
+                from ..core.regiondrag import renoise
+                gen = torch.Generator(device="cpu").manual_seed(int(opts.seed) + 1)
+                x_start = renoise(x_start, dd.vacated_cells(spec, x_start.shape[-2:]), opts.vacate_noise,
+                                  float(inv.sigmas[0]), gen)
         out = dd.edit_loop(den, x_start, inv, guidance, defaults, opts, latent_mask=latent_mask,
                            on_step=lambda i, n: bar.update(1))
         holder["calls"] = den.calls
