@@ -60,11 +60,14 @@ def optimize(model, pos, x_t, sigmas, settings=None, mask=None, on_iteration=Non
 
 # ---------------------------------------------------------------- grids, blocks, layers
 
-def test_feature_grid_is_half_the_image():
+def test_supervision_grid_is_four_cells_per_latent_cell():
+    """The reference's sup_res = half the image = 4x the latent (and the default feature map) on SD1.5; the pack keeps
+    that ratio to the features on any VAE factor, so r_m / r_p / threshold mean the same relative to the features."""
     g = dd.feature_grid((64, 64))                                    # SD1.5 at 512: 256x256, 2 px per cell
     assert g.hw == (256, 256) and g.scale == (2.0, 2.0)
-    g = dd.feature_grid((16, 16), (32, 32))                          # shapes demo: 2x VAE -> grid = latent
-    assert g.hw == (16, 16) and g.scale == (2.0, 2.0)
+    g = dd.feature_grid((16, 16), (32, 32))                          # shapes demo: 2x VAE -> 64x64, 0.5 px per cell
+    assert g.hw == (64, 64) and g.scale == (0.5, 0.5)
+    assert g.cell_of(torch.tensor([[11.0, 8.0], [19.0, 8.0]])).tolist() == [[22, 16], [38, 16]]
     g = dd.feature_grid((64, 96), (771, 515))                        # crop to a multiple of 8 is centred
     assert g.hw == (256, 384) and g.offset == (1.0, 1.0)
     assert g.cell_of(torch.tensor([[1.0, 1.0], [770.0, 514.0]])).tolist() == [[0, 0], [383, 255]]
