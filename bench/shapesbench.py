@@ -118,8 +118,10 @@ def _graph_dragdiffusion(case, how: str, s: dict, files: dict, prefix: str) -> d
     model = ["model", 0]
     if s["lora_steps"] > 0:      # DragDiffusion's identity LoRA with ComfyUI's own Train LoRA + Load LoRA Model
         g["rep"] = {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["enc", 0], "amount": s["lora_batch"]}}
+        # Train LoRA (0.3.75) fails on a single LATENT input (multi_res unset): give it a list of batch-1 latents
+        g["reb"] = {"class_type": "RebatchLatents", "inputs": {"latents": ["rep", 0], "batch_size": 1}}
         g["train"] = {"class_type": "TrainLoraNode", "inputs": {
-            "model": ["model", 0], "latents": ["rep", 0], "positive": ["pos", 0], "batch_size": s["lora_batch"],
+            "model": ["model", 0], "latents": ["reb", 0], "positive": ["pos", 0], "batch_size": s["lora_batch"],
             "grad_accumulation_steps": 1, "steps": s["lora_steps"], "learning_rate": s["lora_lr"],
             "rank": s["lora_rank"], "optimizer": "AdamW", "loss_function": "MSE", "seed": 0,
             "training_dtype": "fp32", "lora_dtype": "fp32", "algorithm": "LoRA", "gradient_checkpointing": False,
