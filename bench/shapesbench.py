@@ -191,7 +191,7 @@ def methods() -> list[Method]:
         Method("dragdiffusion", ("DragEditDragDiffusion", "DragInstructions"),
                {"point_drag": "points", "move": "points", "resize": "points"},
                dict(steps=50, strength=0.5, iterations=80, learning_rate=0.01, r_m=1, r_p=3, lam=0.1,
-                    feature_block=-2, reference_kv=True, threshold=2.0, mask_margin=2,
+                    feature_block=-2, reference_kv=True, threshold=2.0, mask_margin=0,
                     lora_steps=0, lora_batch=4, lora_rank=16, lora_lr=0.0005), _graph_dragdiffusion,
                "DragDiffusion all-in-one; point pairs only (move: centre pair, resize: two edge pairs); editable "
                "mask = box around the object's old and new pixels grown by mask_margin px (-1: none); "
