@@ -274,6 +274,25 @@ def test_motion_supervision_node_and_reference_kv(sd15_model, cond):
     torch.testing.assert_close(lat2["samples"], lat3["samples"], atol=1e-4, rtol=1e-4)
 
 
+def test_threshold_input_sets_the_stop_distance(sd15_model, cond):
+    """The node's threshold (supervision cells) is the stop distance: a drag of 24 cells stops before any Adam step
+    with threshold 30, and runs with the reference's 2.0."""
+    x_t, inv, _sig = inverted(sd15_model, cond[0], steps=10)
+    seen = []
+    orig = dd.optimize
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        seen.append((a[7].threshold, out.result.iterations, out.result.reached))
+        return out
+    import unittest.mock as um
+    with um.patch.object(dd, "optimize", spy):
+        for thr in (30.0, 2.0):
+            run_node(MotionSupervision, model=sd15_model, positive=cond[0], drag=DRAG, inversion=inv, latent=x_t,
+                     iterations=2, threshold=thr)
+    assert seen[0] == (30.0, 0, True) and seen[1][0] == 2.0 and seen[1][1] == 2 and not seen[1][2]
+
+
 def test_dragdiffusion_all_in_one(sd15_model, cond):
     pos, neg = cond
     lat = planted_latent(0)
@@ -311,6 +330,7 @@ def test_all_in_one_on_sdxl_and_vpred(sdxl_model, vpred_model, cond, cond_xl):
     (dict(reference_kv=True), r"input 'reference_kv'.*record_kv"),
     (dict(inversion=None, latent=None), r"input 'latent'.*connect"),
     (dict(mask=torch.ones(2, 128, 128)), r"input 'mask'.*batch of 2"),
+    (dict(threshold=float("inf")), r"input 'threshold'.*between"),
 ])
 def test_motion_supervision_bad_inputs(sd15_model, cond, change, match):
     x_t, inv, _sig = inverted(sd15_model, cond[0], steps=10)
@@ -327,6 +347,8 @@ def test_motion_supervision_bad_inputs(sd15_model, cond, change, match):
     (dict(strength=0.01, steps=10), r"input 'strength'"),
     (dict(cfg=3.0), r"input 'cfg'"),
     (dict(positive=tiny_models.conditioning(1, width=64)), r"input 'positive'"),
+    (dict(threshold=0.0), r"input 'threshold'.*between"),
+    (dict(threshold=float("nan")), r"input 'threshold'.*between"),
 ])
 def test_dragdiffusion_bad_inputs(sd15_model, cond, change, match):
     inputs = dict(model=sd15_model, latent=planted_latent(0), positive=cond[0], drag=DRAG, steps=10, strength=0.5)
