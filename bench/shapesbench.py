@@ -79,15 +79,61 @@ def _graph_regiondrag(case, how: str, s: dict, files: dict, prefix: str) -> dict
     return _decode_save(g, ["edit", 0], prefix)
 
 
+def dragdiffusion_mask(case, margin: int):
+    """The editable mask a user paints for DragDiffusion: the box around the object's old and new pixels, grown by
+    `margin` px (bool [H, W]); None when margin < 0 (no mask)."""
+    import torch
+    import shapes_cases as S
+    from dragedit.core.shapes import renderer as R
+    if margin < 0:
+        return None
+    m = R.coverage(case.shape, S.SIZE) > 1e-3
+    if case.new_shape is not None:
+        m |= R.coverage(case.new_shape, S.SIZE) > 1e-3
+    ys, xs = torch.nonzero(m, as_tuple=True)
+    box = torch.zeros_like(m)
+    box[max(int(ys.min()) - margin, 0):int(ys.max()) + margin + 1,
+        max(int(xs.min()) - margin, 0):int(xs.max()) + margin + 1] = True
+    return box
+
+
+def _dragdiffusion_drag_json(case, how: str, margin: int) -> str:
+    """The case's point pairs plus (margin >= 0) the editable box mask, as Drag Instructions JSON."""
+    import shapes_cases as S
+    from dragedit.core.drag_schema import DragInstructions, rle_encode
+    m = dragdiffusion_mask(case, margin)
+    if m is None:
+        return case.drag_json(how)
+    d = DragInstructions.coerce(case.drag_json(how))
+    d = DragInstructions(points=d.points, image_size=d.image_size, mask_counts=rle_encode(m.float(), (S.SIZE, S.SIZE)))
+    d.validate()
+    return d.to_json()
+
+
 def _graph_dragdiffusion(case, how: str, s: dict, files: dict, prefix: str) -> dict:
     g = _base(case, files)
-    g["drag"] = _drag_node(case, how)
+    g["drag"] = {"class_type": "DragInstructions",
+                 "inputs": {"image": ["load", 0], "drag_data": _dragdiffusion_drag_json(case, how, s["mask_margin"])}}
     g["enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["load", 0], "vae": ["model", 2]}}
+    model = ["model", 0]
+    if s["lora_steps"] > 0:      # DragDiffusion's identity LoRA with ComfyUI's own Train LoRA + Load LoRA Model
+        g["rep"] = {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["enc", 0], "amount": s["lora_batch"]}}
+        # Train LoRA (0.3.75) fails on a single LATENT input (multi_res unset): give it a list of batch-1 latents
+        g["reb"] = {"class_type": "RebatchLatents", "inputs": {"latents": ["rep", 0], "batch_size": 1}}
+        g["train"] = {"class_type": "TrainLoraNode", "inputs": {
+            "model": ["model", 0], "latents": ["reb", 0], "positive": ["pos", 0], "batch_size": s["lora_batch"],
+            "grad_accumulation_steps": 1, "steps": s["lora_steps"], "learning_rate": s["lora_lr"],
+            "rank": s["lora_rank"], "optimizer": "AdamW", "loss_function": "MSE", "seed": 0,
+            "training_dtype": "fp32", "lora_dtype": "fp32", "algorithm": "LoRA", "gradient_checkpointing": False,
+            "existing_lora": "[None]"}}
+        g["lora"] = {"class_type": "LoraModelLoader",
+                     "inputs": {"model": ["model", 0], "lora": ["train", 1], "strength_model": 1.0}}
+        model = ["lora", 0]
     g["edit"] = {"class_type": "DragEditDragDiffusion", "inputs": {
-        "model": ["model", 0], "latent": ["enc", 0], "positive": ["pos", 0], "drag": ["drag", 0],
+        "model": model, "latent": ["enc", 0], "positive": ["pos", 0], "drag": ["drag", 0], "mask": ["drag", 1],
         "steps": s["steps"], "strength": s["strength"], "iterations": s["iterations"],
         "learning_rate": s["learning_rate"], "r_m": s["r_m"], "r_p": s["r_p"], "lam": s["lam"],
-        "feature_block": s["feature_block"], "reference_kv": s["reference_kv"]}}
+        "feature_block": s["feature_block"], "reference_kv": s["reference_kv"], "threshold": s["threshold"]}}
     return _decode_save(g, ["edit", 0], prefix)
 
 
@@ -155,8 +201,11 @@ def methods() -> list[Method]:
         Method("dragdiffusion", ("DragEditDragDiffusion", "DragInstructions"),
                {"point_drag": "points", "move": "points", "resize": "points"},
                dict(steps=50, strength=0.5, iterations=80, learning_rate=0.01, r_m=1, r_p=3, lam=0.1,
-                    feature_block=-2, reference_kv=True), _graph_dragdiffusion,
-               "DragDiffusion all-in-one; point pairs only (move: centre pair, resize: two edge pairs)"),
+                    feature_block=-2, reference_kv=True, threshold=2.0, mask_margin=0,
+                    lora_steps=0, lora_batch=4, lora_rank=16, lora_lr=0.0005), _graph_dragdiffusion,
+               "DragDiffusion all-in-one; point pairs only (move: centre pair, resize: two edge pairs); editable "
+               "mask = box around the object's old and new pixels grown by mask_margin px (-1: none); "
+               "lora_steps > 0: identity LoRA first (Train LoRA on lora_batch copies of the image + Load LoRA Model)"),
         Method("dragondiffusion", ("DragEditDragonDiffusion", "DragEditDDIMInversion", "DragInstructions"),
                {"point_drag": "drag:points", "region_drag": "move:move", "move": "move:move", "resize": "move:move",
                 "recolour": "appearance"},
