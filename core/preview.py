@@ -128,14 +128,16 @@ def draw_preview(image: torch.Tensor, drag: DragInstructions, mask: Optional[tor
             pen.arrow(h, t, ARROW)
             pen.dot(h, HANDLE)
             pen.dot(t, TARGET)
+    moved = list(zip(drag.points, tracked.points)) if tracked is not None else []
     for h, t in drag.points:
         pen.arrow(h, t, ARROW)
+    for (h0, _t0), (h1, _t1) in moved:          # the tracked path, thinner, over the arrow it usually follows
+        pen.arrow(h0, h1, TRACKED, width=max(1, pen.w // 2))
+    for h, t in drag.points:
         pen.dot(h, HANDLE)
         pen.dot(t, TARGET)
-    if tracked is not None:
-        for (h0, _t0), (h1, _t1) in zip(drag.points, tracked.points):
-            pen.arrow(h0, h1, TRACKED, width=max(1, pen.w // 2))
-            pen.dot(h1, TRACKED, filled=False)
+    for _p0, (h1, _t1) in moved:
+        pen.dot(h1, TRACKED, filled=False)
 
     out = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).to(torch.float32) / 255.0
     return out
