@@ -1,8 +1,12 @@
 # The two commands of the README: `make demo` (main job) and `make test` (the suite). Both set up on first use.
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# FRONTEND=1.58.1: run the tests / the server on that comfyui-frontend-package (installed by .ci/frontend.sh into
+# .frontends/, not into the venv); empty = the frontend the venv has (ComfyUI's pinned one).
+FRONTEND ?=
+FRONTEND_ROOT = $(CURDIR)/.frontends/$(FRONTEND)/comfyui_frontend_package/static
 
-.PHONY: setup demo test server bench clean
+.PHONY: setup demo test server bench clean frontend
 
 setup:
 	@bash .ci/setup.sh
@@ -10,12 +14,17 @@ setup:
 demo: setup
 	$(PY) .ci/demo.py
 
-test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+test: setup $(if $(FRONTEND),frontend)
+	DRAGEDIT_FRONTEND=$(FRONTEND) OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-server: setup
+server: setup $(if $(FRONTEND),frontend)
 	cd .host/comfyui && ../../$(PY) main.py --cpu --listen 127.0.0.1 --port 8188 --disable-auto-launch \
-		--base-directory ../base --database-url sqlite:///$(CURDIR)/.host/base/comfy.db
+		--base-directory ../base --database-url sqlite:///$(CURDIR)/.host/base/comfy.db \
+		$(if $(FRONTEND),--front-end-root $(FRONTEND_ROOT))
+
+frontend:
+	@test -n "$(FRONTEND)" || { echo "usage: make frontend FRONTEND=<comfyui-frontend-package version>"; exit 2; }
+	bash .ci/frontend.sh $(FRONTEND)
 
 BENCHES := inversion regiondrag dragdiffusion dragondiffusion ledits shapesbench
 
@@ -23,4 +32,4 @@ bench: setup
 	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
 
 clean:
-	rm -rf .venv .host out
+	rm -rf .venv .host out .frontends

@@ -1,14 +1,18 @@
-"""Bench: DragDiffusion's optimisation step against one full UNet forward+backward at the same size, in the same
-run (goal: at most 0.8x, from the truncated forward); iterations used and total edit time of a default edit; peak
-memory. Prints a table, writes out/bench/dragdiffusion.json.
+"""Bench: DragDiffusion's motion-supervision (MS) step against the reference's per-iteration structure at the same
+size (a full UNet forward, then a backward from the feature block up_blocks[-2] to the latent: the work the
+reference does per iteration, and nothing more), in the same run (goal: at most 0.8x, from the truncated forward);
+iterations used, UNet calls (counted) and total time of whole default edits; peak memory. Prints a table, writes
+out/bench/dragdiffusion.json.
 
-usage: python bench/dragdiffusion.py [--size 32] [--iters 6] [--full] [--threads 1]
+usage: python bench/dragdiffusion.py [--size 32] [--iters 4] [--repeats 3] [--edit-repeats 3] [--full] [--threads 1]
 (--full: the real SD1.5 UNet at a 64x64 latent = 512x512 image, for a GPU)
 
-On a CPU, times are process CPU seconds (robust on a shared machine with one torch thread) and peak memory comes
-from a second pass in a child process with MALLOC_MMAP_THRESHOLD_ fixed, so freed tensors leave the RSS and each
-phase's peak RSS growth is real (that setting slows allocation, so it is kept out of the timing pass). On a GPU,
-times are wall seconds and memory is torch.cuda.max_memory_allocated, in one pass."""
+The model's parameters are frozen (requires_grad False, as in a loaded checkpoint): no row computes weight
+gradients. Rows run in interleaved rounds (baseline, each variant, again) and the ratio is taken per round; times
+are process CPU seconds on a CPU, synchronised wall seconds on a GPU (bench/_util.py); median and min-max spread.
+Peak memory comes from a second pass in a child process (on a CPU with MALLOC_MMAP_THRESHOLD_ fixed, so freed
+tensors leave the RSS; that setting slows allocation, so it is kept out of the timing pass). The bf16-autocast row
+exists on a CPU only and says nothing about GPUs."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +27,7 @@ from typing import Any
 import _util
 
 EDIT = "whole edit"
+BASE = "reference step: full forward + backward from the feature block"
 
 
 def build(a: argparse.Namespace) -> dict:
@@ -66,29 +71,38 @@ def run_pass(a: argparse.Namespace, what: str) -> dict[str, Any]:
     c = build(a)
     cuda, model, pos, x_t, sigmas = c["cuda"], c["model"], c["pos"], c["x_t"], c["sigmas"]
     s_t = float(sigmas[0])
+    block = dd.feature_block_index(model, -2)
 
     def clock() -> float:
-        """Wall time on a GPU, process CPU time on a CPU."""
+        """Wall time (synchronised) on a GPU, process CPU time on a CPU."""
         if cuda:
-            torch.cuda.synchronize()
+            _util.sync()
             return time.perf_counter()
         return time.process_time()
 
-    def full_fb(reps: int) -> list[float]:
-        """One full UNet forward + backward to the latent per rep (the reference's per-step floor)."""
+    def reference_step(reps: int) -> list[float]:
+        """The reference's per-iteration structure, and nothing more: a full UNet forward, then a backward from the
+        feature block (up_blocks[-2], where the motion-supervision loss lives) to the latent only (frozen weights,
+        no weight gradients)."""
         times: list[float] = []
+        run = host.clone(model)
+        fs = host.FeatureStore()
+        host.patch_feature_capture(run, fs, [block])
 
         def loop(den, x, _s):
             with host.grad_enabled(den):
                 for _ in range(reps):
                     z = host.grad_input(x)
                     t0 = clock()
-                    den.x0(z, s_t).float().square().mean().backward()
+                    den.x0(z, s_t)
+                    f = fs.half(block, 0)
+                    fs.clear()
+                    (g,) = torch.autograd.grad(f.float().square().mean(), [z])
                     times.append(clock() - t0)
             return x
 
         with torch.inference_mode():
-            host.session(host.clone(model), pos, None, 1.0, x_t["samples"], sigmas[:2], loop)
+            host.session(run, pos, None, 1.0, x_t["samples"], sigmas[:2], loop)
         return times
 
     def optimise(settings, mask=None, samples=None, sig=None, stamps=None):
@@ -99,97 +113,123 @@ def run_pass(a: argparse.Namespace, what: str) -> dict[str, Any]:
 
     variants = [("MS step, truncated forward (default)", dict(), None),
                 ("MS step, full forward (no truncation)", dict(truncate=False), None),
-                ("MS step, with mask term (full forward)", dict(), c["mask"]),
-                ("MS step, truncated + half precision", dict(half_precision=True), None)]
+                ("MS step, with mask term (full forward)", dict(), c["mask"])]
+    if not cuda:   # on a GPU the bench model is fp16 already: autocast would measure nothing
+        variants.append(("MS step, bf16 autocast (CPU only, not a GPU figure)", dict(half_precision=True), None))
     out: dict[str, Any] = {}
-    full_fb(1)                                                            # warm-up (allocator, autograd)
+    reference_step(1)                                                     # warm-up (allocator, autograd)
     optimise(dd.DragSettings(iterations=1, threshold=0.0))
     if what == "time":
-        baseline = [statistics.median(full_fb(a.iters))]
-        out["full UNet forward+backward"] = baseline[0]
-        for name, kw, m in variants:
-            stamps: list[float] = []
-            optimise(dd.DragSettings(iterations=a.iters + 1, threshold=0.0, **kw), m, stamps=stamps)
-            baseline.append(statistics.median(full_fb(a.iters)))          # the baseline again, beside each variant
-            out[name] = (statistics.median(b - x for x, b in zip(stamps, stamps[1:])), baseline[-1])
-        out["baseline_runs"] = baseline
+        per_round: dict[str, list[float]] = {BASE: []}
+        steps: dict[str, list[float]] = {BASE: []}
+        for name, _kw, _m in variants:
+            per_round[name], steps[name] = [], []
+        for _ in range(a.repeats):                                        # interleaved rounds: B, V1, V2, ... again
+            b = reference_step(a.iters)
+            steps[BASE] += b
+            per_round[BASE].append(statistics.median(b))
+            for name, kw, m in variants:
+                stamps: list[float] = []
+                optimise(dd.DragSettings(iterations=a.iters + 1, threshold=0.0, **kw), m, stamps=stamps)
+                d = [y - x for x, y in zip(stamps, stamps[1:])]
+                steps[name] += d
+                per_round[name].append(statistics.median(d))
+        out["steps"], out["per_round"] = steps, per_round
+        out["weight_grads_after"] = sum(p.grad is not None for p in host.diffusion_model(model).parameters())
     else:
         with _util.peak_memory() as mem:
-            full_fb(1)
-        out["full UNet forward+backward"] = mem["peak_bytes"]
+            reference_step(1)
+        out[BASE] = mem["peak_bytes"]
         out["memory"] = mem["kind"]
         for name, kw, m in variants:
             with _util.peak_memory() as mem:
                 optimise(dd.DragSettings(iterations=2, threshold=0.0, **kw), m)
             out[name] = mem["peak_bytes"]
 
-    # a whole default edit: inversion (+K/V), optimisation until reached or the budget, denoising with the K/V
-    with _util.peak_memory() as mem:
-        t0 = clock()
-        with torch.inference_mode():
-            x_t2, inv2, sig2 = DDIMInversion().invert(model, c["latent"], pos, a.steps, 0.7, True)
-            t1 = clock()
-            res = optimise(dd.DragSettings(iterations=a.edit_iterations), samples=x_t2["samples"], sig=sig2)
-            t2 = clock()
-            dd.denoise(dd.reference_kv_model(model, inv2.kv), pos, None, 1.0, res.samples, sig2)
-            t3 = clock()
-    out[EDIT] = mem["peak_bytes"] if what == "memory" else {
-        "iterations_used": res.result.iterations, "reached": res.result.reached, "seconds_total": t3 - t0,
-        "seconds_inversion": t1 - t0, "seconds_optimisation": t2 - t1, "seconds_denoising": t3 - t2,
-        "kv_cache_MB": inv2.kv.nbytes() / 2**20, "unet_calls_optimisation": res.stats["unet_calls"]}
-    inv2.free()
+    # whole default edits: inversion (+K/V), optimisation until reached or the budget, denoising with the K/V;
+    # UNet calls counted on the diffusion model per phase
+    edits = []
+    for _ in range(a.edit_repeats if what == "time" else 1):
+        with _util.peak_memory() as mem:
+            t0 = clock()
+            with torch.inference_mode():
+                with _util.count_unet(model) as n_inv:
+                    x_t2, inv2, sig2 = DDIMInversion().invert(model, c["latent"], pos, a.steps, 0.7, True)
+                t1 = clock()
+                with _util.count_unet(model) as n_opt:
+                    res = optimise(dd.DragSettings(iterations=a.edit_iterations), samples=x_t2["samples"], sig=sig2)
+                t2 = clock()
+                with _util.count_unet(model) as n_den:
+                    dd.denoise(dd.reference_kv_model(model, inv2.kv), pos, None, 1.0, res.samples, sig2)
+                t3 = clock()
+        edits.append(mem["peak_bytes"] if what == "memory" else {
+            "iterations_used": res.result.iterations, "reached": res.result.reached, "seconds_total": t3 - t0,
+            "seconds_inversion": t1 - t0, "seconds_optimisation": t2 - t1, "seconds_denoising": t3 - t2,
+            "kv_cache_MiB": inv2.kv.nbytes() / 2**20, "unet_calls_inversion": n_inv.calls,
+            "unet_calls_optimisation": n_opt.calls, "unet_calls_denoising": n_den.calls})
+        inv2.free()
+    out[EDIT] = edits[0] if what == "memory" else edits
     out["_facts"] = {"latent": f"{c['size']}x{c['size']}", "feature_grid": f"{c['grid'].hw[1]}x{c['grid'].hw[0]}",
                      "model": "SD1.5 full" if a.full else f"SD1.5 layout, {c['cfg']['model_channels']} base channels",
-                     "feature_block": f"output block {dd.feature_block_index(model, -2)} (up_blocks[-2])"}
+                     "feature_block": f"output block {block} (up_blocks[-2])"}
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=None, help="latent side (default 32, 64 with --full)")
-    ap.add_argument("--iters", type=int, default=6, help="optimisation steps timed per variant")
+    ap.add_argument("--iters", type=int, default=4, help="optimisation steps timed per variant and round")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (baseline, variants, again)")
     ap.add_argument("--full", action="store_true", help="the real SD1.5 UNet size (slow on a CPU)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--edit-iterations", type=int, default=80, help="iteration budget of the whole edit")
+    ap.add_argument("--edit-repeats", type=int, default=3, help="whole edits timed")
     ap.add_argument("--steps", type=int, default=50, help="DDIM grid of the whole edit")
     ap.add_argument("--pass", dest="which", choices=["both", "time", "memory"], default="both")
     a = ap.parse_args()
-    _util.setup()
     import torch
     torch.set_num_threads(a.threads)
+    _util.setup()
 
-    if a.which == "memory":                                               # the child of a CPU run
+    if a.which == "memory":                                               # the child of a run: memory only
         print("@@" + json.dumps(run_pass(a, "memory")))
         return
-    if torch.cuda.is_available():
-        t = run_pass(a, "time")
-        m = run_pass(a, "memory") if a.which == "both" else {}
-    else:
-        t = run_pass(a, "time")
-        m = {}
-        if a.which == "both":
-            argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--pass", "memory"]
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-            proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
-            m = json.loads([l for l in proc.stdout.splitlines() if l.startswith("@@")][-1][2:])
+    t = run_pass(a, "time")
+    m: dict = {}
+    if a.which == "both":                # peaks in a fresh process, never in the timing process
+        argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--pass", "memory"]
+        env = {**os.environ} if _util.cuda_in_use() else {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+        m = json.loads([l for l in proc.stdout.splitlines() if l.startswith("@@")][-1][2:])
 
     rows = []
-    for name, v in t.items():
-        if name.startswith("_") or name in ("baseline_runs", EDIT):
-            continue
-        step, base = (v, v) if isinstance(v, float) else v
+    base_rounds = t["per_round"][BASE]
+    for name, rounds in t["per_round"].items():
+        st = _util.summary(t["steps"][name])
+        r = _util.ratio_summary(rounds, base_rounds)
         peak = m.get(name)
-        rows.append({"run": name, "s_per_step": step, "ratio_to_full_fb": step / base,
-                     "peak_MB": None if peak is None else peak / 2**20})
-    edit = t[EDIT]
-    rows.append({"run": f"{EDIT} ({a.steps} steps, strength 0.7, <= {a.edit_iterations} iters)",
-                 "s_per_step": None, "ratio_to_full_fb": None,
-                 "peak_MB": None if EDIT not in m else m[EDIT] / 2**20})
+        rows.append({"run": name, "s_per_step_median": st["median"], "s_min": st["min"], "s_max": st["max"],
+                     "ratio_median": r["median"], "ratio_min": r["min"], "ratio_max": r["max"],
+                     "peak_MiB": None if peak is None else peak / 2**20})
+    edits = t[EDIT]
+    tot = _util.summary([e["seconds_total"] for e in edits])
+    e0 = edits[0]
+    rows.append({"run": f"{EDIT} ({a.steps} steps, strength 0.7, <= {a.edit_iterations} iters), s per edit",
+                 "s_per_step_median": tot["median"], "s_min": tot["min"], "s_max": tot["max"],
+                 "peak_MiB": None if EDIT not in m else m[EDIT] / 2**20})
     _util.report("dragdiffusion", rows, {
-        "device": _util.device_name(), **t["_facts"],
-        "goal": "MS step <= 0.8x one full forward+backward (ratio against the baseline measured beside it)",
-        "time": "wall seconds" if torch.cuda.is_available() else "process CPU seconds",
-        "baseline_runs": t["baseline_runs"], "memory": m.get("memory", "cuda_allocated"), "edit": edit})
+        **t["_facts"], "repeats": a.repeats, "iters_per_round": a.iters,
+        "goal": "MS step <= 0.8x the reference's per-iteration structure (full forward, backward from the feature "
+                "block to the latent), ratio per interleaved round",
+        "weight_grads_after_bench": t["weight_grads_after"],
+        "edit_unet_calls": {k: e0[k] for k in e0 if k.startswith("unet_calls")},
+        "edit_iterations_used": [e["iterations_used"] for e in edits],
+        "edit_phase_seconds_median": {k: _util.summary([e[k] for e in edits])["median"]
+                                      for k in ("seconds_inversion", "seconds_optimisation", "seconds_denoising")},
+        "memory": m.get("memory", "not measured"), "edits": edits, "steps_s": t["steps"], "per_round_s": t["per_round"],
+        "notes": "bench model parameters are frozen (requires_grad False, as a loaded checkpoint): no row computes "
+                 "weight gradients; every backward is to the latent only.",
+    })
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
-"""RegionDrag bench: wall time of one edit against inversion + denoising of the same steps with no edit (goal
+"""RegionDrag bench: time of one edit against inversion + denoising of the same steps with no edit (goal
 <= 1.15x), UNet evaluations per edit (goal: exactly one inversion + one denoising pass), the K/V cache size at
-SD1.5 512x512 computed from the layer shapes (goal < 1 GB), peak memory. Writes out/bench/regiondrag.json.
+SD1.5 512x512 and SDXL 1024x1024 computed from the layer shapes (goal < 1 GB at SD1.5), peak memory. Writes
+out/bench/regiondrag.json.
+
+Timing (bench/_util.py): edit and baseline interleaved after a warm-up, `repeats` rounds; process CPU seconds on a
+CPU (wall, synchronised, on a GPU); medians with min-max spread; the ratio is taken per round. UNet calls are
+counted on the diffusion model. Peak memory: one run each in a fresh child process.
 
 Default: the mid-size SD1.5-shaped UNet of bench/_util.py (real block layout, 16 self-attention layers, narrow
 channels) on a 64x64 latent (a 512x512 image), 20-step grid at strength 0.5 (10 + 10 UNet calls), CPU.
@@ -9,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,8 +44,7 @@ def main() -> None:
     from dragedit.core.drag_schema import DragInstructions
     from dragedit.nodes.regiondrag import RegionDrag
 
-    cfg = _util.SD15_FULL if args.full else _util.SD15_MID
-    model = host.build_model(cfg, latent_format="sd15", prediction="eps", seed=0)
+    model, cfg = _util.bench_model(args.full, args.size)          # on the load device when ComfyUI runs on CUDA
     ctx = cfg["context_dim"]
     g = torch.Generator().manual_seed(0)
     positive = [[torch.randn(1, 77, ctx, generator=g), {}]]
@@ -57,11 +58,6 @@ def main() -> None:
          "target": [[img * 0.5 + 3, img * 0.45 + 5], [img * 0.75 + 3, img * 0.7 + 5]]}]})
     sigmas = rd.grid_sigmas(model, args.steps, args.strength)
     n = sigmas.numel() - 1
-
-    # UNet invocations counted at the diffusion model itself (a DIFFUSION_MODEL wrapper), not by our own counter
-    counted = host.clone(model)
-    calls = host.FeatureStore()
-    host.patch_feature_capture(counted, calls, [len(host.decoder_blocks(model)) - 1])
 
     def baseline():
         """Edit-friendly inversion + denoising of the same steps, no edit, no K/V cache (LEDITS-style round trip)."""
@@ -80,24 +76,19 @@ def main() -> None:
         fn = edit if args.peak == "edit" else baseline
         with _util.peak_memory() as pk:
             fn()
-        print("PEAK " + json.dumps(pk))
+        _util.emit_peak(pk)
         return
 
-    rec, out = baseline(), edit()                           # warm-up (lazy imports, first-call allocations)
-    wall = {"base": [], "edit": []}
-    cpu = {"base": [], "edit": []}
-    for _ in range(args.repeats):                           # interleaved: a shared machine's load hits both alike
-        for name, fn in (("base", baseline), ("edit", edit)):
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    t_base, t_edit = min(wall["base"]), min(wall["edit"])
-    c_base, c_edit = min(cpu["base"]), min(cpu["edit"])
-    calls.calls = 0
-    edit(counted)
-    unet_calls = calls.calls
-    calls.clear()
+    with _util.count_unet(model) as c_base:                 # warm-up (lazy imports, first-call allocations), counted
+        rec = baseline()
+    with _util.count_unet(model) as c_edit:
+        out = edit()
+    unet_calls = c_edit.calls
+    times = _util.interleave({"base": baseline, "edit": edit}, args.repeats, warmup=False)
+    clock = _util.primary()
+    s_base, s_edit = _util.summary(times["base"][clock]), _util.summary(times["edit"][clock])
+    r = _util.ratio_summary(times["edit"][clock], times["base"][clock])
+    r_wall = _util.ratio_summary(times["edit"]["wall"], times["base"]["wall"])
     peaks = {k: _child_peak(k, args) for k in ("edit", "baseline")}
 
     stats: dict = {}
@@ -111,22 +102,27 @@ def main() -> None:
     sd15 = UNetModel(**_util.SD15_FULL, device="meta")       # the real SD1.5 layer shapes, no weights
     sd15_layers = host.attention_layers(SimpleNamespace(diffusion_model=sd15))
     kv_sd15 = rd.kv_cache_bytes(sd15_layers, (64, 64), n, torch.float16)
+    sdxl = UNetModel(**_util.comfy_unet_config("sdxl"), device="meta")              # SDXL (ComfyUI's own config), 1024x1024 = 128x128 latent
+    sdxl_layers = host.attention_layers(SimpleNamespace(diffusion_model=sdxl))
+    kv_sdxl = rd.kv_cache_bytes(sdxl_layers, (128, 128), n, torch.float16)
 
-    ratio, cpu_ratio = t_edit / t_base, c_edit / c_base
     rows = [
-        {"metric": "edit / (inversion + denoising, no edit), wall time", "value": round(ratio, 3),
-         "goal": "<= 1.15", "ok": ratio <= 1.15},
-        {"metric": "edit / (inversion + denoising, no edit), CPU time", "value": round(cpu_ratio, 3),
-         "goal": "<= 1.15", "ok": cpu_ratio <= 1.15},
-        {"metric": "UNet evaluations per edit", "value": unet_calls, "goal": f"== {2 * n} ({n} + {n})",
+        {"metric": f"edit / (inversion + denoising, no edit), {clock} time, median [min-max] of {args.repeats}",
+         "value": _util.spread(r), "goal": "<= 1.15", "ok": r["median"] <= 1.15},
+        {"metric": "edit / (inversion + denoising, no edit), wall time, median [min-max]", "value": _util.spread(r_wall),
+         "goal": "(wall: meaningless under load)", "ok": None},
+        {"metric": "UNet evaluations per edit (counted)", "value": unet_calls, "goal": f"== {2 * n} ({n} + {n})",
          "ok": unet_calls == 2 * n},
+        {"metric": "UNet evaluations, baseline (counted)", "value": c_base.calls, "goal": f"== {2 * n}",
+         "ok": c_base.calls == 2 * n},
         {"metric": "K/V cache bytes, SD1.5 512x512 fp16, from layer shapes", "value": kv_sd15, "goal": "< 1e9",
          "ok": kv_sd15 < 1e9},
+        {"metric": "K/V cache bytes, SDXL 1024x1024 fp16, from layer shapes", "value": kv_sdxl, "goal": "",
+         "ok": None},
         {"metric": "K/V cache bytes, bench model (measured / computed)", "value": measured_kv,
          "goal": f"== {computed_kv}", "ok": measured_kv == computed_kv},
-        {"metric": "edit wall / CPU time s (best)", "value": f"{t_edit:.3f} / {c_edit:.3f}", "goal": "", "ok": None},
-        {"metric": "baseline wall / CPU time s (best)", "value": f"{t_base:.3f} / {c_base:.3f}", "goal": "",
-         "ok": None},
+        {"metric": f"edit {clock} s, median [min-max]", "value": _util.spread(s_edit), "goal": "", "ok": None},
+        {"metric": f"baseline {clock} s, median [min-max]", "value": _util.spread(s_base), "goal": "", "ok": None},
         {"metric": "peak memory bytes, edit", "value": peaks["edit"].get("peak_bytes"),
          "goal": peaks["edit"].get("kind", ""), "ok": None},
         {"metric": "peak memory bytes, baseline", "value": peaks["baseline"].get("peak_bytes"),
@@ -135,26 +131,22 @@ def main() -> None:
          "goal": "", "ok": None},
     ]
     extra = {
-        "device": _util.device_name(),
         "model": "SD1.5 full width" if args.full else "SD1.5-shaped mid (bench/_util.SD15_MID)",
         "latent": [h, w], "image": [img, img], "steps": args.steps, "strength": args.strength,
         "denoising_steps": n, "attention_layers": len(layers), "sd15_attention_layers": len(sd15_layers),
-        "kv_sd15_per_step_bytes": kv_sd15 // max(n, 1), "baseline_recon_max_abs": float((rec - samples).abs().max()),
+        "kv_sd15_per_step_bytes": kv_sd15 // max(n, 1), "kv_sdxl_per_step_bytes": kv_sdxl // max(n, 1),
+        "sdxl_attention_layers": len(sdxl_layers), "baseline_recon_max_abs": float((rec - samples).abs().max()),
         "edit_changed_max_abs": float((out - samples).abs().max()), "repeats": args.repeats,
-        "wall_times": wall, "cpu_times": cpu,
+        "times": times, "ratio": r, "unet_calls_counted": {"edit": c_edit.as_dict(), "baseline": c_base.as_dict()},
     }
     _util.report("regiondrag", rows, extra)
 
 
 def _child_peak(which: str, args: argparse.Namespace) -> dict:
     """Peak memory of one run of `which` in a fresh process (RSS does not shrink, so runs cannot share one)."""
-    cmd = [sys.executable, __file__, "--peak", which, "--size", str(args.size), "--steps", str(args.steps),
-           "--strength", str(args.strength), "--threads", str(args.threads)] + (["--full"] if args.full else [])
-    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    for line in res.stdout.splitlines():
-        if line.startswith("PEAK "):
-            return json.loads(line[5:])
-    return {"error": (res.stderr or res.stdout)[-400:]}
+    return _util.child_peak(__file__, ["--peak", which, "--size", str(args.size), "--steps", str(args.steps),
+                                       "--strength", str(args.strength), "--threads", str(args.threads)]
+                            + (["--full"] if args.full else []), small_mmap=True)
 
 
 if __name__ == "__main__":

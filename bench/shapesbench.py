@@ -97,11 +97,12 @@ def _graph_dragondiffusion(case, how: str, s: dict, files: dict, prefix: str) ->
     g["enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["load", 0], "vae": ["model", 2]}}
     g["inv"] = {"class_type": "DragEditDDIMInversion", "inputs": {
         "model": ["model", 0], "latent": ["enc", 0], "positive": ["pos", 0], "steps": s["steps"],
-        "strength": s["strength"], "record_kv": True}}
+        "strength": s["strength"], "record_kv": True, "negative": ["neg", 0], "cfg": s["inv_cfg"]}}
     inputs = {"model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "inversion": ["inv", 1],
               "mode": mode, "cfg": s["cfg"], "energy_scale": s["energy_scale"],
               "resize_scale": float(case.scale) if mode == "move" else 1.0, "init_paste": s["init_paste"],
-              "seed": s["seed"]}
+              "seed": s["seed"], "center_features": s["center_features"], "time_travel": s["time_travel"],
+              "regional_sde": s["regional_sde"]}
     if mode in ("drag", "move"):
         g["drag"] = _drag_node(case, form)
         inputs.update(drag=["drag", 0], mask=["drag", 1])
@@ -150,7 +151,8 @@ def methods() -> list[Method]:
         Method("dragondiffusion", ("DragEditDragonDiffusion", "DragEditDDIMInversion", "DragInstructions"),
                {"point_drag": "drag:points", "region_drag": "move:move", "move": "move:move", "resize": "move:move",
                 "recolour": "appearance"},
-               dict(steps=50, strength=0.7, cfg=4.0, energy_scale=0.03, init_paste=True, seed=0),
+               dict(steps=50, strength=0.7, cfg=4.0, energy_scale=0.03, init_paste=True, seed=0, inv_cfg=1.0,
+                    center_features=False, time_travel=False, regional_sde=False),
                _graph_dragondiffusion,
                "DDIM Inversion (record_kv) + DragonDiffusion: drag mode for points, move mode (object mask + centre "
                "pair, resize_scale) for regions/moves/resizes, appearance mode (reference = same image) for recolour"),

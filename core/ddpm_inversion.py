@@ -74,9 +74,11 @@ def check_sigmas(sigmas: torch.Tensor, what: str = "sigmas") -> torch.Tensor:
     if s.ndim != 1 or s.numel() < 2:
         raise ValueError(f"{what} must be a 1-D tensor with at least 2 values (1 step), got shape {tuple(s.shape)}")
     if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
-        raise ValueError(f"{what} must be finite and non-negative, got {s.tolist()}")
+        raise ValueError(f"{what} must be finite and non-negative, got {_fmt(s)}")
     if not bool((s[1:] < s[:-1]).all()):
-        raise ValueError(f"{what} must be strictly descending (noisiest first), got {s.tolist()}")
+        i = int(torch.nonzero(s[1:] >= s[:-1])[0])
+        raise ValueError(f"{what} must be strictly descending (noisiest first), but sigma {i + 1} ({float(s[i + 1]):.6g}) "
+                         f"is not below sigma {i} ({float(s[i]):.6g}) in {_fmt(s)} ({s.numel() - 1} steps)")
     return s
 
 

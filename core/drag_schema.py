@@ -33,6 +33,7 @@ MAX_REGIONS = 32
 MIN_POLYGON_VERTICES = 3
 MAX_POLYGON_VERTICES = 16
 MAX_IMAGE_SIDE = 16384
+MAX_NESTING = 32         # the schema needs 5 levels ([...] in {...} in [...] in {...}); "ui" gets the rest
 REGION_KINDS = ("rect", "polygon")
 
 Point = tuple[float, float]
@@ -124,10 +125,13 @@ class DragInstructions:
         if not text.strip():
             obj: Any = {}
         else:
+            _check_nesting(text)
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
                 raise DragSchemaError("JSON", f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+            except RecursionError:  # pragma: no cover - _check_nesting refuses these first
+                raise DragSchemaError("JSON", f"is nested too deeply (at most {MAX_NESTING} levels)") from None
         return cls.from_obj(obj, image_size=image_size)
 
     @classmethod
@@ -233,7 +237,8 @@ class DragInstructions:
         return replace(self, image_size=(int(image_size[0]), int(image_size[1])))
 
     def fit_to(self, image_size: Sequence[int]) -> "DragInstructions":
-        """Fill a missing image_size, keep an equal one, rescale a same-aspect one, refuse another aspect."""
+        """Fill a missing image_size, keep an equal one, rescale a same-aspect one, refuse another aspect. Rescaling
+        never decodes the mask at the stored size (a tiny JSON may declare a 16384x16384 one): see `scaled`."""
         W, H = int(image_size[0]), int(image_size[1])
         if self.image_size is None:
             return self.with_image_size((W, H))
@@ -261,8 +266,7 @@ class DragInstructions:
                                    tuple((sp(h), sp(t)) for h, t in r.points)) for r in self.regions)
         counts = None
         if self.mask_counts is not None:
-            m = rle_decode(self.mask_counts, (W, H)).float()[None, None]
-            m = torch.nn.functional.interpolate(m, size=(int(new_H), int(new_W)), mode="nearest-exact")[0, 0]
+            m = rle_resample(self.mask_counts, (W, H), (int(new_W), int(new_H)))
             counts = rle_encode(m, (int(new_W), int(new_H)))
         return DragInstructions(points, regions, (int(new_W), int(new_H)), counts)
 
@@ -316,6 +320,45 @@ def rle_decode(counts: Sequence[int], image_size: Sequence[int]) -> torch.Tensor
     c = torch.tensor(list(counts), dtype=torch.long)
     values = (torch.arange(c.numel()) % 2).bool()
     return torch.repeat_interleave(values, c).reshape(H, W)
+
+
+def rle_resample(counts: Sequence[int], image_size: Sequence[int], new_size: Sequence[int]) -> torch.Tensor:
+    """Bool [new_H, new_W] mask: the run-length mask of size image_size (W, H) resampled nearest-exact (as
+    torch's interpolate) straight from the runs, so memory scales with the new size and the run count, never with
+    the stored size."""
+    W, H = int(image_size[0]), int(image_size[1])
+    nW, nH = int(new_size[0]), int(new_size[1])
+    _check_counts(counts, (W, H), "mask.counts")
+    xs = ((torch.arange(nW, dtype=torch.float64) + 0.5) * (W / nW)).floor().clamp(max=W - 1).long()
+    ys = ((torch.arange(nH, dtype=torch.float64) + 0.5) * (H / nH)).floor().clamp(max=H - 1).long()
+    pos = ys[:, None] * W + xs[None, :]
+    ends = torch.cumsum(torch.tensor(list(counts), dtype=torch.long), 0)
+    run = torch.searchsorted(ends, pos.reshape(-1), right=True)
+    return (run % 2 == 1).reshape(nH, nW)
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse JSON nested deeper than MAX_NESTING before parsing it (json.loads recurses per level)."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return
+    depth, in_str, esc = 0, False, False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise DragSchemaError("JSON", f"is nested more than {MAX_NESTING} levels deep; drag instructions "
+                                              f"need 5 (write them as the schema shows)")
+        elif ch in "]}":
+            depth -= 1
 
 
 # ====================================================================== parsing helpers

@@ -47,6 +47,14 @@ def cos_sim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, b, dim=1, eps=1e-8)
 
 
+def center_features(features: Features) -> list[torch.Tensor]:
+    """Each map minus its per-image mean feature (mean over the grid cells, per channel): F − mean_xy F.
+
+    Not in the reference. On a small model a shared component dominates the decoder features (raw cosine 0.98-0.99
+    between object and background); after centring the cosine separates them (review drag_quality.md, 3)."""
+    return [f - f.mean(dim=(-2, -1), keepdim=True) for f in features]
+
+
 def s_tilde(cos: torch.Tensor) -> torch.Tensor:
     """S̃ = (cos + 1) / 2, a similarity in [0, 1]."""
     return (cos + 1.0) / 2.0

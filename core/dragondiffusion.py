@@ -86,6 +86,7 @@ class EditSpec:
     geom: Optional[de.MoveGeometry] = None
     base_mask: Optional[torch.Tensor] = None
     ref_mask: Optional[torch.Tensor] = None
+    center: bool = False
 
     @property
     def needs_reference(self) -> bool:
@@ -123,12 +124,13 @@ def make_spec(mode: str, grid: tuple[int, int], *, energy_scale: float = 1.0, ma
               resize_scale: float = 1.0, ref_mask: Optional[torch.Tensor] = None,
               w_edit: Optional[float] = None, w_content: Optional[float] = None,
               w_contrast: Optional[float] = None, w_inpaint: Optional[float] = None,
-              layer_weights: Optional[Sequence[float]] = None) -> EditSpec:
+              layer_weights: Optional[Sequence[float]] = None, center: bool = False) -> EditSpec:
     """Build an EditSpec from grid-space inputs with the mode's reference defaults for any weight left None.
 
     move: mask = object, offset = (dx, dy) cells; drag: handles/targets (x, y) cells, mask = edit area (None =
     default_drag_mask); appearance/paste: mask = base region, ref_mask = reference region. energy_scale
-    multiplies the mode's reference energy scale. Raises ValueError with a user-facing message."""
+    multiplies the mode's reference energy scale; center subtracts each image's mean feature before the cosines
+    (de.center_features). Raises ValueError with a user-facing message."""
     d = de.mode_defaults(mode)
     pick = lambda v, dv: float(dv if v is None else v)  # noqa: E731
     we, wc = pick(w_edit, d.w_edit), pick(w_content, d.w_content)
@@ -136,7 +138,7 @@ def make_spec(mode: str, grid: tuple[int, int], *, energy_scale: float = 1.0, ma
     lw = tuple(layer_weights) if layer_weights is not None else d.layer_weights
     s = d.gradient_scale * float(energy_scale)
     common = dict(mode=mode, grid=tuple(grid), scale_edit=s, scale_content=s, w_edit=we, w_content=wc,
-                  w_contrast=wt, w_inpaint=wi, layer_weights=lw)
+                  w_contrast=wt, w_inpaint=wi, layer_weights=lw, center=bool(center))
     if mode == "move":
         if mask is None:
             raise ValueError("move: the object mask is missing.")
@@ -167,7 +169,11 @@ def make_spec(mode: str, grid: tuple[int, int], *, energy_scale: float = 1.0, ma
 
 def energies(spec: EditSpec, f_cur: de.Features, f_gud: de.Features, f_ref: Optional[de.Features] = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E_edit, E_content) of the spec's mode for current / guidance-branch / reference features on the grid."""
+    """(E_edit, E_content) of the spec's mode for current / guidance-branch / reference features on the grid
+    (each image's features centred first when spec.center)."""
+    if spec.center:
+        f_cur, f_gud = de.center_features(f_cur), de.center_features(f_gud)
+        f_ref = None if f_ref is None else de.center_features(f_ref)
     lw = spec.layer_weights
     if spec.mode == "drag":
         return de.drag_energy(f_cur, f_gud, spec.handles, spec.targets, spec.edit_mask, w_edit=spec.w_edit,
@@ -448,6 +454,8 @@ class EditOptions:
     time_travel: bool = False
     init_paste: bool = False           # DiffEditor: paste the object (move) / handle cells (drag) into the start latent
     unguided_direction: bool = True    # DiffEditor: direction term with the unguided ε̂
+    sparsify: bool = True              # DiffEditor 'D+' (the reference's default): guidance on every step before
+                                       # step 10 of 50, then on even steps only (de.guidance_active)
     seed: int = 0
 
 
@@ -458,7 +466,8 @@ def edit_loop(den: host.Denoiser, x_start: torch.Tensor, inv: DDIMInversion, gui
 
     With unguided_direction the step is x' = x̂0_guided + σ'·ε̂_unguided (DiffEditor); regional SDE uses η maps
     inside/outside `latent_mask` at the reference's steps 11-19 (of 50); time travel repeats steps 22-28 (even)
-    three times, inverting back in between with the same denoiser unguided (the reference: a plain cond UNet)."""
+    three times, inverting back in between with ε of the plain cond UNet at the lower σ (no CFG, no K/V bank, no
+    guidance: the reference's `iter_cur=-2` pass)."""
     sig = [float(s) for s in inv.sigmas]
     n = len(sig) - 1
     steps = int(inv.steps) or n
@@ -497,14 +506,9 @@ def edit_loop(den: host.Denoiser, x_start: torch.Tensor, inv: DDIMInversion, gui
                 else:
                     x_next = x0 + s_next * eps
                 if r < repeats - 1 and s_next > 0:   # time travel: invert back to σ and redo the step
-                    x_in = x_next * math.sqrt((1.0 + s ** 2) / (1.0 + s_next ** 2))
-                    if guidance is not None:
-                        guidance.suspended = True
-                    try:
-                        e_back = den.eps(x_in, s)
-                    finally:
-                        if guidance is not None:
-                            guidance.suspended = False
+                    # as the reference: ε of the plain cond UNet (no CFG, no K/V bank, no guidance) on z_{t-1} at
+                    # t-1, then one DDIM inversion step t-1 -> t
+                    e_back = (x_next - den.cond_x0(x_next, s_next)) / s_next
                     x = x_next + (s - s_next) * e_back
                 else:
                     x = x_next
@@ -514,6 +518,14 @@ def edit_loop(den: host.Denoiser, x_start: torch.Tensor, inv: DDIMInversion, gui
         if guidance is not None:
             guidance.observer = None
     return x
+
+
+def sde_mask(spec: EditSpec) -> torch.Tensor:
+    """Grid mask of the regional SDE (η inside): move = object at its source and at its new place (the reference's
+    mask_x0 ∪ mask_cur); the other modes: the edit mask."""
+    if spec.mode == "move" and spec.geom is not None:
+        return spec.geom.src | spec.geom.cur
+    return spec.edit_mask
 
 
 def _scaled_steps(ref_steps: Sequence[int], steps: int) -> set:

@@ -64,9 +64,10 @@ def init_weights_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> 
 
 def build_model(unet_config: dict, *, latent_format: Any = "sd15", prediction: str = "eps", sdxl: bool = False,
                 state_dict: Optional[dict] = None, seed: int = 0, dtype: torch.dtype = torch.float32,
-                init_std: float = 0.02) -> Any:
+                init_std: float = 0.02, text_start_tokens: int = 1) -> Any:
     """Build a real ComfyUI model (model_base + ModelPatcher on the CPU) from a UNet config: the tiny test
-    models and the shapes demo model. `latent_format` is "sd15", "sdxl" or a comfy LatentFormat class."""
+    models and the shapes demo model. `latent_format` is "sd15", "sdxl" or a comfy LatentFormat class;
+    `text_start_tokens`: start tokens its text encoder puts before the words (see `text_start_tokens`)."""
     comfy = _comfy()
     lf = {"sd15": comfy.latent_formats.SD15, "sdxl": comfy.latent_formats.SDXL}.get(latent_format, latent_format) \
         if isinstance(latent_format, str) else latent_format
@@ -78,6 +79,7 @@ def build_model(unet_config: dict, *, latent_format: Any = "sd15", prediction: s
         unet_extra_config = {}
         latent_format = lf
 
+    _Config.text_start_tokens = int(text_start_tokens)
     mc = _Config(cfg)
     mtype = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
     base_cls = comfy.model_base.SDXL if sdxl else comfy.model_base.BaseModel
@@ -101,6 +103,21 @@ def build_model(unet_config: dict, *, latent_format: Any = "sd15", prediction: s
 def base_model(model: Any) -> Any:
     """The comfy BaseModel behind a ModelPatcher (or the BaseModel itself)."""
     return getattr(model, "model", model)
+
+
+def text_start_tokens(model: Any) -> int:
+    """Start tokens (BOS) the model's text encoder puts before the prompt's words: 1 for CLIP (SD1.x/2.x, SDXL),
+    0 for a model built with `build_model(text_start_tokens=0)` (the shapes demo model's word encoder)."""
+    return int(getattr(getattr(base_model(model), "model_config", None), "text_start_tokens", 1))
+
+
+def concept_token_range(n_tokens: int, count: int, start: int = 1) -> tuple[int, int]:
+    """Token slice [lo, hi) of a concept's context whose cross-attention makes its LEDITS++ mask: the first `count`
+    tokens after the `start` start tokens; count 0 = from `start` to all but the last token (diffusers on CLIP:
+    tokens 1..T−2, padding included). At least one token, never past the context."""
+    lo = max(0, min(int(start), n_tokens - 1))
+    hi = lo + int(count) if count else n_tokens - 1
+    return lo, max(lo + 1, min(hi, n_tokens))
 
 
 def diffusion_model(model: Any) -> torch.nn.Module:
@@ -158,18 +175,21 @@ def timestep_of(model: Any, sigma: torch.Tensor | float) -> float:
 
 
 def ddim_sigmas(model: Any, steps: int) -> torch.Tensor:
-    """Descending DDIM grid ending in 0: timesteps 1 + k·(T//steps) for k < steps, as diffusers' DDIMScheduler
-    with steps_offset=1 and "leading" spacing (equal to ComfyUI's 'ddim_uniform' when T divides by steps; that one
-    adds extra steps otherwise)."""
+    """Descending DDIM grid ending in 0, strictly descending for every steps in 1..T: timesteps o + k·(T//steps) for
+    k < steps with offset o = 1, as diffusers' DDIMScheduler with steps_offset=1 and "leading" spacing (equal to
+    ComfyUI's 'ddim_uniform' when T divides by steps; that one adds extra steps otherwise). At the one edge where
+    that grid leaves the model's range (steps = T: timesteps 1..T) the offset drops to o = T−1−(steps−1)·(T//steps)
+    (= 0: every timestep 0..T−1 once) instead of clipping T to T−1, which would repeat the first sigma."""
     ms = model_sampling(model)
     n = int(len(ms.sigmas))
     steps = int(steps)
     if not 1 <= steps <= n:
         raise HostError(f"steps must be between 1 and {n}, got {steps}")
     ratio = n // steps
-    ts = [1 + k * ratio for k in range(steps)][::-1]
-    sig = [float(ms.sigmas[min(t, n - 1)]) for t in ts] + [0.0]
-    return torch.tensor(sig, dtype=torch.float32)
+    offset = min(1, n - 1 - (steps - 1) * ratio)
+    ts = torch.arange(steps - 1, -1, -1, dtype=torch.long) * ratio + offset
+    sig = ms.sigmas.detach().to("cpu", torch.float32)[ts]
+    return torch.cat([sig, sig.new_zeros(1)])
 
 
 def latent_format(model: Any) -> Any:
@@ -320,20 +340,49 @@ def _sigma_key(sigma: float) -> float:
     return float(math.log(max(float(sigma), 1e-8)))
 
 
+class KVBudgetError(HostError):
+    """A K/V store reached its memory budget (the RAM guard's hard stop)."""
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of RAM available now (psutil), or None when unknown."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - psutil is a ComfyUI requirement
+        return None
+
+
 class KVStore(_SharedHandle):
     """Self-attention K/V cache keyed by (sigma step, layer order/block_index, half); half 0 = cond, 1 = uncond.
-    Tensors are kept in `dtype` on `device` (the offload device) and moved back on read."""
+    Tensors are kept in `dtype` (fp16 by default: half the RAM of fp32) on `device` (the offload device) and moved
+    back on read. `budget_bytes` > 0 is a hard stop: a put that would exceed it raises KVBudgetError."""
 
-    def __init__(self, dtype: torch.dtype = torch.float16, device: torch.device | str = "cpu", tolerance: float = 0.02):
+    def __init__(self, dtype: torch.dtype = torch.float16, device: torch.device | str = "cpu", tolerance: float = 0.02,
+                 budget_bytes: int = 0):
         self.dtype, self.device, self.tolerance = dtype, torch.device(device), tolerance
+        self.budget_bytes = int(budget_bytes)
         self._data: dict[tuple[float, tuple, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._sigmas: dict[float, float] = {}
+        self._bytes = 0
+
+    def _reserve(self, key: tuple, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Account for an entry about to be stored under key; KVBudgetError beyond the budget."""
+        size = torch.empty((), dtype=self.dtype).element_size()
+        new = (k.numel() + v.numel()) * size
+        old = self._data.get(key)
+        grow = new - (sum(t.numel() * t.element_size() for t in old) if old is not None else 0)
+        if self.budget_bytes > 0 and self._bytes + grow > self.budget_bytes:
+            raise KVBudgetError(f"the recorded self-attention K/V reached the memory limit of "
+                                f"{self.budget_bytes / 1024 ** 3:.2f} GB ({len(self._sigmas)} steps stored)")
+        self._bytes += grow
 
     def put(self, sigma: float, layer: AttnLayer | tuple, half: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store K, V (detached, converted) for one step, layer and half."""
         key = _sigma_key(sigma)
         self._sigmas[key] = float(sigma)
         lk = layer.key if isinstance(layer, AttnLayer) else tuple(layer)
+        self._reserve((key, lk, int(half)), k, v)
         self._data[(key, lk, int(half))] = (k.detach().to(self.device, self.dtype), v.detach().to(self.device, self.dtype))
 
     def nearest_step(self, sigma: float) -> Optional[float]:
@@ -373,6 +422,7 @@ class KVStore(_SharedHandle):
         """Free every cached tensor."""
         self._data.clear()
         self._sigmas.clear()
+        self._bytes = 0
 
 
 class FeatureStore(_SharedHandle):
@@ -535,6 +585,28 @@ def clone(model: Any) -> Any:
     return model.clone()
 
 
+class _SamplingCheck(_SharedHandle):
+    """OUTER_SAMPLE wrapper: check(sigmas, latent_image, noise) before a sampling run starts (raises to refuse)."""
+
+    def __init__(self, check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]):
+        self.check = check
+
+    def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        self.check(sigmas, latent_image, noise)
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+
+def patch_sampling_check(model: Any, key: str, check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> Any:
+    """Make every sampler of `model` (a clone) call check(sigmas, latent_image, noise) before it samples (e.g. the
+    schedule-match rule of a patch that only works on an inversion's sigmas); replaces a check under the same key."""
+    _comfy()
+    import comfy.patcher_extension as pe
+    wkey = f"dragedit_sampling_check_{key}"
+    model.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey)
+    model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey, _SamplingCheck(check))
+    return model
+
+
 def patch_kv_record(model: Any, store: KVStore, layers: Optional[Sequence[AttnLayer]] = None) -> Any:
     """Record self-attention K/V of `layers` (default all) into `store` on every call of `model` (a clone)."""
     for layer in (layers if layers is not None else attention_layers(model)):
@@ -633,6 +705,22 @@ class Denoiser:
     def inner_model(self) -> Any:
         """The comfy BaseModel being sampled (for model_sampling, latent format)."""
         return self._model_k.inner_model.inner_model
+
+    def cond_x0(self, x: torch.Tensor, sigma: torch.Tensor | float, kv_patches: bool = False) -> torch.Tensor:
+        """x̂0 of the positive conditioning alone: one UNet pass, no CFG and no post-CFG functions; this pack's
+        attn1 (K/V record / inject) patches are left out unless kv_patches (DragonDiffusion's plain cond UNet)."""
+        comfy = _comfy()
+        guider = self._model_k.inner_model
+        cond = guider.conds.get("positive") if hasattr(guider, "conds") else None
+        if not cond:
+            raise HostError("a cond-only pass needs the positive conditioning of the session")
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        s = s.expand(x.shape[0]) if s.numel() == 1 else s
+        mo = self.extra_args.get("model_options", {})
+        if not kv_patches:
+            mo = dict(mo, transformer_options=_without_attn1_patches(mo.get("transformer_options", {})))
+        self.calls += 1
+        return comfy.samplers.calc_cond_batch(guider.inner_model, [cond], x, s, mo)[0]
 
 
 def _alias_non_inference(t: torch.Tensor) -> torch.Tensor:
@@ -788,6 +876,13 @@ def _estimator_options(model_options: dict, store: FeatureStore, blocks: Sequenc
     dm["dragedit_guidance_features"] = [_FeatureWrapper(store, blocks)]
     wrappers[pe.WrappersMP.DIFFUSION_MODEL] = dm
     to["wrappers"] = wrappers
+    mo["transformer_options"] = _without_attn1_patches(to)
+    return mo
+
+
+def _without_attn1_patches(transformer_options: dict) -> dict:
+    """A copy of transformer_options without this pack's attn1 patches (patches chained below them are kept)."""
+    to = dict(transformer_options)
     pr = to.get("patches_replace")
     if pr and "attn1" in pr:
         pr = dict(pr)
@@ -799,8 +894,7 @@ def _estimator_options(model_options: dict, store: FeatureStore, blocks: Sequenc
                 attn1[key] = p
         pr["attn1"] = attn1
         to["patches_replace"] = pr
-    mo["transformer_options"] = to
-    return mo
+    return to
 
 
 class _GuidanceRun(_SharedHandle):
@@ -1022,9 +1116,8 @@ class _Attn2Probe(_SharedHandle):
             if t_own and probs.shape[-1] != t_own and probs.shape[-1] % t_own == 0:
                 # batched with a longer context: ComfyUI repeated this one's tokens; fold the copies back together
                 probs = probs.reshape(*probs.shape[:-1], probs.shape[-1] // t_own, t_own).sum(-2)
-            cnt = int(tokens[j]) if tokens[j] else probs.shape[-1] - 2  # 0: all but the first and last (diffusers)
-            cnt = max(1, min(cnt, probs.shape[-1] - 1))
-            m = probs[..., 1:1 + cnt].sum(-1).sum(1).reshape(n, h, w)  # summed over heads; divided by the count
+            lo, hi = concept_token_range(probs.shape[-1], int(tokens[j] or 0), getattr(self.owner, "attn_start", 1))
+            m = probs[..., lo:hi].sum(-1).sum(1).reshape(n, h, w)  # summed over heads; divided by the count
             s, c = rec.get(j, (0.0, 0))
             rec[j] = (s + m, c + heads)
 
@@ -1054,8 +1147,9 @@ def patch_cond_guidance(model: Any, key: str, conds: Sequence[Any], combine: Cal
     call as cond and uncond and return combine(CondGuidanceCall) (a cfg "noise" x − x̂0) as the CFG result. A guidance
     already installed under `key` is replaced (chained cfg / calc functions of others are kept). drop_positive:
     the positive is not evaluated (cond := uncond). attn_layers + attn_tokens: record the extra conds' cross-attention
-    maps on those layers, summed over each one's first attn_tokens[j] tokens after the start token (0 = all but the
-    first and the last, as diffusers' LEDITS++ does: its token count includes the padding)."""
+    maps on those layers, summed over each one's first attn_tokens[j] tokens after the start token, if the encoder
+    has one (`text_start_tokens`; 0 = all but the start token and the last, as diffusers' LEDITS++ does: its token
+    count includes the padding; `concept_token_range`)."""
     _comfy()
     import comfy.patcher_extension as pe
     old = cond_guidance_patch(model, key)
@@ -1070,6 +1164,7 @@ def patch_cond_guidance(model: Any, key: str, conds: Sequence[Any], combine: Cal
         attn_tokens = [0] * len(conds)
     patch = _CondGuidancePatch(key, conds, combine, payload, drop_positive, attn_tokens if attn_layers else None,
                                prev_cfg, prev_calc)
+    patch.attn_start = text_start_tokens(model)  # where the concept's words begin in its context
     wkey = f"dragedit_cond_guidance_{key}"
     model.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey)
     model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey, patch.outer)

@@ -49,8 +49,9 @@ def invert(model: Any, samples: torch.Tensor, positive: Any, negative: Any, cfg:
 @dataclass(frozen=True)
 class ConceptEntry:
     """One edit concept on a model: its CONDITIONING, SEGA parameters and (LEDITS++) the number of its prompt
-    tokens (after the start token) whose cross-attention makes the implicit mask (0 = all but the first and the
-    last token, padding included, as diffusers does)."""
+    tokens (after the start token, if the model's text encoder has one: host.text_start_tokens) whose
+    cross-attention makes the implicit mask (0 = all but the start token and the last, padding included, as
+    diffusers does)."""
     conditioning: Any
     concept: sega.SegaConcept
     tokens: int = 0

@@ -32,6 +32,7 @@ DEFAULT_STRENGTH = 0.5
 DEFAULT_NOISE_SCALE = 0.6
 DEFAULT_PASTE_END = 0.2
 SIGMA_RTOL = 1e-4
+MAX_VAE_FACTOR = 64      # image side / latent side of any VAE (SD 8, the shapes demo 2); beyond: a wrong image_size
 
 
 class RegionDragError(ValueError):
@@ -171,10 +172,10 @@ def infer_factor(image_size: Sequence[int], latent_hw: Sequence[int]) -> int:
     W, H = int(image_size[0]), int(image_size[1])
     h, w = int(latent_hw[0]), int(latent_hw[1])
     for f in sorted({max(1, W // max(w, 1)), max(1, H // max(h, 1)), max(1, round(W / max(w, 1)))}):
-        if W // f == w and H // f == h:
+        if W // f == w and H // f == h and f <= MAX_VAE_FACTOR:  # a bigger "factor" is a wrong image_size
             return f
     raise RegionDragError("drag", f"the drag instructions are for a {W}x{H} image, which does not match the "
-                                  f"{w}x{h} latent at any VAE factor (was the image resized or cropped after the "
+                                  f"{w}x{h} latent at any VAE factor up to {MAX_VAE_FACTOR} (was the image resized or cropped after the "
                                   f"drag was drawn?)")
 
 

@@ -1,7 +1,10 @@
 """Shared helpers for node classes: user-facing errors, validators, progress and Cancel."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+import functools
+import logging
+import math
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -10,6 +13,7 @@ CATEGORY_ALL_IN_ONE = f"{CATEGORY}/all-in-one"          # one node per method: t
 CATEGORY_BLOCKS = f"{CATEGORY}/building blocks"         # inversions, patches, samplers to build a method from
 CATEGORY_DEMO = f"{CATEGORY}/demo"                      # the bundled shapes model and its scenes
 SEED_MAX = 0xFFFF_FFFF_FFFF_FFFF                        # like KSampler's noise_seed
+log = logging.getLogger("dragedit")
 
 
 class NodeInputError(ValueError):
@@ -31,8 +35,51 @@ def check_range(value: float, lo: float, hi: float, node: str, input_name: str) 
     require(lo <= value <= hi, node, input_name, f"must be between {lo} and {hi}, got {value}.")
 
 
-def check_latent(latent: Any, node: str, input_name: str = "latent", allow_batch: bool = False) -> torch.Tensor:
-    """Return latent['samples'] after checking it is a non-empty 4-D (or 5-D) batch of one (unless allowed)."""
+def check_finite(value: Any, node: str, input_name: str) -> float:
+    """The value as a float; a clear error for NaN / inf (ComfyUI's min/max check lets NaN through)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise NodeInputError(node, input_name, f"must be a number, got {value!r}.") from None
+    require(math.isfinite(f), node, input_name, f"must be a finite number, got {value}.")
+    return f
+
+
+def float_input_names(cls: type) -> list[str]:
+    """Names of the FLOAT inputs a node class declares (required and optional)."""
+    try:
+        spec = cls.INPUT_TYPES()
+    except Exception:  # pragma: no cover - a node whose INPUT_TYPES needs the running server
+        return []
+    return [name for section in ("required", "optional") for name, entry in (spec.get(section) or {}).items()
+            if isinstance(entry, (tuple, list)) and entry and entry[0] == "FLOAT"]
+
+
+def guard_float_inputs(cls: type, node: str) -> type:
+    """Wrap the node's FUNCTION so that every FLOAT input is checked finite (check_finite) before it runs: the one
+    place that rule lives, applied to every node of the pack by iter_nodes."""
+    fname = getattr(cls, "FUNCTION", None)
+    fn = getattr(cls, fname, None) if fname else None
+    if fn is None or getattr(fn, "_dragedit_floats_checked", False):
+        return cls
+
+    @functools.wraps(fn)
+    def checked(self, *args, **kwargs):
+        for name in float_input_names(cls):
+            v = kwargs.get(name)
+            if v is not None and not isinstance(v, bool) and isinstance(v, (int, float)):
+                check_finite(v, node, name)
+        return fn(self, *args, **kwargs)
+
+    checked._dragedit_floats_checked = True
+    setattr(cls, fname, checked)
+    return cls
+
+
+def check_latent(latent: Any, node: str, input_name: str = "latent", allow_batch: bool = False,
+                 model: Any = None) -> torch.Tensor:
+    """Return latent['samples'] after checking it is a non-empty 4-D (or 5-D) batch of one (unless allowed); with a
+    model, also that it fits the model (check_latent_fits)."""
     require(isinstance(latent, dict) and "samples" in latent, node, input_name,
             "expected a LATENT (a dict with 'samples'); connect VAE Encode or Empty Latent Image.")
     s = latent["samples"]
@@ -42,7 +89,142 @@ def check_latent(latent: Any, node: str, input_name: str = "latent", allow_batch
     if not allow_batch:
         require(s.shape[0] == 1, node, input_name,
                 f"batch size {s.shape[0]} is not supported: this node edits one image at a time (use a batch of 1).")
+    if model is not None:
+        check_latent_fits(model, s, node, input_name)
     return s
+
+
+def check_latent_fits(model: Any, samples: torch.Tensor, node: str, input_name: str,
+                      size_input: Optional[str] = None) -> None:
+    """The latent has the model's channel count (a latent of another model family otherwise reaches the UNet as a
+    raw torch error), and is not beyond the model's size limit (the Shapes Demo Model, see its latent format's
+    `dragedit_max_latent_side`; the error then names size_input, e.g. the IMAGE that was encoded)."""
+    from ..core import host
+    fmt = host.latent_format(model)
+    want = getattr(fmt, "latent_channels", None)
+    require(want is None or samples.shape[1] == want, node, input_name,
+            f"the latent has {samples.shape[1]} channels but this model takes {want} (VAE of another model "
+            f"family?).")
+    limit = getattr(fmt, "dragedit_max_latent_side", None)
+    if limit:
+        h, w = int(samples.shape[-2]), int(samples.shape[-1])
+        require(max(h, w) <= int(limit), node, size_input or input_name,
+                f"the latent is {w}x{h}, larger than this model's limit of {limit}x{limit} "
+                f"({getattr(fmt, 'dragedit_size_reason', 'cost grows with the square of the pixel count')}). "
+                f"Use a smaller image.")
+
+
+def check_mask(mask: Any, node: str, input_name: str, *, image_size: Optional[Sequence[int]] = None,
+               latent_hw: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """The one mask rule of the pack: a single MASK ([H, W] or [1, H, W]) the size of the image (W x H) or of its
+    latent (w x h). A latent-size mask is returned nearest-upscaled to the image size when that is known; when only
+    the latent is known, any power-of-two multiple of it is accepted (the VAE factor). An all-black mask means "no
+    mask" and is returned as it is, whatever its size. Returns float [H, W]."""
+    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), node, input_name,
+            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
+    if mask.ndim == 3:
+        require(mask.shape[0] == 1, node, input_name, f"a batch of {mask.shape[0]} masks was given; connect one mask.")
+        mask = mask[0]
+    m = mask.detach().float().cpu()
+    if not bool((m > 0).any()):
+        return m      # all black = no mask, whatever its size (Load Image gives a 64x64 one for images without alpha)
+    H, W = int(m.shape[0]), int(m.shape[1])
+    lat = (int(latent_hw[0]), int(latent_hw[1])) if latent_hw is not None else None
+    if image_size is not None:
+        iw, ih = int(image_size[0]), int(image_size[1])
+        if (W, H) == (iw, ih):
+            return m
+        if lat is not None and (H, W) == lat:
+            return torch.nn.functional.interpolate(m[None, None], size=(ih, iw), mode="nearest-exact")[0, 0]
+        also = f" or the latent's {lat[1]}x{lat[0]}" if lat is not None else ""
+        raise NodeInputError(node, input_name, f"is {W}x{H} but the image is {iw}x{ih}; use a mask of the image's "
+                                               f"size{also} (paint it on this image, or resize it).")
+    if lat is not None:
+        h, w = lat
+        f = W // w if W >= w else 0
+        ok = f >= 1 and (f & (f - 1)) == 0 and H == h * f and W == w * f
+        require(ok, node, input_name, f"the mask is {W}x{H}, which does not fit the {w}x{h} latent of the image "
+                                      f"(expected the image size, e.g. {w * 8}x{h * 8} for an SD model, or {w}x{h}).")
+    return m
+
+
+# ---------------------------------------------------------------------------------------------- schedule match
+def _fmt_sigmas(s: torch.Tensor) -> str:
+    v = [f"{float(x):.4g}" for x in s]
+    return "[" + ", ".join(v if len(v) <= 6 else v[:3] + ["…"] + v[-2:]) + f"] ({len(v) - 1} steps)"
+
+
+def check_schedule(node: str, input_name: str, sigmas: Any, inv_sigmas: Any, *, source: str,
+                   contiguous: bool = False, latent_shape: Optional[Sequence[int]] = None,
+                   inv_latent_hw: Optional[Sequence[int]] = None, noise: Optional[torch.Tensor] = None) -> int:
+    """The schedule-match rule for everything sampled by a stock sampler node from an INVERSION: the sampler's
+    sigmas must be the INVERSION's (each one of its sigmas; `contiguous`: a contiguous run of them, e.g. a
+    SplitSigmas part), its latent the inversion's size, and no noise added (add_noise off). `source` names the
+    node whose SIGMAS / LATENT outputs to connect. Returns the offset of the run's first sigma in the grid."""
+    from ..core import schedule
+    run = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
+    grid = torch.as_tensor(inv_sigmas).detach().to("cpu", torch.float64).reshape(-1)
+    where = "(raised while the sampler node ran it)"
+    k = schedule.match_run(run, grid, contiguous=contiguous)
+    if k is None:
+        raise NodeInputError(node, input_name, f"the sampler node runs sigmas {_fmt_sigmas(run)}, which are not "
+                                               f"{'a contiguous run of ' if contiguous else ''}the INVERSION's "
+                                               f"{_fmt_sigmas(grid)}, so the edit would be lost {where}. Connect the "
+                                               f"SIGMAS output of {source} (or a SplitSigmas part of it) to the "
+                                               f"sampler node's sigmas.")
+    if latent_shape is not None and inv_latent_hw is not None:
+        got, want = tuple(int(v) for v in latent_shape[-2:]), tuple(int(v) for v in inv_latent_hw)
+        require(got == want, node, input_name, f"the sampler node's latent is {got[1]}x{got[0]} but the INVERSION's "
+                                               f"is {want[1]}x{want[0]} {where}. Connect the LATENT output of {source} "
+                                               f"to the sampler node's latent_image.")
+    if noise is not None and isinstance(noise, torch.Tensor) and noise.numel() and bool(noise.ne(0).any()):
+        raise NodeInputError(node, input_name, f"the sampler node adds noise to the start latent {where}, but the "
+                                               f"LATENT of {source} is already noisy: turn add_noise off in "
+                                               f"SamplerCustom (or use DisableNoise with SamplerCustomAdvanced).")
+    return k
+
+
+def guard_sampler(sampler_fn: Callable[..., torch.Tensor], check: Callable[[Any, Sequence[int], Any], Any]
+                  ) -> Callable[..., torch.Tensor]:
+    """Wrap a KSAMPLER sampler function so that `check(sigmas, latent_shape, noise)` (a check_schedule call naming
+    this pack's node) runs before the first step, inside the stock sampler node."""
+
+    @functools.wraps(sampler_fn)
+    def guarded(model, x, sigmas, *args, **kwargs):
+        check(sigmas, tuple(x.shape), getattr(model, "noise", None))
+        return sampler_fn(model, x, sigmas, *args, **kwargs)
+    return guarded
+
+
+def guard_model(model: Any, key: str, check: Callable[[Any, Sequence[int], Any], Any]) -> Any:
+    """Make every sampler of `model` (a clone) run `check(sigmas, latent_shape, noise)` before sampling."""
+    from ..core import host
+    return host.patch_sampling_check(model, key, lambda sig, latent, noise: check(sig, tuple(latent.shape), None))
+
+
+# ---------------------------------------------------------------------------------------------- K/V memory
+KV_RAM_FRACTION = 0.5
+
+
+def kv_budget(node: str, input_name: str, estimate: int, limit_gb: float = 0.0, what: str = "",
+              fix: str = "lower steps or strength, or use a smaller image") -> int:
+    """The RAM guard of recorded K/V: log the estimate; refuse (clear error) when it exceeds the user's limit
+    (limit_gb > 0) or, automatically, KV_RAM_FRACTION of the RAM available now. Returns the budget in bytes for the
+    KVStore (its hard stop if the estimate was short)."""
+    from ..core import host
+    gb = 1024 ** 3
+    avail = host.available_memory()
+    auto = int(KV_RAM_FRACTION * avail) if avail else None
+    limit = int(float(limit_gb) * gb) if float(limit_gb) > 0 else auto
+    log.info("DragEdit %s: recording self-attention K/V needs about %.2f GB%s (limit %s)", node, estimate / gb,
+             f" ({what})" if what else "", "none" if limit is None else f"{limit / gb:.2f} GB")
+    if limit is not None and estimate > limit:
+        src = (f"kv_max_gb = {float(limit_gb):g}" if float(limit_gb) > 0 else
+               f"half of the {avail / gb:.1f} GB of RAM available now")
+        raise NodeInputError(node, input_name, f"recording the self-attention K/V would keep about "
+                                               f"{estimate / gb:.2f} GB in RAM{f' ({what})' if what else ''}, above "
+                                               f"the limit of {limit / gb:.2f} GB ({src}): {fix}.")
+    return limit or 0
 
 
 def check_conditioning(cond: Any, node: str, input_name: str) -> None:
@@ -78,52 +260,53 @@ def check_interrupt() -> None:
 
 
 def tooltips(spec: dict, tips: dict[str, str]) -> dict:
-    """Add tooltips to an INPUT_TYPES dict in place: tips maps input name -> text."""
+    """Add tooltips to an INPUT_TYPES dict in place: tips maps input name -> text. Also declares the
+    control_after_generate widget of INT "seed" inputs (see seed_control)."""
     for section in spec.values():
         for name, entry in section.items():
             if name in tips:
                 if len(entry) == 1:
-                    section[name] = (entry[0], {"tooltip": tips[name]})
+                    section[name] = entry = (entry[0], {"tooltip": tips[name]})
                 else:
                     entry[1].setdefault("tooltip", tips[name])
+            if name == "seed":
+                section[name] = seed_control(section[name])
     return spec
 
 
+def seed_control(entry: tuple) -> tuple:
+    """An INT seed input spec with its "control after generate" widget declared (control_after_generate=True).
+
+    The frontend adds that widget to any INT input named seed, but from about 1.5x it lines saved widget values
+    up with the declared controls only: on a node that also has a forceInput input (drag_json) an undeclared one
+    shifts every later value by one when a workflow loads ("control_after_generate = 0.2 is not one of its
+    options"). Declared, every frontend (1.27 .. 1.58) builds the same widgets and reads the same values."""
+    if entry[0] != "INT":
+        return entry
+    opts = dict(entry[1]) if len(entry) > 1 else {}
+    opts.setdefault("control_after_generate", True)
+    return (entry[0], opts)
+
+
 def iter_nodes(modules: Iterable[Any]) -> tuple[dict, dict]:
-    """Merge NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS of the given node modules."""
+    """Merge NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS of the given node modules; every node's FLOAT inputs
+    are checked finite (guard_float_inputs)."""
     classes, names = {}, {}
     for m in modules:
         classes.update(getattr(m, "NODE_CLASS_MAPPINGS", {}))
         names.update(getattr(m, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+    for key, cls in classes.items():
+        guard_float_inputs(cls, names.get(key, key))
     return classes, names
-
-
-def check_mask(mask: Any, node: str, input_name: str = "mask",
-               size: Optional[tuple[int, int]] = None) -> Optional[torch.Tensor]:
-    """A single MASK ([H, W] or [1, H, W]) as float [H, W]; None when absent. With size (W, H), a mask of another
-    size is an error naming the input."""
-    if mask is None:
-        return None
-    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), node, input_name,
-            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
-    if mask.ndim == 3:
-        require(mask.shape[0] == 1, node, input_name, f"a batch of {mask.shape[0]} masks was given; connect one mask.")
-        mask = mask[0]
-    m = mask.detach().to("cpu", torch.float32)
-    if size is not None:
-        W, H = int(size[0]), int(size[1])
-        require(tuple(m.shape) == (H, W), node, input_name,
-                f"the mask is {m.shape[1]}x{m.shape[0]} but the image is {W}x{H}; use a mask of the image's size.")
-    return m
 
 
 def image_or_latent(node: str, model: Any, image: Any, vae: Any, latent: Any, *, allow_batch: bool = False,
                     vae_always: bool = False) -> tuple[torch.Tensor, Optional[tuple[int, int]]]:
     """The clean latent samples [B, C, h, w] to edit, from IMAGE + VAE (encoded here) or from a LATENT, plus the
     image size (W, H) when an image was given. One rule for every node that takes either: exactly one source,
-    both halves of IMAGE + VAE, a batch of one unless allow_batch, latent channels that fit the model.
-    vae_always: the node needs the VAE anyway (to decode), so a connected VAE alone does not mean 'IMAGE + VAE'."""
-    from ..core import host
+    both halves of IMAGE + VAE, a batch of one unless allow_batch, a latent that fits the model (check_latent_fits:
+    call supported_model first). vae_always: the node needs the VAE anyway (to decode), so a connected VAE alone
+    does not mean 'IMAGE + VAE'."""
     from .drag_instructions import check_single_image
 
     have_image = image is not None or (vae is not None and not vae_always)
@@ -149,11 +332,5 @@ def image_or_latent(node: str, model: Any, image: Any, vae: Any, latent: Any, *,
         samples = check_latent(latent, node, allow_batch=allow_batch)
         require(samples.ndim == 4, node, "latent", f"expected an image latent [B, C, h, w], got "
                                                    f"{tuple(samples.shape)}.")
-    try:
-        want = getattr(host.latent_format(model), "latent_channels", None)
-    except Exception:  # not a model: the node's model check reports it
-        want = None
-    require(want is None or samples.shape[1] == want, node, "vae" if have_image else "latent",
-            f"the latent has {samples.shape[1]} channels but this model takes {want} (VAE of another model "
-            f"family?).")
+    check_latent_fits(model, samples, node, "vae" if have_image else "latent", "image" if have_image else "latent")
     return samples, size

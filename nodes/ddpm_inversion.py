@@ -7,7 +7,8 @@ from typing import Any
 
 from ..core import ddpm_inversion as ef
 from ..core import host, ledits
-from ._common import CATEGORY_BLOCKS, SEED_MAX, Progress, check_latent, check_range, require, tooltips
+from ._common import (CATEGORY_BLOCKS, SEED_MAX, Progress, check_latent, check_range, check_schedule, guard_sampler,
+                      require, tooltips)
 from .inversion import check_cond_fits, supported_model
 
 NODE = "DDPM Inversion (edit-friendly)"
@@ -70,8 +71,8 @@ class DDPMInversion:
     CATEGORY = CATEGORY_BLOCKS
 
     def invert(self, model, latent, positive, steps, skip, source_cfg, eta, seed, negative=None):
-        samples = check_latent(latent, NODE, allow_batch=True)
         supported_model(model, NODE)
+        samples = check_latent(latent, NODE, allow_batch=True, model=model)
         require(ledits.sega_patch_of(model) is None, NODE, "model",
                 "carries SEGA concepts: invert with the model from before SEGA Guidance (the concepts are for sampling).")
         check_cond_fits(model, positive, NODE, "positive")
@@ -120,7 +121,12 @@ class EditFriendlyDDPMSampler:
     def get_sampler(self, inversion, exact_last_step=True):
         import comfy.samplers
         inv = check_ddpm_inversion(inversion, SAMPLER_NODE)
-        return (comfy.samplers.KSAMPLER(ef.make_sampler_fn(inv, apply_residual=bool(exact_last_step))),)
+        lat_hw = tuple(inv.xts.shape[-2:])
+        fn = guard_sampler(ef.make_sampler_fn(inv, apply_residual=bool(exact_last_step)),
+                           lambda sig, shape, noise: check_schedule(
+                               SAMPLER_NODE, "inversion", sig, inv.sigmas, source="DDPM Inversion (edit-friendly)",
+                               contiguous=True, latent_shape=shape, inv_latent_hw=lat_hw, noise=noise))
+        return (comfy.samplers.KSAMPLER(fn),)
 
 
 NODE_CLASS_MAPPINGS = {"DragEditDDPMInversion": DDPMInversion, "DragEditEditFriendlyDDPM": EditFriendlyDDPMSampler}

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 
 from ..core.drag_schema import DragInstructions, DragSchemaError
-from ._common import CATEGORY, NodeInputError, require, tooltips
+from ._common import CATEGORY, NodeInputError, check_mask, require, tooltips
 
 NODE_NAME = "Drag Instructions"
 EMPTY_DRAG_JSON = '{"version": 1, "points": [], "regions": []}'
@@ -115,19 +115,8 @@ def _input_mask(mask: Any, W: int, H: int) -> Optional[torch.Tensor]:
     """The MASK input as float [H, W], or None when absent or all zero (no mask painted)."""
     if mask is None:
         return None
-    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), NODE_NAME, "mask",
-            f"expected a MASK tensor [H, W] or [B, H, W], got {_shape(mask)}.")
-    if mask.ndim == 3:
-        require(mask.shape[0] == 1, NODE_NAME, "mask",
-                f"a batch of {mask.shape[0]} masks was given; connect one mask for the one image.")
-        mask = mask[0]
-    m = mask.detach().to(torch.float32).cpu()
-    if not bool((m > 0).any()):
-        return None
-    require(tuple(m.shape) == (H, W), NODE_NAME, "mask",
-            f"the mask is {m.shape[1]}x{m.shape[0]} but the image is {W}x{H}; paint the mask on this image or "
-            f"resize it (e.g. with 'Upscale Image' on a mask converted to an image).")
-    return m
+    m = check_mask(mask, NODE_NAME, "mask", image_size=(W, H))   # the pack's one mask rule
+    return m if bool((m > 0).any()) else None
 
 
 def save_preview(image: torch.Tensor, prefix: str = "dragedit_instructions") -> list[dict]:

@@ -12,8 +12,8 @@ from ..core import host
 from ..core.inversion import start_index
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import GeometryError, Grid, point_tensors
-from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, NodeInputError, Progress, check_latent, check_range,
-                      image_or_latent, require, tooltips)
+from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, NodeInputError, Progress, check_latent, check_mask,
+                      check_range, check_schedule, guard_model, image_or_latent, require, tooltips)
 from .inversion import DDIMInversion, check_cond_fits, supported_model
 
 MS_NODE = "Motion Supervision"
@@ -124,22 +124,19 @@ def _tracked(drag: DragInstructions, handles: torch.Tensor, grid: Grid) -> DragI
     return replace(drag, points=tuple(((float(x), float(y)), t) for (x, y), (_h, t) in zip(px, drag.points)))
 
 
-def _mask(mask: Optional[torch.Tensor], drag: DragInstructions, node: str) -> Optional[torch.Tensor]:
-    """The editable mask: the MASK input if connected, else the one stored in the drag instructions."""
+def _mask(mask: Optional[torch.Tensor], drag: DragInstructions, node: str, latent_hw: tuple[int, int]
+          ) -> Optional[torch.Tensor]:
+    """The editable mask: the MASK input if connected (the pack's one mask rule), else the drag instructions' own."""
     if mask is None:
         return drag.mask_tensor()
-    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3, 4), node, "mask",
-            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ()))}.")
-    require(mask.ndim == 2 or mask.shape[0] == 1, node, "mask",
-            f"a batch of {mask.shape[0]} masks was given; connect one mask.")
-    return mask
+    return check_mask(mask, node, "mask", image_size=drag.image_size, latent_hw=latent_hw)
 
 
 def _run_optimize(node: str, model, positive, samples, sigmas, drag, latent_hw, settings, mask, extra_total: int = 0):
     """Checks shared by both nodes, then the optimisation with a progress bar; (outcome, drag, bar)."""
     d, grid, handles, targets = _drag_points(drag, latent_hw, node)
     _feature_block(model, settings.feature_block, node)
-    m = _mask(mask, d, node)
+    m = _mask(mask, d, node, latent_hw)
     bar = Progress(settings.iterations + extra_total)
     out = dd.optimize(model, positive, samples, sigmas, handles, targets, grid, settings, mask=m,
                       on_iteration=lambda k, p, loss: bar.update(1))
@@ -203,7 +200,7 @@ class MotionSupervision:
             sigmas = grid[start_index(int(steps), float(strength)):]
             require(len(sigmas) >= 2, node, "strength", f"is {strength}: no noise, so nothing to optimise; raise it.")
         if latent is not None:
-            samples = check_latent(latent, node)
+            samples = check_latent(latent, node, model=model)
             if inversion is not None and inversion.latents:
                 require(tuple(samples.shape[-2:]) == tuple(inversion.latents[0].shape[-2:]), node, "latent",
                         f"is {tuple(samples.shape[-2:])} but the inversion is {tuple(inversion.latents[0].shape[-2:])}.")
@@ -219,7 +216,12 @@ class MotionSupervision:
                     "or turn reference_kv off.")
         out, d, _bar = _run_optimize(node, model, positive, samples, sigmas, drag, tuple(samples.shape[-2:]),
                                      settings, mask)
-        model_out = dd.reference_kv_model(model, kv) if kv is not None else model
+        model_out = dd.reference_kv_model(model, kv) if kv is not None else host.clone(model)
+        src = "the DDIM Inversion that made the latent" if inversion is not None else "DDIM Inversion (same steps and strength)"
+        lat_hw = tuple(samples.shape[-2:])
+        guard_model(model_out, f"ms_{id(out)}", lambda sig, shape, noise: check_schedule(
+            node, "inversion" if inversion is not None else "steps", sig, sigmas, source=src, latent_shape=shape,
+            inv_latent_hw=lat_hw))
         return ({"samples": out.samples}, _tracked(d, out.result.handles, out.grid), model_out)
 
 
@@ -273,7 +275,8 @@ class DragDiffusion:
         require(int(steps) - start_index(int(steps), float(strength)) >= 1, node, "strength",
                 f"is {strength}: with {steps} steps nothing is inverted, so nothing can be dragged; raise it.")
         settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision)
-        _drag_points(drag, tuple(samples.shape[-2:]), node)        # fail before the inversion runs
+        d0 = _drag_points(drag, tuple(samples.shape[-2:]), node)[0]        # fail before the inversion runs
+        _mask(mask, d0, node, tuple(samples.shape[-2:]))
         _feature_block(model, settings.feature_block, node)
 
         x_t, inversion, sigmas = DDIMInversion().invert(model, latent, positive, int(steps), float(strength),

@@ -13,7 +13,8 @@ from ..core import host
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import Grid, GeometryError
 from ..core.inversion import DDIMInversion
-from ._common import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_range, require, tooltips
+from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_mask, check_range,
+                      check_schedule, guard_model, require, tooltips)
 from .inversion import check_cond_fits, supported_model
 
 FG, MB, DD = "Feature Guidance", "Memory Bank K/V", "DragonDiffusion"
@@ -37,7 +38,10 @@ COMMON_TIPS = {
     "resize_scale": "move: scale of the object at its new place (1 = same size).",
     "w_edit": "Weight of the edit term (-1 = the mode's default: move 4, drag 4, appearance 3.5, paste 4).",
     "w_content": "Weight of the content-keeping term (-1 = the mode's default: 6, appearance 5).",
+    "center_features": "Subtract each image's mean feature before the cosine similarities (not in the reference). "
+                       "Helps when one shared component dominates the features, as on small models.",
 }
+CENTER_DEFAULT = False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -95,12 +99,9 @@ def mask_on_grid(mask: Any, node: str, input_name: str, latent_hw: tuple[int, in
                  image_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """A MASK (image size, or the latent's size) as bool cells of the energy grid; clear errors for a wrong size
     or an empty mask."""
-    m = _mask_2d(mask, node, input_name)
+    m = check_mask(mask, node, input_name, image_size=image_size, latent_hw=latent_hw)   # the pack's one mask rule
     H, W = int(m.shape[0]), int(m.shape[1])
     h, w = latent_hw
-    if image_size is not None and (W, H) != tuple(image_size) and (H, W) != (h, w):
-        raise NodeInputError(node, input_name, f"the mask is {W}x{H} but the image of the drag instructions is "
-                                               f"{image_size[0]}x{image_size[1]}; use a mask of the image's size.")
     f = W // w if W >= w else 0
     ok = f >= 1 and (f & (f - 1)) == 0 and H // f == h and W // f == w   # VAE factors are powers of two
     require(ok, node, input_name, f"the mask is {W}x{H}, which does not fit the {w}x{h} latent of the image "
@@ -126,8 +127,8 @@ def _coerce_drag(drag: Any, node: str) -> DragInstructions:
 
 def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, mask: Any = None,
                reference: Optional[DDIMInversion] = None, ref_mask: Any = None, energy_scale: float = 1.0,
-               resize_scale: float = 1.0, w_edit: float = AUTO, w_content: float = AUTO
-               ) -> tuple[dd.EditSpec, list[int]]:
+               resize_scale: float = 1.0, w_edit: float = AUTO, w_content: float = AUTO,
+               center: bool = CENTER_DEFAULT) -> tuple[dd.EditSpec, list[int]]:
     """Check the user's inputs for `mode` and build the EditSpec on the model's energy grid (+ feature blocks)."""
     require(mode in MODES, node, "mode", f"must be one of {MODES}, got {mode!r}.")
     check_range(float(energy_scale), 0.0, 1000.0, node, "energy_scale")
@@ -145,7 +146,7 @@ def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: An
         return (min(max(float(u[0]), 0.0), grid_hw[1] - 1e-3), min(max(float(u[1]), 0.0), grid_hw[0] - 1e-3))
 
     kw: dict = dict(energy_scale=float(energy_scale), w_edit=None if w_edit < 0 else float(w_edit),
-                    w_content=None if w_content < 0 else float(w_content))
+                    w_content=None if w_content < 0 else float(w_content), center=bool(center))
     m = None
     if mask is not None and not (mode == "drag" and _is_full(mask)):
         m = mask_on_grid(mask, node, "mask", lat_hw, grid_hw, image_size)
@@ -224,6 +225,13 @@ def _bank(node: str, model: Any, inv: DDIMInversion, mode: str, when, spec_masks
         raise NodeInputError(node, "inversion", str(e)) from None
 
 
+def _guard_schedule(model: Any, node: str, inv: DDIMInversion) -> None:
+    """The patched model refuses (naming `node`) to sample off the inversion's sigmas or another latent size."""
+    lat_hw = _latent_hw(inv)
+    guard_model(model, f"{node}_{id(inv)}", lambda sig, shape, noise: check_schedule(
+        node, "inversion", sig, inv.sigmas, source="DDIM Inversion", latent_shape=shape, inv_latent_hw=lat_hw))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Nodes
 # --------------------------------------------------------------------------------------------------------------
@@ -252,7 +260,8 @@ class FeatureGuidance:
             },
             "optional": {**_mode_inputs(),
                          "w_edit": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
-                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1})},
+                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
+                         "center_features": ("BOOLEAN", {"default": CENTER_DEFAULT})},
         }, {**COMMON_TIPS,
             "start_percent": "Guidance starts at this fraction of the denoising process (0 = first step).",
             "end_percent": "Guidance stops here (0.6 = the reference's first 30 of 50 steps)."})
@@ -263,16 +272,17 @@ class FeatureGuidance:
     CATEGORY = CATEGORY_BLOCKS
 
     def patch(self, model, inversion, mode, energy_scale, start_percent, end_percent, resize_scale, drag=None,
-              mask=None, reference=None, ref_mask=None, w_edit=AUTO, w_content=AUTO):
+              mask=None, reference=None, ref_mask=None, w_edit=AUTO, w_content=AUTO, center_features=CENTER_DEFAULT):
         inv = _check_model_inputs(FG, model, inversion)
         spec, blocks = build_spec(FG, model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
                                   energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
-                                  w_content=w_content)
+                                  w_content=w_content, center=center_features)
         when = _percent_window(FG, model, start_percent, end_percent)
         m = host.clone(model)
         guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference if spec.needs_reference else None,
                                       active=when)
         dd.patch_feature_guidance(m, guidance)
+        _guard_schedule(m, FG, inv)
         return (m,)
 
 
@@ -317,6 +327,7 @@ class MemoryBankKV:
             masks = (mask_on_grid(mask, MB, "mask", lat_hw, lat_hw), mask_on_grid(ref_mask, MB, "ref_mask", lat_hw, lat_hw))
         m = host.clone(model)
         _bank(MB, m, inv, mode, when, masks, reference)
+        _guard_schedule(m, MB, inv)
         return (m,)
 
 
@@ -344,7 +355,8 @@ class DragonDiffusion:
                          "init_paste": ("BOOLEAN", {"default": False}),
                          "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
                          "w_edit": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
-                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1})},
+                         "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
+                         "center_features": ("BOOLEAN", {"default": CENTER_DEFAULT})},
         }, {**COMMON_TIPS,
             "inversion": "INVERSION from DDIM Inversion with record_kv on (memory bank); strength 1.0 as in the paper.",
             "positive": "The prompt used for the inversion.",
@@ -363,14 +375,14 @@ class DragonDiffusion:
 
     def edit(self, model, positive, negative, inversion, mode, cfg, energy_scale, resize_scale, drag=None, mask=None,
              reference=None, ref_mask=None, regional_sde=False, time_travel=False, init_paste=False, seed=0,
-             w_edit=AUTO, w_content=AUTO):
+             w_edit=AUTO, w_content=AUTO, center_features=CENTER_DEFAULT):
         inv = _check_model_inputs(DD, model, inversion, need_kv=True)
         check_cond_fits(model, positive, DD, "positive")
         check_cond_fits(model, negative, DD, "negative")
         check_range(float(cfg), 1.0, 30.0, DD, "cfg")
         spec, blocks = build_spec(DD, model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
                                   energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
-                                  w_content=w_content)
+                                  w_content=w_content, center=center_features)
         defaults = de.mode_defaults(mode)
         opts = dd.EditOptions(regional_sde=bool(regional_sde), time_travel=bool(time_travel),
                               init_paste=bool(init_paste), seed=int(seed), sde_strength=defaults.sde_strength)
@@ -392,10 +404,10 @@ def run_edit(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInve
         _bank(DD, m, inv, spec.mode, kv_when, masks, reference)
     guidance = None
     if spec.scale_edit != 0 or spec.scale_content != 0:
-        g_when = dd.inversion_step_window(inv, lambda i, n: de.guidance_active(i, n, defaults))
+        g_when = dd.inversion_step_window(inv, lambda i, n: de.guidance_active(i, n, defaults, opts.sparsify))
         guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference, active=g_when, **guidance_kw)
         dd.patch_feature_guidance(m, guidance)
-    latent_mask = de.mask_to_latent(spec.edit_mask, _latent_hw(inv))
+    latent_mask = de.mask_to_latent(dd.sde_mask(spec), _latent_hw(inv))
     bar = Progress(len(inv.sigmas) - 1)
     holder: dict = {}
 

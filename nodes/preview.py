@@ -79,7 +79,9 @@ class DragPreview:
             require(len(t.points) == len(d.points), NODE, "tracked",
                     f"has {len(t.points)} point pairs but drag has {len(d.points)}; connect the 'tracked' output of "
                     f"the DragDiffusion node that used these instructions.")
-        m = check_mask(mask, NODE, "mask", size)
+        m = None if mask is None else check_mask(mask, NODE, "mask", image_size=size)
+        if m is not None and not bool((m > 0).any()):
+            m = None                                # all black = no mask (the pack's rule)
         frames = [preview.draw_preview(image[i], d, mask=m, tracked=t, min_size=int(min_size))
                   for i in range(image.shape[0])]
         out = torch.stack(frames).to(image.device)

@@ -11,8 +11,8 @@ from ..core import host
 from ..core import regiondrag as rd
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import GeometryError
-from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_range,
-                      image_or_latent, require, tooltips)
+from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_mask, check_range,
+                      check_schedule, guard_sampler, image_or_latent, kv_budget, require, tooltips)
 from .inversion import KV_DTYPES, check_cond_fits, supported_model
 
 CP_NODE = "Latent Copy-Paste"
@@ -76,16 +76,12 @@ def _as_drag(node: str, drag: Any, drag_json: Optional[str], image_size: Optiona
         raise NodeInputError(node, name, f"is not drag instructions ({type(value).__name__}): {e}.") from None
 
 
-def _as_mask(node: str, mask: Any) -> Optional[torch.Tensor]:
-    """The MASK input as [H, W] float, or None when absent or all black."""
+def _as_mask(node: str, mask: Any, latent_hw: tuple[int, int], image_size: Optional[tuple[int, int]]
+             ) -> Optional[torch.Tensor]:
+    """The MASK input as [H, W] float at image size (the pack's one mask rule), or None when absent or all black."""
     if mask is None:
         return None
-    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), node, "mask",
-            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
-    if mask.ndim == 3:
-        require(mask.shape[0] == 1, node, "mask", f"a batch of {mask.shape[0]} masks was given; connect one mask.")
-        mask = mask[0]
-    m = mask.detach().float().cpu()
+    m = check_mask(mask, node, "mask", image_size=image_size, latent_hw=latent_hw)
     return m if bool((m > 0).any()) else None
 
 
@@ -170,9 +166,14 @@ class LatentCopyPaste:
                 f"holds a latent of shape {tuple(latent.shape)}; this node edits one image (batch 1).")
         opts = _plan_options(node, noise_scale, paste_end, paste_every_step, seed)
         d = _as_drag(node, drag, drag_json, None)
-        plan = _plan(node, d, tuple(latent.shape[-2:]), _as_mask(node, mask), _drag_name(drag), **opts)
+        lat_hw = tuple(latent.shape[-2:])
+        plan = _plan(node, d, lat_hw, _as_mask(node, mask, lat_hw, d.image_size), _drag_name(drag), **opts)
         out = copy.copy(sampler)
-        out.sampler_function = rd.copy_paste_sampler_fn(inner, inversion, plan)
+        src = "the inversion node (DDIM Inversion / DDPM Inversion)"
+        out.sampler_function = guard_sampler(
+            rd.copy_paste_sampler_fn(inner, inversion, plan),
+            lambda run_sig, shape, noise: check_schedule(node, "inversion", run_sig, sig, source=src,
+                                                         latent_shape=shape, inv_latent_hw=lat_hw, noise=noise))
         return (out,)
 
 
@@ -270,7 +271,10 @@ class RegionDrag:
         opts = _plan_options(node, noise_scale, paste_end, paste_every_step, seed)
         samples, image_size = image_or_latent(node, model, image, vae, latent)
         d = _as_drag(node, drag, drag_json, image_size)
-        plan = _plan(node, d, tuple(samples.shape[-2:]), _as_mask(node, mask), _drag_name(drag), **opts)
+        lat_hw = tuple(samples.shape[-2:])
+        plan = _plan(node, d, lat_hw, _as_mask(node, mask, lat_hw, d.image_size), _drag_name(drag), **opts)
+        kv_budget(node, "steps", rd.kv_cache_bytes(host.attention_layers(model), lat_hw, n, KV_DTYPES[kv_dtype]),
+                  what=f"{n} steps, {lat_hw[1]}x{lat_hw[0]} latent, {kv_dtype}")
 
         bar = Progress(2 * n)
         out = rd.region_drag(model, positive, samples, plan, steps=int(steps), strength=float(strength),

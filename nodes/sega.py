@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-import torch
-
 from ..core import host, ledits
 from ..core import sega
 from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_range,
@@ -35,11 +33,13 @@ TIPS = {
     "momentum_beta": "SEGA momentum β: how much of the previous momentum is kept; shared by the chain.",
     "mode": "SEGA: CFG on the sampler's prompt + concept terms with momentum. LEDITS++: no prompt CFG (the "
             "positive is not evaluated), each concept masked by its noise quantile and, optionally, its "
-            "cross-attention map. One mode per chain.",
+            "cross-attention map. One mode per chain. To edit a real image in LEDITS++ mode, invert with the empty "
+            "prompt at cfg 1 (DDPM Inversion: positive = the negative, source_cfg 1), so that scale 0 reconstructs.",
     "cross_attention_mask": "LEDITS++: also mask each concept by its own cross-attention map (layers at 1/4 of the "
                             "latent resolution), intersected with the noise-quantile mask. Shared by the chain.",
-    "concept_tokens": "LEDITS++ cross-attention mask: number of the concept prompt's tokens (words / sub-words) "
-                      "whose attention makes the mask; 0 = all tokens but the start and the last one, padding "
+    "concept_tokens": "LEDITS++ cross-attention mask: number of the concept prompt's first tokens (words / "
+                      "sub-words, counted after the start token when the text encoder has one, as CLIP does) whose "
+                      "attention makes the mask; 0 = all tokens but the start token and the last one, padding "
                       "included (what diffusers' LEDITS++ pipeline does).",
 }
 
@@ -164,11 +164,14 @@ class LEDITSEdit:
         tips = {
             "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL).",
             "vae": "The model's VAE: encodes the image and decodes the edit.",
-            "source": "Prompt describing the input image (used for the inversion).",
+            "source": "Prompt describing the input image: the inversion's prompt in SEGA mode. LEDITS++ mode inverts "
+                      "with the negative at cfg 1 instead (as diffusers' LEDITS++ with its empty source prompt), "
+                      "because it samples without any prompt: that is what makes scale 0 give the input back.",
             "negative": "Unconditional prompt (an empty CLIP Text Encode): needed by CFG and by the concepts.",
             "steps": "Steps of the DDIM grid (LEDITS: 100; fewer is faster).",
             "skip": "Noisiest steps to drop (LEDITS: 36 of 100): more skip keeps more of the image.",
-            "source_cfg": "CFG of the source prompt during the inversion (LEDITS: 3.5).",
+            "source_cfg": "CFG of the source prompt during the inversion (LEDITS: 3.5); SEGA mode only. Keep it "
+                          "equal to target_cfg: any difference moves the whole image, not just the concepts.",
             "target_cfg": "CFG of the target prompt (default: the source) while editing; unused in LEDITS++ mode.",
             "mode": TIPS["mode"],
             "seed": "Seed of the inversion's noise.",
@@ -178,7 +181,9 @@ class LEDITSEdit:
             "momentum_beta": "SEGA momentum β.",
             "image": "The image to edit (or connect a latent instead).",
             "latent": "The latent to edit (instead of an image).",
-            "target": "Target prompt while editing (default: the source prompt).",
+            "target": "Target prompt while editing (default: the source prompt); SEGA mode only. With no concept "
+                      "connected this is the plain prompt-switch edit: e.g. remove an object by giving the prompt "
+                      "of what should remain.",
         }
         for i in (1, 2, 3):
             tips[f"concept_{i}"] = f"Edit concept {i} (CLIP Text Encode); at least one is needed."
@@ -199,16 +204,25 @@ class LEDITSEdit:
         concepts = [(i, c, d, s) for i, (c, d, s) in enumerate(
             [(concept_1, direction_1, scale_1), (concept_2, direction_2, scale_2), (concept_3, direction_3, scale_3)], 1)
             if c is not None]
-        require(len(concepts) > 0, EDIT, "concept_1", "no concepts: connect at least one concept (CLIP Text Encode).")
+        require(len(concepts) > 0 or (target is not None and mode != "LEDITS++"), EDIT, "concept_1",
+                "no concepts: connect at least one concept (CLIP Text Encode)"
+                + (" (LEDITS++ has no prompt CFG, so a target prompt alone edits nothing)." if mode == "LEDITS++"
+                   else ", or a target prompt (the edit by prompt switch alone)."))
         require(vae is not None, EDIT, "vae", "is missing: connect the model's VAE.")
+        supported_model(model, EDIT)
         samples, _size = image_or_latent(EDIT, model, image, vae, latent, allow_batch=True, vae_always=True)
         check_cond_fits(model, negative, EDIT, "negative")
         if target is not None:
             check_cond_fits(model, target, EDIT, "target")
         inv_names = {"latent": "latent" if latent is not None else "image", "positive": "source", "model": "model"}
+        # LEDITS++ samples with ε_u + concept terms only, so it inverts with the same prediction: the negative at
+        # cfg 1 (diffusers' LEditsPP invert with its default empty source prompt); SEGA inverts with the source.
+        pp = mode == "LEDITS++"
+        if pp:
+            inv_names["positive"] = "negative"
         try:
-            start, inv, sigmas = DDPMInversion().invert(model, {"samples": samples}, source, steps, skip, source_cfg,
-                                                       1.0, seed, negative=negative)
+            start, inv, sigmas = DDPMInversion().invert(model, {"samples": samples}, negative if pp else source, steps,
+                                                       skip, 1.0 if pp else source_cfg, 1.0, seed, negative=negative)
         except NodeInputError as e:
             raise NodeInputError(EDIT, inv_names.get(e.input_name, e.input_name), _msg(e)) from None
         edit_model = model
@@ -216,6 +230,8 @@ class LEDITSEdit:
             names = {"concept": f"concept_{i}", "direction": f"direction_{i}", "scale": f"scale_{i}"}
             edit_model = SEGAGuidance().patch(edit_model, c, d, s, threshold, warmup, 0, 1.0, momentum_scale,
                                               momentum_beta, mode, True, 0, _names=names, _node=EDIT)[0]
+        if not concepts:  # a target prompt alone: edit-friendly DDPM editing by prompt switch, no SEGA patch
+            require(mode in MODES, EDIT, "mode", f"must be one of {MODES}, got {mode!r}.")
         (sampler,) = EditFriendlyDDPMSampler().get_sampler(inv)
         bar = Progress(inv.steps)
         out = host.sample_with_sampler(edit_model, target if target is not None else source, negative,

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from comfy_server import frontend_version  # noqa: F401  (the frontend the test server serves)
+
 CHROMIUM = Path(os.environ.get("DRAGEDIT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -30,15 +32,6 @@ def chromium_missing_reason() -> Optional[str]:
     except ImportError:
         return "Python Playwright is not installed in this venv (pip install playwright; no browser download needed)"
     return None
-
-
-def frontend_version() -> str:
-    """Version of the installed comfyui-frontend-package (the server runs with this interpreter)."""
-    try:
-        from importlib.metadata import version
-        return version("comfyui-frontend-package")
-    except Exception:
-        return "unknown"
 
 
 def launch(playwright) -> Any:

@@ -18,6 +18,47 @@ from typing import Any, Optional
 from comfy_env import ROOT, comfyui_path
 
 TEST_NODES = Path(__file__).resolve().parent / "test_nodes"
+FRONTENDS = ROOT / ".frontends"      # `make frontend FRONTEND=X` installs comfyui-frontend-package==X here
+
+
+def frontend_choice() -> Optional[str]:
+    """The frontend package version (or static folder) chosen with $DRAGEDIT_FRONTEND; None = the venv's own."""
+    v = os.environ.get("DRAGEDIT_FRONTEND", "").strip()
+    return v or None
+
+
+def frontend_root(choice: Optional[str] = None) -> Optional[Path]:
+    """Static folder of the chosen frontend for `main.py --front-end-root`, or None for the venv's bundled one.
+
+    $DRAGEDIT_FRONTEND is a version installed by `make frontend FRONTEND=X` (.frontends/X) or a path to a static
+    folder. Nothing is installed here: a missing version is an error that says how to install it."""
+    choice = choice if choice is not None else frontend_choice()
+    if not choice:
+        return None
+    path = Path(choice)
+    if not path.is_absolute() and not path.exists():
+        path = FRONTENDS / choice / "comfyui_frontend_package" / "static"
+    if path.is_dir() and (path / "comfyui_frontend_package" / "static").is_dir():
+        path = path / "comfyui_frontend_package" / "static"
+    if not (path / "index.html").is_file():
+        raise RuntimeError(f"DRAGEDIT_FRONTEND={choice!r}: no frontend at {path}. Install it first with "
+                           f"`make frontend FRONTEND={choice}` (pip install --target .frontends/{choice} "
+                           f"comfyui-frontend-package=={choice}).")
+    return path.resolve()
+
+
+def frontend_version() -> str:
+    """Version of the frontend the test server serves (the chosen one, else the venv's package)."""
+    root = frontend_root()
+    if root is not None:
+        for meta in root.parents[1].glob("comfyui_frontend_package-*.dist-info"):
+            return meta.name[len("comfyui_frontend_package-"):-len(".dist-info")]
+        return f"custom ({root})"
+    try:
+        from importlib.metadata import version
+        return version("comfyui-frontend-package")
+    except Exception:
+        return "unknown"
 
 
 def free_port() -> int:
@@ -64,6 +105,9 @@ class ComfyServer:
         cmd = [sys.executable, str(comfy / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--base-directory", str(self.base),
                "--database-url", f"sqlite:///{self.base / 'comfy.db'}"]
+        front = frontend_root()
+        if front is not None:
+            cmd += ["--front-end-root", str(front)]
         help_text = (comfy / "comfy" / "cli_args.py").read_text()
         if "--disable-api-nodes" in help_text:
             cmd.append("--disable-api-nodes")

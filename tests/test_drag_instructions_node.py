@@ -95,7 +95,7 @@ def test_batch_and_bad_image():
 def test_mask_input_checks():
     m = torch.zeros(1, 128, 128)
     m[:, 10:20, 10:20] = 1
-    with pytest.raises(NodeInputError, match=r"input 'mask': the mask is 128x128 but the image is 256x256"):
+    with pytest.raises(NodeInputError, match=r"input 'mask': is 128x128 but the image is 256x256"):
         run(image=image(), drag_data="[]", mask=m)
     with pytest.raises(NodeInputError, match=r"input 'mask': a batch of 2 masks"):
         run(image=image(), drag_data="[]", mask=torch.ones(2, 256, 256))

@@ -459,10 +459,13 @@ def test_vpred_and_sdxl_edit(kind, mode):
     assert len(counter.calls) == 6 and all(n == rows for n, _ in counter.calls)
 
 
-def test_attention_maps_sum_the_concept_tokens():
+@pytest.mark.parametrize("start", [1, 0])
+def test_attention_maps_sum_the_concept_tokens(start):
     """The probe's map for concept_tokens = k is the mean over heads and 1/4-resolution layers of the attention
-    probabilities of tokens 1..k, computed here from the layers' own q/k projections."""
-    model = host.build_model(SD15_3LEVEL, latent_format="sd15", prediction="eps", seed=1)
+    probabilities of the concept's first k tokens, computed here from the layers' own q/k projections: tokens 1..k
+    for a text encoder with a start token (CLIP: SD1.5 / SDXL), 0..k-1 for one without (the shapes model)."""
+    model = host.build_model(SD15_3LEVEL, latent_format="sd15", prediction="eps", seed=1, text_start_tokens=start)
+    assert host.text_start_tokens(model) == start
     neg = tiny_models.conditioning(2)
     c = tiny_models.conditioning(7, tokens=6)  # batched with the 8-token uncond: ComfyUI repeats it to 24 tokens
     m = sega_node(model, c, "add", 5.0, 0.5, mode="LEDITS++", concept_tokens=3)
@@ -500,10 +503,31 @@ def test_attention_maps_sum_the_concept_tokens():
         dh = q.shape[-1] // heads
         p = torch.softmax(q.reshape(1, -1, heads, dh).transpose(1, 2) @ k.reshape(1, -1, heads, dh).transpose(1, 2)
                           .transpose(-1, -2) * dh ** -0.5, -1)
-        total = total + p[..., 1:4].sum(-1).sum(1)
+        total = total + p[..., start:start + 3].sum(-1).sum(1)
         count += heads
     want = (total / count).reshape(1, 4, 4)
     torch.testing.assert_close(got["maps"][0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_concept_token_range_with_and_without_a_start_token():
+    """[lo, hi) of the concept tokens: after the start token when there is one; 0 = all but the start token and
+    the last (diffusers); clamped to at least one token inside the context."""
+    assert host.concept_token_range(77, 0, 1) == (1, 76)  # CLIP: tokens 1..75 (diffusers' default)
+    assert host.concept_token_range(77, 2, 1) == (1, 3)   # "blue square" on CLIP: tokens 1, 2
+    assert host.concept_token_range(8, 2, 0) == (0, 2)    # shapes encoder: "blue square" are tokens 0, 1
+    assert host.concept_token_range(8, 1, 0) == (0, 1)    # the first word is reachable
+    assert host.concept_token_range(8, 0, 0) == (0, 7)
+    assert host.concept_token_range(8, 50, 0) == (0, 8) and host.concept_token_range(8, 50, 1) == (1, 8)
+    assert host.concept_token_range(2, 0, 1) == (1, 2) and host.concept_token_range(1, 0, 1) == (0, 1)
+
+
+def test_shapes_model_declares_no_start_token(sd15_model):
+    from dragedit.core.shapes import model as shapes_model
+    m, clip, _ = shapes_model.build(seed=0)
+    assert host.text_start_tokens(m) == 0 and host.text_start_tokens(sd15_model) == 1
+    assert host.text_start_tokens(host.clone(m)) == 0
+    from dragedit.core.shapes.prompt import WORD_ID
+    assert clip.tokenize("blue square")["shapes"][:3] == [WORD_ID["blue"], WORD_ID["square"], WORD_ID["<pad>"]]
 
 
 # -------------------------------------------------------------------------------------------- errors (item 5)
@@ -564,6 +588,51 @@ def test_ledits_edit_node_on_the_shapes_model():
     image2, _ = run_node(LEDITSEdit, concept_1=enc("blue square"), direction_1="add", scale_1=8.0,
                          **dict(kw, mode="LEDITS++", warmup=0))
     assert torch.isfinite(image2).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["SEGA", "LEDITS++"])
+def test_ledits_edit_at_scale_0_reconstructs_the_input(mode):
+    """Scale 0 (and target_cfg = source_cfg) gives the input back in both modes: LEDITS++ samples with ε_u + the
+    concept terms only, so it inverts with the negative at cfg 1 (diffusers' empty source prompt), not with the
+    source prompt at source_cfg (that cost 30-37 dB on the shapes model)."""
+    from dragedit.core.shapes import renderer
+    model, clip, vae = _shapes()
+
+    def enc(text):
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+    scene = renderer.random_scene(4, two_p=0.0)
+    img = renderer.render(scene).permute(1, 2, 0).unsqueeze(0).contiguous()
+    image, _ = run_node(LEDITSEdit, model=model, vae=vae, source=enc(renderer.prompt(scene)), negative=enc(""),
+                        steps=8, skip=1, source_cfg=3.5, target_cfg=3.5, mode=mode, seed=0, threshold=0.95,
+                        warmup=0, image=img, concept_1=enc("blue square"), scale_1=0.0, concept_2=enc("red square"),
+                        direction_2="remove", scale_2=0.0)
+    mse = float(((image - img) ** 2).mean())
+    assert 10 * math.log10(1.0 / max(mse, 1e-30)) > 80.0, mse
+
+
+@pytest.mark.slow
+def test_ledits_edit_target_prompt_alone_and_ledits_pp_needs_a_concept():
+    """SEGA mode with a target prompt and no concept is the plain prompt-switch edit (the inversion's noise maps,
+    the target at target_cfg): it reconstructs with the source as target and edits with another prompt. LEDITS++
+    has no prompt CFG, so a target alone is refused."""
+    from dragedit.core.shapes import renderer
+    model, clip, vae = _shapes()
+
+    def enc(text):
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+    scene = renderer.random_scene(4, two_p=0.0)
+    img = renderer.render(scene).permute(1, 2, 0).unsqueeze(0).contiguous()
+    kw = dict(model=model, vae=vae, source=enc(renderer.prompt(scene)), negative=enc(""), steps=8, skip=1,
+              source_cfg=3.5, target_cfg=3.5, mode="SEGA", seed=0, image=img)
+    same, _ = run_node(LEDITSEdit, target=kw["source"], **kw)
+    assert float((same - img).abs().max()) < 1e-3
+    other, _ = run_node(LEDITSEdit, target=enc("blue square"), **kw)
+    assert float((other - img).abs().max()) > 0.05
+    with pytest.raises(NodeInputError, match=r"\[LEDITS Edit\] input 'concept_1'.*no concepts.*LEDITS\+\+"):
+        run_node(LEDITSEdit, target=enc("blue square"), **dict(kw, mode="LEDITS++"))
 
 
 # --------------------------------------------------------------------------------------------- server (item 5)

@@ -43,6 +43,13 @@ def latent_format_class() -> type:
         latent_dimensions = 2
         latent_rgb_factors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
         latent_rgb_factors_bias = None
+        # Size guard read by the pack's nodes (nodes/_common.check_latent_fits): self-attention runs at the full latent
+        # resolution, so the cost of a UNet call grows with the square of the pixel count.
+        dragedit_max_latent_side = 4 * LATENT_SIZE          # 64: images up to 128x128
+        dragedit_size_reason = (f"the Shapes Demo Model is trained on {IMAGE_SIZE}x{IMAGE_SIZE} images and has "
+                                "self-attention at the full latent resolution, so a UNet call costs the square of the "
+                                "pixel count: 0.04 s at 32x32, 2.6 s and +0.5 GB at 128x128, about 40x that beyond, "
+                                "on one CPU core")
 
         def __init__(self) -> None:
             # previews: model-space x̂0 -> unshuffle latent -> RGB in [−1, 1]
@@ -64,7 +71,7 @@ def build(unet_sd: Optional[dict] = None, text_sd: Optional[dict] = None, seed: 
     if unet_sd is not None:
         unet_sd = {k: v.float() for k, v in unet_sd.items()}
     model = host.build_model(UNET_CONFIG, latent_format=latent_format_class(), prediction="eps",
-                             state_dict=unet_sd, seed=seed)
+                             state_dict=unet_sd, seed=seed, text_start_tokens=0)  # word ids, no start token
     with torch.inference_mode(False):
         torch.manual_seed(seed)
         enc = PromptEncoder()
