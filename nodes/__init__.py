@@ -4,7 +4,7 @@ import importlib
 from ._common import iter_nodes
 
 _MODULES = ["inversion", "ddpm_inversion", "sega", "drag_instructions", "regiondrag", "dragdiffusion",
-            "dragondiffusion", "shapes_demo"]
+            "dragondiffusion", "shapes_demo", "preview"]
 
 _loaded = []
 for _name in _MODULES:

@@ -8,7 +8,11 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
-CATEGORY = "DragEdit"
+CATEGORY = "DragEdit"                                   # Drag Instructions, Drag Preview: used by every method
+CATEGORY_ALL_IN_ONE = f"{CATEGORY}/all-in-one"          # one node per method: the place to start
+CATEGORY_BLOCKS = f"{CATEGORY}/building blocks"         # inversions, patches, samplers to build a method from
+CATEGORY_DEMO = f"{CATEGORY}/demo"                      # the bundled shapes model and its scenes
+SEED_MAX = 0xFFFF_FFFF_FFFF_FFFF                        # like KSampler's noise_seed
 log = logging.getLogger("dragedit")
 
 
@@ -304,3 +308,39 @@ def iter_nodes(modules: Iterable[Any]) -> tuple[dict, dict]:
     for key, cls in classes.items():
         guard_float_inputs(cls, names.get(key, key))
     return classes, names
+
+
+def image_or_latent(node: str, model: Any, image: Any, vae: Any, latent: Any, *, allow_batch: bool = False,
+                    vae_always: bool = False) -> tuple[torch.Tensor, Optional[tuple[int, int]]]:
+    """The clean latent samples [B, C, h, w] to edit, from IMAGE + VAE (encoded here) or from a LATENT, plus the
+    image size (W, H) when an image was given. One rule for every node that takes either: exactly one source,
+    both halves of IMAGE + VAE, a batch of one unless allow_batch, a latent that fits the model (check_latent_fits:
+    call supported_model first). vae_always: the node needs the VAE anyway (to decode), so a connected VAE alone
+    does not mean 'IMAGE + VAE'."""
+    from .drag_instructions import check_single_image
+
+    have_image = image is not None or (vae is not None and not vae_always)
+    require(not (have_image and latent is not None), node, "latent",
+            "both a LATENT and an IMAGE are connected; connect either the LATENT or IMAGE + VAE.")
+    require(have_image or latent is not None, node, "latent", "connect the image to edit: a LATENT, or IMAGE + VAE.")
+    size = None
+    if have_image:
+        require(image is not None, node, "image", "a VAE is connected but no IMAGE; connect the image to encode.")
+        require(vae is not None, node, "vae", "an IMAGE is connected but no VAE to encode it; connect the VAE.")
+        require(isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[-1] >= 3, node, "image",
+                f"expected an IMAGE [B, H, W, 3], got {tuple(getattr(image, 'shape', ())) or type(image).__name__}.")
+        if not allow_batch:
+            size = check_single_image(image, node, "image")
+        else:
+            size = (int(image.shape[2]), int(image.shape[1]))
+        require(hasattr(vae, "encode"), node, "vae", f"expected a VAE, got {type(vae).__name__}.")
+        samples = vae.encode(image[:, :, :, :3])
+        require(isinstance(samples, torch.Tensor) and samples.ndim == 4, node, "vae",
+                f"encoded the image to shape {tuple(getattr(samples, 'shape', ()))}; expected an image VAE's "
+                f"[B, C, h, w] latent.")
+    else:
+        samples = check_latent(latent, node, allow_batch=allow_batch)
+        require(samples.ndim == 4, node, "latent", f"expected an image latent [B, C, h, w], got "
+                                                   f"{tuple(samples.shape)}.")
+    check_latent_fits(model, samples, node, "vae" if have_image else "latent", "image" if have_image else "latent")
+    return samples, size

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..core import ddpm_inversion as ef
 from ..core import host, ledits
-from ._common import CATEGORY, Progress, check_latent, check_range, check_schedule, guard_sampler, require, tooltips
+from ._common import (CATEGORY_BLOCKS, SEED_MAX, Progress, check_latent, check_range, check_schedule, guard_sampler,
+                      require, tooltips)
 from .inversion import check_cond_fits, supported_model
 
 NODE = "DDPM Inversion (edit-friendly)"
@@ -42,7 +43,7 @@ class DDPMInversion:
                 "skip": ("INT", {"default": 15, "min": 0, "max": 999}),
                 "source_cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1}),
                 "eta": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
             },
             "optional": {
                 "negative": ("CONDITIONING",),
@@ -62,12 +63,12 @@ class DDPMInversion:
         })
 
     RETURN_TYPES = ("LATENT", "INVERSION", "SIGMAS")
-    RETURN_NAMES = ("latent", "inversion", "sigmas")
+    RETURN_NAMES = ("LATENT", "INVERSION", "SIGMAS")
     OUTPUT_TOOLTIPS = ("The start latent x_T−skip (feed SamplerCustom's latent_image, add_noise off).",
                        "Start latent and noise maps for the Edit-friendly DDPM sampler.",
                        "The sampling sigmas from the start step to 0.")
     FUNCTION = "invert"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_BLOCKS
 
     def invert(self, model, latent, positive, steps, skip, source_cfg, eta, seed, negative=None):
         supported_model(model, NODE)
@@ -115,7 +116,7 @@ class EditFriendlyDDPMSampler:
     RETURN_TYPES = ("SAMPLER",)
     OUTPUT_TOOLTIPS = ("Connect to SamplerCustom's sampler input.",)
     FUNCTION = "get_sampler"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_BLOCKS
 
     def get_sampler(self, inversion, exact_last_step=True):
         import comfy.samplers

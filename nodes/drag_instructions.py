@@ -46,12 +46,17 @@ class DragInstructionsNode:
         }, TIPS)
 
     RETURN_TYPES = ("DRAG", "MASK")
-    RETURN_NAMES = ("drag", "mask")
+    RETURN_NAMES = ("DRAG", "MASK")
     OUTPUT_TOOLTIPS = OUTPUT_TIPS
     FUNCTION = "run"  # added by the web-editor engineer: run() = build() + the editor's image preview
     CATEGORY = CATEGORY
+    # An output node, so that (1) "Queue Selected Output Nodes" on it runs only its upstream and shows the image in
+    # the editor without running the method, and (2) a fully cached re-run still sends its "executed" UI message
+    # (ComfyUI re-sends cached UI only for nodes in the execution list, i.e. output nodes and what they need).
+    OUTPUT_NODE = True
     DESCRIPTION = ("Handle -> target point pairs, region pairs and an editable mask for the drag-editing nodes, "
-                   "drawn on the image in the editor or given as JSON.")
+                   "drawn on the image in the editor or given as JSON. To see an image that is not a Load Image "
+                   "before running the method, select this node and use Queue Selected Output Nodes.")
 
     # Added for the web editor (web/drag_editor.js): the executor calls run(), which returns build()'s outputs
     # plus a "drag_image" UI message; the editor's onExecuted shows that image after a run. A key other than

@@ -12,8 +12,8 @@ from ..core import host
 from ..core.inversion import start_index
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import GeometryError, Grid, point_tensors
-from ._common import (CATEGORY, NodeInputError, Progress, check_latent, check_mask, check_range, check_schedule,
-                      guard_model, require, tooltips)
+from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, NodeInputError, Progress, check_latent, check_mask,
+                      check_range, check_schedule, guard_model, image_or_latent, require, tooltips)
 from .inversion import DDIMInversion, check_cond_fits, supported_model
 
 MS_NODE = "Motion Supervision"
@@ -55,7 +55,10 @@ _TIPS = {
     "negative": "Optional negative prompt for the denoising pass (only with cfg > 1).",
     "cfg": "Classifier-free guidance of the denoising pass (1 = the reference's real-image mode).",
 }
-_TIPS_DD = dict(_TIPS, latent="The image to edit, as a clean latent (VAE Encode). One image (batch 1).",
+_TIPS_DD = dict(_TIPS, latent="The image to edit, as a clean latent (VAE Encode), instead of IMAGE + VAE. One image "
+                                "(batch 1).",
+                image="The image to edit (one image), encoded with the VAE. Connect either IMAGE + VAE or a LATENT.",
+                vae="The VAE that encodes the image.",
                 steps="Steps of the full DDIM grid (50 in the paper).",
                 strength="Fraction of the grid to invert: 0.7 = the paper's t = 681 of 50 steps.")
 
@@ -178,12 +181,12 @@ class MotionSupervision:
         }, _TIPS)
 
     RETURN_TYPES = ("LATENT", "DRAG", "MODEL")
-    RETURN_NAMES = ("latent", "tracked", "model")
+    RETURN_NAMES = ("LATENT", "tracked", "MODEL")
     OUTPUT_TOOLTIPS = ("The optimised latent, still noisy at the start step.",
                        "The drag instructions with each handle moved to where tracking found it.",
                        "The model for the denoising pass: with reference_kv on, it uses the source's self-attention K/V.")
     FUNCTION = "run"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_BLOCKS
 
     def run(self, model, positive, drag, iterations=80, learning_rate=0.01, r_m=1, r_p=3, lam=0.1, feature_block=-2,
             reference_kv=False, inversion=None, latent=None, mask=None, steps=50, strength=0.7, half_precision=False,
@@ -242,7 +245,6 @@ class DragDiffusion:
         return tooltips({
             "required": {
                 "model": ("MODEL",),
-                "latent": ("LATENT",),
                 "positive": ("CONDITIONING",),
                 "drag": ("DRAG",),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
@@ -250,6 +252,9 @@ class DragDiffusion:
                 **_settings_spec(True),
             },
             "optional": {
+                "latent": ("LATENT",),
+                "image": ("IMAGE",),
+                "vae": ("VAE",),
                 "mask": ("MASK",),
                 "negative": ("CONDITIONING",),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
@@ -259,18 +264,19 @@ class DragDiffusion:
         }, _TIPS_DD)
 
     RETURN_TYPES = ("LATENT", "DRAG")
-    RETURN_NAMES = ("latent", "tracked")
+    RETURN_NAMES = ("LATENT", "tracked")
     OUTPUT_TOOLTIPS = ("The edited clean latent (VAE Decode it).",
                        "The drag instructions with each handle moved to where tracking found it.")
     FUNCTION = "run"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_ALL_IN_ONE
 
-    def run(self, model, latent, positive, drag, steps=50, strength=0.7, iterations=80, learning_rate=0.01, r_m=1,
-            r_p=3, lam=0.1, feature_block=-2, reference_kv=True, mask=None, negative=None, cfg=1.0,
-            half_precision=False, threshold=2.0):
+    def run(self, model, positive, drag, latent=None, steps=50, strength=0.7, iterations=80, learning_rate=0.01,
+            r_m=1, r_p=3, lam=0.1, feature_block=-2, reference_kv=True, mask=None, negative=None, cfg=1.0,
+            half_precision=False, threshold=2.0, image=None, vae=None):
         node = DD_NODE
         supported_model(model, node)
-        samples = check_latent(latent, node, model=model)
+        samples, _size = image_or_latent(node, model, image, vae, latent)
+        latent = {"samples": samples}
         check_cond_fits(model, positive, node, "positive")
         if negative is not None:
             check_cond_fits(model, negative, node, "negative")

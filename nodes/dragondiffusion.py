@@ -13,8 +13,8 @@ from ..core import host
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import Grid, GeometryError
 from ..core.inversion import DDIMInversion
-from ._common import (CATEGORY, NodeInputError, Progress, check_mask, check_range, check_schedule, guard_model, require,
-                      tooltips)
+from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_mask, check_range,
+                      check_schedule, guard_model, require, tooltips)
 from .inversion import check_cond_fits, supported_model
 
 FG, MB, DD = "Feature Guidance", "Memory Bank K/V", "DragonDiffusion"
@@ -272,7 +272,7 @@ class FeatureGuidance:
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The model with the guidance; sample it from the inversion's latent and sigmas.",)
     FUNCTION = "patch"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_BLOCKS
 
     def patch(self, model, inversion, mode, energy_scale, start_percent, end_percent, resize_scale, drag=None,
               mask=None, reference=None, ref_mask=None, w_edit=AUTO, w_content=AUTO, center_features=CENTER_DEFAULT):
@@ -313,8 +313,10 @@ class MemoryBankKV:
             "end_percent": "Injection stops here (1 = to the end; appearance/paste used 0.72 = step 36 of 50)."})
 
     RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with the memory-bank K/V injection (a clone); add Feature Guidance and sample it "
+                       "from the inversion's latent and sigmas.",)
     FUNCTION = "patch"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_BLOCKS
 
     def patch(self, model, inversion, mode, start_percent, end_percent, mask=None, reference=None, ref_mask=None):
         inv = _check_model_inputs(MB, model, inversion, need_kv=True)
@@ -354,7 +356,7 @@ class DragonDiffusion:
                          "regional_sde": ("BOOLEAN", {"default": False}),
                          "time_travel": ("BOOLEAN", {"default": False}),
                          "init_paste": ("BOOLEAN", {"default": False}),
-                         "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1}),
+                         "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
                          "w_edit": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
                          "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
                          "center_features": ("BOOLEAN", {"default": CENTER_DEFAULT})},
@@ -372,7 +374,7 @@ class DragonDiffusion:
     RETURN_TYPES = ("LATENT",)
     OUTPUT_TOOLTIPS = ("The edited latent (VAE Decode it).",)
     FUNCTION = "edit"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_ALL_IN_ONE
 
     def edit(self, model, positive, negative, inversion, mode, cfg, energy_scale, resize_scale, drag=None, mask=None,
              reference=None, ref_mask=None, regional_sde=False, time_travel=False, init_paste=False, seed=0,

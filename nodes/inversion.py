@@ -7,7 +7,7 @@ import torch
 from ..core import host
 from ..core import inversion as inv
 from ..core.regiondrag import kv_cache_bytes
-from ._common import (CATEGORY, NodeInputError, Progress, check_conditioning, check_latent, check_range, kv_budget,
+from ._common import (CATEGORY_BLOCKS, NodeInputError, Progress, check_conditioning, check_latent, check_range, kv_budget,
                       require, tooltips)
 
 NODE = "DDIM Inversion"
@@ -69,11 +69,11 @@ class DDIMInversion:
         })
 
     RETURN_TYPES = ("LATENT", "INVERSION", "SIGMAS")
-    RETURN_NAMES = ("latent", "inversion", "sigmas")
+    RETURN_NAMES = ("LATENT", "INVERSION", "SIGMAS")
     OUTPUT_TOOLTIPS = ("The noisy latent at the start step.", "Latents per step, sigmas and optional K/V for the method nodes.",
                        "The sampling sigmas from the start step to 0.")
     FUNCTION = "invert"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_BLOCKS
 
     def invert(self, model, latent, positive, steps, strength, record_kv, negative=None, cfg=1.0, kv_dtype="float16",
                kv_max_gb=0.0):

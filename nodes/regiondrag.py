@@ -11,8 +11,8 @@ from ..core import host
 from ..core import regiondrag as rd
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import GeometryError
-from ._common import (CATEGORY, NodeInputError, Progress, check_latent, check_latent_fits, check_mask, check_range,
-                      check_schedule, guard_sampler, kv_budget, require, tooltips)
+from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_mask, check_range,
+                      check_schedule, guard_sampler, image_or_latent, kv_budget, require, tooltips)
 from .inversion import KV_DTYPES, check_cond_fits, supported_model
 
 CP_NODE = "Latent Copy-Paste"
@@ -110,7 +110,7 @@ def _plan_options(node: str, noise_scale: float, paste_end: float, paste_every_s
 def _plan_spec() -> dict:
     return {
         "noise_scale": ("FLOAT", {"default": rd.DEFAULT_NOISE_SCALE, "min": 0.0, "max": 1.6, "step": 0.05}),
-        "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFF_FFFF_FFFF_FFFF}),
+        "seed": ("INT", {"default": 42, "min": 0, "max": SEED_MAX}),
     }
 
 
@@ -145,10 +145,10 @@ class LatentCopyPaste:
         }, _TIPS)
 
     RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
+    RETURN_NAMES = ("SAMPLER",)
     OUTPUT_TOOLTIPS = ("The wrapped sampler (steps one at a time, pasting before each).",)
     FUNCTION = "wrap"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_BLOCKS
 
     def wrap(self, sampler, inversion, noise_scale=rd.DEFAULT_NOISE_SCALE, seed=42, paste_end=rd.DEFAULT_PASTE_END,
              paste_every_step=False, drag=None, drag_json=None, mask=None):
@@ -197,10 +197,10 @@ class AttentionKVSwap:
         return spec
 
     RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
+    RETURN_NAMES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The model with the cached K/V swapped in (a clone; the input model is unchanged).",)
     FUNCTION = "patch"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_BLOCKS
 
     def patch(self, model, inversion, layers="all", mode="replace"):
         node = KV_NODE
@@ -251,10 +251,10 @@ class RegionDrag:
         }, _TIPS)
 
     RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
+    RETURN_NAMES = ("LATENT",)
     OUTPUT_TOOLTIPS = ("The edited clean latent (VAE Decode it).",)
     FUNCTION = "run"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_ALL_IN_ONE
 
     def run(self, model, positive, steps=rd.DEFAULT_STEPS, strength=rd.DEFAULT_STRENGTH,
             noise_scale=rd.DEFAULT_NOISE_SCALE, seed=42, drag=None, drag_json=None, image=None, vae=None, latent=None,
@@ -269,7 +269,7 @@ class RegionDrag:
                                           f"dragged; raise strength or steps.")
         require(kv_dtype in KV_DTYPES, node, "kv_dtype", f"must be one of {list(KV_DTYPES)}, got {kv_dtype!r}.")
         opts = _plan_options(node, noise_scale, paste_end, paste_every_step, seed)
-        samples, image_size = _source(node, model, image, vae, latent)
+        samples, image_size = image_or_latent(node, model, image, vae, latent)
         d = _as_drag(node, drag, drag_json, image_size)
         lat_hw = tuple(samples.shape[-2:])
         plan = _plan(node, d, lat_hw, _as_mask(node, mask, lat_hw, d.image_size), _drag_name(drag), **opts)
@@ -280,31 +280,6 @@ class RegionDrag:
         out = rd.region_drag(model, positive, samples, plan, steps=int(steps), strength=float(strength),
                              seed=int(seed), kv_dtype=KV_DTYPES[kv_dtype], on_step=lambda i, total: bar.update(1))
         return ({"samples": out.to(samples.device)},)
-
-
-def _source(node: str, model: Any, image: Any, vae: Any, latent: Any) -> tuple[torch.Tensor, Optional[tuple[int, int]]]:
-    """(clean LATENT samples [1, C, h, w], image (W, H) or None) from IMAGE + VAE or LATENT, with clear errors."""
-    have_image = image is not None or vae is not None
-    require(not (have_image and latent is not None), node, "latent",
-            "both a LATENT and IMAGE/VAE are connected; connect either the LATENT or IMAGE + VAE.")
-    require(have_image or latent is not None, node, "latent", "connect the image to edit: a LATENT, or IMAGE + VAE.")
-    size = None
-    if have_image:
-        require(image is not None, node, "image", "a VAE is connected but no IMAGE; connect the image to encode.")
-        require(vae is not None, node, "vae", "an IMAGE is connected but no VAE to encode it; connect the VAE.")
-        from .drag_instructions import check_single_image
-        size = check_single_image(image, node, "image")
-        require(hasattr(vae, "encode"), node, "vae", f"expected a VAE, got {type(vae).__name__}.")
-        samples = vae.encode(image[:, :, :, :3])
-        require(isinstance(samples, torch.Tensor) and samples.ndim == 4, node, "vae",
-                f"encoded the image to shape {tuple(getattr(samples, 'shape', ()))}; expected an image VAE's "
-                f"[1, C, h, w] latent.")
-    else:
-        samples = check_latent(latent, node)
-        require(samples.ndim == 4, node, "latent", f"expected an image latent [1, C, h, w], got "
-                                                   f"{tuple(samples.shape)}.")
-    check_latent_fits(model, samples, node, "vae" if have_image else "latent", "image" if have_image else "latent")
-    return samples, size
 
 
 NODE_CLASS_MAPPINGS = {

@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-import torch
-
 from ..core import host, ledits
 from ..core import sega
-from ._common import CATEGORY, NodeInputError, Progress, check_latent_fits, check_range, require, tooltips
+from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_range,
+                      image_or_latent, require, tooltips)
 from .ddpm_inversion import DDPMInversion, EditFriendlyDDPMSampler
 from .inversion import check_cond_fits, supported_model
 
@@ -100,7 +99,7 @@ class SEGAGuidance:
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The model with this concept (and those of upstream SEGA Guidance nodes).",)
     FUNCTION = "patch"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_BLOCKS
 
     def patch(self, model, concept, direction, scale, threshold, warmup, cooldown, weight, momentum_scale,
               momentum_beta, mode, cross_attention_mask=True, concept_tokens=0, _names: Optional[dict] = None,
@@ -148,7 +147,7 @@ class LEDITSEdit:
             "source_cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1}),
             "target_cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1}),
             "mode": (MODES, {"default": "SEGA"}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
         }
         for i in (1, 2, 3):
             req[f"direction_{i}"] = (DIRECTIONS, {"default": "add"})
@@ -197,10 +196,10 @@ class LEDITSEdit:
         return tooltips({"required": req, "optional": opt}, tips)
 
     RETURN_TYPES = ("IMAGE", "LATENT")
-    RETURN_NAMES = ("image", "latent")
+    RETURN_NAMES = ("IMAGE", "LATENT")
     OUTPUT_TOOLTIPS = ("The edited image.", "The edited latent.")
     FUNCTION = "edit"
-    CATEGORY = CATEGORY
+    CATEGORY = CATEGORY_ALL_IN_ONE
 
     def edit(self, model, vae, source, negative, steps, skip, source_cfg, target_cfg, mode, seed,
              direction_1="add", scale_1=10.0, direction_2="add", scale_2=10.0, direction_3="add", scale_3=10.0,
@@ -214,10 +213,8 @@ class LEDITSEdit:
                 + (" (LEDITS++ has no prompt CFG, so a target prompt alone edits nothing)." if mode == "LEDITS++"
                    else ", or a target prompt (the edit by prompt switch alone)."))
         require(vae is not None, EDIT, "vae", "is missing: connect the model's VAE.")
-        samples = self._samples(vae, image, latent)
         supported_model(model, EDIT)
-        check_latent_fits(model, samples, EDIT, "latent" if latent is not None else "vae",
-                          "latent" if latent is not None else "image")
+        samples, _size = image_or_latent(EDIT, model, image, vae, latent, allow_batch=True, vae_always=True)
         check_cond_fits(model, negative, EDIT, "negative")
         if target is not None:
             check_cond_fits(model, target, EDIT, "target")
@@ -245,18 +242,6 @@ class LEDITSEdit:
                                        float(target_cfg), sampler, sigmas, start["samples"], seed=int(seed),
                                        callback=lambda *a: bar.update(1))
         return (vae.decode(out), {"samples": out})
-
-    @staticmethod
-    def _samples(vae: Any, image: Optional[torch.Tensor], latent: Optional[dict]) -> torch.Tensor:
-        if latent is not None:
-            require(image is None, EDIT, "latent", "connect an image or a latent, not both.")
-            require(isinstance(latent, dict) and isinstance(latent.get("samples"), torch.Tensor)
-                    and latent["samples"].ndim == 4, EDIT, "latent", "expected a LATENT [B,C,H,W] (VAE Encode).")
-            return latent["samples"]
-        require(image is not None, EDIT, "image", "connect the image to edit (or a latent).")
-        require(isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[-1] >= 3, EDIT, "image",
-                f"expected an IMAGE [B,H,W,3], got shape {tuple(getattr(image, 'shape', ()))}.")
-        return vae.encode(image[:, :, :, :3])
 
 
 def _msg(e: NodeInputError) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..core.shapes import model as shapes_model
 from ..core.shapes import renderer
 from ..core.shapes.prompt import COLOURS, KINDS
-from ._common import CATEGORY, NodeInputError, tooltips
+from ._common import CATEGORY_DEMO, SEED_MAX, NodeInputError, tooltips
 
 NODE_MODEL = "Shapes Demo Model"
 NODE_SCENE = "Shapes Scene"
@@ -22,7 +22,7 @@ class ShapesDemoModel:
                        "Tiny prompt encoder: connect it to CLIP Text Encode.",
                        "Exact pixel-unshuffle VAE (3x32x32 image <-> 12x16x16 latent).")
     FUNCTION = "load"
-    CATEGORY = f"{CATEGORY}/shapes demo"
+    CATEGORY = CATEGORY_DEMO
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -44,16 +44,16 @@ class ShapesScene:
     DESCRIPTION = ("Draws a seeded random scene of the kind the Shapes Demo Model was trained on (32x32, muted background "
                    "with a gentle gradient, one or two coloured shapes) and gives its prompt: a ready-made image to edit.")
     RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "prompt")
+    RETURN_NAMES = ("IMAGE", "prompt")
     OUTPUT_TOOLTIPS = ("The scene as a 32x32 IMAGE.", "The scene's words, e.g. 'red circle and blue square'.")
     FUNCTION = "draw"
-    CATEGORY = f"{CATEGORY}/shapes demo"
+    CATEGORY = CATEGORY_DEMO
 
     @classmethod
     def INPUT_TYPES(cls):
         return tooltips({
             "required": {
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
                 "shapes": (["random", "1", "2"], {"default": "random"}),
             },
         }, {

@@ -392,7 +392,7 @@ def test_region_drag_prompt_through_server(comfy_server):
     t = safetensors.torch.load_file(out)["latent_tensor"]
     assert t.shape == (1, 4, 16, 16) and torch.isfinite(t).all()
     info = comfy_server.get("/object_info/DragEditRegionDrag")["DragEditRegionDrag"]
-    assert info["display_name"] == "RegionDrag" and info["category"] == "DragEdit"
+    assert info["display_name"] == "RegionDrag" and info["category"] == "DragEdit/all-in-one"
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ def test_pack_nodes_registered(comfy_server):
     info = comfy_server.get("/object_info")
     assert "DragEditDDIMInversion" in info
     node = info["DragEditDDIMInversion"]
-    assert node["category"] == "DragEdit"
+    assert node["category"] == "DragEdit/building blocks"
     assert all("tooltip" in spec[1] for spec in node["input"]["required"].values() if len(spec) > 1)
     failed = [l for l in comfy_server.log().splitlines() if "IMPORT FAILED" in l or "Cannot import" in l]
     assert not [l for l in failed if "ComfyUI-DragEdit" in l or "dragedit_test_nodes" in l], failed

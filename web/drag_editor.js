@@ -406,8 +406,10 @@ class DragEditor {
 
   /** What the current tool or unfinished item expects next. */
   hint() {
-    if (!this.imageSize()) return "Connect a Load Image (or run once) to see the image.";
-    if (!this.image && !this.pending) return "No image yet: run once (or connect a Load Image) to see it.";
+    // This node is an output node: queuing it alone runs only what feeds its image, not the method.
+    const show = "select this node and Queue Selected Output Nodes (runs only its image's branch)";
+    if (!this.imageSize()) return `No image yet: ${show}, or connect a Load Image.`;
+    if (!this.image && !this.pending) return `No image yet: ${show}, or connect a Load Image.`;
     const p = this.pending;
     if (p?.type === "point") return "Click the target of this handle (Esc cancels).";
     if (p?.type === "rect-target") return "Drag or click the target rectangle (Esc cancels).";

@@ -1,0 +1,93 @@
+"""Node "Drag Preview": an image with the drag instructions drawn on it (arrows, regions, mask, tracked handles).
+Thin: checks here, the drawing in core/preview.py."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from ..core import preview
+from ..core.drag_schema import DragInstructions, DragSchemaError
+from ._common import CATEGORY, NodeInputError, check_mask, require, tooltips
+from .drag_instructions import save_preview
+
+NODE = "Drag Preview"
+
+TIPS = {
+    "image": "The image to draw on: the input image (what will move) or the edited result (where it went). "
+             "A batch is drawn image by image.",
+    "drag": "The drag instructions from Drag Instructions: point pairs (red handle -> blue target, yellow arrow) and "
+            "region pairs (red handle outline, blue target outline).",
+    "mask": "Optional editable area (white = may change); outside it the image is dimmed. Default: the mask stored "
+            "in the drag instructions.",
+    "tracked": "Optional: DragDiffusion's 'tracked' output. Each handle's tracked end position is drawn in green, "
+               "joined to where it started.",
+    "min_size": "Enlarge small images (nearest neighbour, by a whole factor up to 16x) until the longer side is at "
+                "least this many pixels, so the arrows stay readable; 0 = keep the image's size.",
+}
+
+
+def _drag(value: Any, input_name: str, size: tuple[int, int]) -> DragInstructions:
+    """The DRAG input fitted to the image size (same-aspect instructions are rescaled), or a clear error."""
+    try:
+        return DragInstructions.coerce(value).fit_to(size)
+    except DragSchemaError as e:
+        raise NodeInputError(NODE, input_name, f"{e}.") from None
+    except (TypeError, AttributeError, ValueError) as e:
+        raise NodeInputError(NODE, input_name, f"is not drag instructions ({type(value).__name__}): {e}.") from None
+
+
+class DragPreview:
+    DESCRIPTION = ("Draws the drag instructions on an image: handle -> target arrows, region outlines, the editable "
+                   "mask and (from DragDiffusion's 'tracked' output) where each handle ended up, like the demo's "
+                   "before/after pictures. Shows the picture on the node and outputs it as an IMAGE.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        """Image and DRAG; optional mask, tracked DRAG and the enlargement size (all with tooltips)."""
+        return tooltips({
+            "required": {
+                "image": ("IMAGE",),
+                "drag": ("DRAG",),
+                "min_size": ("INT", {"default": 512, "min": 0, "max": 4096, "step": 64}),
+            },
+            "optional": {
+                "mask": ("MASK",),
+                "tracked": ("DRAG",),
+            },
+        }, TIPS)
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("The image with the instructions drawn on it (enlarged to min_size).",)
+    FUNCTION = "draw"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+
+    def draw(self, image: torch.Tensor, drag: Any, min_size: int = 512, mask: Optional[torch.Tensor] = None,
+             tracked: Any = None) -> dict:
+        """Executor entry: the drawn IMAGE batch, shown on the node as a preview."""
+        require(isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] >= 1
+                and image.shape[1] >= 1 and image.shape[2] >= 1, NODE, "image",
+                f"expected an IMAGE [B, H, W, C], got {tuple(getattr(image, 'shape', ())) or type(image).__name__}.")
+        require(0 <= int(min_size) <= 4096, NODE, "min_size", f"must be between 0 and 4096, got {min_size}.")
+        size = (int(image.shape[2]), int(image.shape[1]))
+        d = _drag(drag, "drag", size)
+        t = None
+        if tracked is not None:
+            t = _drag(tracked, "tracked", size)
+            require(len(t.points) == len(d.points), NODE, "tracked",
+                    f"has {len(t.points)} point pairs but drag has {len(d.points)}; connect the 'tracked' output of "
+                    f"the DragDiffusion node that used these instructions.")
+        m = None if mask is None else check_mask(mask, NODE, "mask", image_size=size)
+        if m is not None and not bool((m > 0).any()):
+            m = None                                # all black = no mask (the pack's rule)
+        frames = [preview.draw_preview(image[i], d, mask=m, tracked=t, min_size=int(min_size))
+                  for i in range(image.shape[0])]
+        out = torch.stack(frames).to(image.device)
+        shown = [ref for i in range(out.shape[0]) for ref in save_preview(out[i:i + 1], prefix="dragedit_preview")]
+        return {"ui": {"images": shown}, "result": (out,)}
+
+
+NODE_CLASS_MAPPINGS = {"DragEditDragPreview": DragPreview}
+NODE_DISPLAY_NAME_MAPPINGS = {"DragEditDragPreview": NODE}
