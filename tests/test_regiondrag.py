@@ -231,7 +231,7 @@ def test_copy_paste_sigmas_must_match_inversion(sd15_model):
                              steps=10, strength=0.5, record_kv=False)
     cp, = run_node(LatentCopyPaste, sampler=comfy.samplers.sampler_object("euler"), inversion=inv,
                    drag_json=_json(regions=[RECT]))
-    with pytest.raises(Exception, match="not the INVERSION's"):
+    with pytest.raises(NodeInputError, match=r"\[Latent Copy-Paste\] input 'inversion': .*do not match the INVERSION's"):
         _sample(sd15_model, pos, cp, host.ddim_sigmas(sd15_model, 7)[3:], x_t["samples"])
     with pytest.raises(NodeInputError, match=r"\[Latent Copy-Paste\] input 'sampler'"):
         run_node(LatentCopyPaste, sampler=object(), inversion=inv, drag_json=_json())
