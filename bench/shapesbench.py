@@ -217,8 +217,10 @@ def methods() -> list[Method]:
         Method("ledits", ("DragEditLEDITSEdit",), target_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
                "LEDITS Edit, SEGA mode: concepts add 'new-colour kind' + remove 'old-colour kind'; removal by the "
                "target prompt of the remaining shapes (no concept)"),
-        Method("ledits++", ("DragEditLEDITSEdit",), word_kinds, dict(ledits, mode="LEDITS++"), _graph_ledits,
-               "LEDITS Edit, LEDITS++ mode (masked concepts, no prompt CFG)"),
+        Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,
+               dict(ledits, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0), _graph_ledits,
+               "LEDITS Edit, LEDITS++ mode (inverts with the empty prompt; masked concepts, no prompt CFG); removal "
+               "by a 'remove' concept (a target prompt has no effect without prompt CFG)"),
     ]
 
 
