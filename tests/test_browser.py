@@ -286,8 +286,10 @@ def _editor_zoom_pan_and_brush_label(cp: bu.ComfyPage, drag_type: str) -> None:
     pt = ed.data()["points"][0]
     assert _close(pt["handle"], (60.5, 60.25), 0.5) and _close(pt["target"], (75.25, 80.5), 0.5), pt
 
-    # Middle-button drag pans the view: the image follows the pointer.
+    # Middle-button drag pans the zoomed view: the image follows the pointer, the graph stays where it is.
     before = ed.client(75, 80)
+    graph_offset = cp.page.evaluate("() => Array.from(app.canvas.ds.offset)")
+    center = ed.eval("ed.view().cx")
     m = cp.page.mouse
     m.move(before[0], before[1])
     m.down(button="middle")
@@ -295,6 +297,8 @@ def _editor_zoom_pan_and_brush_label(cp: bu.ComfyPage, drag_type: str) -> None:
     m.up(button="middle")
     after = ed.client(75, 80)
     assert abs(after[0] - before[0] - 20) <= 1 and abs(after[1] - before[1] - 15) <= 1, (before, after)
+    assert cp.page.evaluate("() => Array.from(app.canvas.ds.offset)") == graph_offset
+    assert ed.eval("ed.view().cx") < center - 3
     assert len(ed.data()["points"]) == 1                  # panning is no edit
     cp.page.wait_for_timeout(100)
     cp.screenshot_clip(bu.SCREENSHOTS / f"drag_editor_zoomed_{'nodes2' if cp.vue_nodes else 'classic'}.png",
