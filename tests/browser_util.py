@@ -52,8 +52,8 @@ def drag_node_type(server) -> str:
 def host_noise(text: str, url: str = "") -> bool:
     """Console errors that come from the frontend/backend pair, not from the pack: a frontend newer than the
     backend (1.58 on ComfyUI 0.3.75) polls a jobs API the backend lacks (404 on /api/jobs and
-    "[Jobs API] Error fetching jobs")."""
-    if "[Jobs API]" in text:
+    "[Jobs API] Error fetching jobs", "Failed to fetch queue: JobsApiError: ... 404")."""
+    if "[Jobs API]" in text or "JobsApiError" in text:
         return True
     return "404" in text and ("/api/jobs" in url or "/api/jobs" in text)
 

@@ -771,9 +771,9 @@ class DragEditor {
       if (this.pending?.type === "poly-handle") this.closePolygon();
     });
     this.root.addEventListener("keydown", (e) => this.onKey(e));
-    c.dragEditor = this; // for the page-level zoom-wheel listener (installZoomWheel)
+    c.dragEditor = this; // for the page-level zoom and pan listeners (installPageListeners)
     c.addEventListener("wheel", (e) => {
-      // A plain wheel zooms the graph, as anywhere else on it (Ctrl+wheel: see installZoomWheel).
+      // A plain wheel zooms the graph, as anywhere else on it (Ctrl+wheel: see installPageListeners).
       e.preventDefault();
       e.stopPropagation();
       app.canvas?.processMouseWheel?.(e);
@@ -822,6 +822,7 @@ class DragEditor {
 
   /** Start a gesture: paint, move a point, draw a rect, add a point or polygon vertex; right button deletes. */
   onPointerDown(e) {
+    if (e.button === 1 && this.zoom === 1) return; // middle button at 100%: the graph's (pan)
     e.stopPropagation();
     e.preventDefault();
     this.canvas.focus({ preventScroll: true });
@@ -1077,11 +1078,13 @@ class DragEditor {
   }
 }
 
-/** One page-level listener, in the capture phase, for Ctrl/Alt+wheel over an editor canvas: the Nodes 2.0 node
- * forwards Ctrl+wheel to the graph before it reaches the canvas, so the canvas' own listener would never see it. */
-function installZoomWheel() {
-  if (window.__dragEditZoomWheel) return;
-  window.__dragEditZoomWheel = true;
+/** Page-level listeners, in the capture phase, for the editor's zoom and pan gestures over its canvas. Nodes 2.0
+ * forwards Ctrl+wheel and middle-button drags to the graph (pan / zoom) before they reach the canvas, so the
+ * canvas' own listeners would never see them. Middle-drag pans the editor only while it is zoomed in; at 100%
+ * it stays the graph's. */
+function installPageListeners() {
+  if (window.__dragEditPageListeners) return;
+  window.__dragEditPageListeners = true;
   window.addEventListener("wheel", (e) => {
     const ed = e.target?.dragEditor;
     if (!ed || ed.destroyed || !(e.ctrlKey || e.metaKey || e.altKey)) return;
@@ -1089,6 +1092,17 @@ function installZoomWheel() {
     e.stopImmediatePropagation();
     ed.onZoomWheel(e);
   }, { capture: true, passive: false });
+  const handlers = { pointerdown: "onPointerDown", pointermove: "onPointerMove", pointerup: "onPointerUp", pointercancel: "onPointerUp" };
+  for (const [type, method] of Object.entries(handlers)) {
+    window.addEventListener(type, (e) => {
+      const ed = e.target?.dragEditor;
+      if (!ed || ed.destroyed) return;
+      const startsPan = type === "pointerdown" && e.button === 1 && ed.zoom > 1;
+      if (!startsPan && ed.drag?.type !== "pan") return;
+      e.stopImmediatePropagation();
+      ed[method](e, type === "pointercancel");
+    }, { capture: true });
+  }
 }
 
 /** Hide a widget in the classic canvas and in Nodes 2.0 (Vue) rendering, keeping its value serialised. */
@@ -1106,7 +1120,7 @@ app.registerExtension({
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!isDragInstructionsDef(nodeData)) return;
-    installZoomWheel();
+    installPageListeners();
 
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
