@@ -240,7 +240,7 @@ def test_preview_node_errors_name_the_input():
     d = DragInstructions.from_json(POINT_JSON)
     with pytest.raises(NodeInputError, match=r"^\[Drag Preview\] input 'drag': .*drawn on a 32x32 image"):
         run_node(DragPreview, image=torch.rand(1, 32, 64, 3), drag=d)
-    with pytest.raises(NodeInputError, match=r"^\[Drag Preview\] input 'mask': the mask is 16x16"):
+    with pytest.raises(NodeInputError, match=r"^\[Drag Preview\] input 'mask': is 16x16 but the image is 32x32"):
         run_node(DragPreview, image=img, drag=d, mask=torch.ones(1, 16, 16))
     two = DragInstructions.from_json(json.dumps({"version": 1, "points": [{"handle": [1, 1], "target": [5, 5]}] * 2}))
     with pytest.raises(NodeInputError, match=r"^\[Drag Preview\] input 'tracked': has 2 point pairs"):
