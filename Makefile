@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 FRONTEND ?=
 FRONTEND_ROOT = $(CURDIR)/.frontends/$(FRONTEND)/comfyui_frontend_package/static
 
-.PHONY: setup demo test server bench clean frontend
+.PHONY: setup demo test server bench bench-gpu clean frontend
 
 setup:
 	@bash .ci/setup.sh
@@ -30,6 +30,11 @@ BENCHES := inversion regiondrag dragdiffusion dragondiffusion ledits shapesbench
 
 bench: setup
 	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
+
+# One prepared GPU run (CUDA required, fails loudly without it): every method at SD1.5 512² and SDXL 1024²,
+# seconds per edit, peak VRAM, K/V RAM and transfer time -> out/bench/gpu.json (within 8 minutes on one GPU).
+bench-gpu: setup
+	DRAGEDIT_COMFY_GPU=1 $(PY) bench/gpu.py
 
 clean:
 	rm -rf .venv .host out .frontends

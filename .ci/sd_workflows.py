@@ -222,8 +222,14 @@ def dragdiffusion(info: dict, sizes: dict) -> dict:
                                  "training_dtype": "bf16", "lora_dtype": "bf16", "algorithm": "LoRA",
                                  "gradient_checkpointing": True, "existing_lora": "[None]"},
                title="Train LoRA (on this image, 80 steps)", width=360)
+    # ComfyUI 0.3.7x's Train LoRA takes its latents as a list and fails on a list of one (Comfy-Org/ComfyUI#11124:
+    # 'multi_res' unbound): give it the image twice, as a list of two one-image batches (same training data).
+    rep = g.add("RepeatLatentBatch", {"amount": 2}, title="Repeat Latent Batch (x2, see note)")
+    g.link(enc, "LATENT", rep, "samples")
+    reb = g.add("RebatchLatents", {"batch_size": 1}, title="Rebatch Latents (list of 2, see note)")
+    g.link(rep, "LATENT", reb, "latents")
     g.link(ck, "MODEL", tr, "model")
-    g.link(enc, "LATENT", tr, "latents")
+    g.link(reb, "LATENT", tr, "latents")
     g.link(pos, "CONDITIONING", tr, "positive")
     lo = g.add("LoraModelLoader", {"strength_model": 1.0}, title="Load LoRA Model (the trained one)", width=360)
     g.link(ck, "MODEL", lo, "model")
@@ -242,12 +248,13 @@ def dragdiffusion(info: dict, sizes: dict) -> dict:
     note = g.note(_note_dragdiffusion(size, ckpt), width=420, height=640)
     x = g.column(0, 0, [note])
     x2 = g.column(x, 60, [ck, img, sc])
-    x3 = g.column(x2, 60, [pos, enc, tr, lo])
-    x4 = g.column(x3, 60, [di])
+    x3 = g.column(x2, 60, [pos, enc, rep, reb])
+    x3b = g.column(x3, 60, [tr, lo])
+    x4 = g.column(x3b, 60, [di])
     x5 = g.column(x4, 60, [dd, dec])
     g.column(x5, 60, [save, prev])
     g.group("1. Model and image", [ck, img, sc])
-    g.group("2. LoRA on the image (DragDiffusion's first step)", [pos, enc, tr, lo], color="#b58b2a")
+    g.group("2. LoRA on the image (DragDiffusion's first step)", [pos, enc, rep, reb, tr, lo], color="#b58b2a")
     g.group("3. Drag (draw here)", [di])
     g.group("4. Edit", [dd, dec], color="#a1309b")
     g.group("5. Result", [save, prev], color="#3f8f4f")
@@ -313,6 +320,11 @@ def _note_dragdiffusion(size: int, ckpt: str) -> str:
             "once per image, not per drag. (Train LoRA is an experimental ComfyUI node; bf16 training wants a GPU "
             "with bf16, else set training_dtype / lora_dtype to fp32.) To skip it, connect Load Checkpoint's MODEL "
             "to DragDiffusion directly.\n\n"
+            "*Repeat Latent Batch* + *Rebatch Latents* hand Train LoRA the image twice as a list of two: ComfyUI "
+            "0.3.7x's Train LoRA fails on a single latent (\"cannot access local variable 'multi_res'\", "
+            "Comfy-Org/ComfyUI#11124). The two copies are the same training data. On ComfyUI 0.3.64 and older "
+            "(Train LoRA without list inputs) they make it train twice: connect VAE Encode to Train LoRA directly "
+            "there.\n\n"
             "**2. Drag:** run once so the editor shows the image, then click handle -> target point pairs (the "
             "example raises the girl's arm); paint a mask to keep everything else unchanged.\n\n"
             "**3. DragDiffusion:** DDIM inversion to 70 % (35 of 50 steps), up to 80 steps of motion supervision "

@@ -12,8 +12,10 @@ SDPA kernel diffusers uses; `--attention pytorch` (the default here) starts Comf
 (what it uses on NVIDIA GPUs anyway) so both sides run the same kernel. The plain rows (CFG only, no concepts) give
 each framework's own baseline, so the cost of SEGA itself is visible whatever the kernel.
 
-Times: on a CPU, process CPU seconds with one torch thread (robust on a shared machine), the median of `repeats`
-runs taken alternately for the two implementations; on a GPU, wall seconds (synchronised). Peak memory: one run of
+Times (bench/_util.py): on a CPU, process CPU seconds with one torch thread (robust on a shared machine), median and
+min-max of `repeats` interleaved rounds of all rows, ratios per round; on a GPU, wall seconds (synchronised). UNet
+calls and rows are counted on each UNet module (a forward pre-hook on ComfyUI's diffusion model, on diffusers'
+UNet2DConditionModel). Peak memory: one run of
 each row in a child process with MALLOC_MMAP_THRESHOLD_ fixed, so freed tensors leave the RSS (CPU), or
 torch.cuda.max_memory_allocated (GPU)."""
 from __future__ import annotations
@@ -21,11 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import string
 import subprocess
 import sys
-import time
 from typing import Any, Callable
 
 import _util
@@ -94,13 +94,14 @@ def build(a: argparse.Namespace) -> dict:
     import torch
     from dragedit.core import host
     from dragedit.nodes.ddpm_inversion import DDPMInversion, EditFriendlyDDPMSampler
-    cuda = torch.cuda.is_available()
+    cuda = _util.cuda_in_use()
     dtype = torch.float16 if cuda else torch.float32
     dev = torch.device("cuda" if cuda else "cpu")
     cfg = dict(_util.SD15_FULL if a.full else _util.SD15_MID, image_size=a.size)
     model = host.build_model(cfg, dtype=dtype, init_std=0.05)
     if cuda:
-        model.load_device = dev
+        import comfy.model_management as mm
+        model.load_device, model.offload_device = mm.get_torch_device(), mm.unet_offload_device()
     pipe = _pipeline(cfg, model, dev, dtype)
     # the pipeline's own embeddings (uncond, prompt, concepts) become our CONDITIONINGs: same inputs both sides
     embs: list = []
@@ -156,64 +157,41 @@ def runners(env: dict, a: argparse.Namespace) -> dict[str, Callable[[int], dict]
 
     def ours(mode: str) -> Callable[[int], dict]:
         def run(n: int) -> dict:
-            count = {"calls": 0, "rows": 0}
-
-            def wrapper(apply, args):
-                count["calls"] += 1
-                count["rows"] += int(args["input"].shape[0])
-                return apply(args["input"], args["timestep"], **args["c"])
             m = (_sega_model(env, n, mode) if n else env["model"]).clone()
-            m.set_model_unet_function_wrapper(wrapper)
             x = env["start"]["samples"]
-            with torch.inference_mode():
+            with _util.count_unet(env["model"]) as count, torch.inference_mode():
                 comfy.sample.sample_custom(m, torch.zeros_like(x), 7.5, env["sampler"], env["sigmas"], env["cond"]["a cat"],
                                            env["cond"][""], x, disable_pbar=True)
-            return count
+            return count.as_dict()
         return run
 
     def inversion(n: int) -> dict:
         from dragedit.nodes.ddpm_inversion import DDPMInversion
-        count = {"calls": 0, "rows": 0}
         m = env["model"].clone()
-
-        def wrapper(apply, args):
-            count["calls"] += 1
-            count["rows"] += int(args["input"].shape[0])
-            return apply(args["input"], args["timestep"], **args["c"])
-        m.set_model_unet_function_wrapper(wrapper)
-        with torch.inference_mode():
+        with _util.count_unet(env["model"]) as count, torch.inference_mode():
             DDPMInversion().invert(m, {"samples": env["latent"]}, env["cond"]["a cat"], a.steps, 0, 3.5, 1.0, 0,
                                    negative=env["cond"][""])
-        return count
+        return count.as_dict()
 
     return {ROWS[0]: diffusers_sega, ROWS[1]: ours("SEGA"), ROWS[2]: ours("LEDITS++"),
             ROWS[3]: lambda n: diffusers_sega(0), ROWS[4]: lambda n: ours("SEGA")(0), ROWS[5]: inversion}
 
 
-def _clock(cuda: bool) -> Callable[[], float]:
-    import torch
-    if cuda:
-        def wall() -> float:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return wall
-    return time.process_time
-
-
 def measure(env: dict, a: argparse.Namespace, n: int) -> dict[str, dict]:
-    """Median time of `repeats` runs per row, the rows taken in turn (so load changes hit all alike)."""
+    """Counts from a warm-up run of each row, then `repeats` interleaved rounds (bench/_util.interleave): median and
+    spread of the bench clock (process CPU s on a CPU, synchronised wall s on a GPU), ratios per round."""
     fns = runners(env, a)
-    clock = _clock(env["cuda"])
     names = ROWS[:3] if n else ROWS[3:]
     counts = {k: fns[k](n) for k in names}  # warm-up + counts
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for _ in range(a.repeats):
-        for k in names:
-            t0 = clock()
-            fns[k](n)
-            times[k].append(clock() - t0)
-    return {k: dict(counts[k], seconds=statistics.median(times[k]), spread=max(times[k]) - min(times[k]))
-            for k in names}
+    times = _util.interleave({k: (lambda k=k: fns[k](n)) for k in names}, a.repeats, warmup=False)
+    clock = _util.primary()
+    ref = times[names[0]][clock]
+    out = {}
+    for k in names:
+        st = _util.summary(times[k][clock])
+        out[k] = dict(counts[k], seconds=st["median"], s_min=st["min"], s_max=st["max"], times=times[k][clock],
+                      ratio=_util.ratio_summary(times[k][clock], ref))
+    return out
 
 
 def child_peak(a: argparse.Namespace, row: str, n: int) -> dict:
@@ -237,12 +215,12 @@ def child(a: argparse.Namespace) -> None:
 def start_comfy(attention: str, cuda: bool) -> None:
     """Import ComfyUI with the chosen attention kernel (before _util.setup, which then finds it imported)."""
     sys.path.insert(0, str(_util.ROOT / "tests"))
-    from comfy_env import comfyui_path
+    from comfy_env import comfy_flags, comfyui_path
     path = str(comfyui_path())
     if path not in sys.path:
         sys.path.insert(0, path)
     argv = sys.argv
-    flags = ([] if cuda else ["--cpu"]) + (["--use-pytorch-cross-attention"] if attention == "pytorch" else [])
+    flags = comfy_flags() + (["--use-pytorch-cross-attention"] if attention == "pytorch" else [])
     sys.argv = [argv[0]] + flags
     try:
         import comfy.options
@@ -277,10 +255,11 @@ def main() -> None:
     rows = []
 
     def add(name: str, n: int, r: dict, ref: dict | None) -> None:
-        row = {"run": name, "concepts": n, "unet_calls": r["calls"], "unet_rows": r["rows"], "seconds": r["seconds"],
-               "spread_s": r["spread"]}
+        row = {"run": name, "concepts": n, "unet_calls": r["calls"], "unet_rows": r["rows"], "s_median": r["seconds"],
+               "s_min": r["s_min"], "s_max": r["s_max"]}
         if ref is not None:
-            row["time_ratio"] = r["seconds"] / ref["seconds"]
+            row["ratio_median"] = r["ratio"]["median"]
+            row["ratio_min"], row["ratio_max"] = r["ratio"]["min"], r["ratio"]["max"]
             row["rows_ratio"] = r["rows"] / ref["rows"]
         if not a.no_memory:
             row["peak_MB"] = child_peak(a, name, n)["peak_bytes"] / 2 ** 20
@@ -296,9 +275,9 @@ def main() -> None:
     add(ROWS[5], 0, base[ROWS[5]], None)
     ours = [r for r in rows if r["run"] == ROWS[1]]
     goal = {"rows_le_diffusers": all(r["rows_ratio"] <= 1.0 for r in ours),
-            "time_within_1.1x": all(r["time_ratio"] <= 1.1 for r in ours)}
+            "time_within_1.1x": all(r["ratio_median"] <= 1.1 for r in ours)}
     _util.report("ledits", rows, {
-        "device": _util.device_name(), "attention": a.attention, "steps": a.steps, "latent": f"{a.size}x{a.size}",
+        "attention": a.attention, "repeats": a.repeats, "steps": a.steps, "latent": f"{a.size}x{a.size}",
         "model": "SD1.5 full" if a.full else "SD1.5 layout, 64 base channels",
         "time": "wall s (GPU)" if env["cuda"] else f"process CPU s, {a.threads} torch thread(s), median of {a.repeats}",
         "memory": "cuda_allocated" if env["cuda"] else "cpu_rss_growth (child process, mmap threshold 64 KiB)",

@@ -9,8 +9,9 @@ re-rendered with the edit applied (object moved / resized / recoloured / removed
                    cases end partly on top of the distractor: occlusion)
 - resize           object scaled (0.7-1.4) and moved a little: box -> scaled box, or two edge point pairs
 - recolour         appearance replace: object A takes the colour of object B of the same scene (region masks)
-- concept_recolour words for LEDITS: add the new colour, remove the old one ("red" -> "blue")
-- concept_remove   words for LEDITS: remove a shape kind ("triangle") from a two-shape scene
+- concept_recolour words for LEDITS: add the new colour, remove the old one ("blue square" + remove "red square")
+- concept_remove   remove one shape of a two-shape scene: LEDITS by the target prompt of what remains (the scene
+                   without it); the concept words ("red triangle", direction remove) for the SEGA / LEDITS++ remove
 
 Displacements are odd whole pixels or fractional (sub-cell under the 2x2 unshuffle latent), never an even whole
 pixel shift (that is one latent cell: trivially exact for copy-paste; see design/shapes-model.md). Shading,
@@ -397,7 +398,8 @@ def _make_recolour(rng: random.Random, i: int) -> Case:
         a, b = sc.shapes
         tgt = sc.recoloured(0, b.colour)
         return Case(f"recolour-{i:02d}", "recolour", sc, tgt, 0, ref=1, box=object_box(a), ref_box=object_box(b),
-                    concepts=((b.colour, "add"), (a.colour, "remove")), tags=_tags(sc, None))
+                    concepts=((f"{b.colour} {a.kind}", "add"), (f"{a.colour} {a.kind}", "remove")),
+                    tags=_tags(sc, None))
 
 
 # colours LEDITS is asked for: chromatic and distinct from each other
@@ -414,7 +416,7 @@ def _make_concept_recolour(rng: random.Random, i: int) -> Case:
         new = rng.choice([c for c in _CONCEPT_COLOURS if c not in used])
         tgt = sc.recoloured(0, new)
         return Case(f"concept_recolour-{i:02d}", "concept_recolour", sc, tgt, 0, box=object_box(a),
-                    concepts=((new, "add"), (a.colour, "remove")), tags=_tags(sc, None))
+                    concepts=((f"{new} {a.kind}", "add"), (f"{a.colour} {a.kind}", "remove")), tags=_tags(sc, None))
 
 
 def _make_concept_remove(rng: random.Random, i: int) -> Case:
@@ -426,7 +428,7 @@ def _make_concept_remove(rng: random.Random, i: int) -> Case:
         tgt = sc.without(obj)
         s = sc.shapes[obj]
         return Case(f"concept_remove-{i:02d}", "concept_remove", sc, tgt, obj, box=object_box(s),
-                    concepts=((s.kind, "remove"),), tags=_tags(sc, None))
+                    concepts=((f"{s.colour} {s.kind}", "remove"),), tags=_tags(sc, None))
 
 
 _MAKERS = {"point_drag": _make_point_drag, "region_drag": _make_region_drag, "move": _make_move,

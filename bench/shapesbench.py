@@ -79,15 +79,61 @@ def _graph_regiondrag(case, how: str, s: dict, files: dict, prefix: str) -> dict
     return _decode_save(g, ["edit", 0], prefix)
 
 
+def dragdiffusion_mask(case, margin: int):
+    """The editable mask a user paints for DragDiffusion: the box around the object's old and new pixels, grown by
+    `margin` px (bool [H, W]); None when margin < 0 (no mask)."""
+    import torch
+    import shapes_cases as S
+    from dragedit.core.shapes import renderer as R
+    if margin < 0:
+        return None
+    m = R.coverage(case.shape, S.SIZE) > 1e-3
+    if case.new_shape is not None:
+        m |= R.coverage(case.new_shape, S.SIZE) > 1e-3
+    ys, xs = torch.nonzero(m, as_tuple=True)
+    box = torch.zeros_like(m)
+    box[max(int(ys.min()) - margin, 0):int(ys.max()) + margin + 1,
+        max(int(xs.min()) - margin, 0):int(xs.max()) + margin + 1] = True
+    return box
+
+
+def _dragdiffusion_drag_json(case, how: str, margin: int) -> str:
+    """The case's point pairs plus (margin >= 0) the editable box mask, as Drag Instructions JSON."""
+    import shapes_cases as S
+    from dragedit.core.drag_schema import DragInstructions, rle_encode
+    m = dragdiffusion_mask(case, margin)
+    if m is None:
+        return case.drag_json(how)
+    d = DragInstructions.coerce(case.drag_json(how))
+    d = DragInstructions(points=d.points, image_size=d.image_size, mask_counts=rle_encode(m.float(), (S.SIZE, S.SIZE)))
+    d.validate()
+    return d.to_json()
+
+
 def _graph_dragdiffusion(case, how: str, s: dict, files: dict, prefix: str) -> dict:
     g = _base(case, files)
-    g["drag"] = _drag_node(case, how)
+    g["drag"] = {"class_type": "DragInstructions",
+                 "inputs": {"image": ["load", 0], "drag_data": _dragdiffusion_drag_json(case, how, s["mask_margin"])}}
     g["enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["load", 0], "vae": ["model", 2]}}
+    model = ["model", 0]
+    if s["lora_steps"] > 0:      # DragDiffusion's identity LoRA with ComfyUI's own Train LoRA + Load LoRA Model
+        g["rep"] = {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["enc", 0], "amount": s["lora_batch"]}}
+        # Train LoRA (0.3.75) fails on a single LATENT input (multi_res unset): give it a list of batch-1 latents
+        g["reb"] = {"class_type": "RebatchLatents", "inputs": {"latents": ["rep", 0], "batch_size": 1}}
+        g["train"] = {"class_type": "TrainLoraNode", "inputs": {
+            "model": ["model", 0], "latents": ["reb", 0], "positive": ["pos", 0], "batch_size": s["lora_batch"],
+            "grad_accumulation_steps": 1, "steps": s["lora_steps"], "learning_rate": s["lora_lr"],
+            "rank": s["lora_rank"], "optimizer": "AdamW", "loss_function": "MSE", "seed": 0,
+            "training_dtype": "fp32", "lora_dtype": "fp32", "algorithm": "LoRA", "gradient_checkpointing": False,
+            "existing_lora": "[None]"}}
+        g["lora"] = {"class_type": "LoraModelLoader",
+                     "inputs": {"model": ["model", 0], "lora": ["train", 1], "strength_model": 1.0}}
+        model = ["lora", 0]
     g["edit"] = {"class_type": "DragEditDragDiffusion", "inputs": {
-        "model": ["model", 0], "latent": ["enc", 0], "positive": ["pos", 0], "drag": ["drag", 0],
+        "model": model, "latent": ["enc", 0], "positive": ["pos", 0], "drag": ["drag", 0], "mask": ["drag", 1],
         "steps": s["steps"], "strength": s["strength"], "iterations": s["iterations"],
         "learning_rate": s["learning_rate"], "r_m": s["r_m"], "r_p": s["r_p"], "lam": s["lam"],
-        "feature_block": s["feature_block"], "reference_kv": s["reference_kv"]}}
+        "feature_block": s["feature_block"], "reference_kv": s["reference_kv"], "threshold": s["threshold"]}}
     return _decode_save(g, ["edit", 0], prefix)
 
 
@@ -115,14 +161,22 @@ def _graph_dragondiffusion(case, how: str, s: dict, files: dict, prefix: str) ->
 
 
 def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
+    """how "words": the case's concepts (SEGA add / remove); "target": no concept, the target prompt is the scene
+    as it should become (removal by prompt switch: the remaining shapes' words), at skip `remove_skip`."""
     g = _base(case, files)
+    skip = s.get("remove_skip", s["skip"]) if how == "target" else s["skip"]
     inputs = {"model": ["model", 0], "vae": ["model", 2], "source": ["pos", 0], "negative": ["neg", 0],
-              "steps": s["steps"], "skip": s["skip"], "source_cfg": s["source_cfg"], "target_cfg": s["target_cfg"],
+              "steps": s["steps"], "skip": skip, "source_cfg": s["source_cfg"], "target_cfg": s["target_cfg"],
               "mode": s["mode"], "seed": s["seed"], "threshold": s["threshold"], "warmup": s["warmup"],
               "momentum_scale": s["momentum_scale"], "momentum_beta": s["momentum_beta"], "image": ["load", 0]}
     for i in (1, 2, 3):
         inputs[f"direction_{i}"], inputs[f"scale_{i}"] = "add", s["scale"]
-    for i, (words, direction) in enumerate(case.concepts[:3], 1):
+    if how == "target":
+        from dragedit.core.shapes import renderer
+        g["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": renderer.prompt(case.target),
+                                                               "clip": ["model", 1]}}
+        inputs["target"] = ["tgt", 0]
+    for i, (words, direction) in enumerate(case.concepts[:3] if how == "words" else (), 1):
         g[f"c{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": words, "clip": ["model", 1]}}
         inputs[f"concept_{i}"] = [f"c{i}", 0]
         inputs[f"direction_{i}"] = direction
@@ -134,9 +188,10 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
 def methods() -> list[Method]:
     """The method nodes under test with their default settings: those of the example workflows (workflows/*.json);
     a full run (108 cases) took 11.5 min on one thread of a shared 2-core CPU."""
-    ledits = dict(steps=20, skip=4, source_cfg=3.5, target_cfg=7.5, seed=0, scale=20.0, threshold=0.7, warmup=1,
-                  momentum_scale=0.1, momentum_beta=0.4)
+    ledits = dict(steps=20, skip=2, source_cfg=3.5, target_cfg=3.5, seed=0, scale=10.0, threshold=0.95, warmup=2,
+                  momentum_scale=0.1, momentum_beta=0.4, remove_skip=1)
     word_kinds = {"concept_recolour": "words", "concept_remove": "words", "recolour": "words"}
+    target_kinds = dict(word_kinds, concept_remove="target")  # remove by the target prompt of what remains
     return [
         Method("regiondrag", ("DragEditRegionDrag", "DragInstructions"),
                {"point_drag": "points", "region_drag": "region", "move": "region", "resize": "region"},
@@ -146,8 +201,11 @@ def methods() -> list[Method]:
         Method("dragdiffusion", ("DragEditDragDiffusion", "DragInstructions"),
                {"point_drag": "points", "move": "points", "resize": "points"},
                dict(steps=50, strength=0.5, iterations=80, learning_rate=0.01, r_m=1, r_p=3, lam=0.1,
-                    feature_block=-2, reference_kv=True), _graph_dragdiffusion,
-               "DragDiffusion all-in-one; point pairs only (move: centre pair, resize: two edge pairs)"),
+                    feature_block=-2, reference_kv=True, threshold=2.0, mask_margin=0,
+                    lora_steps=0, lora_batch=4, lora_rank=16, lora_lr=0.0005), _graph_dragdiffusion,
+               "DragDiffusion all-in-one; point pairs only (move: centre pair, resize: two edge pairs); editable "
+               "mask = box around the object's old and new pixels grown by mask_margin px (-1: none); "
+               "lora_steps > 0: identity LoRA first (Train LoRA on lora_batch copies of the image + Load LoRA Model)"),
         Method("dragondiffusion", ("DragEditDragonDiffusion", "DragEditDDIMInversion", "DragInstructions"),
                {"point_drag": "drag:points", "region_drag": "move:move", "move": "move:move", "resize": "move:move",
                 "recolour": "appearance"},
@@ -156,8 +214,9 @@ def methods() -> list[Method]:
                _graph_dragondiffusion,
                "DDIM Inversion (record_kv) + DragonDiffusion: drag mode for points, move mode (object mask + centre "
                "pair, resize_scale) for regions/moves/resizes, appearance mode (reference = same image) for recolour"),
-        Method("ledits", ("DragEditLEDITSEdit",), word_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
-               "LEDITS Edit, SEGA mode: concepts add new colour + remove old colour, or remove a shape word"),
+        Method("ledits", ("DragEditLEDITSEdit",), target_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
+               "LEDITS Edit, SEGA mode: concepts add 'new-colour kind' + remove 'old-colour kind'; removal by the "
+               "target prompt of the remaining shapes (no concept)"),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds, dict(ledits, mode="LEDITS++"), _graph_ledits,
                "LEDITS Edit, LEDITS++ mode (masked concepts, no prompt CFG)"),
     ]

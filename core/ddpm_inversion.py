@@ -77,8 +77,9 @@ def check_sigmas(sigmas: torch.Tensor, what: str = "sigmas") -> torch.Tensor:
         raise ValueError(f"{what} must be finite and non-negative, got {_fmt(s)}")
     if not bool((s[1:] < s[:-1]).all()):
         i = int(torch.nonzero(s[1:] >= s[:-1])[0])
-        raise ValueError(f"{what} must be strictly descending (noisiest first), but sigma {i + 1} ({float(s[i + 1]):.6g}) "
-                         f"is not below sigma {i} ({float(s[i]):.6g}) in {_fmt(s)} ({s.numel() - 1} steps)")
+        raise ValueError(f"{what} must be strictly descending (noisiest first), but sigma {i + 1} "
+                         f"({float(s[i + 1]):.6g}) is not below sigma {i} ({float(s[i]):.6g}) in {_fmt(s)} "
+                         f"({s.numel() - 1} steps)")
     return s
 
 

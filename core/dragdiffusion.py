@@ -2,8 +2,15 @@
 on decoder features captured by core.host, then a DDIM denoising pass with the source's self-attention K/V.
 
 Grids (algorithms.md §1(b)): the supervision map F(z_t) is the output of diffusers' `up_blocks[k]` (default the
-second-to-last, SD1.5's up_blocks[2]) bilinearly resized to half the image resolution; r_m, r_p and the 2-cell
-stop threshold are in its cells. The image size comes from the DRAG instructions, or latent size x 8.
+second-to-last, SD1.5's up_blocks[2], which is at latent resolution) bilinearly resized to the *supervision grid*;
+r_m, r_p and the stop threshold are in its cells. The reference sizes that grid at half the image resolution,
+which on SD1.5 (VAE factor 8) is 4 cells per latent cell = 4 cells per cell of the default feature map (64 -> 256
+at 512 px). The pack defines the grid by that ratio, SUPERVISION_PER_LATENT = 4 cells per latent cell, so that
+r_m = 1, r_p = 3 and the 2.0 threshold mean what they mean in the reference relative to the features on any VAE
+factor: identical to the reference on SD1.x/SD2.x/SDXL (factor 8); on the shapes demo model (factor 2, 32 px image,
+16x16 latent) the grid is 64x64 = 2 cells per image pixel, where "half the image" would be the feature map
+itself (every motion step a whole feature cell, r_m / r_p / threshold 4x coarser than the reference's).
+The image size comes from the DRAG instructions, or latent size x 8.
 The optimisation runs in the VP latent z_t = sqrt(ᾱ_t)·x (as the reference, so its lr applies unchanged).
 """
 from __future__ import annotations
@@ -23,14 +30,16 @@ from .schedule import from_z, to_z
 
 __all__ = ["DragSettings", "OptimizeOutcome", "feature_block_index", "feature_grid", "editable_mask", "optimize",
            "reference_layers", "reference_kv_model", "denoise", "points_on_grid", "cells_to_image", "VAE_FACTOR",
-           "GeometryError"]
+           "GeometryError", "SUPERVISION_PER_LATENT"]
 
 VAE_FACTOR = 8
+SUPERVISION_PER_LATENT = 4       # supervision cells per latent cell (reference: H/2 over H/8 on SD1.5)
 
 
 @dataclass
 class DragSettings:
-    """DragDiffusion's knobs (algorithms.md §1(c) defaults); grid units for r_m, r_p and threshold."""
+    """DragDiffusion's knobs (algorithms.md §1(c) defaults); r_m, r_p and threshold in supervision-grid cells
+    (SUPERVISION_PER_LATENT per latent cell, as the reference on SD1.5)."""
     iterations: int = 80
     lr: float = 0.01
     r_m: int = 1
@@ -65,7 +74,9 @@ def feature_block_index(model: Any, up_block: int) -> int:
 
 def feature_grid(latent_hw: Sequence[int], image_size: Optional[Sequence[int]] = None,
                  factor: int = VAE_FACTOR) -> Grid:
-    """The supervision grid: half the image resolution over the image rectangle the latent covers.
+    """The supervision grid: SUPERVISION_PER_LATENT cells per latent cell over the image rectangle the latent
+    covers (= half the image resolution at VAE factor 8, the reference's sup_res; 2 cells per pixel on the shapes
+    demo's 2x VAE).
 
     With image_size (W, H) the VAE factor is `factor` when the latent fits it, else W // latent width (a model
     with another VAE, e.g. the shapes demo's 2x); GeometryError when the latent cannot belong to that image."""
@@ -75,7 +86,8 @@ def feature_grid(latent_hw: Sequence[int], image_size: Optional[Sequence[int]] =
     W, H = int(image_size[0]), int(image_size[1])
     f = factor if (H // factor, W // factor) == (lh, lw) else max(W // max(lw, 1), 1)
     lat = Grid.latent((W, H), f, hw=(lh, lw))
-    return lat.resized((max(lh * f // 2, 1), max(lw * f // 2, 1)))
+    k = SUPERVISION_PER_LATENT
+    return lat.resized((lh * k, lw * k))
 
 
 def editable_mask(mask: Optional[torch.Tensor], grid: Grid, latent_hw: Sequence[int]) -> Optional[torch.Tensor]:

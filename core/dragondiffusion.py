@@ -453,6 +453,9 @@ class EditOptions:
     sde_strength_outside: float = 0.0  # η outside
     time_travel: bool = False
     init_paste: bool = False           # DiffEditor: paste the object (move) / handle cells (drag) into the start latent
+    vacate_noise: float = 0.0          # not in the reference: with init_paste, re-noise the vacated cells of the start
+                                       # latent, z ← sqrt(1−α²)·z + α·n (RegionDrag's vacate), so the old object's
+                                       # inverted latent does not come back as a ghost
     unguided_direction: bool = True    # DiffEditor: direction term with the unguided ε̂
     sparsify: bool = True              # DiffEditor 'D+' (the reference's default): guidance on every step before
                                        # step 10 of 50, then on even steps only (de.guidance_active)
@@ -482,11 +485,12 @@ def edit_loop(den: host.Denoiser, x_start: torch.Tensor, inv: DDIMInversion, gui
         guidance.observer = observe
     gen = torch.Generator(device="cpu").manual_seed(int(opts.seed))
     m = latent_mask
+    travel = opts.time_travel and guidance is not None and guidance.enabled   # the reference: only with guidance
     try:
         for i in range(n):
             s, s_next = sig[i], sig[i + 1]
             gi = i + offset
-            repeats = defaults.time_travel_repeats if (opts.time_travel and gi in _scaled_steps(
+            repeats = defaults.time_travel_repeats if (travel and gi in _scaled_steps(
                 defaults.time_travel_steps, steps)) else 1
             for r in range(repeats):
                 seen.clear()
@@ -540,6 +544,26 @@ def loop_passes(inv: DDIMInversion, defaults: de.DragonDefaults, opts: EditOptio
     offset = steps - n
     tt = _scaled_steps(defaults.time_travel_steps, steps) if opts.time_travel else set()
     return sum(defaults.time_travel_repeats if (i + offset) in tt else 1 for i in range(n))
+
+
+def vacated_cells(spec: EditSpec, hw: tuple[int, int]) -> torch.Tensor:
+    """Bool [h, w] latent cells that init_latent leaves behind: move = the object's source cells its new place does
+    not cover; drag = the handle cells no target patch covers; other modes: none."""
+    h, w = int(hw[0]), int(hw[1])
+    H, W = spec.grid
+    if spec.mode == "move" and spec.geom is not None:
+        vac = de.mask_to_latent(spec.geom.vacated, (h, w))[0, 0] > 0.5
+        return vac & ~(de.mask_to_latent(spec.geom.cur, (h, w))[0, 0] > 0.5)
+    out = torch.zeros(h, w, dtype=torch.bool)
+    if spec.mode == "drag":
+        src, dst = torch.zeros_like(out), torch.zeros_like(out)
+        for (hx, hy), (tx, ty) in zip(spec.handles, spec.targets):
+            hi, hj = min(int(hy * h / H), h - 1), min(int(hx * w / W), w - 1)
+            ti, tj = min(int(ty * h / H), h - 1), min(int(tx * w / W), w - 1)
+            src[max(hi - 1, 0):hi + 2, max(hj - 1, 0):hj + 2] = True
+            dst[max(ti - 1, 0):ti + 2, max(tj - 1, 0):tj + 2] = True
+        out = src & ~dst
+    return out
 
 
 def init_latent(x: torch.Tensor, spec: EditSpec) -> torch.Tensor:

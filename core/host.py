@@ -178,8 +178,9 @@ def ddim_sigmas(model: Any, steps: int) -> torch.Tensor:
     """Descending DDIM grid ending in 0, strictly descending for every steps in 1..T: timesteps o + k·(T//steps) for
     k < steps with offset o = 1, as diffusers' DDIMScheduler with steps_offset=1 and "leading" spacing (equal to
     ComfyUI's 'ddim_uniform' when T divides by steps; that one adds extra steps otherwise). At the one edge where
-    that grid leaves the model's range (steps = T: timesteps 1..T) the offset drops to o = T−1−(steps−1)·(T//steps)
-    (= 0: every timestep 0..T−1 once) instead of clipping T to T−1, which would repeat the first sigma."""
+    that grid leaves the model's range (steps = T: timesteps 1..T) the offset drops to
+    o = T−1−(steps−1)·(T//steps) (= 0: every timestep 0..T−1 once) instead of clipping T to T−1, which would repeat
+    the first sigma."""
     ms = model_sampling(model)
     n = int(len(ms.sigmas))
     steps = int(steps)
@@ -379,6 +380,7 @@ class KVStore(_SharedHandle):
 
     def put(self, sigma: float, layer: AttnLayer | tuple, half: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store K, V (detached, converted) for one step, layer and half."""
+        k, v = self._stage(k), self._stage(v)
         key = _sigma_key(sigma)
         self._sigmas[key] = float(sigma)
         lk = layer.key if isinstance(layer, AttnLayer) else tuple(layer)
@@ -393,6 +395,50 @@ class KVStore(_SharedHandle):
         best = min(self._sigmas, key=lambda s: abs(s - key))
         return best if abs(best - key) <= self.tolerance else None
 
+    # device transfers (issue 15): a CUDA -> CPU store may stage its copies in pinned memory, asynchronously
+    pinned = False                 # set by use_pinned_memory(); plain pageable, synchronous copies otherwise
+    _event: Any = None             # CUDA event recorded after the last asynchronous copy into the store
+
+    def use_pinned_memory(self, on: bool = True) -> "KVStore":
+        """Keep CPU copies of CUDA tensors in page-locked memory, filled and read with non-blocking copies (the
+        stream orders them; `synchronize()` before the CPU reads them). Pinned blocks are returned with
+        `release_pinned_memory()` once the store is cleared."""
+        self.pinned = bool(on) and self.device.type == "cpu" and torch.cuda.is_available()
+        return self
+
+    def _stage(self, t: torch.Tensor) -> torch.Tensor:
+        """t converted to the store's dtype on its own device (fewer bytes cross the bus), then copied to the store's
+        device: into pinned memory without blocking when `pinned`, else a plain copy (no-op when already there)."""
+        t = t.detach()
+        if t.device.type == "cuda" and self.device.type != "cuda":
+            t = t.to(self.dtype)
+            if self.pinned:
+                dst = torch.empty(t.shape, dtype=self.dtype, pin_memory=True)
+                dst.copy_(t, non_blocking=True)
+                self._event = torch.cuda.Event()
+                self._event.record(torch.cuda.current_stream(t.device))
+                return dst
+        return t.to(self.device, self.dtype)
+
+    def synchronize(self) -> None:
+        """Wait until every asynchronous copy into the store has landed (before the CPU reads stored tensors)."""
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+
+    def _fetch(self, t: torch.Tensor, device: Any, dtype: Any) -> torch.Tensor:
+        """A stored tensor on `device` in `dtype`: a non-blocking copy from pinned memory (ordered after the copy
+        that filled it), converted on the target device."""
+        device = torch.device(device) if device is not None else t.device
+        dtype = dtype or t.dtype
+        if device.type == "cuda" and t.device.type == "cpu":
+            if self._event is not None:
+                torch.cuda.current_stream(device).wait_event(self._event)
+            return t.to(device, non_blocking=self.pinned).to(dtype)
+        if device.type == "cpu":
+            self.synchronize()
+        return t.to(device, dtype)
+
     def get(self, sigma: float, layer: AttnLayer | tuple, half: int, device: Any = None, dtype: Any = None
             ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """K, V for the step nearest sigma; the cond half (0) stands in when the asked half was not recorded."""
@@ -404,7 +450,7 @@ class KVStore(_SharedHandle):
         if kv is None:
             return None
         k, v = kv
-        return k.to(device or k.device, dtype or k.dtype), v.to(device or v.device, dtype or v.dtype)
+        return self._fetch(k, device, dtype), self._fetch(v, device, dtype)
 
     @property
     def sigmas(self) -> list[float]:
@@ -619,6 +665,59 @@ def patch_kv_inject(model: Any, injection: KVInjection, layers: Optional[Sequenc
     for layer in (layers if layers is not None else attention_layers(model)):
         _attn1_patch_for(model, layer).injections.append(injection)
     return model
+
+
+KV_PLACEMENT_ENV = "DRAGEDIT_KV_PLACEMENT"   # auto (default) | offload | pinned | gpu
+PIN_RAM_FRACTION = 0.25                      # pinned staging only for stores up to this share of the RAM
+
+
+def kv_placement(model: Any, est_bytes: int, scoped: bool = True) -> tuple[torch.device, bool]:
+    """(device, pinned) for a K/V store of about `est_bytes` recorded from `model`.
+
+    auto: on a CUDA model whose store lives only for the run (`scoped`), keep it in VRAM when ComfyUI manages
+    VRAM normally (NORMAL/HIGH_VRAM) and the free VRAM, less the weights still to load, the store and a reserve
+    (the larger of ComfyUI's minimum inference memory + 2 GiB and 20% of the card), stays positive; otherwise the
+    offload device, with pinned, non-blocking copies when that is system RAM and the store takes at most a quarter
+    of it. A store that outlives the run (an INVERSION in ComfyUI's cache) stays in pageable RAM. Low-VRAM modes
+    always offload. $DRAGEDIT_KV_PLACEMENT=offload|pinned|gpu forces one choice (benches, troubleshooting)."""
+    import os
+    off = torch.device(getattr(model, "offload_device", None) or "cpu")
+    load = torch.device(getattr(model, "load_device", None) or "cpu")
+    if load.type != "cuda" or not torch.cuda.is_available():
+        return off, False
+    mode = os.environ.get(KV_PLACEMENT_ENV, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "offload", "pinned", "gpu"):
+        raise HostError(f"${KV_PLACEMENT_ENV} must be auto, offload, pinned or gpu, got {mode!r}")
+    if mode == "gpu" or off.type == "cuda":
+        return load, False
+    if mode == "offload":
+        return off, False
+    if mode == "pinned":
+        return off, off.type == "cpu"
+    if not scoped:
+        return off, False
+    mm = _comfy().model_management
+    if mm.vram_state in (mm.VRAMState.NORMAL_VRAM, mm.VRAMState.HIGH_VRAM):
+        try:
+            unloaded = max(int(model.model_size()) - int(model.loaded_size()), 0)
+        except Exception:  # pragma: no cover - a patcher without size bookkeeping
+            unloaded = 0
+        reserve = max(mm.minimum_inference_memory() + 2 * 1024 ** 3, int(0.2 * mm.get_total_memory(load)))
+        if mm.get_free_memory(load) - unloaded - int(est_bytes) >= reserve:
+            return load, False
+    try:
+        import psutil
+        ram = int(psutil.virtual_memory().total)
+    except Exception:  # pragma: no cover - psutil is a ComfyUI requirement
+        ram = 0
+    return off, off.type == "cpu" and 0 < int(est_bytes) <= PIN_RAM_FRACTION * ram
+
+
+def release_pinned_memory() -> None:
+    """Return cached pinned host blocks (freed K/V stores) to the system: torch keeps them for reuse otherwise."""
+    fn = getattr(torch._C, "_host_emptyCache", None)
+    if fn is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        fn()
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,13 +2,18 @@
 
 Conventions (see algorithms.md §1(b)):
 - A feature map F is a tensor [1, C, h, w] on the *supervision grid* (DragDiffusion: the decoder features of
-  `up_blocks[2]` bilinearly resized to half the image resolution). r_m, r_p and the 2.0 stop threshold are in
+  `up_blocks[2]` bilinearly resized to half the image resolution, i.e. 4 cells per latent / feature cell on SD1.5;
+  core/dragdiffusion.py keeps that ratio on every VAE factor). r_m, r_p and the 2.0 stop threshold are in
   cells of this grid.
 - Points are tensors [N, 2] of **(x, y) in grid cells**: x = column, y = row, cell (x, y) is F[0, :, y, x]
   (cell centres at integer coordinates). Handles are normally whole cells (the image -> grid conversion rounds,
   tracking returns whole cells); windows are taken around int(p) = floor(p), as in the reference.
 - Fractional samples use `grid_sample(align_corners=True, padding_mode="border")`, which matches the
   "centres at integers" convention; a shifted patch that pokes past the map edge reads the edge cell.
+- Parity (tests/test_dragdiffusion_parity.py, a port of the official drag_utils.py on a diffusers twin): loss,
+  gradient of z_t, tracked handles and the Adam-updated latent agree step by step to float tolerance. Chosen
+  deviation: at the map edge the official `interpolate_feature_patch` slices past the border (wraps with negative
+  indices or fails to broadcast); here the edge cell is read. Interior patches are identical.
 
 The UNet is not known here: `optimize_latent` takes `features_fn(z) -> (F, x_prev or None)` from the caller
 (the host module), so the forward can stop after the feature block when no mask is drawn.

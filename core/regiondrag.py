@@ -86,6 +86,8 @@ class RegionInversion:
         """Release the cached tensors (the K/V cache first: it is the big one)."""
         if self.kv is not None:
             self.kv.clear()
+            if self.kv.pinned:
+                host.release_pinned_memory()
         empty = self.ef.xts.new_zeros((0,))
         self.ef = ef.Inversion(sigmas=self.ef.sigmas, xts=empty, zs=empty, eta=self.ef.eta, residual=None,
                                skipped=self.ef.skipped)
@@ -175,8 +177,8 @@ def infer_factor(image_size: Sequence[int], latent_hw: Sequence[int]) -> int:
         if W // f == w and H // f == h and f <= MAX_VAE_FACTOR:  # a bigger "factor" is a wrong image_size
             return f
     raise RegionDragError("drag", f"the drag instructions are for a {W}x{H} image, which does not match the "
-                                  f"{w}x{h} latent at any VAE factor up to {MAX_VAE_FACTOR} (was the image resized or cropped after the "
-                                  f"drag was drawn?)")
+                                  f"{w}x{h} latent at any VAE factor up to {MAX_VAE_FACTOR} (was the image resized or "
+                                  f"cropped after the drag was drawn?)")
 
 
 def latent_grid(drag: DragInstructions, latent_hw: Sequence[int]) -> Grid:
@@ -341,7 +343,10 @@ def invert(model: Any, positive: Any, samples: torch.Tensor, sigmas: torch.Tenso
     run = host.clone(model)
     store = None
     if record_kv:
-        store = host.KVStore(dtype=kv_dtype, device=getattr(model, "offload_device", "cpu"))
+        est = kv_cache_bytes(host.attention_layers(model), samples.shape[-2:], max(len(sigmas) - 1, 0), kv_dtype,
+                             batch=samples.shape[0])
+        device, pinned = host.kv_placement(model, est, scoped=True)   # RegionDrag frees its store in `finally`
+        store = host.KVStore(dtype=kv_dtype, device=device).use_pinned_memory(pinned)
         host.patch_kv_record(run, store)
     holder: dict = {}
 

@@ -63,9 +63,13 @@ def guard_float_inputs(cls: type, node: str) -> type:
     if fn is None or getattr(fn, "_dragedit_floats_checked", False):
         return cls
 
+    names: list[list[str]] = []     # filled on the first call (INPUT_TYPES may need the running host)
+
     @functools.wraps(fn)
     def checked(self, *args, **kwargs):
-        for name in float_input_names(cls):
+        if not names:
+            names.append(float_input_names(cls))
+        for name in names[0]:
             v = kwargs.get(name)
             if v is not None and not isinstance(v, bool) and isinstance(v, (int, float)):
                 check_finite(v, node, name)
@@ -154,24 +158,31 @@ def _fmt_sigmas(s: torch.Tensor) -> str:
     return "[" + ", ".join(v if len(v) <= 6 else v[:3] + ["…"] + v[-2:]) + f"] ({len(v) - 1} steps)"
 
 
-def check_schedule(node: str, input_name: str, sigmas: Any, inv_sigmas: Any, *, source: str,
-                   contiguous: bool = False, latent_shape: Optional[Sequence[int]] = None,
-                   inv_latent_hw: Optional[Sequence[int]] = None, noise: Optional[torch.Tensor] = None) -> int:
-    """The schedule-match rule for everything sampled by a stock sampler node from an INVERSION: the sampler's
-    sigmas must be the INVERSION's (each one of its sigmas; `contiguous`: a contiguous run of them, e.g. a
-    SplitSigmas part), its latent the inversion's size, and no noise added (add_noise off). `source` names the
-    node whose SIGMAS / LATENT outputs to connect. Returns the offset of the run's first sigma in the grid."""
+def check_schedule(node: str, input_name: str, sigmas: Any, inv_sigmas: Any, *, source: str, rule: str = "grid",
+                   latent_shape: Optional[Sequence[int]] = None, inv_latent_hw: Optional[Sequence[int]] = None,
+                   noise: Optional[torch.Tensor] = None) -> None:
+    """The schedule-match rule for everything sampled by a stock sampler node from an INVERSION. `rule`:
+    "grid": every sigma of the sampler is one of the INVERSION's (what is stored per step, e.g. K/V, exists only
+    there); "run": a contiguous run of them (a SplitSigmas part); "range": the sampler does not start above the
+    INVERSION's first sigma (the patch interpolates between its steps, but nothing exists above its start).
+    Also: the sampler's latent has the inversion's size, and no noise is added (add_noise off), when given.
+    `source` names the node whose SIGMAS / LATENT outputs to connect."""
     from ..core import schedule
     run = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
     grid = torch.as_tensor(inv_sigmas).detach().to("cpu", torch.float64).reshape(-1)
     where = "(raised while the sampler node ran it)"
-    k = schedule.match_run(run, grid, contiguous=contiguous)
-    if k is None:
-        raise NodeInputError(node, input_name, f"the sampler node runs sigmas {_fmt_sigmas(run)}, which are not "
-                                               f"{'a contiguous run of ' if contiguous else ''}the INVERSION's "
-                                               f"{_fmt_sigmas(grid)}, so the edit would be lost {where}. Connect the "
-                                               f"SIGMAS output of {source} (or a SplitSigmas part of it) to the "
-                                               f"sampler node's sigmas.")
+    fix = f"Connect the SIGMAS output of {source} (or a SplitSigmas part of it) to the sampler node's sigmas."
+    if rule == "range":
+        ok = run.numel() > 0 and grid.numel() > 0 and float(run[0]) <= float(grid[0]) * 1.02 + 1e-6
+        require(ok, node, input_name, f"the sampler node's sigmas {_fmt_sigmas(run)} start above the INVERSION's "
+                                      f"first sigma {float(grid[0]):.4g}, where it has no inverted latent, so the "
+                                      f"edit would be wrong {where}. {fix}")
+    else:
+        k = schedule.match_run(run, grid, contiguous=rule == "run")
+        what = "a contiguous run of the INVERSION's sigmas" if rule == "run" else "among the INVERSION's sigmas"
+        require(k is not None, node, input_name, f"the sampler node runs sigmas {_fmt_sigmas(run)}, which do not "
+                                                 f"match the INVERSION's {_fmt_sigmas(grid)} (not {what}), so the "
+                                                 f"edit would be lost {where}. {fix}")
     if latent_shape is not None and inv_latent_hw is not None:
         got, want = tuple(int(v) for v in latent_shape[-2:]), tuple(int(v) for v in inv_latent_hw)
         require(got == want, node, input_name, f"the sampler node's latent is {got[1]}x{got[0]} but the INVERSION's "
@@ -181,7 +192,6 @@ def check_schedule(node: str, input_name: str, sigmas: Any, inv_sigmas: Any, *, 
         raise NodeInputError(node, input_name, f"the sampler node adds noise to the start latent {where}, but the "
                                                f"LATENT of {source} is already noisy: turn add_noise off in "
                                                f"SamplerCustom (or use DisableNoise with SamplerCustomAdvanced).")
-    return k
 
 
 def guard_sampler(sampler_fn: Callable[..., torch.Tensor], check: Callable[[Any, Sequence[int], Any], Any]

@@ -125,7 +125,7 @@ class EditFriendlyDDPMSampler:
         fn = guard_sampler(ef.make_sampler_fn(inv, apply_residual=bool(exact_last_step)),
                            lambda sig, shape, noise: check_schedule(
                                SAMPLER_NODE, "inversion", sig, inv.sigmas, source="DDPM Inversion (edit-friendly)",
-                               contiguous=True, latent_shape=shape, inv_latent_hw=lat_hw, noise=noise))
+                               rule="run", latent_shape=shape, inv_latent_hw=lat_hw, noise=noise))
         return (comfy.samplers.KSAMPLER(fn),)
 
 

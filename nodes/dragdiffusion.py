@@ -25,11 +25,17 @@ _TIPS = {
     "positive": "Prompt describing the image (the one used for the inversion).",
     "drag": "Point pairs handle -> target from 'Drag Instructions' (image pixels). Regions are not used by this method.",
     "iterations": "Most optimisation steps (the reference's n_pix_step = 80); stops early once every handle is "
-                  "within 2 feature cells of its target.",
+                  "within `threshold` supervision cells of its target.",
     "learning_rate": "Adam learning rate on the latent z_t (reference 0.01; 0.02-0.04 is faster at some quality cost).",
-    "r_m": "Motion supervision radius r_m in feature cells (half-image pixels): the patch around each handle that is "
-           "pushed one cell toward its target.",
-    "r_p": "Point tracking radius r_p in feature cells: how far a handle may jump per step when it is re-located.",
+    "r_m": "Motion supervision radius r_m in supervision cells: the (2r_m+1)² patch around each handle that is pushed "
+           "one cell toward its target. The supervision grid has 4 cells per latent cell (= half the image "
+           "resolution on SD, as the reference; 2 per pixel on the shapes demo model), i.e. a quarter of a cell of "
+           "the feature map.",
+    "r_p": "Point tracking radius r_p in supervision cells (4 per latent cell): how far a handle may jump per step "
+           "when it is re-located.",
+    "threshold": "Stop distance in supervision cells (4 per latent cell): the optimisation ends once every handle is "
+                 "closer than this to its target (reference 2.0 = half a latent cell = 4 px on SD, 1 px on the "
+                 "shapes demo model).",
     "lam": "Weight λ of the mask term that keeps the area outside the editable mask unchanged (used only with a mask).",
     "feature_block": "Decoder block whose features are supervised, as diffusers' up_blocks[k]; negative counts from "
                      "the last. -2 = SD1.5's up_blocks[2] (640 ch, the paper's default).",
@@ -70,15 +76,17 @@ def _settings_spec(reference_default: bool) -> dict:
 
 
 def _settings(node: str, iterations: int, learning_rate: float, r_m: int, r_p: int, lam: float, feature_block: int,
-              half_precision: bool) -> dd.DragSettings:
+              half_precision: bool, threshold: float = 2.0) -> dd.DragSettings:
     """Checked DragSettings from the node's widgets."""
     require(int(iterations) >= 1, node, "iterations", f"must be at least 1, got {iterations}.")
+    check_range(float(threshold), 0.1, 64.0, node, "threshold")
     require(float(learning_rate) > 0, node, "learning_rate", f"must be above 0, got {learning_rate}.")
     require(int(r_m) >= 0, node, "r_m", f"must be 0 or more, got {r_m}.")
     require(int(r_p) >= 0, node, "r_p", f"must be 0 or more, got {r_p}.")
     require(float(lam) >= 0, node, "lam", f"must be 0 or more, got {lam}.")
     return dd.DragSettings(iterations=int(iterations), lr=float(learning_rate), r_m=int(r_m), r_p=int(r_p),
-                           lam=float(lam), feature_block=int(feature_block), half_precision=bool(half_precision))
+                           lam=float(lam), feature_block=int(feature_block), half_precision=bool(half_precision),
+                           threshold=float(threshold))
 
 
 def _feature_block(model: Any, k: int, node: str) -> int:
@@ -168,6 +176,7 @@ class MotionSupervision:
                 "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
                 "strength": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01}),
                 "half_precision": ("BOOLEAN", {"default": False}),
+                "threshold": ("FLOAT", {"default": 2.0, "min": 0.1, "max": 64.0, "step": 0.1}),
             },
         }, _TIPS)
 
@@ -180,11 +189,12 @@ class MotionSupervision:
     CATEGORY = CATEGORY_BLOCKS
 
     def run(self, model, positive, drag, iterations=80, learning_rate=0.01, r_m=1, r_p=3, lam=0.1, feature_block=-2,
-            reference_kv=False, inversion=None, latent=None, mask=None, steps=50, strength=0.7, half_precision=False):
+            reference_kv=False, inversion=None, latent=None, mask=None, steps=50, strength=0.7, half_precision=False,
+            threshold=2.0):
         node = MS_NODE
         supported_model(model, node)
         check_cond_fits(model, positive, node, "positive")
-        settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision)
+        settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision, threshold)
         require(inversion is not None or latent is not None, node, "latent",
                 "connect the noisy latent or an INVERSION from 'DDIM Inversion'.")
         if inversion is not None:
@@ -217,11 +227,12 @@ class MotionSupervision:
         out, d, _bar = _run_optimize(node, model, positive, samples, sigmas, drag, tuple(samples.shape[-2:]),
                                      settings, mask)
         model_out = dd.reference_kv_model(model, kv) if kv is not None else host.clone(model)
-        src = "the DDIM Inversion that made the latent" if inversion is not None else "DDIM Inversion (same steps and strength)"
+        src = ("the DDIM Inversion that made the latent" if inversion is not None
+               else "DDIM Inversion (same steps and strength)")
         lat_hw = tuple(samples.shape[-2:])
-        guard_model(model_out, f"ms_{id(out)}", lambda sig, shape, noise: check_schedule(
-            node, "inversion" if inversion is not None else "steps", sig, sigmas, source=src, latent_shape=shape,
-            inv_latent_hw=lat_hw))
+        guard_model(model_out, f"ms_{id(out)}", lambda sig, shape, noise: check_schedule(   # K/V: at its steps only
+            node, "inversion" if inversion is not None else "steps", sig, sigmas, source=src,
+            rule="grid" if kv is not None else "range", latent_shape=shape, inv_latent_hw=lat_hw))
         return ({"samples": out.samples}, _tracked(d, out.result.handles, out.grid), model_out)
 
 
@@ -248,6 +259,7 @@ class DragDiffusion:
                 "negative": ("CONDITIONING",),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
                 "half_precision": ("BOOLEAN", {"default": False}),
+                "threshold": ("FLOAT", {"default": 2.0, "min": 0.1, "max": 64.0, "step": 0.1}),
             },
         }, _TIPS_DD)
 
@@ -260,7 +272,7 @@ class DragDiffusion:
 
     def run(self, model, positive, drag, latent=None, steps=50, strength=0.7, iterations=80, learning_rate=0.01,
             r_m=1, r_p=3, lam=0.1, feature_block=-2, reference_kv=True, mask=None, negative=None, cfg=1.0,
-            half_precision=False, image=None, vae=None):
+            half_precision=False, threshold=2.0, image=None, vae=None):
         node = DD_NODE
         supported_model(model, node)
         samples, _size = image_or_latent(node, model, image, vae, latent)
@@ -274,7 +286,7 @@ class DragDiffusion:
         check_range(float(strength), 0.0, 1.0, node, "strength")
         require(int(steps) - start_index(int(steps), float(strength)) >= 1, node, "strength",
                 f"is {strength}: with {steps} steps nothing is inverted, so nothing can be dragged; raise it.")
-        settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision)
+        settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision, threshold)
         d0 = _drag_points(drag, tuple(samples.shape[-2:]), node)[0]        # fail before the inversion runs
         _mask(mask, d0, node, tuple(samples.shape[-2:]))
         _feature_block(model, settings.feature_block, node)

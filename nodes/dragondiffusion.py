@@ -225,11 +225,14 @@ def _bank(node: str, model: Any, inv: DDIMInversion, mode: str, when, spec_masks
         raise NodeInputError(node, "inversion", str(e)) from None
 
 
-def _guard_schedule(model: Any, node: str, inv: DDIMInversion) -> None:
-    """The patched model refuses (naming `node`) to sample off the inversion's sigmas or another latent size."""
+def _guard_schedule(model: Any, node: str, inv: DDIMInversion, rule: str) -> None:
+    """The patched model refuses (naming `node`) a sampler schedule the patch cannot follow (check_schedule's rule:
+    Memory Bank K/V "grid", K/V exist only at the inversion's steps; Feature Guidance "range", it interpolates the
+    inverted latents between steps) or another latent size."""
     lat_hw = _latent_hw(inv)
     guard_model(model, f"{node}_{id(inv)}", lambda sig, shape, noise: check_schedule(
-        node, "inversion", sig, inv.sigmas, source="DDIM Inversion", latent_shape=shape, inv_latent_hw=lat_hw))
+        node, "inversion", sig, inv.sigmas, source="DDIM Inversion", rule=rule, latent_shape=shape,
+        inv_latent_hw=lat_hw))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -282,7 +285,7 @@ class FeatureGuidance:
         guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference if spec.needs_reference else None,
                                       active=when)
         dd.patch_feature_guidance(m, guidance)
-        _guard_schedule(m, FG, inv)
+        _guard_schedule(m, FG, inv, "range")
         return (m,)
 
 
@@ -327,7 +330,7 @@ class MemoryBankKV:
             masks = (mask_on_grid(mask, MB, "mask", lat_hw, lat_hw), mask_on_grid(ref_mask, MB, "ref_mask", lat_hw, lat_hw))
         m = host.clone(model)
         _bank(MB, m, inv, mode, when, masks, reference)
-        _guard_schedule(m, MB, inv)
+        _guard_schedule(m, MB, inv, "grid")
         return (m,)
 
 
@@ -415,6 +418,11 @@ def run_edit(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInve
         x_start = inv.start.to(device=x.device, dtype=x.dtype)
         if opts.init_paste:
             x_start = dd.init_latent(x_start, spec)
+            if opts.vacate_noise > 0:
+                from ..core.regiondrag import renoise
+                gen = torch.Generator(device="cpu").manual_seed(int(opts.seed) + 1)
+                x_start = renoise(x_start, dd.vacated_cells(spec, x_start.shape[-2:]), opts.vacate_noise,
+                                  float(inv.sigmas[0]), gen)
         out = dd.edit_loop(den, x_start, inv, guidance, defaults, opts, latent_mask=latent_mask,
                            on_step=lambda i, n: bar.update(1))
         holder["calls"] = den.calls

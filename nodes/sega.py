@@ -145,16 +145,16 @@ class LEDITSEdit:
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
             "skip": ("INT", {"default": 15, "min": 0, "max": 999}),
             "source_cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1}),
-            "target_cfg": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.1}),
+            "target_cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1}),
             "mode": (MODES, {"default": "SEGA"}),
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
         }
         for i in (1, 2, 3):
             req[f"direction_{i}"] = (DIRECTIONS, {"default": "add"})
-            req[f"scale_{i}"] = ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1})
+            req[f"scale_{i}"] = ("FLOAT", {"default": 10.0, "min": 0.0, "max": 100.0, "step": 0.1})
         req.update({
-            "threshold": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1.0, "step": 0.005}),
-            "warmup": ("INT", {"default": 5, "min": 0, "max": 10000}),
+            "threshold": ("FLOAT", {"default": 0.95, "min": 0.0, "max": 1.0, "step": 0.005}),
+            "warmup": ("INT", {"default": 2, "min": 0, "max": 10000}),
             "momentum_scale": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0, "step": 0.01}),
             "momentum_beta": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01}),
         })
@@ -169,10 +169,14 @@ class LEDITSEdit:
                       "because it samples without any prompt: that is what makes scale 0 give the input back.",
             "negative": "Unconditional prompt (an empty CLIP Text Encode): needed by CFG and by the concepts.",
             "steps": "Steps of the DDIM grid (LEDITS: 100; fewer is faster).",
-            "skip": "Noisiest steps to drop (LEDITS: 36 of 100): more skip keeps more of the image.",
+            "skip": "Noisiest steps to drop (LEDITS: 36 of 100): more skip keeps more of the image, but the edit "
+                    "must start before the model has fixed what it changes (the shapes model fixes colours in its "
+                    "first 2-3 of 20 steps: recolour at skip 2, remove by target prompt at skip 1).",
             "source_cfg": "CFG of the source prompt during the inversion (LEDITS: 3.5); SEGA mode only. Keep it "
                           "equal to target_cfg: any difference moves the whole image, not just the concepts.",
-            "target_cfg": "CFG of the target prompt (default: the source) while editing; unused in LEDITS++ mode.",
+            "target_cfg": "CFG of the target prompt (default: the source) while editing; unused in LEDITS++ mode. "
+                          "Equal to source_cfg, scale 0 gives the input back exactly; a higher value pulls towards "
+                          "the source prompt (e.g. back to the old colour).",
             "mode": TIPS["mode"],
             "seed": "Seed of the inversion's noise.",
             "threshold": TIPS["threshold"] + " Shared by the concepts.",
@@ -188,7 +192,7 @@ class LEDITSEdit:
         for i in (1, 2, 3):
             tips[f"concept_{i}"] = f"Edit concept {i} (CLIP Text Encode); at least one is needed."
             tips[f"direction_{i}"] = f"Concept {i}: add or remove."
-            tips[f"scale_{i}"] = f"Concept {i}: edit guidance scale (5 typical)."
+            tips[f"scale_{i}"] = f"Concept {i}: edit guidance scale (5-15 typical; the shapes model: 10)."
         return tooltips({"required": req, "optional": opt}, tips)
 
     RETURN_TYPES = ("IMAGE", "LATENT")
@@ -198,8 +202,8 @@ class LEDITSEdit:
     CATEGORY = CATEGORY_ALL_IN_ONE
 
     def edit(self, model, vae, source, negative, steps, skip, source_cfg, target_cfg, mode, seed,
-             direction_1="add", scale_1=5.0, direction_2="add", scale_2=5.0, direction_3="add", scale_3=5.0,
-             threshold=0.9, warmup=5, momentum_scale=0.1, momentum_beta=0.4, image=None, latent=None, target=None,
+             direction_1="add", scale_1=10.0, direction_2="add", scale_2=10.0, direction_3="add", scale_3=10.0,
+             threshold=0.95, warmup=2, momentum_scale=0.1, momentum_beta=0.4, image=None, latent=None, target=None,
              concept_1=None, concept_2=None, concept_3=None):
         concepts = [(i, c, d, s) for i, (c, d, s) in enumerate(
             [(concept_1, direction_1, scale_1), (concept_2, direction_2, scale_2), (concept_3, direction_3, scale_3)], 1)

@@ -49,6 +49,15 @@ def drag_node_type(server) -> str:
     raise AssertionError("no node with a drag_data widget and a DRAG output is registered")
 
 
+def host_noise(text: str, url: str = "") -> bool:
+    """Console errors that come from the frontend/backend pair, not from the pack: a frontend newer than the
+    backend (1.58 on ComfyUI 0.3.75) polls a jobs API the backend lacks (404 on /api/jobs and
+    "[Jobs API] Error fetching jobs")."""
+    if "[Jobs API]" in text:
+        return True
+    return "404" in text and ("/api/jobs" in url or "/api/jobs" in text)
+
+
 class FeatureMissing(RuntimeError):
     """The frontend lacks something a test needs (e.g. an older one without "Nodes 2.0")."""
 
@@ -60,12 +69,18 @@ class ComfyPage:
         self.server = server
         self.vue_nodes = vue_nodes
         self.errors: list[str] = []
+        self.messages: list[str] = []      # every console message of the page ("type: text"), since it opened
         self.context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
         # Dismiss the "Nodes 2.0" banner the way its close button does (a localStorage flag).
         self.context.add_init_script("try { localStorage.setItem('vueNodesBannerDismissed', 'true') } catch (e) {}")
         self.page = self.context.new_page()
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("console", self._on_console)
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def _on_console(self, m) -> None:
+        self.messages.append(f"{m.type}: {m.text}")
+        if m.type == "error" and not host_noise(m.text, m.location.get("url", "") if m.location else ""):
+            self.errors.append(m.text)
 
     # ------------------------------------------------------------------ start-up
     def open(self, timeout_ms: int = 90_000) -> "ComfyPage":
@@ -85,6 +100,28 @@ class ComfyPage:
             raise FeatureMissing(f"frontend {version}: setting {VUE_NODES_SETTING} is {actual!r}, wanted "
                                  f"{self.vue_nodes} (no Nodes 2.0 rendering in this frontend?)")
         return self
+
+    def reload(self, timeout_ms: int = 90_000) -> "ComfyPage":
+        """Reload the page (F5) and wait as in open(): the frontend restores the workflow it kept for a reload."""
+        self.page.reload(wait_until="domcontentloaded", timeout=timeout_ms)
+        self.page.wait_for_function(
+            "() => window.app && window.app.graph && window.app.canvas && window.LiteGraph &&"
+            " (window.app.extensions || []).some(e => e.name === 'DragEdit.DragEditor')",
+            timeout=timeout_ms)
+        self.close_first_visit_ui()
+        return self
+
+    def wait_stored(self, text: str, timeout_ms: int = 10_000) -> bool:
+        """Wait until the browser storage (where the frontend keeps the workflow for a reload) holds `text` as a
+        string value inside a JSON document; False when it never does."""
+        try:
+            self.page.wait_for_function(
+                """(needle) => [localStorage, sessionStorage].some(s => {
+                     for (let i = 0; i < s.length; i++) { const v = s.getItem(s.key(i)); if (v && v.includes(needle)) return true; }
+                     return false; })""", arg=json.dumps(text)[1:-1], polling=100, timeout=timeout_ms)
+            return True
+        except Exception:
+            return False
 
     def close_first_visit_ui(self) -> None:
         """Close the templates dialog and the Nodes 2.0 banner if they show up anyway."""

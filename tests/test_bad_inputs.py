@@ -306,17 +306,22 @@ def test_server_schedule_mismatch(comfy_server):
         "resize_scale": 1.0, "drag": ["6", 0]}}
     mb = {"class_type": "DragEditMemoryBankKV", "inputs": {
         "model": ["1", 0], "mode": "drag", "start_percent": 0.1, "end_percent": 1.0}}
-    for patch, node in ((fg, "Feature Guidance"), (mb, "Memory Bank K/V")):
-        _fails(comfy_server, graph(patch), rf"\[{node}\] input 'inversion': the sampler node runs sigmas \[.*\(3 "
-                                           rf"steps\), which are not the INVERSION's .*\(4 steps\).*Connect the SIGMAS "
-                                           rf"output of DDIM Inversion")
+    _fails(comfy_server, graph(mb), r"\[Memory Bank K/V\] input 'inversion': the sampler node runs sigmas \[.*\(3 "
+                                    r"steps\), which do not match the INVERSION's .*\(4 steps\).*Connect the SIGMAS "
+                                    r"output of DDIM Inversion")
+    _fails(comfy_server, graph(fg), r"\[Feature Guidance\] input 'inversion': the sampler node's sigmas \[.*\(3 "
+                                    r"steps\) start above the INVERSION's first sigma")
+    g = graph(fg, sigmas=("22", 0))    # Feature Guidance follows another schedule below the inversion's start
+    g["22"] = {"class_type": "KarrasScheduler", "inputs": {"steps": 3, "sigma_max": 1.0, "sigma_min": 0.1, "rho": 7.0}}
+    _runs(comfy_server, g)
+    for patch in (fg, mb):
         _runs(comfy_server, graph(patch, sigmas=("10", 2)))
         _runs(comfy_server, graph(patch, sigmas=("21", 1), latent=("5", 0)))    # the second half
     # chained: Memory Bank K/V on top of Feature Guidance, sampled on other sigmas
     g = graph(fg)
     g["15"] = dict(mb, inputs=dict(mb["inputs"], model=["11", 0], inversion=["10", 1]))
     g["12"]["inputs"]["model"] = ["15", 0]
-    _fails(comfy_server, g, r"\[(Feature Guidance|Memory Bank K/V)\] input 'inversion': the sampler node runs sigmas")
+    _fails(comfy_server, g, r"\[(Feature Guidance|Memory Bank K/V)\] input 'inversion': the sampler node")
     # Motion Supervision's MODEL output sampled on other sigmas
     g = _base()
     g["10"] = _ddim(record_kv=False)
@@ -325,7 +330,11 @@ def test_server_schedule_mismatch(comfy_server):
     g["13"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}
     g["14"] = _save(("12", 0))
     g["20"] = _basic_sigmas()
-    _fails(comfy_server, g, r"\[Motion Supervision\] input 'inversion': the sampler node runs sigmas")
+    _fails(comfy_server, g, r"\[Motion Supervision\] input 'inversion': the sampler node's sigmas .* start above")
+    g["11"]["inputs"]["reference_kv"] = True    # with the source K/V: only the inversion's steps
+    g["10"]["inputs"]["record_kv"] = True
+    g["20"] = {"class_type": "KarrasScheduler", "inputs": {"steps": 3, "sigma_max": 1.0, "sigma_min": 0.1, "rho": 7.0}}
+    _fails(comfy_server, g, r"\[Motion Supervision\] input 'inversion': the sampler node runs sigmas .* do not match")
     g["12"]["inputs"]["sigmas"] = ["10", 2]
     _runs(comfy_server, g)
     # the Edit-friendly DDPM sampler with add_noise on
@@ -334,7 +343,8 @@ def test_server_schedule_mismatch(comfy_server):
     g["11"] = {"class_type": "DragEditEditFriendlyDDPM", "inputs": {"inversion": ["10", 1]}}
     g["12"] = _sampler_custom(("1", 0), ("11", 0), ("10", 2), ("10", 0), add_noise=True)
     g["13"] = _save(("12", 0))
-    _fails(comfy_server, g, r"\[Edit-friendly DDPM\] input 'inversion': the sampler node adds noise .*turn add_noise off")
+    _fails(comfy_server, g, r"\[Edit-friendly DDPM\] input 'inversion': the sampler node adds noise .*turn "
+                            r"add_noise off")
 
 
 @pytest.mark.slow
@@ -429,8 +439,9 @@ def test_server_sampler_errors_name_the_pack_node(comfy_server):
     g["12"] = _sampler_custom(("1", 0), ("11", 0), ("20", 0), ("10", 0))
     g["13"] = _save(("12", 0))
     g["20"] = _basic_sigmas()
-    _fails(comfy_server, g, r"\[Edit-friendly DDPM\] input 'inversion': the sampler node runs sigmas .*not a contiguous "
-                            r"run of the INVERSION's .*Connect the SIGMAS output of DDPM Inversion \(edit-friendly\)")
+    _fails(comfy_server, g, r"\[Edit-friendly DDPM\] input 'inversion': the sampler node runs sigmas .*not a "
+                            r"contiguous run of the INVERSION's sigmas\).*Connect the SIGMAS output of DDPM "
+                            r"Inversion \(edit-friendly\)")
     g["12"] = _sampler_custom(("1", 0), ("11", 0), ("10", 2), ("8", 0))
     g["8"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["9", 0], "vae": ["1", 2]}}
     g["9"] = {"class_type": "ImageScale", "inputs": {"image": ["2", 0], "upscale_method": "nearest-exact",

@@ -45,6 +45,14 @@ def server(comfy_server):
     d.rectangle([150, 100, 230, 170], fill=(200, 60, 60))
     img.save(comfy_server.base / "input" / IMAGE_NAME)
     img.resize((2 * W, 2 * H)).save(comfy_server.base / "input" / IMAGE_2X)
+    # The real-image example workflows name ComfyUI's own input/example.png and the checkpoints they were made for:
+    # give the combos those names (nothing loads the placeholder checkpoints here).
+    from comfy_env import comfyui_path
+    shutil.copyfile(comfyui_path() / "input" / "example.png", comfy_server.base / "input" / "example.png")
+    ckpts = comfy_server.base / "models" / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    for name in ("v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"):
+        (ckpts / name).touch()
     return comfy_server
 
 
@@ -94,6 +102,18 @@ def _load(cp: bu.ComfyPage, drag_type: str, drag_data: str) -> bu.EditorHandle:
     assert size == [W, H]
     ed.wait_stable()
     return ed
+
+
+def test_extension_registered_once(pages, server):
+    """Issue 13 item 6: the pack's folder name (ComfyUI-DragEdit) differs from its project name
+    (comfyui-dragedit); the server still serves the editor once and the page registers it once."""
+    exts = server.get("/extensions")
+    mine = [e for e in exts if e.endswith("/drag_editor.js")]
+    assert len(mine) == 1, mine
+    cp = pages(False)
+    assert cp.page.evaluate("() => app.extensions.filter(e => e.name === 'DragEdit.DragEditor').length") == 1
+    dup = [m for m in cp.messages if "already registered" in m and "DragEdit" in m]
+    assert not dup, dup
 
 
 # Tests run in file order: the classic-rendering tests first, the Nodes 2.0 ones last (two page loads in all).
@@ -198,6 +218,110 @@ def _editor_by_mouse_then_queue(cp: bu.ComfyPage, server, drag_type: str, vue: b
                               " return ed.image && ed.imageKey.includes('type=temp'); }", timeout=10_000)
     assert ed.eval("ed.imageSize()") == [W, H] and ed.data() == data
     assert not [e for e in cp.errors if "dragedit" in e.lower() or "drag_editor" in e.lower()], cp.errors
+
+
+def test_drawing_survives_page_reload(pages, drag_type):
+    _drawing_survives_page_reload(pages(False), drag_type)
+
+
+def _drawing_survives_page_reload(cp: bu.ComfyPage, drag_type: str) -> None:
+    """Issue 13 item 1: draw, touch nothing else, reload the page: the drawing is still there (every edit reaches
+    the frontend's change tracker, which keeps the copy of the workflow a reload restores)."""
+    ed = _load(cp, drag_type, "")
+    ed.click(40, 40)
+    ed.click(80, 60)
+    ed.tool("brush")
+    ed.drag((150, 120), (200, 120))
+    data = ed.data()
+    assert len(data["points"]) == 1 and "mask" in data, data
+    text = cp.widget_value(2, "drag_data")
+    stored = cp.wait_stored(text)
+    cp.reload()
+    assert cp.page.evaluate(f"() => app.graph.getNodeById(2)?.type") == drag_type
+    after = cp.widget_value(2, "drag_data")
+    assert after == text, f"stored copy updated before reload: {stored}; drag_data after reload: {after[:200]!r}"
+    cp.show_node(2, scale=0.9)
+    ed = cp.editor(2)
+    ed.wait_image()
+    ed.wait_stable()
+    assert ed.data() == data and len(ed.eval("ed.state.points")) == 1
+    cp.page.wait_for_timeout(200)
+    r, g, b, _ = ed.pixel(80, 60)             # the target dot is drawn blue again
+    assert b > 200 and r < 120, (r, g, b)
+
+
+def test_editor_zoom_pan_and_brush_label(pages, drag_type):
+    _editor_zoom_pan_and_brush_label(pages(False), drag_type)
+
+
+def _editor_zoom_pan_and_brush_label(cp: bu.ComfyPage, drag_type: str) -> None:
+    """Issue 13 item 7: a labelled brush size; the editor's own zoom (Ctrl+wheel, around the pointer) and pan
+    (middle button), the graph zoom untouched, and coordinates that stay image pixels at every zoom."""
+    ed = _load(cp, drag_type, "")
+    size = ed.root().locator("[data-role='brush-size-control']")
+    assert "Brush" in size.inner_text() and "24 px" in size.inner_text(), size.inner_text()
+    ed.root().locator("input[data-role='brush-size']").evaluate(
+        "(e) => { e.value = '40'; e.dispatchEvent(new Event('input')); }")
+    assert ed.root().locator("[data-role='brush-size-value']").inner_text() == "40 px" and ed.eval("ed.brush") == 40
+    assert ed.root().locator("[data-role='zoom']").inner_text() == "100%"
+
+    fit = {p: ed.client(*p) for p in [(0, 0), (70, 70)]}
+    graph_scale = cp.page.evaluate("() => app.canvas.ds.scale")
+    cx, cy = fit[(70, 70)]
+    cp.page.mouse.move(cx, cy)
+    cp.page.keyboard.down("Control")
+    for _ in range(2):
+        cp.page.mouse.wheel(0, -100)
+        cp.page.wait_for_timeout(50)
+    cp.page.keyboard.up("Control")
+    zoom = ed.eval("ed.zoom")
+    assert zoom > 2, zoom
+    assert ed.root().locator("[data-role='zoom']").inner_text() == f"{round(zoom * 100)}%"
+    assert cp.page.evaluate("() => app.canvas.ds.scale") == graph_scale          # only the editor zoomed
+    nx, ny = ed.client(70, 70)
+    assert abs(nx - cx) <= 1 and abs(ny - cy) <= 1, ((cx, cy), (nx, ny))          # the point under the pointer stays
+    a, b = ed.client(0, 0), ed.client(10, 0)
+    assert (b[0] - a[0]) > 2 * (ed.client(10, 0)[0] - a[0]) / zoom * 0.99        # 10 image px are wider on screen
+    cp.page.wait_for_timeout(100)
+    # What is on screen at a point's client position is that image pixel: ellipse centre yellow, background blue.
+    assert _screen_rgb(cp, *ed.client(70, 70))[0] > 180, _screen_rgb(cp, *ed.client(70, 70))
+    bg = _screen_rgb(cp, *ed.client(128, 62))
+    assert bg[2] > bg[0] + 30, bg
+
+    # Points placed while zoomed are image pixels (finer than at fit: a screen px is a fraction of an image px).
+    ed.click(60.5, 60.25)
+    ed.click(75.25, 80.5)
+    pt = ed.data()["points"][0]
+    assert _close(pt["handle"], (60.5, 60.25), 0.5) and _close(pt["target"], (75.25, 80.5), 0.5), pt
+
+    # Middle-button drag pans the view: the image follows the pointer.
+    before = ed.client(75, 80)
+    m = cp.page.mouse
+    m.move(before[0], before[1])
+    m.down(button="middle")
+    m.move(before[0] + 20, before[1] + 15, steps=4)
+    m.up(button="middle")
+    after = ed.client(75, 80)
+    assert abs(after[0] - before[0] - 20) <= 1 and abs(after[1] - before[1] - 15) <= 1, (before, after)
+    assert len(ed.data()["points"]) == 1                  # panning is no edit
+    cp.page.wait_for_timeout(100)
+    cp.screenshot_clip(bu.SCREENSHOTS / f"drag_editor_zoomed_{'nodes2' if cp.vue_nodes else 'classic'}.png",
+                       cp.node_box(2))
+    # Fit shows the whole image again, exactly as before zooming.
+    ed.action("zoom-fit")
+    assert ed.eval("ed.zoom") == 1
+    for p, xy in fit.items():
+        assert _close(ed.client(*p), xy, 0.01), (p, xy, ed.client(*p))
+    ed.action("zoom-in")
+    assert ed.eval("ed.zoom") > 1
+    ed.action("zoom-fit")
+
+
+def _screen_rgb(cp: bu.ComfyPage, x: float, y: float) -> tuple:
+    """RGB of the page as shown on screen at client point (x, y)."""
+    import io
+    png = cp.page.screenshot(clip={"x": int(x) - 1, "y": int(y) - 1, "width": 3, "height": 3})
+    return Image.open(io.BytesIO(png)).convert("RGB").getpixel((1, 1))
 
 
 def test_restore_from_workflow_and_draw(pages, drag_type):
@@ -416,6 +540,14 @@ _WIDGET_CHECK_JS = """() => {
 # ---------------------------------------------------------------------- the same with "Nodes 2.0" (Vue nodes)
 def test_editor_by_mouse_then_queue_nodes2(pages, server, drag_type):
     _editor_by_mouse_then_queue(pages(True), server, drag_type, vue=True)
+
+
+def test_drawing_survives_page_reload_nodes2(pages, drag_type):
+    _drawing_survives_page_reload(pages(True), drag_type)
+
+
+def test_editor_zoom_pan_and_brush_label_nodes2(pages, drag_type):
+    _editor_zoom_pan_and_brush_label(pages(True), drag_type)
 
 
 def test_example_workflows_load_with_nodes2(pages, server):

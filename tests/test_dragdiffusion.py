@@ -60,11 +60,14 @@ def optimize(model, pos, x_t, sigmas, settings=None, mask=None, on_iteration=Non
 
 # ---------------------------------------------------------------- grids, blocks, layers
 
-def test_feature_grid_is_half_the_image():
+def test_supervision_grid_is_four_cells_per_latent_cell():
+    """The reference's sup_res = half the image = 4x the latent (and the default feature map) on SD1.5; the pack keeps
+    that ratio to the features on any VAE factor, so r_m / r_p / threshold mean the same relative to the features."""
     g = dd.feature_grid((64, 64))                                    # SD1.5 at 512: 256x256, 2 px per cell
     assert g.hw == (256, 256) and g.scale == (2.0, 2.0)
-    g = dd.feature_grid((16, 16), (32, 32))                          # shapes demo: 2x VAE -> grid = latent
-    assert g.hw == (16, 16) and g.scale == (2.0, 2.0)
+    g = dd.feature_grid((16, 16), (32, 32))                          # shapes demo: 2x VAE -> 64x64, 0.5 px per cell
+    assert g.hw == (64, 64) and g.scale == (0.5, 0.5)
+    assert g.cell_of(torch.tensor([[11.0, 8.0], [19.0, 8.0]])).tolist() == [[22, 16], [38, 16]]
     g = dd.feature_grid((64, 96), (771, 515))                        # crop to a multiple of 8 is centred
     assert g.hw == (256, 384) and g.offset == (1.0, 1.0)
     assert g.cell_of(torch.tensor([[1.0, 1.0], [770.0, 514.0]])).tolist() == [[0, 0], [383, 255]]
@@ -267,8 +270,28 @@ def test_motion_supervision_node_and_reference_kv(sd15_model, cond):
     lat2, _, m2 = run_node(MotionSupervision, model=sd15_model, positive=pos, drag=drag, inversion=inv, iterations=2)
     lat3, _, m3 = run_node(MotionSupervision, model=sd15_model, positive=pos, drag=drag, latent=x_t, iterations=2,
                            steps=50, strength=0.7)
-    assert m2 is sd15_model and m3 is sd15_model                     # reference_kv off: the model unchanged
+    for m in (m2, m3):   # reference_kv off: a clone whose only patch is the schedule check (issue 14)
+        assert m is not sd15_model and "patches_replace" not in m.model_options.get("transformer_options", {})
     torch.testing.assert_close(lat2["samples"], lat3["samples"], atol=1e-4, rtol=1e-4)
+
+
+def test_threshold_input_sets_the_stop_distance(sd15_model, cond):
+    """The node's threshold (supervision cells) is the stop distance: a drag of 24 cells stops before any Adam step
+    with threshold 30, and runs with the reference's 2.0."""
+    x_t, inv, _sig = inverted(sd15_model, cond[0], steps=10)
+    seen = []
+    orig = dd.optimize
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        seen.append((a[7].threshold, out.result.iterations, out.result.reached))
+        return out
+    import unittest.mock as um
+    with um.patch.object(dd, "optimize", spy):
+        for thr in (30.0, 2.0):
+            run_node(MotionSupervision, model=sd15_model, positive=cond[0], drag=DRAG, inversion=inv, latent=x_t,
+                     iterations=2, threshold=thr)
+    assert seen[0] == (30.0, 0, True) and seen[1][0] == 2.0 and seen[1][1] == 2 and not seen[1][2]
 
 
 def test_dragdiffusion_all_in_one(sd15_model, cond):
@@ -308,6 +331,7 @@ def test_all_in_one_on_sdxl_and_vpred(sdxl_model, vpred_model, cond, cond_xl):
     (dict(reference_kv=True), r"input 'reference_kv'.*record_kv"),
     (dict(inversion=None, latent=None), r"input 'latent'.*connect"),
     (dict(mask=torch.ones(2, 128, 128)), r"input 'mask'.*batch of 2"),
+    (dict(threshold=float("inf")), r"input 'threshold'.*between"),
 ])
 def test_motion_supervision_bad_inputs(sd15_model, cond, change, match):
     x_t, inv, _sig = inverted(sd15_model, cond[0], steps=10)
@@ -324,6 +348,8 @@ def test_motion_supervision_bad_inputs(sd15_model, cond, change, match):
     (dict(strength=0.01, steps=10), r"input 'strength'"),
     (dict(cfg=3.0), r"input 'cfg'"),
     (dict(positive=tiny_models.conditioning(1, width=64)), r"input 'positive'"),
+    (dict(threshold=0.0), r"input 'threshold'.*between"),
+    (dict(threshold=float("nan")), r"input 'threshold'.*between"),
 ])
 def test_dragdiffusion_bad_inputs(sd15_model, cond, change, match):
     inputs = dict(model=sd15_model, latent=planted_latent(0), positive=cond[0], drag=DRAG, steps=10, strength=0.5)
@@ -412,3 +438,36 @@ def test_example_workflow_runs_on_server(comfy_server):
         assert 10 * math.log10(1.0 / max(mse, 1e-10)) > 15.0, prefix           # still the same scene
         got = renderer.centroid(img, "blue")
         assert got is not None and got[0] > renderer.centroid(src, "blue")[0] - 1.0, (prefix, got)
+
+
+@pytest.mark.slow
+def test_lora_example_workflow_runs_on_server(comfy_server):
+    """example_workflows/dragdiffusion_lora.json: ComfyUI's own Train LoRA (a V3 node whose inputs all arrive as
+    lists) on 4 copies of the scene's latent -> Load LoRA Model -> DragDiffusion with the workflow's mask, converted the
+    way the frontend does and run on the real server with few steps; the image is the scene, edited."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from dragedit.core.shapes import renderer
+    from workflow_api import ui_to_api
+    wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "dragdiffusion_lora.json").read_text())
+    prompt = ui_to_api(wf, comfy_server.get("/object_info"))
+    train, edit = prompt["7"], prompt["9"]
+    assert train["class_type"] == "TrainLoraNode" and train["inputs"]["latents"] == ["14", 0]
+    assert prompt["14"]["class_type"] == "RebatchLatents" and prompt["14"]["inputs"]["latents"] == ["6", 0]
+    assert prompt["8"]["inputs"]["lora"] == ["7", 1] and edit["inputs"]["model"] == ["8", 0]
+    assert edit["inputs"]["mask"] == ["5", 1] and "mask" in prompt["5"]["inputs"]["drag_data"]
+    assert train["inputs"]["rank"] == 16 and train["inputs"]["seed"] == 0 and train["inputs"]["algorithm"] == "LoRA"
+    train["inputs"]["steps"] = 3                                      # few steps: this checks the wiring
+    edit["inputs"].update(steps=10, iterations=3)
+    comfy_server.run_prompt(prompt)
+    png = sorted((comfy_server.base / "output").glob("dragdiffusion_lora*.png"))[-1]
+    img = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    src = renderer.render(renderer.random_scene(2, two_p=0.0))
+    assert img.shape == (3, 32, 32)
+    mse = float(((img - src) ** 2).mean())
+    assert 10 * math.log10(1.0 / max(mse, 1e-10)) > 15.0
+    assert renderer.centroid(img, "blue") is not None

@@ -206,9 +206,14 @@ def test_feature_guidance_and_memory_bank_nodes_with_stock_samplers(sd15_model, 
     from comfy.k_diffusion.sampling import get_sigmas_karras
     ms = host.model_sampling(sd15_model)
     karras = get_sigmas_karras(6, float(ms.sigma_min), float(inv.sigmas[0])).float()
-    before = g.stats.guided
-    other = _stock_sample(guided, pos, neg, 3.0, out["samples"], karras, sampler="heun")
-    assert g.stats.guided > before and torch.isfinite(other).all()
+    (fg_only,) = run_node(FeatureGuidance, model=sd15_model, inversion=inv, mode="drag", energy_scale=1.0,
+                          start_percent=0.0, end_percent=0.6, resize_scale=1.0, drag=DRAG)
+    g2 = _guidance_of(fg_only)
+    other = _stock_sample(fg_only, pos, neg, 3.0, out["samples"], karras, sampler="heun")
+    assert g2.stats.guided > 0 and torch.isfinite(other).all()
+    # the memory bank's K/V exist only at the inversion's steps: that schedule is refused, naming the node (issue 14)
+    with pytest.raises(NodeInputError, match=r"\[Memory Bank K/V\] input 'inversion': the sampler node runs sigmas"):
+        _stock_sample(guided, pos, neg, 3.0, out["samples"], karras, sampler="heun")
 
 
 def test_guidance_latent_is_the_piecewise_linear_ddim_path(sd15_model, cond):
@@ -278,6 +283,75 @@ def test_diffeditor_options_run_and_count(sd15_model, cond):
     assert counts["base"] == 35 and counts["tt"] == 35 + 4 * 2 * 2     # 4 steps x 2 extra repeats x (fwd + back)
     assert torch.equal(outs["sde"], outs["sde2"]) and (outs["sde"] - outs["base"]).abs().max() > 1e-4
     assert (outs["tt"] - outs["base"]).abs().max() > 1e-5
+
+
+def test_d_plus_sparsified_guidance_steps(sd15_model, cond):
+    """D+ (the reference's default alg): guidance on every step before step 10 of 50, then on even steps only, up to
+    step 30; with sparsify off on every step of the window. Strength 0.7 runs steps 15..49."""
+    from dragedit.nodes.dragondiffusion import run_edit, build_spec
+    pos, neg = cond
+    _, inv = invert(sd15_model, pos, steps=50, strength=0.7)
+    spec, blocks = build_spec("test", sd15_model, inv, "drag", drag=DRAG, energy_scale=1.0)
+    d = de.mode_defaults("drag")
+    guided = {}
+    for sparsify in (True, False):
+        st: dict = {}
+        with torch.inference_mode():
+            run_edit(sd15_model, pos, neg, 4.0, inv, spec, blocks, d, dd.EditOptions(sparsify=sparsify), stats=st)
+        guided[sparsify] = st["guided"]
+    assert dd.EditOptions().sparsify is True
+    assert guided[True] == len(range(16, 30, 2)) == 7 and guided[False] == 15
+    assert [i for i in range(50) if de.guidance_active(i, 50, d, True)] == list(range(10)) + list(range(10, 30, 2))
+
+
+def test_time_travel_inverts_with_the_plain_cond_unet(sd15_model, cond):
+    """Denoiser.cond_x0 (time travel's re-inversion pass) = the positive conditioning alone through the bare model:
+    no CFG, no K/V bank, no post-CFG guidance, even inside a session that has all three."""
+    pos, neg = cond
+    _, inv = invert(sd15_model, pos)
+    m = host.clone(sd15_model)
+    dd.patch_memory_bank(m, inv, "drag")
+    guided = FeatureGuidance().patch(m, inv, "drag", 1.0, 0.0, 1.0, 1.0, drag=DRAG)[0]
+    s = float(inv.sigmas[3])
+    x = inv.latents[3]
+    got = {}
+
+    def loop(den, xx, _s):
+        got["cond"] = den.cond_x0(x.to(xx), s)
+        got["cfg"] = den.x0(x.to(xx), s)
+        return xx
+
+    def plain_loop(den, xx, _s):
+        got["plain"] = den.x0(x.to(xx), s)
+        return xx
+
+    with torch.inference_mode():
+        host.session(guided, pos, neg, 4.0, host.process_out(sd15_model, inv.start.clone()), inv.sigmas, loop)
+        host.session(host.clone(sd15_model), pos, None, 1.0, host.process_out(sd15_model, inv.start.clone()),
+                     inv.sigmas, plain_loop)
+    torch.testing.assert_close(got["cond"], got["plain"], rtol=1e-5, atol=1e-5)
+    assert (got["cfg"] - got["plain"]).abs().max() > 1e-3
+
+
+def test_vacated_cells_and_vacate_noise(sd15_model, cond):
+    """vacated_cells: the object's source cells its new place does not cover (move), the handle cells no target
+    covers (drag); vacate_noise re-noises exactly those cells of the pasted start latent."""
+    from dragedit.nodes.dragondiffusion import run_edit, build_spec
+    spec = dd.make_spec("move", (32, 32), mask=OBJ[0, ::4, ::4] > 0, offset=(8, 0))   # object cells 8..17 -> +4 cols
+    vac = dd.vacated_cells(spec, (16, 16))
+    assert vac[4:9, 4:8].all() and int(vac.sum()) == 5 * 4
+    spec = dd.make_spec("drag", (32, 32), handles=[(11, 13)], targets=[(19, 15)])
+    vac = dd.vacated_cells(spec, (16, 16))
+    assert vac[5:8, 4:7].all() and int(vac.sum()) == 9
+    pos, neg = cond
+    _, inv = invert(sd15_model, pos, steps=6)
+    spec, blocks = build_spec("test", sd15_model, inv, "move", drag=DRAG, mask=OBJ, energy_scale=0.0)
+    outs = {}
+    for a in (0.0, 1.0):
+        with torch.inference_mode():
+            outs[a] = run_edit(sd15_model, pos, neg, 1.0, inv, spec, blocks, de.mode_defaults("move"),
+                               dd.EditOptions(init_paste=True, vacate_noise=a), memory_bank=False)
+    assert (outs[1.0] - outs[0.0]).abs().max() > 1e-3
 
 
 def test_init_paste_moves_start_latent_cells():

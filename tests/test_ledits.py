@@ -275,6 +275,44 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
     assert (other - ref).abs().max() > 100 * (ours - ref).abs().max()
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_ledits_pp_inversion_matches_diffusers_invert_with_its_empty_source_prompt():
+    """What LEDITS Edit runs in LEDITS++ mode (DDPM Inversion with the negative as positive at cfg 1) equals
+    diffusers' LEditsPP `invert` with its default empty source prompt: same grid (diffusers N=10, skip 0.15 is
+    steps 11, skip 1 here), same start latent and noise maps from the same seed (all but the last map: diffusers
+    steps to ᾱ_0 = final_alpha_cumprod, the pack to σ = 0). Then scale 0 gives the input back, as in diffusers."""
+    import test_sega_math as tsm
+    from diffusers import LEditsPPPipelineStableDiffusion
+    model = host.build_model(SD15_3LEVEL, latent_format="sd15", prediction="eps", seed=0)
+    comps = tsm.tiny_sd_components()
+    comps["unet"] = unet_twin(model, SD15_3LEVEL)
+    pipe = LEditsPPPipelineStableDiffusion(**comps)
+    pipe.set_progress_bar_config(disable=True)
+    add_noise = pipe.scheduler.add_noise
+    pipe.scheduler.add_noise = lambda x, n, t: add_noise(x, n, t.long())  # diffusers 0.39 on torch 2.14
+    embs: list = []
+    h = pipe.unet.register_forward_pre_hook(lambda mod, a, kw: embs.append(kw["encoder_hidden_states"].clone()),
+                                            with_kwargs=True)
+    image = tsm._image()
+    with torch.no_grad():
+        pipe.invert(image=image, num_inversion_steps=10, skip=0.15, generator=torch.Generator().manual_seed(3))
+        x0 = pipe.vae.encode(pipe.image_processor.preprocess(image)).latent_dist.mode() * 0.18215
+    h.remove()
+    e_u = embs[0][:1]
+    assert all(torch.equal(e[:1], e_u) for e in embs)  # the empty prompt only
+    ts, abar, sig = tsm.ddim_grid(pipe)
+    u = [[e_u, {}]]
+    _, inv, sigmas = run_node(DDPMInversion, model=model, latent={"samples": x0 / 0.18215}, positive=u, steps=11,
+                              skip=1, source_cfg=1.0, eta=1.0, seed=3, negative=u)
+    torch.testing.assert_close(sigmas[:-1].double(), sig[:-1].double(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(inv.start, pipe.init_latents / math.sqrt(abar[0]), rtol=0, atol=1e-4)
+    zs = pipe.zs
+    assert inv.zs.shape == zs.shape
+    tol = 1e-5 * float(zs.abs().max())
+    torch.testing.assert_close(inv.zs[:-1], zs[:-1], rtol=0, atol=max(tol, 2e-4))
+
+
 def unet_twin(model, cfg):
     """A diffusers UNet2DConditionModel with the weights of a tiny ComfyUI UNet of config `cfg` (cross-attention
     at every level)."""
@@ -712,10 +750,18 @@ def test_example_workflow_runs_on_server(comfy_server):
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     edit = prompt["6"]
     assert edit["class_type"] == "DragEditLEDITSEdit" and edit["inputs"]["concept_1"] == ["5", 0]
-    assert edit["inputs"]["steps"] == 20 and edit["inputs"]["scale_1"] == 20.0 and edit["inputs"]["mode"] == "SEGA"
+    assert edit["inputs"]["steps"] == 20 and edit["inputs"]["skip"] == 2 and edit["inputs"]["mode"] == "SEGA"
+    assert edit["inputs"]["concept_2"] and edit["inputs"]["direction_2"] == "remove"
+    assert edit["inputs"]["target_cfg"] == edit["inputs"]["source_cfg"] == 3.5
     comfy_server.run_prompt(prompt)
     png = sorted((comfy_server.base / "output").glob("ledits*.png"))[-1]
     img = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    scene = renderer.render(renderer.random_scene(4, two_p=0.0))
+    sc = renderer.random_scene(4, two_p=0.0)
+    scene = renderer.render(sc)
     diff = (img - scene).abs()
     assert img.shape == (3, 32, 32) and 2e-3 < float(diff.mean()) < 0.25, float(diff.mean())
+    # the red square became a blue one (coverage of each colour over the square's core, as ShapesBench measures)
+    core = renderer.coverage(sc.shapes[0]) >= 0.5
+    assert sc.shapes[0].colour == "red" and sc.shapes[0].kind == "square"
+    blue, red = (float(renderer.colour_alpha(img, c)[core].mean()) for c in ("blue", "red"))
+    assert blue >= 0.5 and red <= 0.3, (blue, red)

@@ -30,8 +30,8 @@ FAST = {
     "TrainLoraNode": {"steps": 2},
     "DragEditLEDITSEdit": {"steps": 4, "skip": 1, "warmup": 1},
 }
-ARCH = {"sd15": ("sd15", sd_checkpoints.SD15_NAME, "SD1ClipModel"),
-        "sdxl": ("sdxl", sd_checkpoints.SDXL_NAME, "SDXLClipModel")}
+ARCH = {"sd15": ("sd15", sd_checkpoints.SD15_NAME, "SD1ClipModel", "BaseModel"),
+        "sdxl": ("sdxl", sd_checkpoints.SDXL_NAME, "SDXLClipModel", "SDXL")}
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +77,12 @@ def test_real_image_workflow_runs(sd_server, name):
     ckpts = [n["inputs"]["ckpt_name"] for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple"]
     assert ckpts == [ARCH[kind][1]]
     assert [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"] == ["example.png"]
-    log_start = len(sd_server.log_path.read_bytes())
     entry = sd_server.run_prompt(prompt, timeout=900)
-    log = sd_server.log_path.read_bytes()[log_start:].decode(errors="replace")
-    # ComfyUI's own detection: the text encoder class it picked for the checkpoint (SD1.5: CLIP-L; SDXL: L + bigG).
-    assert ARCH[kind][2] in log, f"{name}: the checkpoint was not loaded as {kind}:\n{log[-3000:]}"
+    # ComfyUI's own detection (logged when Load Checkpoint first ran on the file; later runs use its cached output):
+    # the text encoder it picked (SD1.5: CLIP-L alone; SDXL: CLIP-L + OpenCLIP bigG) and the UNet class.
+    log = sd_server.log_path.read_text(errors="replace")
+    assert f"Requested to load {ARCH[kind][2]}" in log, f"{name}: not loaded as {kind}:\n{log[-3000:]}"
+    assert f"Requested to load {ARCH[kind][3]}" in log, f"{name}: not loaded as {kind}:\n{log[-3000:]}"
     files = [f for f in sd_server.output_images(entry) if "output" in f.parts]
     assert len(files) == 1, files
     out = np.asarray(Image.open(files[0]).convert("RGB"), dtype=np.float32)

@@ -29,6 +29,8 @@ const HIT_RADIUS = 9; // screen px
 const MIN_HEIGHT = 260;
 const UNDO_LIMIT = 100;
 const POLL_MS = 400;
+const ZOOM_MAX = 16; // editor zoom, relative to "fit the image in the canvas"
+const ZOOM_STEP = 1.25; // one wheel notch / one +/- click
 // Shown on the node where a "Nodes 2.0" (Vue) renderer never mounts DOM widgets (frontend 1.27.x mounts only
 // its built-in widget types there and drops the DOM-widget overlay; 1.32 mounts them).
 const VUE_HOST_NOTE = "Drag editor unavailable: this ComfyUI frontend's Nodes 2.0 (Vue) renderer does not show " +
@@ -76,6 +78,22 @@ function el(tag, style = {}, attrs = {}) {
   return e;
 }
 
+/** Tell the frontend's change tracker that the graph changed. Its copy of the workflow is what a page reload
+ * restores (and what undo, the "modified" mark and autosave use); the frontend refreshes it on its own only after
+ * graph-canvas events, which the editor keeps for itself. The tracker is the active workflow's: reached through
+ * app.extensionManager.workflow (frontends 1.2x .. 1.5x) or app.workflowManager (older ones); captureCanvasState
+ * is 1.5x's name for the deprecated checkState. A frontend without either has nothing to tell. */
+function notifyChangeTracker() {
+  try {
+    const wf = app.extensionManager?.workflow?.activeWorkflow ?? app.workflowManager?.activeWorkflow;
+    const tracker = wf?.changeTracker;
+    if (typeof tracker?.captureCanvasState === "function") tracker.captureCanvasState();
+    else if (typeof tracker?.checkState === "function") tracker.checkState();
+  } catch (e) {
+    console.warn("DragEdit: could not tell the workflow change tracker about an edit", e);
+  }
+}
+
 const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 const dist2 = (a, b) => (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2;
 
@@ -90,6 +108,9 @@ class DragEditor {
     this.note = ""; // transient information
     this.tool = "point";
     this.brush = 24; // brush diameter in image pixels
+    this.zoom = 1; // editor zoom over "fit" (1 = the whole image); view only, never stored in drag_data
+    this.center = null; // image point shown at the canvas centre while zoomed ([x, y] image px; null = middle)
+    this.spaceDown = false; // Space held: left-drag pans
     this.pending = null; // unfinished pair / region
     this.selected = null; // {kind: "point"|"region", index, ...}
     this.drag = null; // active pointer gesture
@@ -131,17 +152,34 @@ class DragEditor {
       b.dataset.tool = id;
       this.toolButtons[id] = b;
     }
-    this.sizeInput = el("input", { width: "70px" }, { type: "range", min: "2", max: "256", step: "1", title: "Brush size (image pixels)" });
+    // Brush size: a labelled slider with its value in image pixels (used by Mask and Erase).
+    const sizeTip = "Brush size of Mask and Erase: the diameter in image pixels";
+    this.sizeBox = el("label", { display: "inline-flex", alignItems: "center", gap: "3px", cursor: "default" }, { title: sizeTip });
+    this.sizeBox.dataset.role = "brush-size-control";
+    const sizeLabel = el("span");
+    sizeLabel.textContent = "Brush";
+    this.sizeInput = el("input", { width: "64px" }, { type: "range", min: "2", max: "256", step: "1", title: sizeTip, "aria-label": "Brush size (image pixels)" });
     this.sizeInput.value = String(this.brush);
     this.sizeInput.dataset.role = "brush-size";
-    this.sizeInput.addEventListener("input", () => {
-      this.brush = Number(this.sizeInput.value);
-      this.redraw();
-    });
-    this.stopPointer(this.sizeInput);
-    this.toolbar.appendChild(this.sizeInput);
+    this.sizeValue = el("span", { minWidth: "40px", fontVariantNumeric: "tabular-nums" });
+    this.sizeValue.dataset.role = "brush-size-value";
+    this.sizeInput.addEventListener("input", () => this.setBrush(Number(this.sizeInput.value)));
+    this.sizeBox.append(sizeLabel, this.sizeInput, this.sizeValue);
+    this.stopPointer(this.sizeBox);
+    this.toolbar.appendChild(this.sizeBox);
+    this.setBrush(this.brush);
     this.button("Undo", "Undo the last edit (Ctrl+Z)", () => this.undo()).dataset.action = "undo";
     this.button("Clear", "Remove all points, regions and the mask", () => this.clearAll()).dataset.action = "clear";
+    // Zoom of the editor's own view (the graph zoom is separate); coordinates stay image pixels.
+    const zoomBox = el("span", { display: "inline-flex", alignItems: "center", gap: "3px" });
+    this.toolbar.appendChild(zoomBox);
+    this.button("\u2212", "Zoom out (Ctrl+wheel over the image, or -)", () => this.zoomBy(1 / ZOOM_STEP), zoomBox).dataset.action = "zoom-out";
+    this.zoomLabel = el("span", { minWidth: "36px", textAlign: "center", fontVariantNumeric: "tabular-nums" }, { title: "Editor zoom (100% = the whole image)" });
+    this.zoomLabel.dataset.role = "zoom";
+    zoomBox.appendChild(this.zoomLabel);
+    this.button("+", "Zoom in (Ctrl+wheel over the image, or +); pan with the middle button or Space+drag", () => this.zoomBy(ZOOM_STEP), zoomBox).dataset.action = "zoom-in";
+    this.button("Fit", "Show the whole image (0)", () => this.setZoom(1), zoomBox).dataset.action = "zoom-fit";
+    this.updateZoomLabel();
     this.canvas = el("canvas", { flex: "1 1 auto", minHeight: "120px", width: "100%", display: "block", background: "#1b1b1b", borderRadius: "4px", outline: "none", cursor: "crosshair", touchAction: "none" });
     this.canvas.tabIndex = 0;
     this.canvas.dataset.role = "drag-canvas";
@@ -155,8 +193,8 @@ class DragEditor {
     this.resizeObserver.observe(this.canvas);
   }
 
-  /** A toolbar button that runs fn and hands the keyboard focus back to the canvas. */
-  button(label, tip, fn) {
+  /** A toolbar button (in `parent`, default the toolbar) that runs fn and hands the keyboard focus back to the canvas. */
+  button(label, tip, fn, parent = this.toolbar) {
     const b = el("button", { padding: "2px 6px", fontSize: "11px", borderRadius: "3px", border: "1px solid #555", background: "#333", color: "#ddd", cursor: "pointer" });
     b.type = "button";
     b.textContent = label;
@@ -167,7 +205,7 @@ class DragEditor {
       this.canvas.focus({ preventScroll: true }); // keys (Delete, Ctrl+Z) go to the editor, not the graph
     });
     this.stopPointer(b);
-    this.toolbar.appendChild(b);
+    parent.appendChild(b);
     return b;
   }
 
@@ -190,6 +228,70 @@ class DragEditor {
     this.note = "";
     this.updateStatus();
     this.redraw();
+  }
+
+  /** Set the brush diameter (image px) and show it next to the slider. */
+  setBrush(px) {
+    this.brush = clamp(Math.round(px) || 1, 1, 256);
+    if (this.sizeInput.value !== String(this.brush)) this.sizeInput.value = String(this.brush);
+    this.sizeValue.textContent = `${this.brush} px`;
+    this.redraw();
+  }
+
+  // ------------------------------------------------------------------ editor zoom / pan
+  /** Set the editor zoom (1 = fit), keeping the image point `at` (default: the view centre) where it is on screen. */
+  setZoom(z, at = null) {
+    const size = this.imageSize();
+    const zoom = clamp(z, 1, ZOOM_MAX);
+    if (!size || zoom === 1) {
+      this.zoom = 1;
+      this.center = null;
+    } else {
+      const v = this.view();
+      const cw = Math.max(1, this.canvas.clientWidth);
+      const ch = Math.max(1, this.canvas.clientHeight);
+      const p = at || [(cw / 2 - v.ox) / v.s, (ch / 2 - v.oy) / v.s];
+      // Screen position of p stays: cw/2 + (p - c') * s' = ox + p * s, solved for the new centre c'.
+      const s2 = v.fit * zoom;
+      const sx = v.ox + p[0] * v.s;
+      const sy = v.oy + p[1] * v.s;
+      this.zoom = zoom;
+      this.center = [p[0] - (sx - cw / 2) / s2, p[1] - (sy - ch / 2) / s2];
+      this.clampCenter();
+    }
+    this.updateZoomLabel();
+    this.redraw();
+  }
+
+  /** Ctrl+wheel (a touchpad pinch too) over the canvas: zoom the view around the pointer. */
+  onZoomWheel(e) {
+    if (!this.imageSize()) return;
+    const k = Math.exp(-clamp(e.deltaY, -100, 100) / 200);
+    this.zoomBy(k, this.eventToImage(e));
+  }
+
+  /** Multiply the zoom by k around image point `at`. */
+  zoomBy(k, at = null) {
+    this.setZoom(this.zoom * k, at);
+  }
+
+  /** Move the view by (dx, dy) canvas layout px. */
+  panBy(dx, dy) {
+    if (this.zoom === 1) return;
+    const v = this.view();
+    this.center = [v.cx - dx / v.s, v.cy - dy / v.s];
+    this.clampCenter();
+    this.redraw();
+  }
+
+  /** Store the centre as view() shows it (so panning past an edge does not build up a hidden offset). */
+  clampCenter() {
+    const v = this.view();
+    this.center = [v.cx, v.cy];
+  }
+
+  updateZoomLabel() {
+    this.zoomLabel.textContent = `${Math.round(this.zoom * 100)}%`;
   }
 
   // ------------------------------------------------------------------ state <-> widget
@@ -237,6 +339,7 @@ class DragEditor {
     this.dataWidget.callback?.(text);
     this.node.setDirtyCanvas?.(true, true);
     this.node.graph?.change?.();
+    notifyChangeTracker();
   }
 
   /** Remember the current widget text for Undo. */
@@ -380,6 +483,7 @@ class DragEditor {
   /** Align the state with the shown image's size; rescales instructions drawn on another size. */
   adoptImageSize(mayWrite) {
     const [W, H] = [this.image.naturalWidth, this.image.naturalHeight];
+    if (this.center && (this.center[0] > W || this.center[1] > H)) this.setZoom(1);
     const s = this.state;
     if (s.imageSize && s.imageSize[0] === W && s.imageSize[1] === H) return;
     if (s.imageSize && !isEmptyState(s) && mayWrite && !this.storedError) {
@@ -531,8 +635,15 @@ class DragEditor {
     const size = this.imageSize() || [512, 512];
     const cw = Math.max(1, this.canvas.clientWidth);
     const ch = Math.max(1, this.canvas.clientHeight);
-    const s = Math.min(cw / size[0], ch / size[1]);
-    return { s, ox: (cw - size[0] * s) / 2, oy: (ch - size[1] * s) / 2, size };
+    const fit = Math.min(cw / size[0], ch / size[1]);
+    const s = fit * this.zoom;
+    // The image point at the canvas centre: the middle at zoom 1; while zoomed, kept so the image covers the
+    // canvas along every axis where it is larger than the canvas (no panning off into the void).
+    const axis = (c, len, view) => (len * s <= view ? len / 2 : clamp(c, view / (2 * s), len - view / (2 * s)));
+    const c = this.center || [size[0] / 2, size[1] / 2];
+    const cx = axis(c[0], size[0], cw);
+    const cy = axis(c[1], size[1], ch);
+    return { s, fit, cx, cy, ox: cw / 2 - cx * s, oy: ch / 2 - cy * s, size };
   }
 
   /** Canvas layout px per screen px (the node may be scaled by the graph zoom). */
@@ -660,12 +771,19 @@ class DragEditor {
       if (this.pending?.type === "poly-handle") this.closePolygon();
     });
     this.root.addEventListener("keydown", (e) => this.onKey(e));
+    c.dragEditor = this; // for the page-level zoom-wheel listener (installZoomWheel)
     c.addEventListener("wheel", (e) => {
-      // Let the graph zoom while the pointer is over the editor.
+      // A plain wheel zooms the graph, as anywhere else on it (Ctrl+wheel: see installZoomWheel).
       e.preventDefault();
       e.stopPropagation();
       app.canvas?.processMouseWheel?.(e);
     }, { passive: false });
+    this.root.addEventListener("keyup", (e) => {
+      if (e.key === " ") this.spaceDown = false;
+    });
+    c.addEventListener("blur", () => {
+      this.spaceDown = false;
+    });
   }
 
   /** Delete/Backspace removes the selection, Esc cancels, Enter closes a polygon, Ctrl+Z undoes. */
@@ -683,6 +801,14 @@ class DragEditor {
       this.closePolygon();
     } else if (ctrl && (k === "z" || k === "Z")) {
       this.undo();
+    } else if (k === " ") {
+      this.spaceDown = true; // Space+drag pans
+    } else if (!ctrl && (k === "+" || k === "=")) {
+      this.zoomBy(ZOOM_STEP, this.hover);
+    } else if (!ctrl && k === "-") {
+      this.zoomBy(1 / ZOOM_STEP, this.hover);
+    } else if (!ctrl && k === "0") {
+      this.setZoom(1);
     } else {
       handled = false;
     }
@@ -697,10 +823,19 @@ class DragEditor {
   /** Start a gesture: paint, move a point, draw a rect, add a point or polygon vertex; right button deletes. */
   onPointerDown(e) {
     e.stopPropagation();
-    if (e.button === 1) return; // middle button: leave to the graph
     e.preventDefault();
     this.canvas.focus({ preventScroll: true });
     if (!this.imageSize()) return;
+    if (e.button === 1 || (e.button === 0 && this.spaceDown)) {
+      // Middle button or Space+left drag: pan the zoomed view.
+      try {
+        this.canvas.setPointerCapture(e.pointerId);
+      } catch (err) {
+        /* synthetic events have no active pointer */
+      }
+      this.drag = { type: "pan", last: [e.clientX, e.clientY] };
+      return;
+    }
     const p = this.eventToImage(e);
     if (e.button === 2) {
       if (this.pending) {
@@ -752,6 +887,12 @@ class DragEditor {
     const p = this.eventToImage(e);
     this.hover = p;
     const d = this.drag;
+    if (d?.type === "pan") {
+      const k = this.screenScale();
+      this.panBy((e.clientX - d.last[0]) * k, (e.clientY - d.last[1]) * k);
+      d.last = [e.clientX, e.clientY];
+      return;
+    }
     if (d?.type === "paint") this.strokeTo(p, d.value);
     else if (d?.type === "move") {
       this.setPos(d.hit, this.clampToImage(p));
@@ -765,7 +906,7 @@ class DragEditor {
     e.stopPropagation();
     const d = this.drag;
     this.drag = null;
-    if (!d) return;
+    if (!d || d.type === "pan") return;
     if (d.type === "paint") {
       this.commit(d.value ? "Mask painted." : "Mask erased.");
     } else if (d.type === "move") {
@@ -936,6 +1077,20 @@ class DragEditor {
   }
 }
 
+/** One page-level listener, in the capture phase, for Ctrl/Alt+wheel over an editor canvas: the Nodes 2.0 node
+ * forwards Ctrl+wheel to the graph before it reaches the canvas, so the canvas' own listener would never see it. */
+function installZoomWheel() {
+  if (window.__dragEditZoomWheel) return;
+  window.__dragEditZoomWheel = true;
+  window.addEventListener("wheel", (e) => {
+    const ed = e.target?.dragEditor;
+    if (!ed || ed.destroyed || !(e.ctrlKey || e.metaKey || e.altKey)) return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    ed.onZoomWheel(e);
+  }, { capture: true, passive: false });
+}
+
 /** Hide a widget in the classic canvas and in Nodes 2.0 (Vue) rendering, keeping its value serialised. */
 function hideWidget(w) {
   w.hidden = true;
@@ -951,6 +1106,7 @@ app.registerExtension({
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!isDragInstructionsDef(nodeData)) return;
+    installZoomWheel();
 
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {

@@ -48,8 +48,8 @@ def latent_format_class() -> type:
         dragedit_max_latent_side = 4 * LATENT_SIZE          # 64: images up to 128x128
         dragedit_size_reason = (f"the Shapes Demo Model is trained on {IMAGE_SIZE}x{IMAGE_SIZE} images and has "
                                 "self-attention at the full latent resolution, so a UNet call costs the square of the "
-                                "pixel count: 0.04 s at 32x32, 2.6 s and +0.5 GB at 128x128, about 40x that beyond, "
-                                "on one CPU core")
+                                "pixel count; one call on one CPU core: 0.04 s at 32x32, 2.6 s and +0.5 GB at 128x128, "
+                                "41 s and +2.2 GB at 256x256")
 
         def __init__(self) -> None:
             # previews: model-space x̂0 -> unshuffle latent -> RGB in [−1, 1]
