@@ -168,12 +168,12 @@ def _save(g: Graph, ck: dict, latent_src: Optional[dict], image_src: Optional[di
     outs = []
     if latent_src is not None:
         dec = g.add("VAEDecode")
-        g.link(latent_src, "latent", dec, "samples")
+        g.link(latent_src, "LATENT", dec, "samples")
         g.link(ck, "VAE", dec, "vae")
         outs.append(dec)
         image_src, out_name = dec, "IMAGE"
     else:
-        out_name = "image"
+        out_name = "IMAGE"
     save = g.add("SaveImage", {"filename_prefix": prefix}, title="Save Image (result)", width=380, height=420)
     g.link(image_src, out_name, save, "images")
     prev = g.add("PreviewImage", title="Input (resized)", width=380, height=420)
@@ -191,8 +191,8 @@ def regiondrag(info: dict, sizes: dict, arch: str) -> dict:
     rd = g.add("DragEditRegionDrag", {"steps": 20, "strength": 0.5, "noise_scale": 1.0, "seed": 42}, width=340)
     g.link(ck, "MODEL", rd, "model")
     g.link(pos, "CONDITIONING", rd, "positive")
-    g.link(di, "drag", rd, "drag")
-    g.link(di, "mask", rd, "mask")
+    g.link(di, "DRAG", rd, "drag")
+    g.link(di, "MASK", rd, "mask")
     g.link(sc, "IMAGE", rd, "image")
     g.link(ck, "VAE", rd, "vae")
     (dec,), save, prev = _save(g, ck, rd, None, f"regiondrag_{arch.lower().replace('.', '')}", sc)
@@ -242,8 +242,8 @@ def dragdiffusion(info: dict, sizes: dict) -> dict:
     g.link(lo, "model", dd, "model")
     g.link(enc, "LATENT", dd, "latent")
     g.link(pos, "CONDITIONING", dd, "positive")
-    g.link(di, "drag", dd, "drag")
-    g.link(di, "mask", dd, "mask")
+    g.link(di, "DRAG", dd, "drag")
+    g.link(di, "MASK", dd, "mask")
     (dec,), save, prev = _save(g, ck, dd, None, "dragdiffusion_sd15", sc)
     note = g.note(_note_dragdiffusion(size, ckpt), width=420, height=640)
     x = g.column(0, 0, [note])
