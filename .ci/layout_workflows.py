@@ -30,7 +30,8 @@ DRAGON_NOTE = {
         "3. *Drag Instructions*: the mask is the object, the point pair says where it goes.\n"
         "4. *DragonDiffusion*, mode **move**: denoises from the inversion with the memory bank's K/V and the "
         "feature-correspondence guidance that pulls the object's features to the target and keeps the rest "
-        "(cfg 4, energy scale 1, DiffEditor's start-latent paste on).\n\n"
+        "(cfg 4, DiffEditor's start-latent paste on; see the tooltips for the energy scale and the other "
+        "options).\n\n"
         "For photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes "
         "nodes; describe the image in the source prompt."),
     "drag": (
@@ -42,7 +43,8 @@ DRAGON_NOTE = {
         "self-attention K/V: the memory bank.\n"
         "3. *Drag Instructions*: handle -> target point pairs (no mask: boxes around the points are editable).\n"
         "4. *DragonDiffusion*, mode **drag**: guidance moves the content under each handle to its target while "
-        "the content term keeps the rest (cfg 4, energy scale 1, start-latent paste on).\n\n"
+        "the content term keeps the rest (cfg 4, start-latent paste on; see the tooltips for the energy scale "
+        "and the other options).\n\n"
         "For photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes "
         "nodes; describe the image in the source prompt."),
 }
