@@ -173,7 +173,7 @@ def _layout_dragdiffusion(wf: dict, nodes: dict) -> dict:
     top = TOP
     xa = _columns(nodes, [[6], [7], [8]], x=x, y=top)
     low = top + max(nodes[i]["size"][1] for i in (6, 7, 8)) + 140
-    xb = _columns(nodes, [[10], [11, 12], [13], [14, 15]], x=x, y=low)
+    _columns(nodes, [[10], [11, 12], [13], [14, 15]], x=x, y=low)
     why = [n for n in wf["nodes"] if n.get("title") == "Why two branches?"]
     why = why[0] if why else _note(wf, WHY_TWO, "Why two branches?", w=380, h=300)
     nodes[why["id"]] = why
