@@ -30,7 +30,8 @@ DRAGON_NOTE = {
         "3. *Drag Instructions*: the mask is the object, the point pair says where it goes.\n"
         "4. *DragonDiffusion*, mode **move**: denoises from the inversion with the memory bank's K/V and the "
         "feature-correspondence guidance that pulls the object's features to the target and keeps the rest "
-        "(cfg 4, energy scale 1, DiffEditor's start-latent paste on).\n\n"
+        "(cfg 4, DiffEditor's start-latent paste on; see the tooltips for the energy scale and the other "
+        "options).\n\n"
         "For photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes "
         "nodes; describe the image in the source prompt."),
     "drag": (
@@ -42,7 +43,8 @@ DRAGON_NOTE = {
         "self-attention K/V: the memory bank.\n"
         "3. *Drag Instructions*: handle -> target point pairs (no mask: boxes around the points are editable).\n"
         "4. *DragonDiffusion*, mode **drag**: guidance moves the content under each handle to its target while "
-        "the content term keeps the rest (cfg 4, energy scale 1, start-latent paste on).\n\n"
+        "the content term keeps the rest (cfg 4, start-latent paste on; see the tooltips for the energy scale "
+        "and the other options).\n\n"
         "For photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes "
         "nodes; describe the image in the source prompt."),
 }
@@ -171,7 +173,7 @@ def _layout_dragdiffusion(wf: dict, nodes: dict) -> dict:
     top = TOP
     xa = _columns(nodes, [[6], [7], [8]], x=x, y=top)
     low = top + max(nodes[i]["size"][1] for i in (6, 7, 8)) + 140
-    xb = _columns(nodes, [[10], [11, 12], [13], [14, 15]], x=x, y=low)
+    _columns(nodes, [[10], [11, 12], [13], [14, 15]], x=x, y=low)
     why = [n for n in wf["nodes"] if n.get("title") == "Why two branches?"]
     why = why[0] if why else _note(wf, WHY_TWO, "Why two branches?", w=380, h=300)
     nodes[why["id"]] = why

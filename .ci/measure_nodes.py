@@ -16,8 +16,8 @@ import browser_util as bu  # noqa: E402
 from comfy_server import ComfyServer  # noqa: E402
 
 JS = """() => { const out = {};
-  for (const n of app.graph.nodes) { const c = n.computeSize(); out[n.id] = {type: n.type, stored: [n.size[0], n.size[1]],
-    computed: [Math.ceil(c[0]), Math.ceil(c[1])]}; }
+  for (const n of app.graph.nodes) { const c = n.computeSize();
+    out[n.id] = {type: n.type, stored: [n.size[0], n.size[1]], computed: [Math.ceil(c[0]), Math.ceil(c[1])]}; }
   return out; }"""
 
 

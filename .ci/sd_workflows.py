@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 IMAGE = "example.png"          # ships with ComfyUI in input/ (768 x 768 drawing of a girl on a hill)
-PROMPT = "a child's drawing of a girl with yellow hair in a pink dress, arms stretched out, on a green hill under a blue sky"
+PROMPT = ("a child's drawing of a girl with yellow hair in a pink dress, arms stretched out, on a green hill under a "
+          "blue sky")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 GAP = 40          # px between stacked nodes (the title bar, 30 px, sits above pos)
 COL_GAP = 50

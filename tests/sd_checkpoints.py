@@ -65,7 +65,9 @@ def _shapes(kind: str) -> dict[str, tuple[torch.Size, torch.dtype]]:
 def _init(key: str, shape: torch.Size, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
     """Deterministic random weights that keep activations bounded: norms 1, biases 0, matrices N(0, 1/fan_in)."""
     if not dtype.is_floating_point:
-        return torch.arange(shape[-1], dtype=dtype).expand(shape).contiguous() if len(shape) else torch.zeros(shape, dtype=dtype)
+        if not len(shape):
+            return torch.zeros(shape, dtype=dtype)
+        return torch.arange(shape[-1], dtype=dtype).expand(shape).contiguous()
     if key.endswith("logit_scale"):
         return torch.full(shape, math.log(100.0), dtype=torch.float16)
     if len(shape) <= 1:
@@ -86,7 +88,8 @@ def write_checkpoint(path: Path, kind: str, seed: int = 0) -> Path:
     for k, (shape, dtype) in shapes:
         dt = torch.float16 if dtype.is_floating_point else torch.int64
         n = math.prod(shape) * (2 if dt == torch.float16 else 8)
-        header[k] = {"dtype": "F16" if dt == torch.float16 else "I64", "shape": list(shape), "data_offsets": [off, off + n]}
+        header[k] = {"dtype": "F16" if dt == torch.float16 else "I64", "shape": list(shape),
+                     "data_offsets": [off, off + n]}
         off += n
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
