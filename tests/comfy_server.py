@@ -97,6 +97,8 @@ class ComfyServer:
         for d in ("input", "output", "temp", "user"):
             (self.base / d).mkdir(exist_ok=True)
         link = cn / "ComfyUI-DragEdit"
+        if link.is_symlink() and link.resolve() != ROOT.resolve():
+            link.unlink()                      # a shared base (demo) last used by another checkout: use this one
         if not link.exists():
             link.symlink_to(ROOT, target_is_directory=True)
         if self.extra_nodes and not (cn / "dragedit_test_nodes").exists():
