@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from comfy_server import ComfyServer  # noqa: E402
 from workflow_api import ui_to_api  # noqa: E402
 
-DEMOS = ["regiondrag", "dragdiffusion", "dragondiffusion_move", "dragondiffusion_drag", "ledits"]
+DEMOS = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits"]
 SCALE = 8
 
 

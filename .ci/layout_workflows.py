@@ -64,8 +64,15 @@ LAYOUTS = {
         "titles": {3: "Prompt (from the scene)"},
     },
     "ledits": {
-        "columns": [[9], [1, 2], [3, 4, 5], [6], [7, 8]],
+        "columns": [[9], [1, 2], [3, 4, 5, 10], [6], [7, 8]],
         "titles": {},
+    },
+    "dragdiffusion_lora": {
+        "columns": [[13], [1, 2, 3, 12], [4, 6, 14], [7], [5], [8, 9], [10, 11]],
+        "titles": {3: "Prompt (from the scene)", 6: "The image twice (Train LoRA needs a list)",
+                   14: "One latent per list item", 13: "About this workflow"},
+        "groups": [("LoRA step: fine-tune the model on the input image (stock Train LoRA)", [4, 6, 14, 7, 8],
+                    "#3f789e")],
     },
     "dragondiffusion_move": {
         "columns": [["note"], [1, 2, 6], [3, 4, 5], [7], [8], [9, 10]],
@@ -163,6 +170,8 @@ def layout(name: str, wf: dict, info: dict) -> dict:
             ids.append(nid)
         cols.append(ids)
     _columns(nodes, cols)
+    for title, ids, colour in spec.get("groups", []):
+        _group(wf, title, [nodes[i] for i in ids], colour)
     return wf
 
 
@@ -187,8 +196,8 @@ def _layout_dragdiffusion(wf: dict, nodes: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--object-info", type=Path)
-    ap.add_argument("names", nargs="*", default=["regiondrag", "dragdiffusion", "dragondiffusion_move",
-                                                  "dragondiffusion_drag", "ledits"])
+    ap.add_argument("names", nargs="*", default=["regiondrag", "dragdiffusion", "dragdiffusion_lora",
+                                                  "dragondiffusion_move", "dragondiffusion_drag", "ledits"])
     a = ap.parse_args()
     if a.object_info:
         info = json.loads(a.object_info.read_text())

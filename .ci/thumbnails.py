@@ -28,9 +28,10 @@ FONT_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 SHAPES = {
     "regiondrag": ("RegionDrag", "move a region: one inversion + one pass"),
     "dragdiffusion": ("DragDiffusion", "point drag: motion supervision"),
+    "dragdiffusion_lora": ("DragDiffusion + LoRA", "Train LoRA on the image, then drag"),
     "dragondiffusion_move": ("DragonDiffusion · move", "move an object by guidance"),
     "dragondiffusion_drag": ("DragonDiffusion · drag", "drag content by guidance"),
-    "ledits": ("LEDITS", "add a concept: \"blue square\""),
+    "ledits": ("LEDITS", "recolour: + \"blue square\" - \"red square\""),
 }
 REAL = {
     "sd15_regiondrag": ("RegionDrag", "SD1.5 · 512 px", "v1-5-pruned-emaonly"),
