@@ -355,8 +355,8 @@ class DragonDiffusion:
             "inversion": "INVERSION from DDIM Inversion with record_kv on (memory bank); strength 1.0 as in the paper.",
             "positive": "The prompt used for the inversion.",
             "negative": "Negative prompt for classifier-free guidance.",
-            "cfg": "Classifier-free guidance (the reference: 4, appearance 5). 1 matches a cfg-1 DDIM Inversion "
-                   "exactly (background kept); on the Shapes Demo Model cfg 4 against a cfg-1 inversion costs ~16 dB.",
+            "cfg": "Classifier-free guidance (the reference: 4, appearance 5). 1 matches a cfg-1 DDIM Inversion, "
+                   "so the sampler follows the inverted path (the example workflows use 1).",
             "regional_sde": "DiffEditor: stochastic steps (η 0.4) inside the edit mask at steps 11-19 of 50.",
             "time_travel": "DiffEditor: repeat steps 22-28 (even) three times, inverting back in between.",
             "init_paste": "DiffEditor: paste the object (move) or the cells around each handle (drag) into the start "
@@ -413,14 +413,7 @@ def run_edit(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInve
     holder: dict = {}
 
     def loop(den, x, _sig):
-        x_start = inv.start.to(device=x.device, dtype=x.dtype)
-        if opts.init_paste:
-            x_start = dd.init_latent(x_start, spec)
-            if opts.vacate_noise > 0:
-                from ..core.regiondrag import renoise
-                gen = torch.Generator(device="cpu").manual_seed(int(opts.seed) + 1)
-                x_start = renoise(x_start, dd.vacated_cells(spec, x_start.shape[-2:]), opts.vacate_noise,
-                                  float(inv.sigmas[0]), gen)
+        x_start = dd.start_latent(inv.start.to(device=x.device, dtype=x.dtype), spec, opts, float(inv.sigmas[0]))
         out = dd.edit_loop(den, x_start, inv, guidance, defaults, opts, latent_mask=latent_mask,
                            on_step=lambda i, n: bar.update(1))
         holder["calls"] = den.calls
