@@ -416,10 +416,10 @@ def test_energies_and_gradient_match_reference_on_the_same_features(setup):
         zz = z.clone().requires_grad_(True)
         f_cur = de.to_energy_grid(R.up_ft(zz, t, emb_c), GRID)
         if mode == "move":   # the inputs stay clear of the pack's raw-cosine clamp
-            assert float(de.cos_sim(f_cur[0], f_gud[0]).min()) > -0.2
+            assert float(de.cos_sim(f_cur[0], f_gud[0]).detach().min()) > -0.2
         e_edit, e_con = dd.energies(spec, f_cur, f_gud, f_ref)
-        assert math.isclose(float(e_edit), ee, rel_tol=1e-5), (mode, float(e_edit), ee)
-        assert math.isclose(float(e_con), ec, rel_tol=1e-5), (mode, float(e_con), ec)
+        assert math.isclose(float(e_edit.detach()), ee, rel_tol=1e-5), (mode, float(e_edit.detach()), ee)
+        assert math.isclose(float(e_con.detach()), ec, rel_tol=1e-5), (mode, float(e_con.detach()), ec)
         g_pack = de.guidance_gradient(e_edit, e_con, zz, spec.edit_mask, spec.scale_edit, spec.scale_content)
         assert float(g_ref.abs().max()) > 1e-4, mode
         torch.testing.assert_close(g_pack, g_ref, rtol=1e-4, atol=1e-5 * float(g_ref.abs().max()), msg=mode)
