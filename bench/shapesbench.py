@@ -145,10 +145,11 @@ def _graph_dragondiffusion(case, how: str, s: dict, files: dict, prefix: str) ->
         "model": ["model", 0], "latent": ["enc", 0], "positive": ["pos", 0], "steps": s["steps"],
         "strength": s["strength"], "record_kv": True, "negative": ["neg", 0], "cfg": s["inv_cfg"]}}
     inputs = {"model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "inversion": ["inv", 1],
-              "mode": mode, "cfg": s["cfg"], "energy_scale": s["energy_scale"],
+              "mode": mode, "cfg": s["cfg"],
+              "energy_scale": s["energy_scale"] if mode == "move" else s["drag_energy_scale"],  # drag/appearance
               "resize_scale": float(case.scale) if mode == "move" else 1.0, "init_paste": s["init_paste"],
               "seed": s["seed"], "center_features": s["center_features"], "time_travel": s["time_travel"],
-              "regional_sde": s["regional_sde"]}
+              "regional_sde": s["regional_sde"], "vacate_noise": s["vacate_noise"]}
     if mode in ("drag", "move"):
         g["drag"] = _drag_node(case, form)
         inputs.update(drag=["drag", 0], mask=["drag", 1])
@@ -209,8 +210,9 @@ def methods() -> list[Method]:
         Method("dragondiffusion", ("DragEditDragonDiffusion", "DragEditDDIMInversion", "DragInstructions"),
                {"point_drag": "drag:points", "region_drag": "move:move", "move": "move:move", "resize": "move:move",
                 "recolour": "appearance"},
-               dict(steps=50, strength=0.7, cfg=4.0, energy_scale=0.03, init_paste=True, seed=0, inv_cfg=1.0,
-                    center_features=False, time_travel=False, regional_sde=False),
+               dict(steps=50, strength=0.6, cfg=1.0, energy_scale=20.0, drag_energy_scale=5.0, init_paste=True,
+                    seed=0, inv_cfg=1.0, center_features=False, time_travel=False, regional_sde=False,
+                    vacate_noise=1.0),
                _graph_dragondiffusion,
                "DDIM Inversion (record_kv) + DragonDiffusion: drag mode for points, move mode (object mask + centre "
                "pair, resize_scale) for regions/moves/resizes, appearance mode (reference = same image) for recolour"),

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dragon_energy as de
-from . import host
+from . import host, regiondrag
 from .inversion import DDIMInversion
 
 UP_SCALE = 2          # energy grid = UP_SCALE x the largest feature map (DragonDiffusion's up_scale)
@@ -563,6 +563,18 @@ def vacated_cells(spec: EditSpec, hw: tuple[int, int]) -> torch.Tensor:
             src[max(hi - 1, 0):hi + 2, max(hj - 1, 0):hj + 2] = True
             dst[max(ti - 1, 0):ti + 2, max(tj - 1, 0):tj + 2] = True
         out = src & ~dst
+    return out
+
+
+def start_latent(x: torch.Tensor, spec: EditSpec, opts: EditOptions, sigma: float) -> torch.Tensor:
+    """The loop's start latent at σ: with opts.init_paste, init_latent, then the vacated cells re-noised with
+    opts.vacate_noise (RegionDrag's z ← sqrt(1−α²)·z + α·n, seeded from opts.seed); else x unchanged."""
+    if not opts.init_paste:
+        return x
+    out = init_latent(x, spec)
+    if opts.vacate_noise > 0:
+        gen = torch.Generator(device="cpu").manual_seed(int(opts.seed) + 1)
+        out = regiondrag.renoise(out, vacated_cells(spec, out.shape[-2:]), float(opts.vacate_noise), float(sigma), gen)
     return out
 
 

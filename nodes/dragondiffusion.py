@@ -34,7 +34,8 @@ COMMON_TIPS = {
     "reference": "appearance/paste: INVERSION of the second (reference) image, same size and steps.",
     "ref_mask": "appearance/paste: the region of the reference image to take (paste: same shape as mask).",
     "energy_scale": "Multiplier of the mode's reference energy scale (move 0.5e3, drag 2e3, appearance 2e3, "
-                    "paste 1.5e3). 0 turns the guidance off.",
+                    "paste 1.5e3). 0 turns the guidance off. 1 = the reference (SD1.5); the Shapes Demo Model "
+                    "needs about 20 before the guidance shows (ShapesBench).",
     "resize_scale": "move: scale of the object at its new place (1 = same size).",
     "w_edit": "Weight of the edit term (-1 = the mode's default: move 4, drag 4, appearance 3.5, paste 4).",
     "w_content": "Weight of the content-keeping term (-1 = the mode's default: 6, appearance 5).",
@@ -42,6 +43,7 @@ COMMON_TIPS = {
                        "Helps when one shared component dominates the features, as on small models.",
 }
 CENTER_DEFAULT = False
+VACATE_DEFAULT = 1.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,21 +357,27 @@ class DragonDiffusion:
             "optional": {**_mode_inputs(),
                          "regional_sde": ("BOOLEAN", {"default": False}),
                          "time_travel": ("BOOLEAN", {"default": False}),
-                         "init_paste": ("BOOLEAN", {"default": False}),
+                         "init_paste": ("BOOLEAN", {"default": True}),
                          "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
                          "w_edit": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
                          "w_content": ("FLOAT", {"default": AUTO, "min": -1.0, "max": 100.0, "step": 0.1}),
-                         "center_features": ("BOOLEAN", {"default": CENTER_DEFAULT})},
+                         "center_features": ("BOOLEAN", {"default": CENTER_DEFAULT}),
+                         "vacate_noise": ("FLOAT", {"default": VACATE_DEFAULT, "min": 0.0, "max": 1.0, "step": 0.05})},
         }, {**COMMON_TIPS,
             "inversion": "INVERSION from DDIM Inversion with record_kv on (memory bank); strength 1.0 as in the paper.",
             "positive": "The prompt used for the inversion.",
             "negative": "Negative prompt for classifier-free guidance.",
-            "cfg": "Classifier-free guidance (the reference: 4, appearance 5).",
+            "cfg": "Classifier-free guidance (the reference: 4, appearance 5). 1 matches a cfg-1 DDIM Inversion, "
+                   "so the sampler follows the inverted path (the example workflows use 1).",
             "regional_sde": "DiffEditor: stochastic steps (η 0.4) inside the edit mask at steps 11-19 of 50.",
             "time_travel": "DiffEditor: repeat steps 22-28 (even) three times, inverting back in between.",
             "init_paste": "DiffEditor: paste the object (move) or the cells around each handle (drag) into the start "
-                          "latent at the target before denoising.",
-            "seed": "Noise seed of the regional SDE."})
+                          "latent at the target before denoising (with vacate_noise, so the old place does not "
+                          "come back as a ghost).",
+            "seed": "Noise seed of the regional SDE and of vacate_noise.",
+            "vacate_noise": "With init_paste: re-noise the start latent where the object (move) or the handle cells "
+                            "(drag) were and nothing was pasted (0 = off, 1 = fresh noise). Not in the reference; "
+                            "without it the old object's inverted latent comes back as a ghost."})
 
     RETURN_TYPES = ("LATENT",)
     OUTPUT_TOOLTIPS = ("The edited latent (VAE Decode it).",)
@@ -377,8 +385,8 @@ class DragonDiffusion:
     CATEGORY = CATEGORY_ALL_IN_ONE
 
     def edit(self, model, positive, negative, inversion, mode, cfg, energy_scale, resize_scale, drag=None, mask=None,
-             reference=None, ref_mask=None, regional_sde=False, time_travel=False, init_paste=False, seed=0,
-             w_edit=AUTO, w_content=AUTO, center_features=CENTER_DEFAULT):
+             reference=None, ref_mask=None, regional_sde=False, time_travel=False, init_paste=True, seed=0,
+             w_edit=AUTO, w_content=AUTO, center_features=CENTER_DEFAULT, vacate_noise=VACATE_DEFAULT):
         inv = _check_model_inputs(DD, model, inversion, need_kv=True)
         check_cond_fits(model, positive, DD, "positive")
         check_cond_fits(model, negative, DD, "negative")
@@ -387,8 +395,10 @@ class DragonDiffusion:
                                   energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
                                   w_content=w_content, center=center_features)
         defaults = de.mode_defaults(mode)
+        check_range(float(vacate_noise), 0.0, 1.0, DD, "vacate_noise")
         opts = dd.EditOptions(regional_sde=bool(regional_sde), time_travel=bool(time_travel),
-                              init_paste=bool(init_paste), seed=int(seed), sde_strength=defaults.sde_strength)
+                              init_paste=bool(init_paste), vacate_noise=float(vacate_noise), seed=int(seed),
+                              sde_strength=defaults.sde_strength)
         result = run_edit(model, positive, negative, float(cfg), inv, spec, blocks, defaults, opts,
                           reference=reference if spec.needs_reference else None)
         return ({"samples": result},)
@@ -415,14 +425,7 @@ def run_edit(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInve
     holder: dict = {}
 
     def loop(den, x, _sig):
-        x_start = inv.start.to(device=x.device, dtype=x.dtype)
-        if opts.init_paste:
-            x_start = dd.init_latent(x_start, spec)
-            if opts.vacate_noise > 0:
-                from ..core.regiondrag import renoise
-                gen = torch.Generator(device="cpu").manual_seed(int(opts.seed) + 1)
-                x_start = renoise(x_start, dd.vacated_cells(spec, x_start.shape[-2:]), opts.vacate_noise,
-                                  float(inv.sigmas[0]), gen)
+        x_start = dd.start_latent(inv.start.to(device=x.device, dtype=x.dtype), spec, opts, float(inv.sigmas[0]))
         out = dd.edit_loop(den, x_start, inv, guidance, defaults, opts, latent_mask=latent_mask,
                            on_step=lambda i, n: bar.update(1))
         holder["calls"] = den.calls

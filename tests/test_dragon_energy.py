@@ -284,3 +284,30 @@ def test_half_precision_features_give_finite_fp32_energies():
     assert e_edit.dtype == torch.float32 and torch.isfinite(e_edit) and torch.isfinite(e_con)
     g = de.guidance_gradient(e_edit, e_con, z, geom.cur, 40.0, 40.0)
     assert torch.isfinite(g).all() and g.abs().max() > 0
+
+
+def test_centred_features_separate_a_shared_component():
+    """center_features removes each image's mean feature: a component shared by every cell no longer makes object
+    and background look alike, and a spec with center=True computes its energies on the centred maps."""
+    from dragedit.core import dragondiffusion as dd
+    g = torch.Generator().manual_seed(0)
+    obj, bg = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    shared = 20 * torch.randn(8, generator=g)
+    f = torch.zeros(1, 8, 32, 32)
+    f[0, :, :, :] = (bg + shared)[:, None, None]
+    f[0, :, 8:16, 8:16] = (obj + shared)[:, None, None]
+    raw = float(de.cos_sim(f[..., 10, 10], f[..., 0, 0]))
+    (fc,) = de.center_features([f])
+    cen = float(de.cos_sim(fc[..., 10, 10], fc[..., 0, 0]))
+    assert raw > 0.9 and cen < 0.0
+    torch.testing.assert_close(fc.mean(dim=(-2, -1)), torch.zeros(1, 8), atol=1e-5, rtol=0)
+    z_src = source_latent()
+    z = perturbed(z_src)
+    f_cur, f_gud = features(z), [t.detach() for t in features(z_src)]
+    spec = dd.make_spec("move", (32, 32), mask=OBJ, offset=(3, 2), center=True)
+    plain = dd.make_spec("move", (32, 32), mask=OBJ, offset=(3, 2))
+    got = dd.energies(spec, f_cur, f_gud)
+    want = dd.energies(plain, de.center_features(f_cur), de.center_features(f_gud))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(got[0], dd.energies(plain, f_cur, f_gud)[0])

@@ -155,7 +155,7 @@ def test_memory_bank_at_guidance_scale_0_reproduces_ddim_reconstruction(sd15_mod
     _, other = invert(sd15_model, pos, seed=5, steps=20, strength=0.5)
     plain = ddim_reconstruction(sd15_model, pos, out, inv)
     kw = dict(model=sd15_model, positive=pos, negative=neg, mode=mode, cfg=1.0, energy_scale=0.0,
-              resize_scale=1.0, drag=DRAG, mask=OBJ if mode == "move" else None)
+              resize_scale=1.0, drag=DRAG, mask=OBJ if mode == "move" else None, init_paste=False)
     (own,) = run_node(DragonDiffusion, inversion=inv, **kw)
     err = float((own["samples"] - plain).abs().max())
     assert err <= 2e-4 * float(plain.abs().max()), err
