@@ -34,7 +34,6 @@ def build(a: argparse.Namespace) -> dict:
     """Model, conditioning, a planted latent, its inversion and the drag (the same in both passes)."""
     import torch
     from dragedit.core import dragdiffusion as dd
-    from dragedit.core import host
     from dragedit.core.drag_schema import DragInstructions
     from dragedit.core.geometry import point_tensors
     from dragedit.nodes.inversion import DDIMInversion
@@ -97,7 +96,7 @@ def run_pass(a: argparse.Namespace, what: str) -> dict[str, Any]:
                     den.x0(z, s_t)
                     f = fs.half(block, 0)
                     fs.clear()
-                    (g,) = torch.autograd.grad(f.float().square().mean(), [z])
+                    torch.autograd.grad(f.float().square().mean(), [z])
                     times.append(clock() - t0)
             return x
 

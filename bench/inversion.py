@@ -11,8 +11,6 @@ usage: python bench/inversion.py [--steps 10] [--size 32] [--repeats 7] [--threa
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
