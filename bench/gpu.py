@@ -121,7 +121,7 @@ def methods(model: Any, x: dict, tiny: bool) -> dict[str, Callable[[], Any]]:
 
     def dragdiffusion():
         with torch.inference_mode():
-            return DragDiffusion().run(model, x["latent"], x["pos"], x["drag"], steps=steps, strength=0.7,
+            return DragDiffusion().run(model, x["pos"], x["drag"], latent=x["latent"], steps=steps, strength=0.7,
                                        iterations=2 if tiny else 80)[0]
 
     def dragondiffusion():
