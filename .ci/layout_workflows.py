@@ -199,15 +199,8 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=["regiondrag", "dragdiffusion", "dragdiffusion_lora",
                                                   "dragondiffusion_move", "dragondiffusion_drag", "ledits"])
     a = ap.parse_args()
-    if a.object_info:
-        info = json.loads(a.object_info.read_text())
-    else:
-        from comfy_server import ComfyServer
-        srv = ComfyServer(extra_nodes=False).start()
-        try:
-            info = srv.get("/object_info")
-        finally:
-            srv.cleanup()
+    from comfy_server import object_info
+    info = object_info(a.object_info)
     for name in a.names:
         path = WF / f"{name}.json"
         text = path.read_text()

@@ -356,15 +356,8 @@ def main() -> None:
     ap.add_argument("--object-info", type=Path, help="a saved /object_info (default: start a server and ask it)")
     ap.add_argument("--sizes", type=Path, help="measured node sizes {type: [w, h]}")
     a = ap.parse_args()
-    if a.object_info:
-        info = json.loads(a.object_info.read_text())
-    else:
-        from comfy_server import ComfyServer
-        srv = ComfyServer(extra_nodes=False).start()
-        try:
-            info = srv.get("/object_info")
-        finally:
-            srv.cleanup()
+    from comfy_server import object_info
+    info = object_info(a.object_info)
     sizes = json.loads(a.sizes.read_text()) if a.sizes else {}
     for name, wf in build(info, sizes).items():
         (OUT / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")

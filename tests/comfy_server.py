@@ -202,3 +202,14 @@ class ComfyServer:
         """Stop and delete the base directory."""
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def object_info(saved: Optional[Path] = None) -> dict:
+    """/object_info from a saved JSON file, or from a server started for the purpose (for the .ci scripts)."""
+    if saved is not None:
+        return json.loads(Path(saved).read_text())
+    srv = ComfyServer(extra_nodes=False).start()
+    try:
+        return srv.get("/object_info")
+    finally:
+        srv.cleanup()

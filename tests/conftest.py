@@ -67,3 +67,17 @@ def comfy_server(tmp_path_factory):
     srv = ComfyServer(base=tmp_path_factory.mktemp("comfy-base")).start()
     yield srv
     srv.cleanup()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium through Playwright (skips with the reason when it is missing)."""
+    import browser_util as bu
+    why = bu.chromium_missing_reason()
+    if why:
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = bu.launch(pw)
+        yield b
+        b.close()

@@ -25,18 +25,6 @@ TOL = 1.0                # image px: mouse positions are whole screen px at a zo
 
 
 @pytest.fixture(scope="module")
-def browser():
-    why = bu.chromium_missing_reason()
-    if why:
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        b = bu.launch(pw)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
 def server(comfy_server):
     """The shared server with the test image in its input folder."""
     img = Image.new("RGB", (W, H), (40, 60, 90))

@@ -14,18 +14,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 POINTS = '{"version": 1, "image_size": [32, 32], "points": [{"handle": [11, 8], "target": [19, 8]}], "regions": []}'
 
 
-@pytest.fixture(scope="module")
-def browser():
-    why = bu.chromium_missing_reason()
-    if why:
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        b = bu.launch(pw)
-        yield b
-        b.close()
-
-
 def _workflow(drag_type: str) -> dict:
     """Shapes Scene (a generated image, not Load Image) -> Drag Instructions -> mask -> Save Image."""
     nodes = [
