@@ -60,7 +60,7 @@ WHY_TWO = (
 # name -> columns (node ids top to bottom), titles, groups (title, ids, colour), notes to add
 LAYOUTS = {
     "regiondrag": {
-        "columns": [[9], [1, 2, 3], [4], [5, 6], [7, 8]],
+        "columns": [[9], [1, 2, 3], [4, 10], [5, 6], [7, 8]],
         "titles": {3: "Prompt (from the scene)"},
     },
     "ledits": {
