@@ -499,8 +499,8 @@ def _drag_inputs_not_from_editor(wf: dict, drag_type: str) -> list[str]:
     out = []
     for n in nodes.values():
         for inp in n.get("inputs", []):
-            if inp.get("type") != "DRAG":
-                continue
+            if inp.get("type") != "DRAG" or (inp.get("link") is None and inp.get("shape") == 7):
+                continue                       # an optional DRAG left unconnected (Drag Preview's tracked)
             src = nodes.get(links[inp["link"]][1]) if inp.get("link") in links else None
             if src is None or src["type"] != drag_type:
                 out.append(f"node {n['id']} ({n['type']}) input {inp['name']!r} is fed by "
