@@ -19,34 +19,10 @@ from workflow_layout import min_size  # noqa: E402
 WF = ROOT / "example_workflows"
 GAP, COL_GAP, TOP = 50, 50, 80
 
+# the notes of the two DragonDiffusion workflows (used when a workflow has none yet)
 DRAGON_NOTE = {
-    "move": (
-        "## DragonDiffusion: move an object (shapes demo model)\n\n"
-        "Runs on the bundled shapes model, on a CPU in about ten seconds.\n\n"
-        "1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the "
-        "*Negative* is empty.\n"
-        "2. *DDIM Inversion* (50 steps, strength 0.7, record_kv on) inverts the image and records the "
-        "self-attention K/V: the memory bank.\n"
-        "3. *Drag Instructions*: the mask is the object, the point pair says where it goes.\n"
-        "4. *DragonDiffusion*, mode **move**: denoises from the inversion with the memory bank's K/V and the "
-        "feature-correspondence guidance that pulls the object's features to the target and keeps the rest "
-        "(cfg 4, DiffEditor's start-latent paste on; see the tooltips for the energy scale and the other "
-        "options).\n\n"
-        "For photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes "
-        "nodes; describe the image in the source prompt."),
-    "drag": (
-        "## DragonDiffusion: drag content (shapes demo model)\n\n"
-        "Runs on the bundled shapes model, on a CPU in about ten seconds.\n\n"
-        "1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the "
-        "*Negative* is empty.\n"
-        "2. *DDIM Inversion* (50 steps, strength 0.7, record_kv on) inverts the image and records the "
-        "self-attention K/V: the memory bank.\n"
-        "3. *Drag Instructions*: handle -> target point pairs (no mask: boxes around the points are editable).\n"
-        "4. *DragonDiffusion*, mode **drag**: guidance moves the content under each handle to its target while "
-        "the content term keeps the rest (cfg 4, start-latent paste on; see the tooltips for the energy scale "
-        "and the other options).\n\n"
-        "For photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes "
-        "nodes; describe the image in the source prompt."),
+    'move': "## DragonDiffusion: move an object (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU in under a minute.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: the mask is the object, the point pair says where it goes.\n4. *DragonDiffusion*, mode **move**: denoises from the inversion with the memory bank's K/V and the feature-correspondence guidance that pulls the object's features to the target and keeps the rest (cfg 1 like the inversion; energy_scale 20: on this small model the reference's 1 has no measurable effect, 20 improves the centroid by about 0.3 px; DiffEditor's start-latent paste on, with vacate_noise 1 re-noising the place the object leaves, which removes the ghost). Centring features (center_features) is an option that measured worse here. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
+    'drag': "## DragonDiffusion: drag content (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU in under a minute.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: handle -> target point pairs (no mask: boxes around the points are editable).\n4. *DragonDiffusion*, mode **drag**: guidance moves the content under each handle to its target while the content term keeps the rest (cfg 1 like the inversion, energy_scale 5, start-latent paste on with vacate_noise 1). On this small model a drag moves the content but can stretch or shrink it; move mode is the cleaner way to relocate a whole object. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
 }
 
 WHY_TWO = (
