@@ -68,6 +68,18 @@ def _prompt(srv: ComfyServer, name: str) -> dict:
     return prompt
 
 
+def _expected_outputs(name: str) -> int:
+    """One image; sd15_dragdiffusion on a host whose Train LoRA takes no list input (0.3.64) runs once per item of
+    the two-item list the workflow hands it (documented in the workflow's note), so it saves two."""
+    if name != "sd15_dragdiffusion":
+        return 1
+    from comfy_env import comfyui_path
+    src = (comfyui_path() / "comfy_extras" / "nodes_train.py").read_text()
+    cls = src[src.index("class TrainLoraNode"):]
+    cls = cls[:cls.find("\nclass ", 1)] if "\nclass " in cls else cls
+    return 1 if "is_input_list=True" in cls or "INPUT_IS_LIST = True" in cls else 2
+
+
 @pytest.mark.parametrize("name", ["sd15_regiondrag", "sd15_dragdiffusion", "sd15_ledits",
                                   "sdxl_regiondrag", "sdxl_ledits"])
 def test_real_image_workflow_runs(sd_server, name):
@@ -84,7 +96,7 @@ def test_real_image_workflow_runs(sd_server, name):
     assert f"Requested to load {ARCH[kind][2]}" in log, f"{name}: not loaded as {kind}:\n{log[-3000:]}"
     assert f"Requested to load {ARCH[kind][3]}" in log, f"{name}: not loaded as {kind}:\n{log[-3000:]}"
     files = [f for f in sd_server.output_images(entry) if "output" in f.parts]
-    assert len(files) == 1, files
+    assert len(files) == _expected_outputs(name), files
     out = np.asarray(Image.open(files[0]).convert("RGB"), dtype=np.float32)
     assert out.shape == (SIZE, SIZE, 3)
     assert np.isfinite(out).all()
