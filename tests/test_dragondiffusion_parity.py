@@ -429,13 +429,7 @@ def test_inversion_and_memory_bank_attention_match_reference(setup):
     """The DDIM inversion latents (cond only, every step kept) and one CFG denoiser call with the memory bank
     injected (move: replace, drag: concat, appearance / paste: the region mix) agree with the port."""
     model, twin, emb_c, emb_u = setup
-    R = Reference(copy.deepcopy(twin))
-    z0, z0r = _z0(0), _z0(1)
-    ref_lat = R.invert(z0, emb_c)
-    bank = R.take_bank()
-    ref_lat_r = R.invert(z0r, emb_c)
-    bank_r = R.take_bank()
-    R.put_bank(bank)
+    R, z0, z0r, ref_lat, ref_lat_r, bank, bank_r = _reference_inverted(twin, emb_c)
     inv, inv_r = _pack_invert(model, z0, emb_c), _pack_invert(model, z0r, emb_c)
     for j in range(STEPS + 1):
         s = float(inv.sigmas[j])
@@ -494,13 +488,7 @@ def test_d_plus_edit_loop_matches_reference_step_by_step(setup, monkeypatch, mod
     time travel) against the ported Sampler.edit (alg 'D+'), 50 steps from the full inversion, cfg 4: every
     denoiser input, every guidance term and the final latent."""
     model, twin, emb_c, emb_u = setup
-    R = Reference(copy.deepcopy(twin))
-    z0, z0r = _z0(0), _z0(1)
-    ref_lat = R.invert(z0, emb_c)
-    bank = R.take_bank()
-    ref_lat_r = R.invert(z0r, emb_c)
-    bank_r = R.take_bank()
-    R.put_bank(bank)
+    R, z0, z0r, ref_lat, ref_lat_r, bank, bank_r = _reference_inverted(twin, emb_c)
     base, repl = _two_image_masks()
     R.ctl.update(mode=mode, ref_bank=bank_r, mask_base=base, mask_replace=repl)
     es = 1.0
@@ -568,3 +556,15 @@ def test_clean_end_convention_effect(setup):
     rel = float((lat_one[-1] - lat_off[-1]).norm() / lat_one[-1].norm())
     print(f"z_T relative difference set_alpha_to_one True/False: {rel:.4f}")
     assert 1e-4 < rel < 0.1
+
+def _reference_inverted(twin, emb_c):
+    """The port on a copy of the twin with the two test images inverted: (Reference with the first image's bank
+    in place, z0, z0r, their inverted latents, and both banks)."""
+    R = Reference(copy.deepcopy(twin))
+    z0, z0r = _z0(0), _z0(1)
+    ref_lat = R.invert(z0, emb_c)
+    bank = R.take_bank()
+    ref_lat_r = R.invert(z0r, emb_c)
+    bank_r = R.take_bank()
+    R.put_bank(bank)
+    return R, z0, z0r, ref_lat, ref_lat_r, bank, bank_r

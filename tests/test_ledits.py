@@ -227,14 +227,7 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
     sampler on the same 3-level UNet, with diffusers' noise maps."""
     import comfy.samplers
     import test_sega_math as tsm
-    from diffusers import LEditsPPPipelineStableDiffusion
-    model = host.build_model(SD15_3LEVEL, latent_format="sd15", prediction="eps", seed=0)
-    comps = tsm.tiny_sd_components()
-    comps["unet"] = unet_twin(model, SD15_3LEVEL)
-    pipe = LEditsPPPipelineStableDiffusion(**comps)
-    pipe.set_progress_bar_config(disable=True)
-    add_noise = pipe.scheduler.add_noise
-    pipe.scheduler.add_noise = lambda x, n, t: add_noise(x, n, t.long())  # diffusers 0.39 on torch 2.14
+    model, pipe = _ledits_pp_twin()
     with torch.no_grad():
         pipe.invert(image=tsm._image(), source_prompt="a cat", source_guidance_scale=3.5, num_inversion_steps=10,
                     skip=0.15, generator=torch.Generator().manual_seed(3))
@@ -283,14 +276,7 @@ def test_ledits_pp_inversion_matches_diffusers_invert_with_its_empty_source_prom
     steps 11, skip 1 here), same start latent and noise maps from the same seed (all but the last map: diffusers
     steps to ᾱ_0 = final_alpha_cumprod, the pack to σ = 0). Then scale 0 gives the input back, as in diffusers."""
     import test_sega_math as tsm
-    from diffusers import LEditsPPPipelineStableDiffusion
-    model = host.build_model(SD15_3LEVEL, latent_format="sd15", prediction="eps", seed=0)
-    comps = tsm.tiny_sd_components()
-    comps["unet"] = unet_twin(model, SD15_3LEVEL)
-    pipe = LEditsPPPipelineStableDiffusion(**comps)
-    pipe.set_progress_bar_config(disable=True)
-    add_noise = pipe.scheduler.add_noise
-    pipe.scheduler.add_noise = lambda x, n, t: add_noise(x, n, t.long())  # diffusers 0.39 on torch 2.14
+    model, pipe = _ledits_pp_twin()
     embs: list = []
     h = pipe.unet.register_forward_pre_hook(lambda mod, a, kw: embs.append(kw["encoder_hidden_states"].clone()),
                                             with_kwargs=True)
@@ -765,3 +751,16 @@ def test_example_workflow_runs_on_server(comfy_server):
     found, area = renderer.colours_present(img), float(renderer.coverage(sc.shapes[0]).sum())
     assert "red" not in found and 0.5 * area <= found.get("blue", 0.0) <= 2.0 * area, (found, area)
     assert renderer.classify(img, "blue")[0] == "square"
+
+def _ledits_pp_twin():
+    """A tiny SD1.5-shaped pack model and diffusers' LEDITS++ pipeline on its UNet twin."""
+    import test_sega_math as tsm
+    from diffusers import LEditsPPPipelineStableDiffusion
+    model = host.build_model(SD15_3LEVEL, latent_format="sd15", prediction="eps", seed=0)
+    comps = tsm.tiny_sd_components()
+    comps["unet"] = unet_twin(model, SD15_3LEVEL)
+    pipe = LEditsPPPipelineStableDiffusion(**comps)
+    pipe.set_progress_bar_config(disable=True)
+    add_noise = pipe.scheduler.add_noise
+    pipe.scheduler.add_noise = lambda x, n, t: add_noise(x, n, t.long())  # diffusers 0.39 on torch 2.14
+    return model, pipe
