@@ -87,16 +87,6 @@ def image_grid(image_size: tuple[int, int], latent_hw: tuple[int, int], energy_h
                                                f"{latent_hw[1]}x{latent_hw[0]} latent ({e}).") from None
 
 
-def _mask_2d(mask: Any, node: str, input_name: str) -> torch.Tensor:
-    """A single MASK as float [H, W] (clear errors for a batch or a malformed tensor)."""
-    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), node, input_name,
-            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
-    if mask.ndim == 3:
-        require(mask.shape[0] == 1, node, input_name, f"a batch of {mask.shape[0]} masks was given; use one mask.")
-        mask = mask[0]
-    return mask.float()
-
-
 def mask_on_grid(mask: Any, node: str, input_name: str, latent_hw: tuple[int, int], energy_hw: tuple[int, int],
                  image_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """A MASK (image size, or the latent's size) as bool cells of the energy grid; clear errors for a wrong size
