@@ -9,10 +9,19 @@ G2 features: decoder features of the DDIM-inverted latent at t = 261 and 481 (th
    is measured in shapes-model.md) on the blocks DragDiffusion (up_blocks[-2]) and DragonDiffusion
    (feature_blocks) use; mean raw cosine object-object (pairs of cells inside the object) minus
    object-background (object cell vs background cell). Gate: >= 0.3 on those blocks.
-G3 / G4 are method runs at the nodes' defaults: ShapesBench's point-drag and move rows (bench/shapesbench.py).
+G3 / G4 are method runs: ShapesBench's rows (bench/shapesbench.py, the model chosen by $DRAGEDIT_SHAPES_WEIGHTS);
+   `--bench out/bench/<shapesbench run>.json` reads them: G3 = DragDiffusion's moved fraction (the centroid's
+   displacement projected on the requested one, per case; median) on the point drags, and on the 6-10 px drags of
+   the point-drag and move cases, with PSNR outside the edit; G4 = DragonDiffusion's move rows (median centroid
+   error, ghost, PSNR outside).
 
     python bench/shapes_gates.py                         # the shipped model (v1)
-    python bench/shapes_gates.py --weights DIR/shapes_v1.safetensors --name candidate
+    python bench/shapes_gates.py --weights DIR/shapes_v2-64.safetensors --name candidate
+    python bench/shapes_gates.py --random v2-64          # an untrained design (step 0 of a training curve)
+    python bench/shapes_gates.py --weights A.safetensors B.safetensors ...   # several checkpoints, one table
+
+A design trained at another image size is measured at that size; lengths are in units of a 32 px scene (the shift
+is 6 px of 32, i.e. 12 px of a 64 px image), so the gates mean the same at every size.
 
 Prints a table and writes out/bench/<name>.json.
 """
@@ -47,7 +56,19 @@ def _ddim(unet, ctx, ab, z, ts_from, ts_to):
     return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
 
 
-def run(weights: Path | None, name: str, n_scenes: int = N_SCENES) -> dict:
+def _load(weights: Path | None, random_arch: str | None):
+    """(MODEL, CLIP, label) of a weights file, the shipped model, or an untrained design."""
+    from dragedit.core.shapes import model as sm
+    if random_arch:
+        mp, clip, _ = sm.build(None, None, arch=random_arch)
+        return mp, clip, f"{random_arch} untrained"
+    mp, clip, _ = sm.load_demo(weights, allow_random=False) if weights else sm.load_demo(allow_random=False)
+    return mp, clip, str(weights or sm.WEIGHTS)
+
+
+def run(weights: Path | None, name: str, n_scenes: int = N_SCENES, random_arch: str | None = None,
+        write: bool = True) -> dict:
+    """Measure G1 and G2 of one model; prints per-scene progress, and the table when `write`."""
     import torch
     _util.setup()
     from dragedit.core.shapes import model as sm, renderer, vae
@@ -55,13 +76,15 @@ def run(weights: Path | None, name: str, n_scenes: int = N_SCENES) -> dict:
 
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("DRAGEDIT_BENCH_THREADS", "1")))
-    mp, clip, _ = sm.load_demo(weights, allow_random=False) if weights else sm.load_demo(allow_random=False)
+    mp, clip, label = _load(weights, random_arch)
+    arch = sm.arch_of_model(mp)
     unet, enc = sm.unet_of(mp), clip.encoder
     ab = sm.alphas_cumprod(mp).double()
     blocks = {"dragdiffusion up_blocks[-2]": ddiff.feature_block_index(mp, -2)}
     for b in dragon.feature_blocks(mp):
         blocks.setdefault(f"dragondiffusion out{b}", b)
-    size = sm.IMAGE_SIZE
+    size = arch.image_size
+    k = size / 32.0                                           # scene units -> pixels
     f = vae.FACTOR
     step = 1000 // STEPS
     grid = [1 + k * step for k in range(STEPS)]               # ascending DDIM timesteps
@@ -79,12 +102,13 @@ def run(weights: Path | None, name: str, n_scenes: int = N_SCENES) -> dict:
             for a, b in zip(ts[:-1], ts[1:]):
                 z = _ddim(unet, ctx, ab.float(), z, a, b)
             sh = sc.shapes[0]
-            x0_, y0_, x1_, y1_ = sh.x - sh.extent - 1, sh.y - sh.extent - 1, sh.x + sh.extent + 1, sh.y + sh.extent + 1
+            x0_, y0_ = (sh.x - sh.extent - 1) * k, (sh.y - sh.extent - 1) * k
+            x1_, y1_ = (sh.x + sh.extent + 1) * k, (sh.y + sh.extent + 1) * k
             c0, r0 = max(int(x0_ // f), 0), max(int(y0_ // f), 0)
             c1, r1 = min(int(-(-x1_ // f)), size // f), min(int(-(-y1_ // f)), size // f)
             lat = size // f
-            dx = 3 if c1 + 3 <= lat else -3                     # 3 cells = 6 px
-            dy = 0
+            cells = int(round(6 * k / f))                       # 6 px of a 32 px scene: 3 cells (v1), 6 at 64 px
+            dx = cells if c1 + cells <= lat else -cells
             zc = z.clone()
             zc[:, :, r0:r1, c0 + dx:c1 + dx] = z[:, :, r0:r1, c0:c1]
             for a, b in zip(ts[::-1][:-1], ts[::-1][1:]):
@@ -92,8 +116,9 @@ def run(weights: Path | None, name: str, n_scenes: int = N_SCENES) -> dict:
             out = vae.decode(zc / sm.SCALE_FACTOR)[0].clamp(0, 1)
             keep = torch.ones(size, size, dtype=torch.bool)
             for cc0, cc1 in ((c0, c1), (c0 + dx, c1 + dx)):
-                keep[max(r0 * f - 3, 0):r1 * f + 3, max(cc0 * f - 3, 0):cc1 * f + 3] = False
-            if keep.sum() > 16:
+                m = int(round(3 * k))
+                keep[max(r0 * f - m, 0):r1 * f + m, max(cc0 * f - m, 0):cc1 * f + m] = False
+            if keep.sum() > 16 * k * k:
                 mse = ((out - img.float()) ** 2)[:, keep].mean().item()
                 g1.append(10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item())
             # ---- G2: features at t on the inverted latent
@@ -128,27 +153,97 @@ def run(weights: Path | None, name: str, n_scenes: int = N_SCENES) -> dict:
                     ob_mean = (fo @ fb.T).mean()
                     g2[label][t].append(float(oo_mean - ob_mean))
             print(f"[gates] scene {i + 1}/{len(scenes)}: G1 {g1[-1] if g1 else float('nan'):.1f} dB", flush=True)
-    res = {"name": name, "weights": str(weights or sm.WEIGHTS), "seed": SEED, "scenes": len(scenes),
+    res = {"name": name, "weights": label, "arch": arch.name, "image_size": size,
+           "steps": _steps(weights) if not random_arch else 0, "seed": SEED, "scenes": len(scenes),
            "G1_background_psnr_db": {"median": statistics.median(g1), "min": min(g1), "max": max(g1), "n": len(g1)},
            "G2_cos_obj_obj_minus_obj_bg": {
                label: {str(t): {"mean": statistics.fmean(v), "median": statistics.median(v), "n": len(v)}
                        for t, v in per_t.items() if v} for label, per_t in g2.items()}}
-    rows = [{"gate": "G1 background PSNR dB (median, min-max)", name: f"{res['G1_background_psnr_db']['median']:.1f} "
-             f"({min(g1):.1f}-{max(g1):.1f})", "goal": ">= 30"}]
-    for label, per_t in res["G2_cos_obj_obj_minus_obj_bg"].items():
-        for t, v in per_t.items():
-            rows.append({"gate": f"G2 {label} t={t} (mean)", name: f"{v['mean']:.3f}", "goal": ">= 0.3"})
-    _util.report(name, rows, {k: v for k, v in res.items() if k in ("weights", "seed", "scenes")} | {"result": res})
+    if write:
+        _util.report(name, table([res]), {"result": res})
     return res
+
+
+def _steps(weights: Path | None) -> int | None:
+    """Training steps recorded in a weights file's metadata (None when absent)."""
+    from safetensors import safe_open
+    from dragedit.core.shapes import model as sm
+    with safe_open(str(weights or sm.WEIGHTS), framework="pt") as fh:
+        v = (fh.metadata() or {}).get("steps")
+    return int(v) if v is not None else None
+
+
+def table(results: list[dict]) -> list[dict]:
+    """One row per model: G1 median (min-max) and G2 per block and timestep (mean), with the goals."""
+    rows = []
+    for r in results:
+        g1 = r["G1_background_psnr_db"]
+        row = {"model": r["arch"], "steps": r["steps"],
+               "G1 dB (>=30)": f"{g1['median']:.1f} ({g1['min']:.1f}-{g1['max']:.1f})"}
+        for label, per_t in r["G2_cos_obj_obj_minus_obj_bg"].items():
+            short = label.replace("dragdiffusion up_blocks[-2]", "G2 DD").replace("dragondiffusion out", "G2 Dragon ")
+            for t, v in per_t.items():
+                row[f"{short} t{t} (>=0.3)"] = round(v["mean"], 3)
+        rows.append(row)
+    return rows
+
+
+def method_gates(bench_json: Path) -> list[dict]:
+    """G3 and G4 from the per-case records of a ShapesBench run (medians)."""
+    import json
+    import math
+    d = json.loads(Path(bench_json).read_text())
+    recs = d["case_records"]
+    src = {r["case"]: r.get("centroid_out") for r in recs if r["method"] == "no_edit"}
+
+    def moved(r):
+        s, g, o = src.get(r["case"]), r.get("centroid_gt"), r.get("centroid_out")
+        if not (s and g and o):
+            return None, None
+        v = (g[0] - s[0], g[1] - s[1])
+        n = math.hypot(*v)
+        return (((o[0] - s[0]) * v[0] + (o[1] - s[1]) * v[1]) / (n * n) if n >= 1 else None), n
+
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return round(statistics.median(xs), 3) if xs else None
+
+    rows = []
+    dd = [r for r in recs if r["method"] == "dragdiffusion" and r["status"] == "ok"]
+    if dd:
+        pts = [r for r in dd if r["kind"] == "point_drag"]
+        mid = [r for r in dd if r["kind"] in ("point_drag", "move") and 6 <= (moved(r)[1] or 0) <= 10]
+        rows.append({"gate": "G3 DragDiffusion point drags: moved fraction (>= 0.7)", "value": med(moved(r)[0] for r in pts),
+                     "n": len(pts)})
+        rows.append({"gate": "G3 DragDiffusion 6-10 px drags: moved fraction (>= 0.7)",
+                     "value": med(moved(r)[0] for r in mid), "n": len(mid)})
+        rows.append({"gate": "G3 DragDiffusion point drags: PSNR outside dB (>= 35)", "value": med(r["psnr_out"] for r in pts),
+                     "n": len(pts)})
+    mv = [r for r in recs if r["method"] == "dragondiffusion" and r["kind"] == "move" and r["status"] == "ok"]
+    if mv:
+        rows.append({"gate": "G4 DragonDiffusion move: centroid error px (<= 2)", "value": med(r["centroid_err"] for r in mv), "n": len(mv)})
+        rows.append({"gate": "G4 DragonDiffusion move: ghost (<= 0.1)", "value": med(r["ghost"] for r in mv), "n": len(mv)})
+        rows.append({"gate": "G4 DragonDiffusion move: PSNR outside dB (>= 30)", "value": med(r["psnr_out"] for r in mv), "n": len(mv)})
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--weights", default=None)
+    ap.add_argument("--bench", nargs="*", default=None, help="ShapesBench JSON files: print G3 / G4 from them")
+    ap.add_argument("--weights", nargs="*", default=None)
+    ap.add_argument("--random", default=None, help="measure an untrained design instead (its name)")
     ap.add_argument("--name", default="shapes_gates_v1")
     ap.add_argument("--scenes", type=int, default=N_SCENES)
     a = ap.parse_args()
-    run(Path(a.weights) if a.weights else None, a.name, a.scenes)
+    if a.bench:
+        rows = [dict(r, run=Path(b).stem) for b in a.bench for r in method_gates(Path(b))]
+        _util.report(a.name, rows, {"bench": a.bench})
+        return
+    if a.random or not a.weights or len(a.weights) == 1:
+        run(Path(a.weights[0]) if a.weights else None, a.name, a.scenes, random_arch=a.random)
+        return
+    results = [run(Path(w), a.name, a.scenes, write=False) for w in a.weights]
+    _util.report(a.name, table(results), {"results": results})
 
 
 if __name__ == "__main__":

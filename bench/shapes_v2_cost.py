@@ -1,9 +1,9 @@
 """Training cost of Shapes v2 candidates against the shipped v1, measured side by side (interleaved rounds,
 process CPU time, one thread): one forward + backward of the UNet at batch 32, which is what a training step costs
 beyond the data. With a step count this projects the CPU time of a training run (the issue's "measure before you
-commit"). Candidates follow the review's estimate of the smallest model with SD-like locality: a 64 px image
-(32x32 latent through the same 2x2 unshuffle), two res blocks per level, attention only at the two lowest
-resolutions.
+commit"). Candidates (core/shapes/model.py ARCHS) follow the review's recipe for SD-like locality: two res blocks
+per level and attention only at the two lowest resolutions, at the shipped 32 px (16x16 latent) or at 64 px
+(32x32 latent through the same 2x2 unshuffle).
 
     python bench/shapes_v2_cost.py [--rounds 3] [--batch 32] [--steps 100000]
 """
@@ -22,14 +22,9 @@ import _util  # noqa: E402
 
 
 def candidates() -> dict[str, tuple[dict, int]]:
-    """name -> (ComfyUI UNet config, latent side)."""
+    """name -> (ComfyUI UNet config, latent side): every design in core/shapes/model.py."""
     from dragedit.core.shapes import model as sm
-    v1 = dict(sm.UNET_CONFIG)
-    local = dict(v1, channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 1, 1, 1, 1],
-                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 0, 0, 0], image_size=32)
-    return {"v1 (shipped, 32 px)": (v1, sm.LATENT_SIZE),
-            "v2 candidate A (64 px, ch 32)": (dict(local, model_channels=32), 32),
-            "v2 candidate B (64 px, ch 64)": (dict(local, model_channels=64), 32)}
+    return {a.name: (a.unet_config, a.latent_size) for a in sm.ARCHS.values()}
 
 
 def main() -> None:

@@ -464,7 +464,7 @@ def contact_sheets(recs: Sequence[dict], cases: Sequence, folder: Path, per_kind
 def weights_info() -> dict:
     """Which shapes weights the server loads (path, size, mtime, sha256 prefix)."""
     from dragedit.core.shapes import model as shapes_model
-    p = Path(shapes_model.WEIGHTS)
+    p = shapes_model.default_weights()
     if not p.exists():
         return {"path": str(p), "present": False}
     h = hashlib.sha256(p.read_bytes()).hexdigest()[:16]

@@ -29,7 +29,7 @@ class ShapesDemoModel:
         return {"required": {}}
 
     def load(self):
-        path = shapes_model.WEIGHTS
+        path = shapes_model.default_weights()
         try:
             model, clip, vae = shapes_model.load_demo(path, allow_random=False)
         except FileNotFoundError:
