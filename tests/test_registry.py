@@ -60,8 +60,11 @@ def test_comfyignore_keeps_tests_out_and_the_pack_in():
     kept = [f for f in files if not _ignored(f, patterns)]
     for folder in ("tests/", "bench/", ".ci/"):
         assert not [f for f in kept if f.startswith(folder)], folder
-    needed = [f for f in files if f == "__init__.py" or f.split("/")[0] in ("nodes", "core", "web",
-                                                                          "example_workflows")]
+    candidate = "core/shapes/weights/shapes_v2-"          # Shapes v2 training candidates: in git, not in the package
+    needed = [f for f in files if (f == "__init__.py" or f.split("/")[0] in ("nodes", "core", "web", "example_workflows"))
+              and not f.startswith(candidate)]
     assert needed and all(f in kept for f in needed), [f for f in needed if f not in kept]
+    assert "core/shapes/weights/shapes_v1.safetensors" in kept
+    assert not [f for f in kept if f.startswith(candidate)]
     for f in ("LICENSE", "README.md", "pyproject.toml", "requirements.txt"):
         assert f in kept, f
