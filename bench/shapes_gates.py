@@ -63,7 +63,7 @@ def _load(weights: Path | None, random_arch: str | None):
         mp, clip, _ = sm.build(None, None, arch=random_arch)
         return mp, clip, f"{random_arch} untrained"
     mp, clip, _ = sm.load_demo(weights, allow_random=False) if weights else sm.load_demo(allow_random=False)
-    return mp, clip, str(weights or sm.WEIGHTS)
+    return mp, clip, str(weights or sm.default_weights())
 
 
 def run(weights: Path | None, name: str, n_scenes: int = N_SCENES, random_arch: str | None = None,
@@ -166,10 +166,8 @@ def run(weights: Path | None, name: str, n_scenes: int = N_SCENES, random_arch: 
 
 def _steps(weights: Path | None) -> int | None:
     """Training steps recorded in a weights file's metadata (None when absent)."""
-    from safetensors import safe_open
     from dragedit.core.shapes import model as sm
-    with safe_open(str(weights or sm.WEIGHTS), framework="pt") as fh:
-        v = (fh.metadata() or {}).get("steps")
+    v = sm.read_meta(weights or sm.default_weights()).get("steps")
     return int(v) if v is not None else None
 
 

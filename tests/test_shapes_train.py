@@ -18,7 +18,7 @@ def _args(out, *extra: str):
 def test_v2_trains_exports_and_continues_from_its_fp16_weights(tmp_path):
     shapes_train.train(_args(tmp_path / "a", "--steps", "4", "--stop-at", "2", "--export-every", "1"))
     w = tmp_path / "a" / "shapes_v2-32.safetensors"
-    meta = shapes_train.read_meta(w)
+    meta = shapes_model.read_meta(w)
     assert meta["arch"] == "v2-32" and meta["steps"] == "2" and meta["feature_dc"] == "0.1"
     assert (tmp_path / "a" / "shapes_v2-32_step1.safetensors").exists()
     assert not (tmp_path / "a" / "train_state.pt").exists()             # nothing but the weights is needed
@@ -27,7 +27,7 @@ def test_v2_trains_exports_and_continues_from_its_fp16_weights(tmp_path):
     assert shapes_model.unet_of(model).input_blocks[0][0].weight.dtype == torch.float32
 
     shapes_train.train(_args(tmp_path / "b", "--steps", "4", "--stop-at", "3", "--init-from", str(w)))
-    meta_b = shapes_train.read_meta(tmp_path / "b" / "shapes_v2-32.safetensors")
+    meta_b = shapes_model.read_meta(tmp_path / "b" / "shapes_v2-32.safetensors")
     assert meta_b["steps"] == "3"                                        # one more step on the same schedule
 
 
@@ -78,7 +78,7 @@ def test_a_seeded_run_is_reproducible(tmp_path):
     a, b = (tmp_path / d / "shapes_v2-32.safetensors" for d in ("a", "b"))
     wa, wb = load_file(str(a)), load_file(str(b))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert shapes_train.read_meta(a) == shapes_train.read_meta(b)   # (the file's header order may differ)
+    assert shapes_model.read_meta(a) == shapes_model.read_meta(b)   # (the file's header order may differ)
 
 
 def test_gpu_training_script_refuses_without_cuda(tmp_path):
@@ -100,7 +100,7 @@ def test_gpu_training_script_refuses_without_cuda(tmp_path):
 def test_the_committed_v2_candidate_loads_and_names_its_step():
     """core/shapes/weights/shapes_v2-32.safetensors: what a later sitting continues from (make train-v2 INIT=...)."""
     w = shapes_model.WEIGHTS.parent / shapes_train.weights_name("v2-32")
-    meta = shapes_train.read_meta(w)
+    meta = shapes_model.read_meta(w)
     assert meta["arch"] == "v2-32" and int(meta["steps"]) >= 3000 and meta["data"] == "per-step"
     model, _, _ = shapes_model.load_demo(w, allow_random=False)
     assert shapes_model.arch_of_model(model).name == "v2-32"

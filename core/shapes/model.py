@@ -110,6 +110,13 @@ def default_weights() -> Path:
     return Path(os.environ.get("DRAGEDIT_SHAPES_WEIGHTS") or WEIGHTS)
 
 
+def read_meta(path: Path | str) -> dict:
+    """The metadata of a shapes weights file ("arch", "steps", ...; {} when it has none)."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
 def split_state_dict(sd: dict) -> tuple[dict, dict]:
     """A shapes weights file -> (UNet state dict, prompt encoder state dict)."""
     unet = {k[5:]: v for k, v in sd.items() if k.startswith("unet.")}
@@ -141,12 +148,9 @@ def load_demo(path: Optional[Path | str] = None, allow_random: bool = True) -> t
             raise FileNotFoundError(f"shapes model weights not found at {p}; run `python -m core.shapes.train` to make them")
         log.warning("shapes model weights not found at %s: using an UNTRAINED random model", p)
         return build(None, None)
-    from safetensors import safe_open
     from safetensors.torch import load_file
-    with safe_open(str(p), framework="pt") as fh:
-        meta = fh.metadata() or {}
     unet_sd, text_sd = split_state_dict(load_file(str(p)))
-    return build(unet_sd, text_sd, arch=meta.get("arch", "v1"))
+    return build(unet_sd, text_sd, arch=read_meta(p).get("arch", "v1"))
 
 
 def arch_of_model(model: Any) -> Arch:

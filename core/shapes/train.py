@@ -283,13 +283,6 @@ def weights_name(arch: str) -> str:
     return f"shapes_{arch}.safetensors"
 
 
-def read_meta(path: Path) -> dict:
-    """The metadata of a shapes weights file."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as fh:
-        return dict(fh.metadata() or {})
-
-
 def train(args: argparse.Namespace) -> None:
     """The training run (resumable from <out>/train_state.pt, or from committed EMA weights via --init-from)."""
     torch.set_num_threads(args.threads)
@@ -328,7 +321,7 @@ def train(args: argparse.Namespace) -> None:
         step, hist, warm_from = st["step"], st["hist"], st.get("warm_from", 0)
         print(f"resumed at step {step}", flush=True)
     elif args.init_from:
-        meta = read_meta(Path(args.init_from))
+        meta = shapes_model.read_meta(args.init_from)
         if meta.get("arch", "v1") != arch.name:
             raise SystemExit(f"--init-from {args.init_from} holds design {meta.get('arch', 'v1')}, not {arch.name}")
         from safetensors.torch import load_file
