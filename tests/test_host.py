@@ -1,4 +1,4 @@
-"""core/host.py on real ComfyUI code: layer maps, K/V record/inject, feature capture, grad, clone safety."""
+"""core/host (the host package) on real ComfyUI code: layer maps, K/V record/inject, feature capture, grad, clone safety."""
 import copy
 
 import pytest
@@ -6,6 +6,18 @@ import torch
 
 import tiny_models
 from dragedit.core import host
+
+
+def is_v_prediction(model) -> bool:
+    """True for v-prediction models (SD2.x 768-v)."""
+    import comfy.model_base
+    return getattr(host.base_model(model), "model_type", None) == comfy.model_base.ModelType.V_PREDICTION
+
+
+def sigma_of_alpha_bar(ab):
+    """σ_t = sqrt((1−ᾱ_t)/ᾱ_t)."""
+    ab = torch.as_tensor(ab, dtype=torch.float64)
+    return torch.sqrt((1.0 - ab) / ab)
 
 
 def _run(model, pos, neg, cfg, samples, sigma_index=3, steps=10):
@@ -160,11 +172,11 @@ def test_layer_selection_by_resolution(sd15_model):
 
 
 def test_vpred_alpha_bar_and_timesteps(vpred_model):
-    assert host.is_v_prediction(vpred_model) and host.check_supported(vpred_model) == "v"
+    assert is_v_prediction(vpred_model) and host.check_supported(vpred_model) == "v"
     sig = host.ddim_sigmas(vpred_model, 10)
     assert [round(host.timestep_of(vpred_model, s)) for s in sig[:-1]] == list(range(901, 0, -100))
     ab = host.alpha_bar(sig[0])
-    assert abs(float(host.sigma_of_alpha_bar(ab)) - float(sig[0])) < 1e-5
+    assert abs(float(sigma_of_alpha_bar(ab)) - float(sig[0])) < 1e-5
 
 
 def test_ddim_grid_matches_diffusers_for_any_step_count(sd15_model):

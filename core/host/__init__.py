@@ -1,0 +1,49 @@
+"""The one package that touches ComfyUI's models, patches and samplers; everything else in core/ talks to ComfyUI
+only through it.
+
+Modules, by concern:
+  facts       family-neutral model facts (schedule, latent format, text encoder), the supported-model check
+  unet        the UNet family: which models it runs, its layer map (AttnLayer, DecoderBlock, select_layers)
+  build       real ComfyUI models built from a UNet config (tests, the shapes demo model)
+  kv          the K/V store and its life cycle (estimate, budget, placement, build, free), K/V record / inject
+  features    decoder feature capture
+  session     a method's loop inside ComfyUI's sampling (Denoiser), differentiable calls, stock sampling
+  guidance    post-CFG guidance (DragonDiffusion) and cond guidance (SEGA / LEDITS++)
+  internals   every reach past ComfyUI's public patch mechanisms, one documented function each
+A model family other than the UNet adds its own module beside unet.py and registers it in `facts.families`.
+
+Stores (K/V caches, captured features) are owned by a run or by an INVERSION object, never by a patch: a patch
+holds a handle that `ModelPatcher.clone()` passes on without copying. Every patch goes on a clone (`clone`).
+Importing this package does not import ComfyUI; the first host call does.
+"""
+from ..schedule import alpha_bar
+from . import build, facts, features, guidance, internals, kv, session, unet
+from .build import build_model, init_weights_
+from .errors import HostError, KVBudgetError
+from .facts import (base_model, check_supported, concept_token_range, ddim_sigmas, latent_format, model_sampling,
+                    process_in, process_out, text_start_tokens, timestep_of)
+from .features import FeatureStore, patch_feature_capture
+from .guidance import (CondGuidanceCall, GuidanceCall, cond_guidance_patch, cond_guidance_payload, patch_cond_guidance,
+                       patch_post_cfg_guidance)
+from .kv import (KV_PLACEMENT_ENV, KVInjection, KVStore, MixFn, available_memory, masked_mix, patch_kv_inject,
+                 patch_kv_record, release_pinned_memory)
+from .kv import placement as kv_placement
+from .session import (Denoiser, clone, grad_enabled, grad_input, patch_sampling_check, sample_with_sampler,
+                      session)
+from .unet import (AttnLayer, DecoderBlock, attention_layers, conditioning_family_check, decoder_blocks,
+                   diffusion_model, select_layers, up_block_outputs)
+
+__all__ = [
+    "build", "facts", "features", "guidance", "internals", "kv", "session", "unet",
+    "alpha_bar", "build_model", "init_weights_", "HostError", "KVBudgetError",
+    "base_model", "check_supported", "concept_token_range", "ddim_sigmas", "latent_format", "model_sampling",
+    "process_in", "process_out", "text_start_tokens", "timestep_of",
+    "FeatureStore", "patch_feature_capture",
+    "CondGuidanceCall", "GuidanceCall", "cond_guidance_patch", "cond_guidance_payload", "patch_cond_guidance",
+    "patch_post_cfg_guidance",
+    "KV_PLACEMENT_ENV", "KVInjection", "KVStore", "MixFn", "available_memory", "masked_mix", "patch_kv_inject",
+    "patch_kv_record", "release_pinned_memory", "kv_placement",
+    "Denoiser", "clone", "grad_enabled", "grad_input", "patch_sampling_check", "sample_with_sampler", "session",
+    "AttnLayer", "DecoderBlock", "attention_layers", "conditioning_family_check", "decoder_blocks",
+    "diffusion_model", "select_layers", "up_block_outputs",
+]
