@@ -28,8 +28,8 @@ from .guidance import (CondGuidanceCall, GuidanceCall, cond_guidance_patch, cond
 from .kv import (KV_PLACEMENT_ENV, KVInjection, KVStore, MixFn, available_memory, masked_mix, patch_kv_inject,
                  patch_kv_record, release_pinned_memory)
 from .kv import placement as kv_placement
-from .session import (Denoiser, clone, grad_enabled, grad_input, patch_sampling_check, sample_with_sampler,
-                      session)
+from .session import (Denoiser, clone, grad_enabled, grad_input, ksampler, patch_sampling_check,
+                      sample_with_sampler, session)
 from .unet import (AttnLayer, DecoderBlock, attention_layers, conditioning_family_check, decoder_blocks,
                    diffusion_model, select_layers, up_block_outputs)
 
@@ -43,7 +43,7 @@ __all__ = [
     "patch_post_cfg_guidance",
     "KV_PLACEMENT_ENV", "KVInjection", "KVStore", "MixFn", "available_memory", "masked_mix", "patch_kv_inject",
     "patch_kv_record", "release_pinned_memory", "kv_placement",
-    "Denoiser", "clone", "grad_enabled", "grad_input", "patch_sampling_check", "sample_with_sampler", "session",
+    "Denoiser", "clone", "grad_enabled", "grad_input", "ksampler", "patch_sampling_check", "sample_with_sampler", "session",
     "AttnLayer", "DecoderBlock", "attention_layers", "conditioning_family_check", "decoder_blocks",
     "diffusion_model", "select_layers", "up_block_outputs",
 ]

@@ -84,14 +84,13 @@ def session(model: Any, positive: Any, negative: Any, cfg: float, samples: torch
     as LATENT samples. `x` starts as the processed-in latent z_0 (no noise is added); the loop returns the final
     sampler state. `negative` may be None (cfg must then be 1)."""
     import comfy.sample
-    import comfy.samplers
     if negative is None:
         negative = []
 
     def fn(model_k, x, sig, extra_args=None, callback=None, disable=None, **_):
         return loop(Denoiser(model_k, extra_args or {}, model), x, sig)
 
-    sampler = comfy.samplers.KSAMPLER(fn)
+    sampler = ksampler(fn)
     noise = torch.zeros_like(samples)
     return comfy.sample.sample_custom(model, noise, float(cfg), sampler, sigmas, positive, negative, samples,
                                       noise_mask=None, callback=None, disable_pbar=disable_pbar, seed=seed)
@@ -107,6 +106,14 @@ def sample_with_sampler(model: Any, positive: Any, negative: Any, cfg: float, sa
     negative = negative if negative is not None else []
     return comfy.sample.sample_custom(model, noise, float(cfg), sampler, sigmas, positive, negative, samples,
                                       noise_mask=None, callback=callback, disable_pbar=True, seed=seed)
+
+
+def ksampler(sampler_function: Callable[..., torch.Tensor], extra_options: Optional[dict] = None,
+             inpaint_options: Optional[dict] = None) -> Any:
+    """A SAMPLER for any sampler node: comfy.samplers.KSAMPLER around a function with the k-diffusion sampler
+    contract fn(model, x, sigmas, extra_args=None, callback=None, disable=None, **extra_options)."""
+    import comfy.samplers
+    return comfy.samplers.KSAMPLER(sampler_function, extra_options or {}, inpaint_options or {})
 
 
 class _SamplingCheck(SharedHandle):
