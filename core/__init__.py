@@ -1,1 +1,1 @@
-"""Algorithms in plain torch; only host.py touches ComfyUI."""
+"""Algorithms in plain torch; only the host package (core/host/) touches ComfyUI."""
