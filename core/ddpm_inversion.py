@@ -1,6 +1,6 @@
 """Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., arXiv 2304.06140; used by LEDITS, arXiv 2307.00522).
 
-Parameterisation (ComfyUI's sampler state, see host.md "Sampling parameterisation"): x = z_t/sqrt(ᾱ_t) = z_0 + σ_t·ε,
+Parameterisation (ComfyUI's sampler state, DEVELOPERS.md "Sampler state convention"): x = z_t/sqrt(ᾱ_t) = z_0 + σ_t·ε,
 ᾱ_t = 1/(1+σ_t²); the denoiser returns x̂0, so ε̂ = (x − x̂0)/σ. `sigmas` is a descending 1-D tensor, normally
 ending in 0 (a ComfyUI SIGMAS).
 
@@ -91,9 +91,13 @@ class Inversion:
     xts[0] = the start latent x_{T−skip}, xts[i] the state at sigmas[i] that the sampler will reach, xts[S] the
     reconstruction of x0; zs: (S, B, C, H, W) noise maps z_t (zero for a step ending at σ = 0); residual:
     x0 − x̂0 added at a final step to σ = 0 (None when the grid does not end in 0); eta: η; skipped: number of
-    noisiest steps of the original grid that were dropped."""
+    noisiest steps of the original grid that were dropped.
 
-    kind: ClassVar[str] = "ddpm"  # INVERSION sockets carry DDIM and DDPM inversions: this tells them apart
+    As an INVERSION (core.inversion.Inversion) it is its own noise_maps and carries no K/V."""
+
+    kind: ClassVar[str] = "ddpm"
+    kv: ClassVar[None] = None
+    model_id: ClassVar[int] = 0
 
     sigmas: torch.Tensor
     xts: torch.Tensor
@@ -111,6 +115,25 @@ class Inversion:
     def start(self) -> torch.Tensor:
         """The start latent x_{T−skip} (= xts[0]) in sampler units."""
         return self.xts[0]
+
+    @property
+    def num_latents(self) -> int:
+        return int(self.xts.shape[0]) if self.xts.numel() else 0
+
+    def latent(self, i: int) -> torch.Tensor:
+        """The state xts[i] at sigmas[i]."""
+        return self.xts[i]
+
+    @property
+    def noise_maps(self) -> "Inversion":
+        return self
+
+    def release(self) -> None:
+        """Release the cached tensors (states, noise maps, residual)."""
+        empty = self.xts.new_zeros((0,))
+        self.xts, self.zs, self.residual = empty, empty, None
+
+    free = release
 
     def skip(self, n: int) -> "Inversion":
         """Drop the first n noisiest steps: start from xts[n] and use only the matching noise maps."""

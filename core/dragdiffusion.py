@@ -1,7 +1,7 @@
 """DragDiffusion on the host (Shi et al., arXiv 2306.14435): latent optimisation of z_t with motion supervision
 on decoder features captured by core.host, then a DDIM denoising pass with the source's self-attention K/V.
 
-Grids (algorithms.md §1(b)): the supervision map F(z_t) is the output of diffusers' `up_blocks[k]` (default the
+Grids: the supervision map F(z_t) is the output of diffusers' `up_blocks[k]` (default the
 second-to-last, SD1.5's up_blocks[2], which is at latent resolution) bilinearly resized to the *supervision grid*;
 r_m, r_p and the stop threshold are in its cells. The reference sizes that grid at half the image resolution,
 which on SD1.5 (VAE factor 8) is 4 cells per latent cell = 4 cells per cell of the default feature map (64 -> 256
@@ -29,16 +29,17 @@ from .motion import DragResult, IterationCallback, optimize_latent
 from .schedule import from_z, to_z
 
 __all__ = ["DragSettings", "OptimizeOutcome", "feature_block_index", "feature_grid", "editable_mask", "optimize",
-           "reference_layers", "reference_kv_model", "denoise", "points_on_grid", "cells_to_image", "VAE_FACTOR",
-           "GeometryError", "SUPERVISION_PER_LATENT"]
+           "reference_layers", "reference_kv_model", "denoise", "run", "points_on_grid", "cells_to_image",
+           "VAE_FACTOR", "KV_DTYPE", "GeometryError", "SUPERVISION_PER_LATENT"]
 
 VAE_FACTOR = 8
+KV_DTYPE = torch.float16         # the source K/V recorded for the reference-latent control
 SUPERVISION_PER_LATENT = 4       # supervision cells per latent cell (reference: H/2 over H/8 on SD1.5)
 
 
 @dataclass
 class DragSettings:
-    """DragDiffusion's knobs (algorithms.md §1(c) defaults); r_m, r_p and threshold in supervision-grid cells
+    """DragDiffusion's knobs (the paper's defaults); r_m, r_p and threshold in supervision-grid cells
     (SUPERVISION_PER_LATENT per latent cell, as the reference on SD1.5)."""
     iterations: int = 80
     lr: float = 0.01
@@ -202,6 +203,29 @@ def denoise(model: Any, positive: Any, negative: Any, cfg: float, samples: torch
 
     with torch.inference_mode():
         return host.session(model, positive, negative, cfg if negative is not None else 1.0, samples, sig, loop)
+
+
+def run(model: Any, positive: Any, negative: Any, cfg: float, samples: torch.Tensor, sigmas: torch.Tensor,
+        handles: torch.Tensor, targets: torch.Tensor, grid: Grid, settings: DragSettings, *, steps: int,
+        mask: Optional[torch.Tensor] = None, reference_kv: bool = True, kv_budget_bytes: int = 0,
+        on_iteration: Optional[IterationCallback] = None, on_step: Optional[Callable[[int, int], None]] = None
+        ) -> tuple[torch.Tensor, OptimizeOutcome]:
+    """DragDiffusion's whole run (what the DragDiffusion node calls): DDIM inversion of the clean LATENT `samples`
+    along `sigmas` (from a grid of `steps`; the source K/V recorded when reference_kv), motion supervision with
+    point tracking on the inverted latent, then DDIM denoising (with the source's K/V in the decoder's two highest
+    resolutions when reference_kv); the inversion is released afterwards. Returns (edited LATENT samples, the
+    optimisation's outcome)."""
+    x_t, inversion = inv.run(model, samples, positive, None, 1.0, sigmas, steps=steps,
+                             kv_dtype=KV_DTYPE if reference_kv else None, kv_budget_bytes=kv_budget_bytes,
+                             on_step=on_step)
+    try:
+        out = optimize(model, positive, x_t, sigmas, handles, targets, grid, settings, mask=mask,
+                       on_iteration=on_iteration)
+        den_model = reference_kv_model(model, inversion.kv) if reference_kv else model
+        final = denoise(den_model, positive, negative, float(cfg), out.samples, sigmas, on_step=on_step)
+    finally:
+        inversion.release()
+    return final, out
 
 
 def points_on_grid(handles_px: torch.Tensor, targets_px: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,7 @@
 Plain torch, no ComfyUI. Features are decoder block outputs (SD1.5: LDM output_blocks[5] and [8]) of the current
 latent z_t (with grad) and of the inverted latent z_t^gud at the same timestep (no grad), each nearest-resized to a
 common "energy grid" (2x the largest map; 128x128 for a 512x512 image, one cell = 4 px). Masks and points live on
-that grid. Term shapes (design/algorithms.md 2(b)): attract w/(1+4·S) (α=1, β=4), repel w·S, with S̃ = (cos+1)/2.
+that grid. Term shapes (DragonDiffusion, Mou et al. 2023): attract w/(1+4·S) (α=1, β=4), repel w·S, with S̃ = (cos+1)/2.
 """
 from __future__ import annotations
 
@@ -406,7 +406,7 @@ def guidance_gradient(e_edit: torch.Tensor, e_content: torch.Tensor, z: torch.Te
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Defaults and step windows (design/algorithms.md 2(c))
+# Defaults and step windows (the reference code's)
 # --------------------------------------------------------------------------------------------------------------
 
 REF_STEPS = 50  # the reference's NUM_DDIM_STEPS; step windows below are in these units, index 0 = noisiest

@@ -12,7 +12,7 @@ The one coordinate convention of the pack (every conversion goes through `Grid`)
   (DragDiffusion's half-resolution grid, DragonDiffusion's 4-px grid).
 - Integer cells are (x, y) = (column, row) pairs: index a tensor as t[..., y, x].
 
-Dense correspondences (RegionDrag, algorithms.md 3(a) and item 13): every target cell gets exactly one source
+Dense correspondences (RegionDrag): every target cell gets exactly one source
 (handle) cell. Target cells are those whose centre lies inside the target shape (half-open edges); each target
 centre is mapped back to image pixels through the inverse transform and its source is the cell holding that point.
 """

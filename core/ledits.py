@@ -44,6 +44,41 @@ def invert(model: Any, samples: torch.Tensor, positive: Any, negative: Any, cfg:
     return replace(inv.to(device=off), sigmas=inv.sigmas.detach().cpu())
 
 
+def invert_start(model: Any, samples: torch.Tensor, positive: Any, negative: Any, cfg: float, steps: int, *,
+                 skip: int = 0, eta: float = 1.0, seed: int = 0, on_step: Optional[Callable[[int, int], None]] = None
+                 ) -> tuple[torch.Tensor, ef.Inversion]:
+    """`invert`, plus its start latent as LATENT samples (what DDPM Inversion outputs)."""
+    inv = invert(model, samples, positive, negative, cfg, steps, skip=skip, eta=eta, seed=seed, on_step=on_step)
+    return host.process_out(model, inv.start.clone()), inv
+
+
+def edit_friendly_sampler(inv: ef.Inversion, apply_residual: bool = True,
+                          wrap: Optional[Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]] = None
+                          ) -> Any:
+    """The SAMPLER (a KSAMPLER) that replays the inversion's noise maps; `wrap` may wrap its sampler function (the
+    node's schedule check)."""
+    fn = ef.make_sampler_fn(inv, apply_residual=apply_residual)
+    return host.ksampler(wrap(fn) if wrap is not None else fn)
+
+
+def run(model: Any, samples: torch.Tensor, source: Any, negative: Any, patch: Optional["SegaPatch"], *, mode: str,
+        steps: int, skip: int, source_cfg: float, target_cfg: float, seed: int, target: Any = None,
+        on_step: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """LEDITS / LEDITS++ whole run (what LEDITS Edit calls): edit-friendly DDPM inversion of LATENT `samples`, the
+    SEGA concepts of `patch` (None: the prompt switch to `target` alone) on the model, and the Edit-friendly DDPM
+    sampler replaying the inversion's noise maps. LEDITS++ samples with ε_u + concept terms only, so it inverts with
+    the same prediction: the negative at cfg 1 (diffusers' LEditsPP invert with its default empty source prompt);
+    SEGA inverts with the source at source_cfg. Returns the edited LATENT samples."""
+    pp = mode == "LEDITS++"
+    start, inv = invert_start(model, samples, negative if pp else source, negative, 1.0 if pp else source_cfg,
+                              steps, skip=skip, eta=1.0, seed=seed, on_step=on_step)
+    edit_model = apply(model, patch) if patch is not None else model
+    sampler = edit_friendly_sampler(inv)
+    cb = (lambda *a: on_step(0, inv.steps)) if on_step is not None else None
+    return host.sample_with_sampler(edit_model, target if target is not None else source, negative, float(target_cfg),
+                                    sampler, inv.sigmas.clone(), start, seed=int(seed), callback=cb)
+
+
 # ---------------------------------------------------------------------------------------------------- SEGA patch
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """DragDiffusion motion supervision and point tracking (Shi et al., arXiv 2306.14435), in plain torch.
 
-Conventions (see algorithms.md §1(b)):
+Conventions:
 - A feature map F is a tensor [1, C, h, w] on the *supervision grid* (DragDiffusion: the decoder features of
   `up_blocks[2]` bilinearly resized to half the image resolution, i.e. 4 cells per latent / feature cell on SD1.5;
   core/dragdiffusion.py keeps that ratio on every VAE factor). r_m, r_p and the 2.0 stop threshold are in

@@ -6,7 +6,6 @@ per-step state x_t, the noise maps z_t and the self-attention K/V of every layer
 those noise maps, where before each step the cached handle cells x_t[handle] are pasted onto the target cells,
 the cached x_t is restored outside the editable mask, and every self-attention layer gets the cached K/V of
 its step. The vacated handle area is re-noised once on the start latent with strength α (`noise_scale`).
-(algorithms.md section 3, items 11-13.)
 
 Sampler space (ComfyUI): x = z_t/sqrt(ᾱ_t) = z_0 + σ·ε. The reference's re-noise z ← sqrt(1−α²)·z + α·n
 reads x ← sqrt(1−α²)·x + α·sqrt(1+σ²)·n here (same n, divided by sqrt(ᾱ)).
@@ -26,6 +25,9 @@ from . import ddpm_inversion as ef
 from . import host
 from .drag_schema import DragInstructions
 from .geometry import CellPairs, GeometryError, Grid, correspondences, idw, region_outline
+from .inversion import Inversion, kv_estimate
+
+kv_cache_bytes = host.kv.estimate_bytes     # the K/V size formula, under the name tests and benches read here
 
 DEFAULT_STEPS = 20
 DEFAULT_STRENGTH = 0.5
@@ -46,21 +48,32 @@ class RegionDragError(ValueError):
 # ====================================================================== the INVERSION
 @dataclass
 class RegionInversion:
-    """INVERSION of RegionDrag: the stochastic inversion (an ef.Inversion: states xts, noise maps zs, residual) and the
-    self-attention K/V of every layer at every step (a KVStore on the offload device)."""
+    """RegionDrag's inversion (a core.inversion.Inversion): the stochastic inversion (an ef.Inversion: states xts,
+    noise maps zs, residual) and the self-attention K/V of every layer at every step (a KVStore)."""
 
     ef: ef.Inversion
     kv: Optional[host.KVStore] = None
     steps: int = 0                      # steps of the full grid the start fraction was taken from
     model_id: int = 0
     seed: int = 0
-    kind: str = "regiondrag"
     extras: dict = field(default_factory=dict)
 
     @property
     def sigmas(self) -> torch.Tensor:
         """Sampling sigmas, descending from the start to 0 (CPU)."""
         return self.ef.sigmas.detach().cpu()
+
+    @property
+    def num_latents(self) -> int:
+        return self.ef.num_latents
+
+    def latent(self, i: int) -> torch.Tensor:
+        """The state x_i in sampler space at sigmas[i] (0 = start, the last = the clean latent)."""
+        return self.ef.xts[i]
+
+    @property
+    def noise_maps(self) -> ef.Inversion:
+        return self.ef
 
     @property
     def latents(self) -> list[torch.Tensor]:
@@ -72,67 +85,36 @@ class RegionInversion:
         """The start latent x_T (sampler space)."""
         return self.ef.xts[0]
 
-    def latent_at(self, sigma: float) -> torch.Tensor:
-        """The cached state nearest sigma."""
-        i = int(torch.argmin((self.sigmas.double() - float(sigma)).abs()))
-        return self.ef.xts[i]
-
     def nbytes(self) -> int:
         """Bytes held: states, noise maps, residual and K/V."""
         t = [self.ef.xts, self.ef.zs] + ([self.ef.residual] if self.ef.residual is not None else [])
         return sum(x.numel() * x.element_size() for x in t) + (self.kv.nbytes() if self.kv is not None else 0)
 
-    def free(self) -> None:
+    def release(self) -> None:
         """Release the cached tensors (the K/V cache first: it is the big one)."""
-        if self.kv is not None:
-            self.kv.clear()
-            if self.kv.pinned:
-                host.release_pinned_memory()
+        host.kv.free_store(self.kv)
         empty = self.ef.xts.new_zeros((0,))
         self.ef = ef.Inversion(sigmas=self.ef.sigmas, xts=empty, zs=empty, eta=self.ef.eta, residual=None,
                                skipped=self.ef.skipped)
 
+    free = release
+
 
 def cached_states(inversion: Any) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
-    """(sigmas float64 CPU, i -> cached state at sigmas[i]) of any INVERSION of this pack: RegionDrag's, the DDIM
-    Inversion node's (.latents) or an edit-friendly DDPM one (.xts), also when wrapped in `.inversion`."""
-    obj = inversion
-    for _ in range(3):
-        if hasattr(obj, "sigmas") and (hasattr(obj, "xts") or hasattr(obj, "latents")):
-            break
-        obj = getattr(obj, "inversion", None)
-    if obj is None or not hasattr(obj, "sigmas"):
+    """(sigmas float64 CPU, i -> cached state at sigmas[i]) of an INVERSION (core.inversion.Inversion) that holds a
+    state at every one of its sigmas."""
+    if not isinstance(inversion, Inversion):
         raise RegionDragError("inversion", f"expected an INVERSION (DDIM Inversion, DDPM Inversion or RegionDrag), "
                                            f"got {type(inversion).__name__}")
-    sig = torch.as_tensor(obj.sigmas).detach().to("cpu", torch.float64).reshape(-1)
-    if isinstance(obj, RegionInversion) or hasattr(obj, "xts"):
-        xts = obj.ef.xts if isinstance(obj, RegionInversion) else obj.xts
-        n = int(xts.shape[0])
-        get = (lambda i: xts[i])
-    else:
-        lat = obj.latents
-        n = len(lat)
-        get = (lambda i: lat[i])
+    sig = torch.as_tensor(inversion.sigmas).detach().to("cpu", torch.float64).reshape(-1)
+    n = inversion.num_latents
     if n == 0:
         raise RegionDragError("inversion", "holds no cached latents (it was freed after its run); run the inversion "
                                            "again")
     if n != sig.numel():
         raise RegionDragError("inversion", f"holds {n} latents for {sig.numel()} sigmas; it is not a per-step "
                                            f"inversion this node can paste from")
-    return sig, get
-
-
-def kv_of(inversion: Any) -> Optional[host.KVStore]:
-    """The K/V cache an INVERSION carries (also when wrapped in `.inversion`), or None."""
-    obj = inversion
-    for _ in range(3):
-        kv = getattr(obj, "kv", None)
-        if kv is not None:
-            return kv
-        obj = getattr(obj, "inversion", None)
-        if obj is None:
-            break
-    return None
+    return sig, inversion.latent
 
 
 # ====================================================================== the edit plan
@@ -343,10 +325,8 @@ def invert(model: Any, positive: Any, samples: torch.Tensor, sigmas: torch.Tenso
     run = host.clone(model)
     store = None
     if record_kv:
-        est = kv_cache_bytes(host.attention_layers(model), samples.shape[-2:], max(len(sigmas) - 1, 0), kv_dtype,
-                             batch=samples.shape[0])
-        device, pinned = host.kv_placement(model, est, scoped=True)   # RegionDrag frees its store in `finally`
-        store = host.KVStore(dtype=kv_dtype, device=device).use_pinned_memory(pinned)
+        # scoped: RegionDrag's run releases its store in `finally`
+        store = host.kv.build_store(model, kv_estimate(model, samples, sigmas, kv_dtype), dtype=kv_dtype, scoped=True)
         host.patch_kv_record(run, store)
     holder: dict = {}
 
@@ -363,8 +343,7 @@ def invert(model: Any, positive: Any, samples: torch.Tensor, sigmas: torch.Tenso
     try:
         host.session(run, positive, None, 1.0, samples, sigmas, loop, seed=seed)
     except BaseException:
-        if store is not None:
-            store.clear()
+        host.kv.free_store(store)
         raise
     result = RegionInversion(ef=holder["inv"], kv=store, steps=int(steps), model_id=id(host.base_model(model)),
                              seed=int(seed))
@@ -427,11 +406,12 @@ def denoise(model: Any, positive: Any, inversion: RegionInversion, plan: EditPla
     return out
 
 
-def region_drag(model: Any, positive: Any, samples: torch.Tensor, plan: EditPlan, *, steps: int = DEFAULT_STEPS,
+def run(model: Any, positive: Any, samples: torch.Tensor, plan: EditPlan, *, steps: int = DEFAULT_STEPS,
                 strength: float = DEFAULT_STRENGTH, seed: int = 0, kv_dtype: torch.dtype = torch.float16,
                 swap_kv: bool = True, on_step: Optional[Callable[[int, int], None]] = None,
                 stats: Optional[dict] = None) -> torch.Tensor:
-    """The whole edit: inversion with K/V, drag denoising, caches freed. Returns LATENT samples."""
+    """RegionDrag's whole run (what the RegionDrag node calls): inversion with K/V, the drag denoising pass, caches
+    freed. Returns LATENT samples."""
     sigmas = grid_sigmas(model, steps, strength)
     if sigmas.numel() < 2:
         raise RegionDragError("strength", f"is {strength}: with {steps} steps nothing is inverted; raise it")
@@ -448,8 +428,11 @@ def region_drag(model: Any, positive: Any, samples: torch.Tensor, plan: EditPlan
             stats["unet_calls"] = int(inversion.extras.get("unet_calls", 0)) + int(den_stats.get("unet_calls", 0))
             stats.update({k: v for k, v in den_stats.items() if k != "unet_calls"})
     finally:
-        inversion.free()
+        inversion.release()
     return out
+
+
+region_drag = run      # the name bench/regiondrag.py calls
 
 
 # ====================================================================== copy-paste around any sampler
@@ -496,13 +479,3 @@ def copy_paste_sampler_fn(inner: Callable[..., torch.Tensor], inversion: Any, pl
         return restore_outside(x, state_at(idx[n]), plan)
 
     return sample_copy_paste
-
-
-# ====================================================================== cache size from the layer shapes
-def kv_cache_bytes(layers: Sequence[host.AttnLayer], latent_hw: Sequence[int], steps: int,
-                   dtype: torch.dtype = torch.float16, halves: int = 1, batch: int = 1) -> int:
-    """Bytes of a K/V cache of `steps` steps: Σ_layers 2·tokens·channels per step (inner dim = channels, as in
-    SD1.x/2.x/XL), times halves (cond/uncond) and batch."""
-    size = torch.empty((), dtype=dtype).element_size()
-    per_step = sum(2 * math.prod(l.tokens(latent_hw)) * l.channels for l in layers)
-    return int(per_step * steps * halves * batch * size)

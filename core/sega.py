@@ -4,7 +4,7 @@ Everything works on noise predictions ε (eps units). ComfyUI's cfg functions se
 convert with `to_eps` / `from_eps` first, since thresholds are scale-free but the momentum ν mixes steps of
 different σ and must live in ε units.
 
-SEGA (diffusers 0.39 `SemanticStableDiffusionPipeline`, algorithms.md §4(b)), at step i for concept c:
+SEGA (diffusers 0.39 `SemanticStableDiffusionPipeline`), at step i for concept c:
     ψ_c = s_e,c·(ε_c − ε_uncond), negated for removal; kept where |ψ_c| ≥ quantile_λc(|ψ_c| over H×W) per
     (sample, channel), else 0;
     γ = Σ_c max(w_c, 0)·ψ_c + s_m·ν;  ν ← β_m·ν + (1−β_m)·γ;  ε̃ = ε_u + s_g·(ε_p − ε_u) + γ  once every concept is

@@ -1,17 +1,8 @@
-"""Node classes of the pack, one module per capability (modules not written yet are skipped)."""
-import importlib
+"""Node classes of the pack, one module per capability."""
+from . import (ddpm_inversion, drag_instructions, dragdiffusion, dragondiffusion, inversion, preview, regiondrag, sega,
+               shapes_demo)
+from ._ui import merge_mappings
 
-from ._common import iter_nodes
-
-_MODULES = ["inversion", "ddpm_inversion", "sega", "drag_instructions", "regiondrag", "dragdiffusion",
-            "dragondiffusion", "shapes_demo", "preview"]
-
-_loaded = []
-for _name in _MODULES:
-    try:
-        _loaded.append(importlib.import_module(f".{_name}", __name__))
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__name__}.{_name}":
-            raise
-
-NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = iter_nodes(_loaded)
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = merge_mappings(
+    [inversion, ddpm_inversion, sega, drag_instructions, regiondrag, dragdiffusion, dragondiffusion, shapes_demo,
+     preview])

@@ -3,27 +3,45 @@ SamplerCustomAdvanced that replays the inversion's noise maps). Thin: checks her
 core/ddpm_inversion.py and core/ledits.py."""
 from __future__ import annotations
 
-from typing import Any
-
-from ..core import ddpm_inversion as ef
-from ..core import host, ledits
-from ._common import (CATEGORY_BLOCKS, SEED_MAX, Progress, check_latent, check_range, check_schedule, guard_sampler,
-                      require, tooltips)
-from .inversion import check_cond_fits, supported_model
+from ..core import ledits
+from ._errors import node_entry, require
+from ._inputs import (check_cond_fits, check_ddpm_inversion, check_latent, check_range, check_schedule, guard_sampler,
+                      supported_model)
+from ._ui import CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
 NODE = "DDPM Inversion (edit-friendly)"
 SAMPLER_NODE = "Edit-friendly DDPM"
 
 
-def check_ddpm_inversion(inv: Any, node: str, input_name: str = "inversion") -> ef.Inversion:
-    """The edit-friendly inversion inside an INVERSION input (DDPM Inversion, or RegionDrag's), else a clear error."""
-    require(inv is not None, node, input_name,
-            "is missing: connect the INVERSION output of DDPM Inversion (edit-friendly).")
-    inner = getattr(inv, "ef", inv)
-    require(getattr(inner, "kind", None) == "ddpm" and hasattr(inner, "zs"), node, input_name,
-            "expected an INVERSION from DDPM Inversion (edit-friendly); a DDIM Inversion has no noise maps.")
-    require(inner.zs.numel() > 0 and inner.steps >= 1, node, input_name, "holds no noise maps (freed or empty).")
-    return inner
+def check_inversion_inputs(model, latent, positive, steps, skip, source_cfg, eta, negative):
+    """The checks of DDPM Inversion's inputs (also run by LEDITS Edit); the LATENT samples to invert."""
+    supported_model(model)
+    samples = check_latent(latent, allow_batch=True, model=model)
+    require(ledits.sega_patch_of(model) is None, "model",
+            "carries SEGA concepts: invert with the model from before SEGA Guidance (the concepts are for sampling).")
+    check_cond_fits(model, positive, "positive")
+    require(int(steps) >= 1, "steps", f"must be at least 1, got {steps}.")
+    require(0 <= int(skip) < int(steps), "skip", f"must be between 0 and steps - 1 = {int(steps) - 1}, got {skip}.")
+    check_range(float(eta), 1e-6, 1.0, "eta")
+    check_range(float(source_cfg), 1.0, 100.0, "source_cfg")
+    if negative is not None:
+        check_cond_fits(model, negative, "negative")
+    require(float(source_cfg) == 1.0 or negative is not None, "source_cfg",
+            f"is {source_cfg} but no negative conditioning is connected: connect one (an empty prompt) or set it to 1.")
+    return samples
+
+
+def edit_friendly_sampler(inversion, exact_last_step: bool = True):
+    """The Edit-friendly DDPM SAMPLER of an INVERSION; inside the stock sampler node it refuses (naming this node)
+    sigmas that are not a run of the inversion's, another latent size, or added noise."""
+    inv = check_ddpm_inversion(inversion)
+    lat_hw = tuple(inv.xts.shape[-2:])
+
+    def guard(fn):
+        return guard_sampler(fn, SAMPLER_NODE, lambda sig, shape, noise: check_schedule(
+            "inversion", sig, inv.sigmas, source=NODE, rule="run", latent_shape=shape, inv_latent_hw=lat_hw,
+            noise=noise))
+    return ledits.edit_friendly_sampler(inv, bool(exact_last_step), wrap=guard)
 
 
 class DDPMInversion:
@@ -70,25 +88,13 @@ class DDPMInversion:
     FUNCTION = "invert"
     CATEGORY = CATEGORY_BLOCKS
 
+    @node_entry(NODE)
     def invert(self, model, latent, positive, steps, skip, source_cfg, eta, seed, negative=None):
-        supported_model(model, NODE)
-        samples = check_latent(latent, NODE, allow_batch=True, model=model)
-        require(ledits.sega_patch_of(model) is None, NODE, "model",
-                "carries SEGA concepts: invert with the model from before SEGA Guidance (the concepts are for sampling).")
-        check_cond_fits(model, positive, NODE, "positive")
-        require(int(steps) >= 1, NODE, "steps", f"must be at least 1, got {steps}.")
-        require(0 <= int(skip) < int(steps), NODE, "skip",
-                f"must be between 0 and steps - 1 = {int(steps) - 1}, got {skip}.")
-        check_range(float(eta), 1e-6, 1.0, NODE, "eta")
-        check_range(float(source_cfg), 1.0, 100.0, NODE, "source_cfg")
-        if negative is not None:
-            check_cond_fits(model, negative, NODE, "negative")
-        require(float(source_cfg) == 1.0 or negative is not None, NODE, "source_cfg",
-                f"is {source_cfg} but no negative conditioning is connected: connect one (an empty prompt) or set it to 1.")
+        samples = check_inversion_inputs(model, latent, positive, steps, skip, source_cfg, eta, negative)
         bar = Progress(int(steps) - int(skip))
-        inv = ledits.invert(model, samples, positive, negative, float(source_cfg), int(steps), skip=int(skip),
-                            eta=float(eta), seed=int(seed), on_step=lambda j, n: bar.update(1))
-        start = host.process_out(model, inv.start.clone())
+        start, inv = ledits.invert_start(model, samples, positive, negative, float(source_cfg), int(steps),
+                                         skip=int(skip), eta=float(eta), seed=int(seed),
+                                         on_step=lambda j, n: bar.update(1))
         return ({"samples": start}, inv, inv.sigmas.clone())
 
 
@@ -118,15 +124,9 @@ class EditFriendlyDDPMSampler:
     FUNCTION = "get_sampler"
     CATEGORY = CATEGORY_BLOCKS
 
+    @node_entry(SAMPLER_NODE)
     def get_sampler(self, inversion, exact_last_step=True):
-        import comfy.samplers
-        inv = check_ddpm_inversion(inversion, SAMPLER_NODE)
-        lat_hw = tuple(inv.xts.shape[-2:])
-        fn = guard_sampler(ef.make_sampler_fn(inv, apply_residual=bool(exact_last_step)),
-                           lambda sig, shape, noise: check_schedule(
-                               SAMPLER_NODE, "inversion", sig, inv.sigmas, source="DDPM Inversion (edit-friendly)",
-                               rule="run", latent_shape=shape, inv_latent_hw=lat_hw, noise=noise))
-        return (comfy.samplers.KSAMPLER(fn),)
+        return (edit_friendly_sampler(inversion, exact_last_step),)
 
 
 NODE_CLASS_MAPPINGS = {"DragEditDDPMInversion": DDPMInversion, "DragEditEditFriendlyDDPM": EditFriendlyDDPMSampler}

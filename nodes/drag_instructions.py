@@ -1,14 +1,14 @@
 """Node "Drag Instructions": image + the editor widget's JSON (or a script's JSON) -> DRAG and the editable MASK."""
 from __future__ import annotations
 
-import os
-import uuid
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from ..core.drag_schema import DragInstructions, DragSchemaError
-from ._common import CATEGORY, NodeInputError, check_mask, require, tooltips
+from ._errors import NodeInputError, node_entry, require
+from ._inputs import check_single_image, read_mask
+from ._ui import CATEGORY, save_preview, tooltips
 
 NODE_NAME = "Drag Instructions"
 EMPTY_DRAG_JSON = '{"version": 1, "points": [], "regions": []}'
@@ -48,7 +48,7 @@ class DragInstructionsNode:
     RETURN_TYPES = ("DRAG", "MASK")
     RETURN_NAMES = ("DRAG", "MASK")
     OUTPUT_TOOLTIPS = OUTPUT_TIPS
-    FUNCTION = "run"  # added by the web-editor engineer: run() = build() + the editor's image preview
+    FUNCTION = "run"           # build() + the image for the editor widget
     CATEGORY = CATEGORY
     # An output node, so that (1) "Queue Selected Output Nodes" on it runs only its upstream and shows the image in
     # the editor without running the method, and (2) a fully cached re-run still sends its "executed" UI message
@@ -58,9 +58,9 @@ class DragInstructionsNode:
                    "drawn on the image in the editor or given as JSON. To see an image that is not a Load Image "
                    "before running the method, select this node and use Queue Selected Output Nodes.")
 
-    # Added for the web editor (web/drag_editor.js): the executor calls run(), which returns build()'s outputs
-    # plus a "drag_image" UI message; the editor's onExecuted shows that image after a run. A key other than
-    # "images" keeps the frontend from drawing a second preview under the node. build() is unchanged.
+    # run() returns build()'s outputs plus a "drag_image" UI message; the editor (web/drag_editor.js) shows that
+    # image in onExecuted. A key other than "images" keeps the frontend from drawing a second preview under the node.
+    @node_entry(NODE_NAME)
     def run(self, image: torch.Tensor, drag_data: str = "", mask: Optional[torch.Tensor] = None,
             drag_json: Optional[str] = None) -> dict:
         """Executor entry: build() plus the image this run used, for the editor widget."""
@@ -70,21 +70,21 @@ class DragInstructionsNode:
     def build(self, image: torch.Tensor, drag_data: str = "", mask: Optional[torch.Tensor] = None,
               drag_json: Optional[str] = None) -> tuple[DragInstructions, torch.Tensor]:
         """Parse + validate the JSON for this image; return (DRAG, editable MASK [1, H, W])."""
-        W, H = check_single_image(image, NODE_NAME, "image")
+        W, H = check_single_image(image, "image")
         source, text = ("drag_json", drag_json) if drag_json is not None else ("drag_data", drag_data)
-        require(isinstance(text, str), NODE_NAME, source, f"expected a JSON string, got {type(text).__name__}.")
+        require(isinstance(text, str), source, f"expected a JSON string, got {type(text).__name__}.")
         try:
             drag = DragInstructions.from_json(text, image_size=(W, H))
         except DragSchemaError as e:
-            raise NodeInputError(NODE_NAME, source, str(e)) from None
+            raise NodeInputError(source, str(e)) from None
 
-        editable = _input_mask(mask, W, H)
+        editable = read_mask(mask, image_size=(W, H))
         drawn = drag.mask_tensor()
         if drawn is not None and not drawn.any():
             drawn = None
         if editable is not None and drawn is not None:
             combined = editable * drawn
-            require(bool(combined.any()), NODE_NAME, "mask",
+            require(bool(combined.any()), "mask",
                     f"the mask input and the mask drawn in the editor ({source}) do not overlap, so nothing is "
                     f"editable; clear one of them.")
             editable = combined
@@ -94,48 +94,6 @@ class DragInstructionsNode:
             editable = torch.ones(H, W)
         editable = editable.to(torch.float32).clamp(0, 1)
         return drag, editable[None]
-
-
-def check_single_image(image: Any, node: str, input_name: str) -> tuple[int, int]:
-    """(W, H) of a ComfyUI IMAGE [1, H, W, C]; clear errors for a batch or a malformed tensor."""
-    require(isinstance(image, torch.Tensor) and image.ndim == 4, node, input_name,
-            f"expected an IMAGE tensor [B, H, W, C], got {_shape(image)}.")
-    B, H, W, C = image.shape
-    require(B >= 1 and H >= 1 and W >= 1, node, input_name, f"the image is empty ({_shape(image)}).")
-    require(B == 1, node, input_name, f"a batch of {B} images was given; drag instructions describe one image. "
-                                      f"Pick one with 'Image From Batch' (batch_index, length 1).")
-    return int(W), int(H)
-
-
-def _shape(t: Any) -> str:
-    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-
-
-def _input_mask(mask: Any, W: int, H: int) -> Optional[torch.Tensor]:
-    """The MASK input as float [H, W], or None when absent or all zero (no mask painted)."""
-    if mask is None:
-        return None
-    m = check_mask(mask, NODE_NAME, "mask", image_size=(W, H))   # the pack's one mask rule
-    return m if bool((m > 0).any()) else None
-
-
-def save_preview(image: torch.Tensor, prefix: str = "dragedit_instructions") -> list[dict]:
-    """Save image[0] as a PNG in ComfyUI's temp folder for the editor; [{filename, subfolder, type}] or [] on failure."""
-    try:
-        import folder_paths  # ComfyUI's module; absent outside ComfyUI
-        import numpy as np
-        from PIL import Image
-
-        folder = folder_paths.get_temp_directory()
-        os.makedirs(folder, exist_ok=True)
-        name = f"{prefix}_{uuid.uuid4().hex[:12]}.png"
-        arr = (image[0].detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-        if arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        Image.fromarray(np.ascontiguousarray(arr)).save(os.path.join(folder, name), compress_level=1)
-        return [{"filename": name, "subfolder": "", "type": "temp"}]
-    except Exception:
-        return []
 
 
 NODE_CLASS_MAPPINGS = {"DragInstructions": DragInstructionsNode}

@@ -9,12 +9,13 @@ import torch
 
 from ..core import dragdiffusion as dd
 from ..core import host
-from ..core.inversion import start_index
-from ..core.drag_schema import DragInstructions, DragSchemaError
+from ..core import inversion as inv
+from ..core.drag_schema import DragInstructions
 from ..core.geometry import GeometryError, Grid, point_tensors
-from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, NodeInputError, Progress, check_latent, check_mask,
-                      check_range, check_schedule, guard_model, image_or_latent, require, tooltips)
-from .inversion import DDIMInversion, check_cond_fits, supported_model
+from ._errors import NodeInputError, node_entry, require
+from ._inputs import (check_cond_fits, check_latent, check_mask, check_range, check_schedule, guard_model,
+                      image_or_latent, kv_budget, read_drag, supported_model)
+from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, Progress, tooltips
 
 MS_NODE = "Motion Supervision"
 DD_NODE = "DragDiffusion"
@@ -75,52 +76,47 @@ def _settings_spec(reference_default: bool) -> dict:
     }
 
 
-def _settings(node: str, iterations: int, learning_rate: float, r_m: int, r_p: int, lam: float, feature_block: int,
+def _settings(iterations: int, learning_rate: float, r_m: int, r_p: int, lam: float, feature_block: int,
               half_precision: bool, threshold: float = 2.0) -> dd.DragSettings:
     """Checked DragSettings from the node's widgets."""
-    require(int(iterations) >= 1, node, "iterations", f"must be at least 1, got {iterations}.")
-    check_range(float(threshold), 0.1, 64.0, node, "threshold")
-    require(float(learning_rate) > 0, node, "learning_rate", f"must be above 0, got {learning_rate}.")
-    require(int(r_m) >= 0, node, "r_m", f"must be 0 or more, got {r_m}.")
-    require(int(r_p) >= 0, node, "r_p", f"must be 0 or more, got {r_p}.")
-    require(float(lam) >= 0, node, "lam", f"must be 0 or more, got {lam}.")
+    require(int(iterations) >= 1, "iterations", f"must be at least 1, got {iterations}.")
+    check_range(float(threshold), 0.1, 64.0, "threshold")
+    require(float(learning_rate) > 0, "learning_rate", f"must be above 0, got {learning_rate}.")
+    require(int(r_m) >= 0, "r_m", f"must be 0 or more, got {r_m}.")
+    require(int(r_p) >= 0, "r_p", f"must be 0 or more, got {r_p}.")
+    require(float(lam) >= 0, "lam", f"must be 0 or more, got {lam}.")
     return dd.DragSettings(iterations=int(iterations), lr=float(learning_rate), r_m=int(r_m), r_p=int(r_p),
                            lam=float(lam), feature_block=int(feature_block), half_precision=bool(half_precision),
                            threshold=float(threshold))
 
 
-def _feature_block(model: Any, k: int, node: str) -> int:
+def _feature_block(model: Any, k: int) -> int:
     """The output block index for up_blocks[k], or a NodeInputError naming feature_block."""
     try:
         return dd.feature_block_index(model, k)
     except ValueError as e:
-        raise NodeInputError(node, "feature_block", f"{e}.") from None
+        raise NodeInputError("feature_block", f"{e}.") from None
 
 
-def _drag_points(drag: Any, latent_hw: tuple[int, int], node: str
-                 ) -> tuple[DragInstructions, Grid, torch.Tensor, torch.Tensor]:
+def _drag_points(drag: Any, latent_hw: tuple[int, int]) -> tuple[DragInstructions, Grid, torch.Tensor, torch.Tensor]:
     """Validated DRAG (image size filled from the latent x 8 when absent), its supervision grid and the handles /
     targets as grid cells; clear errors for points outside the image, regions, and handle == target."""
-    require(drag is not None, node, "drag", "connect 'Drag Instructions'.")
-    try:
-        d = DragInstructions.coerce(drag)
-        if d.image_size is None:
-            d = DragInstructions.coerce(d, image_size=(latent_hw[1] * dd.VAE_FACTOR, latent_hw[0] * dd.VAE_FACTOR))
-    except DragSchemaError as e:
-        raise NodeInputError(node, "drag", f"{e}.") from None
-    require(not d.regions, node, "drag", f"has {len(d.regions)} region(s): DragDiffusion moves point pairs only "
-                                         "(use RegionDrag for regions, or remove them).")
-    require(len(d.points) > 0, node, "drag", "has no point pairs: draw at least one handle -> target pair.")
+    d = read_drag(drag)
+    if d.image_size is None:
+        d = read_drag(d, image_size=(latent_hw[1] * dd.VAE_FACTOR, latent_hw[0] * dd.VAE_FACTOR))
+    require(not d.regions, "drag", f"has {len(d.regions)} region(s): DragDiffusion moves point pairs only "
+                                   "(use RegionDrag for regions, or remove them).")
+    require(len(d.points) > 0, "drag", "has no point pairs: draw at least one handle -> target pair.")
     try:
         grid = dd.feature_grid(latent_hw, d.image_size)
     except GeometryError as e:
-        raise NodeInputError(node, "drag", f"{e}.") from None
+        raise NodeInputError("drag", f"{e}.") from None
     h_px, t_px = point_tensors(d)
     handles, targets = dd.points_on_grid(h_px, t_px, grid)
     for i in range(len(d.points)):
-        require(not torch.equal(h_px[i], t_px[i]), node, "drag",
+        require(not torch.equal(h_px[i], t_px[i]), "drag",
                 f"points[{i}]: handle and target are the same point {tuple(h_px[i].tolist())}; move the target.")
-        require(not torch.equal(handles[i], targets[i]), node, "drag",
+        require(not torch.equal(handles[i], targets[i]), "drag",
                 f"points[{i}]: handle {tuple(h_px[i].tolist())} and target {tuple(t_px[i].tolist())} fall in the same "
                 f"feature cell ({grid.scale[0]:g} px); drag further.")
     return d, grid, handles, targets
@@ -132,26 +128,18 @@ def _tracked(drag: DragInstructions, handles: torch.Tensor, grid: Grid) -> DragI
     return replace(drag, points=tuple(((float(x), float(y)), t) for (x, y), (_h, t) in zip(px, drag.points)))
 
 
-def _mask(mask: Optional[torch.Tensor], drag: DragInstructions, node: str, latent_hw: tuple[int, int]
-          ) -> Optional[torch.Tensor]:
+def _mask(mask: Optional[torch.Tensor], drag: DragInstructions, latent_hw: tuple[int, int]) -> Optional[torch.Tensor]:
     """The editable mask: the MASK input if connected (the pack's one mask rule), else the drag instructions' own."""
     if mask is None:
         return drag.mask_tensor()
-    return check_mask(mask, node, "mask", image_size=drag.image_size, latent_hw=latent_hw)
+    return check_mask(mask, "mask", image_size=drag.image_size, latent_hw=latent_hw)
 
 
-def _run_optimize(node: str, model, positive, samples, sigmas, drag, latent_hw, settings, mask, extra_total: int = 0):
-    """Checks shared by both nodes, then the optimisation with a progress bar; (outcome, drag, bar)."""
-    d, grid, handles, targets = _drag_points(drag, latent_hw, node)
-    _feature_block(model, settings.feature_block, node)
-    m = _mask(mask, d, node, latent_hw)
-    bar = Progress(settings.iterations + extra_total)
-    out = dd.optimize(model, positive, samples, sigmas, handles, targets, grid, settings, mask=m,
-                      on_iteration=lambda k, p, loss: bar.update(1))
+def _finish_bar(bar: Progress, settings: dd.DragSettings, out: dd.OptimizeOutcome) -> None:
+    """Early stop: fill the optimisation's part of the bar (and honour Cancel once more)."""
     left = settings.iterations - out.result.iterations
     if left > 0:
-        bar.update(left)  # early stop: fill the bar (and honour Cancel once more)
-    return out, d, bar
+        bar.update(left)
 
 
 class MotionSupervision:
@@ -188,50 +176,55 @@ class MotionSupervision:
     FUNCTION = "run"
     CATEGORY = CATEGORY_BLOCKS
 
+    @node_entry(MS_NODE)
     def run(self, model, positive, drag, iterations=80, learning_rate=0.01, r_m=1, r_p=3, lam=0.1, feature_block=-2,
             reference_kv=False, inversion=None, latent=None, mask=None, steps=50, strength=0.7, half_precision=False,
             threshold=2.0):
-        node = MS_NODE
-        supported_model(model, node)
-        check_cond_fits(model, positive, node, "positive")
-        settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision, threshold)
-        require(inversion is not None or latent is not None, node, "latent",
+        supported_model(model)
+        check_cond_fits(model, positive, "positive")
+        settings = _settings(iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision, threshold)
+        require(inversion is not None or latent is not None, "latent",
                 "connect the noisy latent or an INVERSION from 'DDIM Inversion'.")
         if inversion is not None:
-            require(hasattr(inversion, "sigmas") and hasattr(inversion, "latents"), node, "inversion",
+            require(isinstance(inversion, inv.Inversion) and inversion.noise_maps is None, "inversion",
                     "expected an INVERSION from 'DDIM Inversion'.")
             sigmas = inversion.sigmas
-            require(len(sigmas) >= 2 and float(sigmas[0]) > 0, node, "inversion",
+            require(len(sigmas) >= 2 and float(sigmas[0]) > 0, "inversion",
                     "was made with strength 0 (nothing inverted); raise its strength.")
         else:
-            require(int(steps) >= 1, node, "steps", f"must be at least 1, got {steps}.")
-            check_range(float(strength), 0.0, 1.0, node, "strength")
-            grid = host.ddim_sigmas(model, int(steps))
-            sigmas = grid[start_index(int(steps), float(strength)):]
-            require(len(sigmas) >= 2, node, "strength", f"is {strength}: no noise, so nothing to optimise; raise it.")
+            require(int(steps) >= 1, "steps", f"must be at least 1, got {steps}.")
+            check_range(float(strength), 0.0, 1.0, "strength")
+            sigmas = inv.start_sigmas(model, int(steps), float(strength))
+            require(len(sigmas) >= 2, "strength", f"is {strength}: no noise, so nothing to optimise; raise it.")
         if latent is not None:
-            samples = check_latent(latent, node, model=model)
-            if inversion is not None and inversion.latents:
-                require(tuple(samples.shape[-2:]) == tuple(inversion.latents[0].shape[-2:]), node, "latent",
-                        f"is {tuple(samples.shape[-2:])} but the inversion is {tuple(inversion.latents[0].shape[-2:])}.")
+            samples = check_latent(latent, model=model)
+            if inversion is not None and inversion.num_latents:
+                inv_hw = inv.latent_hw(inversion)
+                require(tuple(samples.shape[-2:]) == inv_hw, "latent",
+                        f"is {tuple(samples.shape[-2:])} but the inversion is {inv_hw}.")
         else:
-            require(len(inversion.latents) > 0, node, "inversion", "holds no latents (was it freed?).")
-            samples = host.process_out(model, inversion.latents[0].clone())
-            require(samples.shape[0] == 1, node, "inversion", "holds a batch; this node edits one image at a time.")
+            require(inversion.num_latents > 0, "inversion", "holds no latents (was it freed?).")
+            samples = host.process_out(model, inversion.latent(0).clone())
+            require(samples.shape[0] == 1, "inversion", "holds a batch; this node edits one image at a time.")
         kv = None
         if reference_kv:
-            kv = getattr(inversion, "kv", None) if inversion is not None else None
-            require(kv is not None and len(kv) > 0, node, "reference_kv",
+            kv = inversion.kv if inversion is not None else None
+            require(kv is not None and len(kv) > 0, "reference_kv",
                     "needs the source K/V: connect an INVERSION from 'DDIM Inversion' with record_kv on, "
                     "or turn reference_kv off.")
-        out, d, _bar = _run_optimize(node, model, positive, samples, sigmas, drag, tuple(samples.shape[-2:]),
-                                     settings, mask)
+        lat_hw = tuple(samples.shape[-2:])
+        d, grid, handles, targets = _drag_points(drag, lat_hw)
+        _feature_block(model, settings.feature_block)
+        m = _mask(mask, d, lat_hw)
+        bar = Progress(settings.iterations)
+        out = dd.optimize(model, positive, samples, sigmas, handles, targets, grid, settings, mask=m,
+                          on_iteration=lambda k, p, loss: bar.update(1))
+        _finish_bar(bar, settings, out)
         model_out = dd.reference_kv_model(model, kv) if kv is not None else host.clone(model)
         src = ("the DDIM Inversion that made the latent" if inversion is not None
                else "DDIM Inversion (same steps and strength)")
-        lat_hw = tuple(samples.shape[-2:])
-        guard_model(model_out, f"ms_{id(out)}", lambda sig, shape, noise: check_schedule(   # K/V: at its steps only
-            node, "inversion" if inversion is not None else "steps", sig, sigmas, source=src,
+        guard_model(model_out, f"ms_{id(out)}", MS_NODE, lambda sig, shape, noise: check_schedule(
+            "inversion" if inversion is not None else "steps", sig, sigmas, source=src,
             rule="grid" if kv is not None else "range", latent_shape=shape, inv_latent_hw=lat_hw))
         return ({"samples": out.samples}, _tracked(d, out.result.handles, out.grid), model_out)
 
@@ -270,38 +263,41 @@ class DragDiffusion:
     FUNCTION = "run"
     CATEGORY = CATEGORY_ALL_IN_ONE
 
+    @node_entry(DD_NODE)
     def run(self, model, positive, drag, latent=None, steps=50, strength=0.7, iterations=80, learning_rate=0.01,
             r_m=1, r_p=3, lam=0.1, feature_block=-2, reference_kv=True, mask=None, negative=None, cfg=1.0,
             half_precision=False, threshold=2.0, image=None, vae=None):
-        node = DD_NODE
-        supported_model(model, node)
-        samples, _size = image_or_latent(node, model, image, vae, latent)
-        latent = {"samples": samples}
-        check_cond_fits(model, positive, node, "positive")
+        supported_model(model)
+        samples, _size = image_or_latent(model, image, vae, latent)
+        check_cond_fits(model, positive, "positive")
         if negative is not None:
-            check_cond_fits(model, negative, node, "negative")
-        require(float(cfg) <= 1.0 or negative is not None, node, "cfg",
+            check_cond_fits(model, negative, "negative")
+        require(float(cfg) <= 1.0 or negative is not None, "cfg",
                 "is above 1 but no negative conditioning is connected: connect one or set cfg to 1.")
-        require(int(steps) >= 1, node, "steps", f"must be at least 1, got {steps}.")
-        check_range(float(strength), 0.0, 1.0, node, "strength")
-        require(int(steps) - start_index(int(steps), float(strength)) >= 1, node, "strength",
+        require(int(steps) >= 1, "steps", f"must be at least 1, got {steps}.")
+        check_range(float(strength), 0.0, 1.0, "strength")
+        require(int(steps) - inv.start_index(int(steps), float(strength)) >= 1, "strength",
                 f"is {strength}: with {steps} steps nothing is inverted, so nothing can be dragged; raise it.")
-        settings = _settings(node, iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision, threshold)
-        d0 = _drag_points(drag, tuple(samples.shape[-2:]), node)[0]        # fail before the inversion runs
-        _mask(mask, d0, node, tuple(samples.shape[-2:]))
-        _feature_block(model, settings.feature_block, node)
-
-        x_t, inversion, sigmas = DDIMInversion().invert(model, latent, positive, int(steps), float(strength),
-                                                        bool(reference_kv))
+        settings = _settings(iterations, learning_rate, r_m, r_p, lam, feature_block, half_precision, threshold)
+        lat_hw = tuple(samples.shape[-2:])
+        d, grid, handles, targets = _drag_points(drag, lat_hw)
+        m = _mask(mask, d, lat_hw)
+        _feature_block(model, settings.feature_block)
+        sigmas = inv.start_sigmas(model, int(steps), float(strength))
+        budget = 0
+        if reference_kv:
+            n = len(sigmas) - 1
+            budget = kv_budget("reference_kv", inv.kv_estimate(model, samples, sigmas, dd.KV_DTYPE),
+                               what=f"{n} steps, {lat_hw[1]}x{lat_hw[0]} latent, float16",
+                               fix="lower steps or strength, use a smaller image, or turn reference_kv off")
+        bar = Progress(2 * (len(sigmas) - 1) + settings.iterations)
         try:
-            n_den = len(sigmas) - 1
-            out, d, bar = _run_optimize(node, model, positive, x_t["samples"], sigmas, drag,
-                                        tuple(samples.shape[-2:]), settings, mask, extra_total=n_den)
-            den_model = dd.reference_kv_model(model, inversion.kv) if reference_kv else model
-            final = dd.denoise(den_model, positive, negative, float(cfg), out.samples, sigmas,
-                               on_step=lambda i, n: bar.update(1))
-        finally:
-            inversion.free()
+            final, out = dd.run(model, positive, negative, float(cfg), samples, sigmas, handles, targets, grid,
+                                settings, steps=int(steps), mask=m, reference_kv=bool(reference_kv),
+                                kv_budget_bytes=budget, on_step=lambda *a: bar.update(1),
+                                on_iteration=lambda k, p, loss: bar.update(1))
+        except host.KVBudgetError as e:
+            raise NodeInputError("reference_kv", f"{e}: lower steps or strength, or use a smaller image.") from None
         return ({"samples": final}, _tracked(d, out.result.handles, out.grid))
 
 

@@ -1,6 +1,7 @@
 """Nodes "Feature Guidance", "Memory Bank K/V" and "DragonDiffusion" (DragonDiffusion / DiffEditor editing).
 
-Thin: input checks and image px -> energy-grid conversion here, the method in core/dragondiffusion.py."""
+Thin: input checks and image px -> energy-grid conversion here, the method in core/dragondiffusion.py (the
+all-in-one node calls its run)."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -10,12 +11,12 @@ import torch
 from ..core import dragon_energy as de
 from ..core import dragondiffusion as dd
 from ..core import host
-from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import Grid, GeometryError
-from ..core.inversion import DDIMInversion
-from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_mask, check_range,
-                      check_schedule, guard_model, require, tooltips)
-from .inversion import check_cond_fits, supported_model
+from ..core.inversion import DDIMInversion, latent_hw
+from ._errors import NodeInputError, node_entry, require
+from ._inputs import (check_cond_fits, check_inversion, check_mask, check_range, check_same_model, check_schedule,
+                      guard_model, read_drag, supported_model)
+from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
 FG, MB, DD = "Feature Guidance", "Memory Bank K/V", "DragonDiffusion"
 MODES = list(de.MODES)
@@ -50,57 +51,33 @@ VACATE_DEFAULT = 1.0
 # Input checks and conversions
 # --------------------------------------------------------------------------------------------------------------
 
-def check_inversion(inv: Any, node: str, input_name: str = "inversion", need_kv: bool = False) -> DDIMInversion:
-    """An INVERSION from DDIM Inversion with at least one step (and recorded K/V when asked)."""
-    require(inv is not None, node, input_name, "is missing: connect the INVERSION output of DDIM Inversion.")
-    require(hasattr(inv, "latents") and hasattr(inv, "sigmas") and getattr(inv, "kind", "ddim") == "ddim", node,
-            input_name, "expected an INVERSION from DDIM Inversion.")
-    require(len(inv.sigmas) > 1 and len(inv.latents) == len(inv.sigmas), node, input_name,
-            "has no steps (strength 0 or freed): invert with strength > 0.")
-    if need_kv:
-        require(inv.kv is not None and len(inv.kv) > 0, node, input_name,
-                "was made without K/V: switch record_kv on in DDIM Inversion.")
-    return inv
-
-
-def check_same_model(model: Any, inv: DDIMInversion, node: str, input_name: str = "inversion") -> None:
-    """The inversion must come from this model (same weights): its latents and K/V are that model's."""
-    mid = getattr(inv, "model_id", 0)
-    require(not mid or mid == id(host.base_model(model)), node, input_name,
-            "was made with another model: invert the image with the same MODEL that edits it.")
-
-
-def _latent_hw(inv: DDIMInversion) -> tuple[int, int]:
-    """(h, w) of the inversion's latent."""
-    return int(inv.start.shape[-2]), int(inv.start.shape[-1])
-
-
-def image_grid(image_size: tuple[int, int], latent_hw: tuple[int, int], energy_hw: tuple[int, int], node: str,
+def image_grid(image_size: tuple[int, int], lat_hw: tuple[int, int], energy_hw: tuple[int, int],
                input_name: str) -> Grid:
-    """The energy grid laid over an image of image_size (W, H) whose latent is latent_hw."""
+    """The energy grid laid over an image of image_size (W, H) whose latent is lat_hw."""
     W, H = int(image_size[0]), int(image_size[1])
-    f = max(W // max(latent_hw[1], 1), 1)
+    f = max(W // max(lat_hw[1], 1), 1)
     try:
-        return Grid.latent((W, H), f, hw=latent_hw).resized(energy_hw)
+        return Grid.latent((W, H), f, hw=lat_hw).resized(energy_hw)
     except GeometryError as e:
-        raise NodeInputError(node, input_name, f"a {W}x{H} image does not fit the inversion's "
-                                               f"{latent_hw[1]}x{latent_hw[0]} latent ({e}).") from None
+        raise NodeInputError(input_name, f"a {W}x{H} image does not fit the inversion's "
+                                         f"{lat_hw[1]}x{lat_hw[0]} latent ({e}).") from None
 
 
-def mask_on_grid(mask: Any, node: str, input_name: str, latent_hw: tuple[int, int], energy_hw: tuple[int, int],
+def mask_on_grid(mask: Any, input_name: str, lat_hw: tuple[int, int], energy_hw: tuple[int, int],
                  image_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
-    """A MASK (image size, or the latent's size) as bool cells of the energy grid; clear errors for a wrong size
-    or an empty mask."""
-    m = check_mask(mask, node, input_name, image_size=image_size, latent_hw=latent_hw)   # the pack's one mask rule
+    """A MASK (image size, or the latent's size: check_mask) as bool cells of the energy grid; clear errors for a
+    mask whose image does not fit the latent or an empty mask."""
+    m = check_mask(mask, input_name, image_size=image_size, latent_hw=lat_hw)
     H, W = int(m.shape[0]), int(m.shape[1])
-    h, w = latent_hw
-    f = W // w if W >= w else 0
-    ok = f >= 1 and (f & (f - 1)) == 0 and H // f == h and W // f == w   # VAE factors are powers of two
-    require(ok, node, input_name, f"the mask is {W}x{H}, which does not fit the {w}x{h} latent of the image "
-                                  f"(expected the image size, e.g. {w * 8}x{h * 8} for an SD model, or {w}x{h}).")
-    grid = Grid.latent((W, H), f, hw=latent_hw).resized(energy_hw)
+    h, w = lat_hw
+    try:
+        grid = Grid.latent((W, H), max(W // max(w, 1), 1), hw=lat_hw).resized(energy_hw)
+    except GeometryError:
+        raise NodeInputError(input_name, f"the mask is {W}x{H}, which does not fit the {w}x{h} latent of the image "
+                                         f"(expected the image size, e.g. {w * 8}x{h * 8} for an SD model, or "
+                                         f"{w}x{h}).") from None
     cells = grid.mask_cells(m)
-    require(bool(cells.any()), node, input_name, "the mask is empty: paint the region in white.")
+    require(bool(cells.any()), input_name, "the mask is empty: paint the region in white.")
     return cells
 
 
@@ -109,29 +86,21 @@ def _is_full(mask: Any) -> bool:
     return isinstance(mask, torch.Tensor) and mask.numel() > 0 and float(mask.min()) > 0.5
 
 
-def _coerce_drag(drag: Any, node: str) -> DragInstructions:
-    """The DRAG input as DragInstructions, or a NodeInputError naming the input."""
-    try:
-        return DragInstructions.coerce(drag)
-    except (DragSchemaError, ValueError, TypeError) as e:
-        raise NodeInputError(node, "drag", str(e)) from None
-
-
-def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, mask: Any = None,
+def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, mask: Any = None,
                reference: Optional[DDIMInversion] = None, ref_mask: Any = None, energy_scale: float = 1.0,
                resize_scale: float = 1.0, w_edit: float = AUTO, w_content: float = AUTO,
                center: bool = CENTER_DEFAULT) -> tuple[dd.EditSpec, list[int]]:
     """Check the user's inputs for `mode` and build the EditSpec on the model's energy grid (+ feature blocks)."""
-    require(mode in MODES, node, "mode", f"must be one of {MODES}, got {mode!r}.")
-    check_range(float(energy_scale), 0.0, 1000.0, node, "energy_scale")
+    require(mode in MODES, "mode", f"must be one of {MODES}, got {mode!r}.")
+    check_range(float(energy_scale), 0.0, 1000.0, "energy_scale")
     blocks = dd.feature_blocks(model)
-    lat_hw = _latent_hw(inv)
+    lat_hw = latent_hw(inv)
     grid_hw = dd.energy_grid(model, lat_hw, blocks)
-    d = None if drag is None else _coerce_drag(drag, node)
+    d = None if drag is None else read_drag(drag)
     image_size = d.image_size if d is not None else None
-    require(d is None or image_size is not None, node, "drag",
+    require(d is None or image_size is not None, "drag",
             "the instructions carry no image size: make them with Drag Instructions (or add \"image_size\": [W, H]).")
-    grid = image_grid(image_size, lat_hw, grid_hw, node, "drag") if image_size is not None else None
+    grid = image_grid(image_size, lat_hw, grid_hw, "drag") if image_size is not None else None
 
     def cells(xy):
         u = grid.to_grid(xy)
@@ -141,89 +110,88 @@ def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: An
                     w_content=None if w_content < 0 else float(w_content), center=bool(center))
     m = None
     if mask is not None and not (mode == "drag" and _is_full(mask)):
-        m = mask_on_grid(mask, node, "mask", lat_hw, grid_hw, image_size)
+        m = mask_on_grid(mask, "mask", lat_hw, grid_hw, image_size)
     try:
         if mode == "move":
-            require(m is not None, node, "mask", "move mode needs the object mask (white = the object to move).")
-            require(not _is_full(mask), node, "mask", "covers the whole image: mark only the object to move.")
-            require(d is not None and len(d.points) == 1, node, "drag",
+            require(m is not None, "mask", "move mode needs the object mask (white = the object to move).")
+            require(not _is_full(mask), "mask", "covers the whole image: mark only the object to move.")
+            require(d is not None and len(d.points) == 1, "drag",
                     "move mode needs exactly one point pair: from a point on the object to where it should go"
                     + ("" if d is None else f" (got {len(d.points)})") + ".")
-            check_range(float(resize_scale), 0.05, 20.0, node, "resize_scale")
+            check_range(float(resize_scale), 0.05, 20.0, "resize_scale")
             (hx, hy), (tx, ty) = (cells(p) for p in d.points[0])
             try:
                 spec = dd.make_spec("move", grid_hw, mask=m, offset=(tx - hx, ty - hy),
                                     resize_scale=float(resize_scale), **kw)
             except ValueError as e:
-                raise NodeInputError(node, "resize_scale", str(e)) from None
+                raise NodeInputError("resize_scale", str(e)) from None
         elif mode == "drag":
-            require(d is not None and len(d.points) > 0, node, "drag",
+            require(d is not None and len(d.points) > 0, "drag",
                     "drag mode needs point pairs (handle -> target) from Drag Instructions.")
             handles = [cells(h) for h, _ in d.points]
             targets = [cells(t) for _, t in d.points]
             if m is None and d.has_mask and not _is_full(d.mask_tensor()):
-                m = mask_on_grid(d.mask_tensor(), node, "drag", lat_hw, grid_hw, image_size)
+                m = mask_on_grid(d.mask_tensor(), "drag", lat_hw, grid_hw, image_size)
             spec = dd.make_spec("drag", grid_hw, mask=m, handles=handles, targets=targets, **kw)
         else:
-            require(reference is not None, node, "reference",
+            require(reference is not None, "reference",
                     f"{mode} mode needs the second image: connect its INVERSION (DDIM Inversion of the reference).")
-            check_inversion(reference, node, "reference")
-            require(_latent_hw(reference) == lat_hw, node, "reference",
-                    f"the reference latent is {_latent_hw(reference)[1]}x{_latent_hw(reference)[0]} but the edited "
+            check_inversion(reference, "reference")
+            require(latent_hw(reference) == lat_hw, "reference",
+                    f"the reference latent is {latent_hw(reference)[1]}x{latent_hw(reference)[0]} but the edited "
                     f"image's is {lat_hw[1]}x{lat_hw[0]}: resize the reference to the same size.")
             require(len(reference.sigmas) == len(inv.sigmas)
-                    and torch.allclose(reference.sigmas.float(), inv.sigmas.float(), rtol=1e-4), node, "reference",
+                    and torch.allclose(reference.sigmas.float(), inv.sigmas.float(), rtol=1e-4), "reference",
                     "was inverted with other steps or strength than the edited image: use the same settings.")
-            require(m is not None, node, "mask", f"{mode} mode needs the mask of the region to change.")
-            require(ref_mask is not None, node, "ref_mask", f"{mode} mode needs the mask of the reference region.")
-            mr = mask_on_grid(ref_mask, node, "ref_mask", lat_hw, grid_hw)
+            require(m is not None, "mask", f"{mode} mode needs the mask of the region to change.")
+            require(ref_mask is not None, "ref_mask", f"{mode} mode needs the mask of the reference region.")
+            mr = mask_on_grid(ref_mask, "ref_mask", lat_hw, grid_hw)
             try:
                 spec = dd.make_spec(mode, grid_hw, mask=m, ref_mask=mr, **kw)
             except ValueError as e:
-                raise NodeInputError(node, "ref_mask", str(e)) from None
+                raise NodeInputError("ref_mask", str(e)) from None
     except NodeInputError:
         raise
     except ValueError as e:
-        raise NodeInputError(node, "drag" if mode in ("drag", "move") else "mask", str(e)) from None
+        raise NodeInputError("drag" if mode in ("drag", "move") else "mask", str(e)) from None
     return spec, blocks
 
 
-def _check_model_inputs(node: str, model: Any, inversion: Any, need_kv: bool = False) -> DDIMInversion:
+def _check_model_inputs(model: Any, inversion: Any, need_kv: bool = False) -> DDIMInversion:
     """Supported model, a usable INVERSION made by that model (with K/V when needed)."""
-    supported_model(model, node)
-    inv = check_inversion(inversion, node, need_kv=need_kv)
-    check_same_model(model, inv, node)
+    supported_model(model)
+    inv = check_inversion(inversion, need_kv=need_kv)
+    check_same_model(model, inv)
     return inv
 
 
-def _percent_window(node: str, model: Any, start: float, end: float):
+def _percent_window(model: Any, start: float, end: float):
     """Checked start/end percents as a predicate σ -> active."""
-    check_range(float(start), 0.0, 1.0, node, "start_percent")
-    check_range(float(end), 0.0, 1.0, node, "end_percent")
-    require(float(start) < float(end), node, "end_percent", f"must be above start_percent ({start}), got {end}.")
+    check_range(float(start), 0.0, 1.0, "start_percent")
+    check_range(float(end), 0.0, 1.0, "end_percent")
+    require(float(start) < float(end), "end_percent", f"must be above start_percent ({start}), got {end}.")
     return dd.sigma_percent_window(model, start, end)
 
 
-def _bank(node: str, model: Any, inv: DDIMInversion, mode: str, when, spec_masks: tuple, reference) -> Any:
-    """Install the memory-bank K/V injection on `model` (a clone), errors named after `node`."""
-    base_mask, ref_mask = spec_masks
+def _check_bank(model: Any, inv: DDIMInversion, mode: str, reference: Optional[DDIMInversion]) -> None:
+    """The memory bank can go on this model: its K/V were recorded on the model's decoder layers, and appearance /
+    paste have the reference image's INVERSION with K/V."""
     if mode in ("appearance", "paste"):
-        require(reference is not None, node, "reference", f"{mode} mode needs the reference image's INVERSION.")
-        check_inversion(reference, node, "reference", need_kv=True)
+        require(reference is not None, "reference", f"{mode} mode needs the reference image's INVERSION.")
+        check_inversion(reference, "reference", need_kv=True)
     try:
-        return dd.patch_memory_bank(model, inv, mode, when=when, base_mask=base_mask, reference=reference,
-                                    ref_mask=ref_mask)
+        dd.check_bank_fits(inv.kv, host.select_layers(model, part="output"))
     except ValueError as e:
-        raise NodeInputError(node, "inversion", str(e)) from None
+        raise NodeInputError("inversion", str(e)) from None
 
 
 def _guard_schedule(model: Any, node: str, inv: DDIMInversion, rule: str) -> None:
     """The patched model refuses (naming `node`) a sampler schedule the patch cannot follow (check_schedule's rule:
     Memory Bank K/V "grid", K/V exist only at the inversion's steps; Feature Guidance "range", it interpolates the
     inverted latents between steps) or another latent size."""
-    lat_hw = _latent_hw(inv)
-    guard_model(model, f"{node}_{id(inv)}", lambda sig, shape, noise: check_schedule(
-        node, "inversion", sig, inv.sigmas, source="DDIM Inversion", rule=rule, latent_shape=shape,
+    lat_hw = latent_hw(inv)
+    guard_model(model, f"{node}_{id(inv)}", node, lambda sig, shape, noise: check_schedule(
+        "inversion", sig, inv.sigmas, source="DDIM Inversion", rule=rule, latent_shape=shape,
         inv_latent_hw=lat_hw))
 
 
@@ -266,13 +234,14 @@ class FeatureGuidance:
     FUNCTION = "patch"
     CATEGORY = CATEGORY_BLOCKS
 
+    @node_entry(FG)
     def patch(self, model, inversion, mode, energy_scale, start_percent, end_percent, resize_scale, drag=None,
               mask=None, reference=None, ref_mask=None, w_edit=AUTO, w_content=AUTO, center_features=CENTER_DEFAULT):
-        inv = _check_model_inputs(FG, model, inversion)
-        spec, blocks = build_spec(FG, model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
+        inv = _check_model_inputs(model, inversion)
+        spec, blocks = build_spec(model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
                                   energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
                                   w_content=w_content, center=center_features)
-        when = _percent_window(FG, model, start_percent, end_percent)
+        when = _percent_window(model, start_percent, end_percent)
         m = host.clone(model)
         guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference if spec.needs_reference else None,
                                       active=when)
@@ -310,18 +279,23 @@ class MemoryBankKV:
     FUNCTION = "patch"
     CATEGORY = CATEGORY_BLOCKS
 
+    @node_entry(MB)
     def patch(self, model, inversion, mode, start_percent, end_percent, mask=None, reference=None, ref_mask=None):
-        inv = _check_model_inputs(MB, model, inversion, need_kv=True)
-        require(mode in MODES, MB, "mode", f"must be one of {MODES}, got {mode!r}.")
-        when = _percent_window(MB, model, start_percent, end_percent)
+        inv = _check_model_inputs(model, inversion, need_kv=True)
+        require(mode in MODES, "mode", f"must be one of {MODES}, got {mode!r}.")
+        when = _percent_window(model, start_percent, end_percent)
         masks = (None, None)
         if mode in ("appearance", "paste"):
-            lat_hw = _latent_hw(inv)
-            require(mask is not None, MB, "mask", f"{mode} mode needs the mask of the region to change.")
-            require(ref_mask is not None, MB, "ref_mask", f"{mode} mode needs the mask of the reference region.")
-            masks = (mask_on_grid(mask, MB, "mask", lat_hw, lat_hw), mask_on_grid(ref_mask, MB, "ref_mask", lat_hw, lat_hw))
+            lat_hw = latent_hw(inv)
+            require(mask is not None, "mask", f"{mode} mode needs the mask of the region to change.")
+            require(ref_mask is not None, "ref_mask", f"{mode} mode needs the mask of the reference region.")
+            masks = (mask_on_grid(mask, "mask", lat_hw, lat_hw), mask_on_grid(ref_mask, "ref_mask", lat_hw, lat_hw))
+        _check_bank(model, inv, mode, reference)
         m = host.clone(model)
-        _bank(MB, m, inv, mode, when, masks, reference)
+        try:
+            dd.patch_memory_bank(m, inv, mode, when=when, base_mask=masks[0], reference=reference, ref_mask=masks[1])
+        except ValueError as e:
+            raise NodeInputError("inversion", str(e)) from None
         _guard_schedule(m, MB, inv, "grid")
         return (m,)
 
@@ -374,59 +348,27 @@ class DragonDiffusion:
     FUNCTION = "edit"
     CATEGORY = CATEGORY_ALL_IN_ONE
 
+    @node_entry(DD)
     def edit(self, model, positive, negative, inversion, mode, cfg, energy_scale, resize_scale, drag=None, mask=None,
              reference=None, ref_mask=None, regional_sde=False, time_travel=False, init_paste=True, seed=0,
              w_edit=AUTO, w_content=AUTO, center_features=CENTER_DEFAULT, vacate_noise=VACATE_DEFAULT):
-        inv = _check_model_inputs(DD, model, inversion, need_kv=True)
-        check_cond_fits(model, positive, DD, "positive")
-        check_cond_fits(model, negative, DD, "negative")
-        check_range(float(cfg), 1.0, 30.0, DD, "cfg")
-        spec, blocks = build_spec(DD, model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
+        inv = _check_model_inputs(model, inversion, need_kv=True)
+        check_cond_fits(model, positive, "positive")
+        check_cond_fits(model, negative, "negative")
+        check_range(float(cfg), 1.0, 30.0, "cfg")
+        spec, blocks = build_spec(model, inv, mode, drag=drag, mask=mask, reference=reference, ref_mask=ref_mask,
                                   energy_scale=energy_scale, resize_scale=resize_scale, w_edit=w_edit,
                                   w_content=w_content, center=center_features)
         defaults = de.mode_defaults(mode)
-        check_range(float(vacate_noise), 0.0, 1.0, DD, "vacate_noise")
+        check_range(float(vacate_noise), 0.0, 1.0, "vacate_noise")
+        _check_bank(model, inv, spec.mode, reference if spec.needs_reference else None)
         opts = dd.EditOptions(regional_sde=bool(regional_sde), time_travel=bool(time_travel),
                               init_paste=bool(init_paste), vacate_noise=float(vacate_noise), seed=int(seed),
                               sde_strength=defaults.sde_strength)
-        result = run_edit(model, positive, negative, float(cfg), inv, spec, blocks, defaults, opts,
-                          reference=reference if spec.needs_reference else None)
+        bar = Progress(len(inv.sigmas) - 1)
+        result = dd.run(model, positive, negative, float(cfg), inv, spec, blocks, defaults, opts,
+                        reference=reference if spec.needs_reference else None, on_step=lambda i, n: bar.update(1))
         return ({"samples": result},)
-
-
-def run_edit(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInversion, spec: dd.EditSpec,
-             blocks: list[int], defaults: de.DragonDefaults, opts: dd.EditOptions,
-             reference: Optional[DDIMInversion] = None, stats: Optional[dict] = None,
-             memory_bank: bool = True, **guidance_kw) -> torch.Tensor:
-    """The all-in-one edit on a clone of `model`: memory bank + feature guidance + the DDIM loop; LATENT samples.
-    `stats` (if given) receives the guidance counters and the denoiser call count."""
-    m = host.clone(model)
-    if memory_bank:
-        kv_when = dd.inversion_step_window(inv, lambda i, n: de.kv_inject_active(i, n, defaults))
-        masks = (spec.base_mask, spec.ref_mask) if spec.needs_reference else (None, None)
-        _bank(DD, m, inv, spec.mode, kv_when, masks, reference)
-    guidance = None
-    if spec.scale_edit != 0 or spec.scale_content != 0:
-        g_when = dd.inversion_step_window(inv, lambda i, n: de.guidance_active(i, n, defaults, opts.sparsify))
-        guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference, active=g_when, **guidance_kw)
-        dd.patch_feature_guidance(m, guidance)
-    latent_mask = de.mask_to_latent(dd.sde_mask(spec), _latent_hw(inv))
-    bar = Progress(len(inv.sigmas) - 1)
-    holder: dict = {}
-
-    def loop(den, x, _sig):
-        x_start = dd.start_latent(inv.start.to(device=x.device, dtype=x.dtype), spec, opts, float(inv.sigmas[0]))
-        out = dd.edit_loop(den, x_start, inv, guidance, defaults, opts, latent_mask=latent_mask,
-                           on_step=lambda i, n: bar.update(1))
-        holder["calls"] = den.calls
-        return out
-
-    samples = host.process_out(model, inv.start.clone())
-    out = host.session(m, positive, negative, cfg, samples, inv.sigmas, loop, seed=int(opts.seed))
-    if stats is not None:
-        stats.update(guidance.stats.as_dict() if guidance is not None else {})
-        stats["denoiser_calls"] = holder.get("calls", 0)
-    return out
 
 
 NODE_CLASS_MAPPINGS = {"DragEditFeatureGuidance": FeatureGuidance, "DragEditMemoryBankKV": MemoryBankKV,

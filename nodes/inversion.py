@@ -1,32 +1,15 @@
 """DDIM Inversion node: the clean latent walked back to a start step, with the INVERSION (latents per step,
-sigmas, optional self-attention K/V) that the method nodes consume, and SIGMAS for a stock SamplerCustom."""
+sigmas, optional self-attention K/V) that the method nodes consume, and SIGMAS for a stock SamplerCustom. The run
+is core/inversion.py: run."""
 from __future__ import annotations
-
-import torch
 
 from ..core import host
 from ..core import inversion as inv
-from ..core.regiondrag import kv_cache_bytes
-from ._common import (CATEGORY_BLOCKS, NodeInputError, Progress, check_conditioning, check_latent, check_range, kv_budget,
-                      require, tooltips)
+from ._errors import NodeInputError, node_entry, require
+from ._inputs import KV_DTYPES, check_cond_fits, check_latent, check_range, kv_budget, supported_model
+from ._ui import CATEGORY_BLOCKS, Progress, tooltips
 
 NODE = "DDIM Inversion"
-KV_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def supported_model(model, node: str, input_name: str = "model") -> str:
-    """'eps' or 'v' for a model this pack can edit with, else a NodeInputError naming the node."""
-    try:
-        return host.check_supported(model)
-    except host.HostError as e:
-        raise NodeInputError(node, input_name, str(e)) from None
-
-
-def check_cond_fits(model, cond, node: str, input_name: str) -> None:
-    """Clear error when a CONDITIONING comes from another model family than the MODEL."""
-    check_conditioning(cond, node, input_name)
-    msg = host.conditioning_family_check(model, cond)
-    require(msg is None, node, input_name, f"{msg}.")
 
 
 class DDIMInversion:
@@ -75,56 +58,38 @@ class DDIMInversion:
     FUNCTION = "invert"
     CATEGORY = CATEGORY_BLOCKS
 
+    @node_entry(NODE)
     def invert(self, model, latent, positive, steps, strength, record_kv, negative=None, cfg=1.0, kv_dtype="float16",
                kv_max_gb=0.0):
-        supported_model(model, NODE)
-        samples = check_latent(latent, NODE, model=model)
-        check_cond_fits(model, positive, NODE, "positive")
-        require(int(steps) >= 1, NODE, "steps", f"must be at least 1, got {steps}.")
-        check_range(float(strength), 0.0, 1.0, NODE, "strength")
-        require(kv_dtype in KV_DTYPES, NODE, "kv_dtype", f"must be one of {list(KV_DTYPES)}, got {kv_dtype!r}.")
+        supported_model(model)
+        samples = check_latent(latent, model=model)
+        check_cond_fits(model, positive, "positive")
+        require(int(steps) >= 1, "steps", f"must be at least 1, got {steps}.")
+        check_range(float(strength), 0.0, 1.0, "strength")
+        require(kv_dtype in KV_DTYPES, "kv_dtype", f"must be one of {list(KV_DTYPES)}, got {kv_dtype!r}.")
         if negative is not None:
-            check_cond_fits(model, negative, NODE, "negative")
-        require(cfg <= 1.0 or negative is not None, NODE, "cfg", "is above 1 but no negative conditioning is connected: connect one or set cfg to 1.")
+            check_cond_fits(model, negative, "negative")
+        require(cfg <= 1.0 or negative is not None, "cfg",
+                "is above 1 but no negative conditioning is connected: connect one or set cfg to 1.")
 
-        grid = host.ddim_sigmas(model, int(steps))
-        sigmas = grid[inv.start_index(int(steps), float(strength)):]
-        run_model = host.clone(model)
-        store = None
+        sigmas = inv.start_sigmas(model, int(steps), float(strength))
+        budget, dtype = 0, None
         if record_kv and len(sigmas) > 1:
-            require(float(kv_max_gb) >= 0, NODE, "kv_max_gb", f"must be 0 (automatic) or more, got {kv_max_gb}.")
+            require(float(kv_max_gb) >= 0, "kv_max_gb", f"must be 0 (automatic) or more, got {kv_max_gb}.")
+            dtype = KV_DTYPES[kv_dtype]
             halves = 2 if negative is not None and float(cfg) > 1.0 else 1
             n = len(sigmas) - 1
-            est = kv_cache_bytes(host.attention_layers(model), samples.shape[-2:], n, KV_DTYPES[kv_dtype], halves,
-                                 samples.shape[0])
-            budget = kv_budget(NODE, "record_kv", est, float(kv_max_gb),
+            budget = kv_budget("record_kv", inv.kv_estimate(model, samples, sigmas, dtype, halves), float(kv_max_gb),
                                f"{n} steps, {samples.shape[-1]}x{samples.shape[-2]} latent, {kv_dtype}",
                                "lower steps or strength, use a smaller image, kv_dtype float16, raise kv_max_gb, or "
                                "turn record_kv off if no node uses the K/V")
-            store = host.KVStore(dtype=KV_DTYPES[kv_dtype], device=model.offload_device, budget_bytes=budget)
-            host.patch_kv_record(run_model, store)
         bar = Progress(max(len(sigmas) - 1, 1))
-        holder = {}
-
-        def loop(den, x, _sig):
-            lat = inv.invert(den, x, sigmas.to(x.device), on_step=lambda i, n: bar.update(1))
-            holder["latents"] = [t.to(model.offload_device) for t in lat]
-            return lat[0]
-
-        if len(sigmas) > 1:
-            try:
-                out = host.session(run_model, positive, negative, cfg if negative is not None else 1.0, samples, sigmas,
-                                   loop)
-            except host.KVBudgetError as e:
-                store.clear()
-                raise NodeInputError(NODE, "record_kv", f"{e}: lower steps or strength, use a smaller image or raise "
-                                                        f"kv_max_gb.") from None
-            latents = holder["latents"]
-        else:  # strength 0: nothing to invert
-            out = samples.clone()
-            latents = [host.process_in(model, samples.clone())]
-        result = inv.DDIMInversion(sigmas=sigmas.cpu(), latents=latents, kv=store, steps=int(steps), cfg=float(cfg),
-                                   model_id=id(host.base_model(model)))
+        try:
+            out, result = inv.run(model, samples, positive, negative, float(cfg), sigmas, steps=int(steps),
+                                  kv_dtype=dtype, kv_budget_bytes=budget, on_step=lambda i, n: bar.update(1))
+        except host.KVBudgetError as e:
+            raise NodeInputError("record_kv", f"{e}: lower steps or strength, use a smaller image or raise "
+                                              f"kv_max_gb.") from None
         return ({"samples": out}, result, sigmas.cpu())
 
 

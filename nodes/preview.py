@@ -7,9 +7,9 @@ from typing import Any, Optional
 import torch
 
 from ..core import preview
-from ..core.drag_schema import DragInstructions, DragSchemaError
-from ._common import CATEGORY, NodeInputError, check_mask, require, tooltips
-from .drag_instructions import save_preview
+from ._errors import node_entry, require
+from ._inputs import read_drag, read_mask
+from ._ui import CATEGORY, save_preview, tooltips
 
 NODE = "Drag Preview"
 
@@ -25,16 +25,6 @@ TIPS = {
     "min_size": "Enlarge small images (nearest neighbour, by a whole factor up to 16x) until the longer side is at "
                 "least this many pixels, so the arrows stay readable; 0 = keep the image's size.",
 }
-
-
-def _drag(value: Any, input_name: str, size: tuple[int, int]) -> DragInstructions:
-    """The DRAG input fitted to the image size (same-aspect instructions are rescaled), or a clear error."""
-    try:
-        return DragInstructions.coerce(value).fit_to(size)
-    except DragSchemaError as e:
-        raise NodeInputError(NODE, input_name, f"{e}.") from None
-    except (TypeError, AttributeError, ValueError) as e:
-        raise NodeInputError(NODE, input_name, f"is not drag instructions ({type(value).__name__}): {e}.") from None
 
 
 class DragPreview:
@@ -64,24 +54,23 @@ class DragPreview:
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
+    @node_entry(NODE)
     def draw(self, image: torch.Tensor, drag: Any, min_size: int = 512, mask: Optional[torch.Tensor] = None,
              tracked: Any = None) -> dict:
         """Executor entry: the drawn IMAGE batch, shown on the node as a preview."""
         require(isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] >= 1
-                and image.shape[1] >= 1 and image.shape[2] >= 1, NODE, "image",
+                and image.shape[1] >= 1 and image.shape[2] >= 1, "image",
                 f"expected an IMAGE [B, H, W, C], got {tuple(getattr(image, 'shape', ())) or type(image).__name__}.")
-        require(0 <= int(min_size) <= 4096, NODE, "min_size", f"must be between 0 and 4096, got {min_size}.")
+        require(0 <= int(min_size) <= 4096, "min_size", f"must be between 0 and 4096, got {min_size}.")
         size = (int(image.shape[2]), int(image.shape[1]))
-        d = _drag(drag, "drag", size)
+        d = read_drag(drag, fit_to=size)
         t = None
         if tracked is not None:
-            t = _drag(tracked, "tracked", size)
-            require(len(t.points) == len(d.points), NODE, "tracked",
+            t = read_drag(tracked, fit_to=size, input_name="tracked")
+            require(len(t.points) == len(d.points), "tracked",
                     f"has {len(t.points)} point pairs but drag has {len(d.points)}; connect the 'tracked' output of "
                     f"the DragDiffusion node that used these instructions.")
-        m = None if mask is None else check_mask(mask, NODE, "mask", image_size=size)
-        if m is not None and not bool((m > 0).any()):
-            m = None                                # all black = no mask (the pack's rule)
+        m = read_mask(mask, image_size=size)
         frames = [preview.draw_preview(image[i], d, mask=m, tracked=t, min_size=int(min_size))
                   for i in range(image.shape[0])]
         out = torch.stack(frames).to(image.device)

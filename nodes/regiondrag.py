@@ -2,7 +2,6 @@
 all-in-one "RegionDrag" (stochastic inversion with K/V, then one drag-denoising pass)."""
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional
 
 import torch
@@ -11,9 +10,10 @@ from ..core import host
 from ..core import regiondrag as rd
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import GeometryError
-from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_mask, check_range,
-                      check_schedule, guard_sampler, image_or_latent, kv_budget, require, tooltips)
-from .inversion import KV_DTYPES, check_cond_fits, supported_model
+from ._errors import NodeInputError, node_entry, require
+from ._inputs import (KV_DTYPES, check_cond_fits, check_range, check_schedule, drag_input_name, guard_sampler,
+                      image_or_latent, kv_budget, read_drag, read_mask, supported_model)
+from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
 CP_NODE = "Latent Copy-Paste"
 KV_NODE = "Attention K/V Swap"
@@ -57,52 +57,20 @@ _TIPS = {
 
 
 # ====================================================================== shared input handling
-def _as_drag(node: str, drag: Any, drag_json: Optional[str], image_size: Optional[tuple[int, int]]
-             ) -> DragInstructions:
-    """The DRAG or JSON input, validated against the image size (when known); NodeInputError naming the input."""
-    has_json = isinstance(drag_json, str) and drag_json.strip() != ""
-    require(not (drag is not None and has_json), node, "drag_json",
-            "both 'drag' and 'drag_json' are connected; connect one of them.")
-    require(drag is not None or has_json, node, "drag",
-            "connect 'Drag Instructions' (or give the instructions as JSON text in drag_json).")
-    name, value = ("drag", drag) if drag is not None else ("drag_json", drag_json)
-    require(drag_json is None or isinstance(drag_json, str), node, "drag_json",
-            f"expected JSON text, got {type(drag_json).__name__}.")
-    try:
-        return DragInstructions.coerce(value, image_size=image_size)
-    except DragSchemaError as e:
-        raise NodeInputError(node, name, f"{e}.") from None
-    except (TypeError, AttributeError) as e:
-        raise NodeInputError(node, name, f"is not drag instructions ({type(value).__name__}): {e}.") from None
-
-
-def _as_mask(node: str, mask: Any, latent_hw: tuple[int, int], image_size: Optional[tuple[int, int]]
-             ) -> Optional[torch.Tensor]:
-    """The MASK input as [H, W] float at image size (the pack's one mask rule), or None when absent or all black."""
-    if mask is None:
-        return None
-    m = check_mask(mask, node, "mask", image_size=image_size, latent_hw=latent_hw)
-    return m if bool((m > 0).any()) else None
-
-
-def _plan(node: str, drag: DragInstructions, latent_hw: tuple[int, int], mask: Optional[torch.Tensor],
-          drag_name: str, **kw: Any) -> rd.EditPlan:
+def _plan(drag: DragInstructions, latent_hw: tuple[int, int], mask: Optional[torch.Tensor], drag_name: str,
+          **kw: Any) -> rd.EditPlan:
     """EditPlan with every geometry / mask problem as a NodeInputError naming the input."""
     try:
         return rd.make_plan(drag, latent_hw, mask, **kw)
     except rd.RegionDragError as e:
-        raise NodeInputError(node, drag_name if e.field == "drag" else e.field, f"{e}.") from None
+        raise NodeInputError(drag_name if e.field == "drag" else e.field, f"{e}.") from None
     except (GeometryError, DragSchemaError) as e:
-        raise NodeInputError(node, drag_name, f"{e}.") from None
+        raise NodeInputError(drag_name, f"{e}.") from None
 
 
-def _drag_name(drag: Any) -> str:
-    return "drag" if drag is not None else "drag_json"
-
-
-def _plan_options(node: str, noise_scale: float, paste_end: float, paste_every_step: bool, seed: int) -> dict:
-    check_range(float(noise_scale), 0.0, 10.0, node, "noise_scale")
-    check_range(float(paste_end), 0.0, 1.0, node, "paste_end")
+def _plan_options(noise_scale: float, paste_end: float, paste_every_step: bool, seed: int) -> dict:
+    check_range(float(noise_scale), 0.0, 10.0, "noise_scale")
+    check_range(float(paste_end), 0.0, 1.0, "paste_end")
     return dict(noise_scale=float(noise_scale), paste_end=float(paste_end), paste_every_step=bool(paste_every_step),
                 seed=int(seed))
 
@@ -150,31 +118,31 @@ class LatentCopyPaste:
     FUNCTION = "wrap"
     CATEGORY = CATEGORY_BLOCKS
 
+    @node_entry(CP_NODE)
     def wrap(self, sampler, inversion, noise_scale=rd.DEFAULT_NOISE_SCALE, seed=42, paste_end=rd.DEFAULT_PASTE_END,
              paste_every_step=False, drag=None, drag_json=None, mask=None):
-        node = CP_NODE
         inner = getattr(sampler, "sampler_function", None)
-        require(callable(inner), node, "sampler",
+        require(callable(inner), "sampler",
                 f"expected a SAMPLER from KSamplerSelect or another sampler node (a KSAMPLER), got "
                 f"{type(sampler).__name__}.")
         try:
             sig, state_at = rd.cached_states(inversion)
         except rd.RegionDragError as e:
-            raise NodeInputError(node, "inversion", f"{e}.") from None
+            raise NodeInputError("inversion", f"{e}.") from None
         latent = state_at(0)
-        require(latent.ndim == 4 and latent.shape[0] == 1, node, "inversion",
+        require(latent.ndim == 4 and latent.shape[0] == 1, "inversion",
                 f"holds a latent of shape {tuple(latent.shape)}; this node edits one image (batch 1).")
-        opts = _plan_options(node, noise_scale, paste_end, paste_every_step, seed)
-        d = _as_drag(node, drag, drag_json, None)
+        opts = _plan_options(noise_scale, paste_end, paste_every_step, seed)
+        d = read_drag(drag, drag_json=drag_json, json_input=True)
         lat_hw = tuple(latent.shape[-2:])
-        plan = _plan(node, d, lat_hw, _as_mask(node, mask, lat_hw, d.image_size), _drag_name(drag), **opts)
-        out = copy.copy(sampler)
+        plan = _plan(d, lat_hw, read_mask(mask, latent_hw=lat_hw, image_size=d.image_size), drag_input_name(drag),
+                     **opts)
         src = "the inversion node (DDIM Inversion / DDPM Inversion)"
-        out.sampler_function = guard_sampler(
-            rd.copy_paste_sampler_fn(inner, inversion, plan),
-            lambda run_sig, shape, noise: check_schedule(node, "inversion", run_sig, sig, source=src,
-                                                         latent_shape=shape, inv_latent_hw=lat_hw, noise=noise))
-        return (out,)
+        fn = guard_sampler(
+            rd.copy_paste_sampler_fn(inner, inversion, plan), CP_NODE,
+            lambda run_sig, shape, noise: check_schedule("inversion", run_sig, sig, source=src, latent_shape=shape,
+                                                         inv_latent_hw=lat_hw, noise=noise))
+        return (host.ksampler(fn, sampler.extra_options, sampler.inpaint_options),)
 
 
 # ====================================================================== Attention K/V Swap
@@ -202,14 +170,14 @@ class AttentionKVSwap:
     FUNCTION = "patch"
     CATEGORY = CATEGORY_BLOCKS
 
+    @node_entry(KV_NODE)
     def patch(self, model, inversion, layers="all", mode="replace"):
-        node = KV_NODE
-        supported_model(model, node)
-        kv = rd.kv_of(inversion)
-        require(kv is not None and len(kv) > 0, node, "inversion",
+        supported_model(model)
+        kv = getattr(inversion, "kv", None)         # the INVERSION contract's optional K/V (None for other values)
+        require(kv is not None and len(kv) > 0, "inversion",
                 "carries no self-attention K/V: turn record_kv on in 'DDIM Inversion' (or the inversion was freed).")
-        require(layers in LAYER_CHOICES, node, "layers", f"must be one of {list(LAYER_CHOICES)}, got {layers!r}.")
-        require(mode in ("replace", "concat"), node, "mode", f"must be 'replace' or 'concat', got {mode!r}.")
+        require(layers in LAYER_CHOICES, "layers", f"must be one of {list(LAYER_CHOICES)}, got {layers!r}.")
+        require(mode in ("replace", "concat"), "mode", f"must be 'replace' or 'concat', got {mode!r}.")
         if layers == "all":
             sel = host.attention_layers(model)
         elif layers == "decoder":
@@ -217,7 +185,7 @@ class AttentionKVSwap:
         else:
             lv = sorted({l.level for l in host.select_layers(model, part="output")})[:2]
             sel = host.select_layers(model, part="output", levels=lv)
-        require(len(sel) > 0, node, "layers", f"'{layers}' selects no self-attention layer in this model.")
+        require(len(sel) > 0, "layers", f"'{layers}' selects no self-attention layer in this model.")
         run, _inj = rd.kv_swap_model(model, kv, sel, mode)
         return (run,)
 
@@ -256,29 +224,30 @@ class RegionDrag:
     FUNCTION = "run"
     CATEGORY = CATEGORY_ALL_IN_ONE
 
+    @node_entry(RD_NODE)
     def run(self, model, positive, steps=rd.DEFAULT_STEPS, strength=rd.DEFAULT_STRENGTH,
             noise_scale=rd.DEFAULT_NOISE_SCALE, seed=42, drag=None, drag_json=None, image=None, vae=None, latent=None,
             mask=None, paste_end=rd.DEFAULT_PASTE_END, paste_every_step=False, kv_dtype="float16"):
-        node = RD_NODE
-        supported_model(model, node)
-        check_cond_fits(model, positive, node, "positive")
-        require(int(steps) >= 1, node, "steps", f"must be at least 1, got {steps}.")
-        check_range(float(strength), 0.0, 1.0, node, "strength")
+        supported_model(model)
+        check_cond_fits(model, positive, "positive")
+        require(int(steps) >= 1, "steps", f"must be at least 1, got {steps}.")
+        check_range(float(strength), 0.0, 1.0, "strength")
         n = int(round(float(strength) * int(steps)))
-        require(n >= 1, node, "strength", f"is {strength}: with {steps} steps nothing is inverted, so nothing can be "
-                                          f"dragged; raise strength or steps.")
-        require(kv_dtype in KV_DTYPES, node, "kv_dtype", f"must be one of {list(KV_DTYPES)}, got {kv_dtype!r}.")
-        opts = _plan_options(node, noise_scale, paste_end, paste_every_step, seed)
-        samples, image_size = image_or_latent(node, model, image, vae, latent)
-        d = _as_drag(node, drag, drag_json, image_size)
+        require(n >= 1, "strength", f"is {strength}: with {steps} steps nothing is inverted, so nothing can be "
+                                    f"dragged; raise strength or steps.")
+        require(kv_dtype in KV_DTYPES, "kv_dtype", f"must be one of {list(KV_DTYPES)}, got {kv_dtype!r}.")
+        opts = _plan_options(noise_scale, paste_end, paste_every_step, seed)
+        samples, image_size = image_or_latent(model, image, vae, latent)
+        d = read_drag(drag, drag_json=drag_json, json_input=True, image_size=image_size)
         lat_hw = tuple(samples.shape[-2:])
-        plan = _plan(node, d, lat_hw, _as_mask(node, mask, lat_hw, d.image_size), _drag_name(drag), **opts)
-        kv_budget(node, "steps", rd.kv_cache_bytes(host.attention_layers(model), lat_hw, n, KV_DTYPES[kv_dtype]),
+        plan = _plan(d, lat_hw, read_mask(mask, latent_hw=lat_hw, image_size=d.image_size), drag_input_name(drag),
+                     **opts)
+        kv_budget("steps", host.kv.estimate_model_bytes(model, lat_hw, n, KV_DTYPES[kv_dtype]),
                   what=f"{n} steps, {lat_hw[1]}x{lat_hw[0]} latent, {kv_dtype}")
 
         bar = Progress(2 * n)
-        out = rd.region_drag(model, positive, samples, plan, steps=int(steps), strength=float(strength),
-                             seed=int(seed), kv_dtype=KV_DTYPES[kv_dtype], on_step=lambda i, total: bar.update(1))
+        out = rd.run(model, positive, samples, plan, steps=int(steps), strength=float(strength), seed=int(seed),
+                     kv_dtype=KV_DTYPES[kv_dtype], on_step=lambda i, total: bar.update(1))
         return ({"samples": out.to(samples.device)},)
 
 

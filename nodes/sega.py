@@ -8,10 +8,10 @@ from typing import Any, Optional
 
 from ..core import host, ledits
 from ..core import sega
-from ._common import (CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, NodeInputError, Progress, check_range,
-                      image_or_latent, require, tooltips)
-from .ddpm_inversion import DDPMInversion, EditFriendlyDDPMSampler
-from .inversion import check_cond_fits, supported_model
+from ._errors import NodeInputError, node_entry, node_errors, require
+from ._inputs import check_cond_fits, check_range, image_or_latent, supported_model
+from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
+from .ddpm_inversion import check_inversion_inputs
 
 NODE = "SEGA Guidance"
 EDIT = "LEDITS Edit"
@@ -44,27 +44,51 @@ TIPS = {
 }
 
 
-def _concept_entry(model: Any, concept: Any, direction: str, scale: float, threshold: float, warmup: int,
-                   cooldown: int, weight: float, tokens: int, node: str, names: dict) -> ledits.ConceptEntry:
-    """Validate one concept's inputs (errors name `node` and names[input]) and build its entry."""
-    n = lambda k: names.get(k, k)  # noqa: E731
-    require(concept is not None and isinstance(concept, list) and len(concept) > 0, node, n("concept"),
+def concept_entry(model: Any, concept: Any, direction: str, scale: float, threshold: float, warmup: int,
+                  cooldown: int, weight: float, tokens: int) -> ledits.ConceptEntry:
+    """Validate one concept's inputs (SEGA Guidance's input names) and build its entry."""
+    require(concept is not None and isinstance(concept, list) and len(concept) > 0, "concept",
             "no concept: connect a CONDITIONING (CLIP Text Encode with the concept's words).")
-    check_cond_fits(model, concept, node, n("concept"))
-    require(direction in DIRECTIONS, node, n("direction"), f"must be one of {DIRECTIONS}, got {direction!r}.")
-    require(math.isfinite(float(scale)) and float(scale) >= 0.0, node, n("scale"),
+    check_cond_fits(model, concept, "concept")
+    require(direction in DIRECTIONS, "direction", f"must be one of {DIRECTIONS}, got {direction!r}.")
+    require(math.isfinite(float(scale)) and float(scale) >= 0.0, "scale",
             f"must be a finite number >= 0 (use direction 'remove' to negate), got {scale}.")
-    require(math.isfinite(float(threshold)), node, n("threshold"), f"must be a number between 0 and 1, got {threshold}.")
-    check_range(float(threshold), 0.0, 1.0, node, n("threshold"))
-    require(int(warmup) >= 0, node, n("warmup"), f"must be >= 0 steps, got {warmup}.")
-    require(int(cooldown) >= 0, node, n("cooldown"), f"must be >= 0 steps (0 = never), got {cooldown}.")
-    require(int(cooldown) == 0 or int(cooldown) > int(warmup), node, n("cooldown"),
+    require(math.isfinite(float(threshold)), "threshold", f"must be a number between 0 and 1, got {threshold}.")
+    check_range(float(threshold), 0.0, 1.0, "threshold")
+    require(int(warmup) >= 0, "warmup", f"must be >= 0 steps, got {warmup}.")
+    require(int(cooldown) >= 0, "cooldown", f"must be >= 0 steps (0 = never), got {cooldown}.")
+    require(int(cooldown) == 0 or int(cooldown) > int(warmup), "cooldown",
             f"is {cooldown}, not after the warm-up ({warmup}): the concept would never apply (0 = never cool down).")
-    require(math.isfinite(float(weight)) and float(weight) >= 0.0, node, n("weight"), f"must be >= 0, got {weight}.")
-    require(int(tokens) >= 0, node, n("concept_tokens"), f"must be >= 0, got {tokens}.")
+    require(math.isfinite(float(weight)) and float(weight) >= 0.0, "weight", f"must be >= 0, got {weight}.")
+    require(int(tokens) >= 0, "concept_tokens", f"must be >= 0, got {tokens}.")
     c = sega.SegaConcept(scale=float(scale), threshold=float(threshold), reverse=direction == "remove",
                          warmup=int(warmup), cooldown=int(cooldown) if int(cooldown) > 0 else None, weight=float(weight))
     return ledits.ConceptEntry(conditioning=concept, concept=c, tokens=int(tokens))
+
+
+def chain_settings(prev: Optional[ledits.SegaPatch], concept: Any, momentum_scale: float, momentum_beta: float,
+                   mode: str, cross_attention_mask: bool) -> dict:
+    """Check the chain-wide settings against an upstream SEGA patch; the settings for SegaPatch.with_concept."""
+    require(mode in MODES, "mode", f"must be one of {MODES}, got {mode!r}.")
+    require(math.isfinite(float(momentum_scale)) and float(momentum_scale) >= 0.0, "momentum_scale",
+            f"must be >= 0, got {momentum_scale}.")
+    check_range(float(momentum_beta), 0.0, 1.0, "momentum_beta")
+    if prev is not None:
+        require(prev.mode == mode, "mode",
+                f"is {mode} but the upstream SEGA Guidance node uses {prev.mode}: one mode per chain.")
+        for e in prev.entries:
+            require(e.conditioning[0][0].shape[-1] == concept[0][0].shape[-1], "concept",
+                    "has another width than the upstream concepts (conditioning from another model family?).")
+    return dict(momentum_scale=float(momentum_scale), momentum_beta=float(momentum_beta), mode=mode,
+                cross_attention_mask=bool(cross_attention_mask))
+
+
+def apply_patch(model: Any, patch: ledits.SegaPatch) -> Any:
+    """ledits.apply, a model the patch cannot go on named as the input at fault."""
+    try:
+        return ledits.apply(model, patch)
+    except host.HostError as e:
+        raise NodeInputError("cross_attention_mask" if patch.uses_attention else "model", f"{e}.") from None
 
 
 class SEGAGuidance:
@@ -101,32 +125,14 @@ class SEGAGuidance:
     FUNCTION = "patch"
     CATEGORY = CATEGORY_BLOCKS
 
+    @node_entry(NODE)
     def patch(self, model, concept, direction, scale, threshold, warmup, cooldown, weight, momentum_scale,
-              momentum_beta, mode, cross_attention_mask=True, concept_tokens=0, _names: Optional[dict] = None,
-              _node: str = NODE):
-        names = _names or {}
-        supported_model(model, _node, names.get("model", "model"))
-        entry = _concept_entry(model, concept, direction, scale, threshold, warmup, cooldown, weight, concept_tokens,
-                               _node, names)
-        require(mode in MODES, _node, names.get("mode", "mode"), f"must be one of {MODES}, got {mode!r}.")
-        require(math.isfinite(float(momentum_scale)) and float(momentum_scale) >= 0.0, _node,
-                names.get("momentum_scale", "momentum_scale"), f"must be >= 0, got {momentum_scale}.")
-        check_range(float(momentum_beta), 0.0, 1.0, _node, names.get("momentum_beta", "momentum_beta"))
+              momentum_beta, mode, cross_attention_mask=True, concept_tokens=0):
+        supported_model(model)
+        entry = concept_entry(model, concept, direction, scale, threshold, warmup, cooldown, weight, concept_tokens)
         prev = ledits.sega_patch_of(model)
-        if prev is not None:
-            require(prev.mode == mode, _node, names.get("mode", "mode"),
-                    f"is {mode} but the upstream SEGA Guidance node uses {prev.mode}: one mode per chain.")
-            for e in prev.entries:
-                require(e.conditioning[0][0].shape[-1] == concept[0][0].shape[-1], _node, names.get("concept", "concept"),
-                        "has another width than the upstream concepts (conditioning from another model family?).")
-        settings = dict(momentum_scale=float(momentum_scale), momentum_beta=float(momentum_beta), mode=mode,
-                        cross_attention_mask=bool(cross_attention_mask))
-        patch = (prev or ledits.SegaPatch()).with_concept(entry, **settings)
-        try:
-            return (ledits.apply(model, patch),)
-        except host.HostError as e:
-            name = "cross_attention_mask" if patch.uses_attention else "model"
-            raise NodeInputError(_node, names.get(name, name), f"{e}.") from None
+        settings = chain_settings(prev, concept, momentum_scale, momentum_beta, mode, cross_attention_mask)
+        return (apply_patch(model, (prev or ledits.SegaPatch()).with_concept(entry, **settings)),)
 
 
 class LEDITSEdit:
@@ -201,6 +207,7 @@ class LEDITSEdit:
     FUNCTION = "edit"
     CATEGORY = CATEGORY_ALL_IN_ONE
 
+    @node_entry(EDIT)
     def edit(self, model, vae, source, negative, steps, skip, source_cfg, target_cfg, mode, seed,
              direction_1="add", scale_1=10.0, direction_2="add", scale_2=10.0, direction_3="add", scale_3=10.0,
              threshold=0.95, warmup=2, momentum_scale=0.1, momentum_beta=0.4, image=None, latent=None, target=None,
@@ -208,46 +215,39 @@ class LEDITSEdit:
         concepts = [(i, c, d, s) for i, (c, d, s) in enumerate(
             [(concept_1, direction_1, scale_1), (concept_2, direction_2, scale_2), (concept_3, direction_3, scale_3)], 1)
             if c is not None]
-        require(len(concepts) > 0 or (target is not None and mode != "LEDITS++"), EDIT, "concept_1",
+        require(len(concepts) > 0 or (target is not None and mode != "LEDITS++"), "concept_1",
                 "no concepts: connect at least one concept (CLIP Text Encode)"
                 + (" (LEDITS++ has no prompt CFG, so a target prompt alone edits nothing)." if mode == "LEDITS++"
                    else ", or a target prompt (the edit by prompt switch alone)."))
-        require(vae is not None, EDIT, "vae", "is missing: connect the model's VAE.")
-        supported_model(model, EDIT)
-        samples, _size = image_or_latent(EDIT, model, image, vae, latent, allow_batch=True, vae_always=True)
-        check_cond_fits(model, negative, EDIT, "negative")
+        require(vae is not None, "vae", "is missing: connect the model's VAE.")
+        supported_model(model)
+        samples, _size = image_or_latent(model, image, vae, latent, allow_batch=True, vae_always=True)
+        check_cond_fits(model, negative, "negative")
         if target is not None:
-            check_cond_fits(model, target, EDIT, "target")
-        inv_names = {"latent": "latent" if latent is not None else "image", "positive": "source", "model": "model"}
-        # LEDITS++ samples with ε_u + concept terms only, so it inverts with the same prediction: the negative at
-        # cfg 1 (diffusers' LEditsPP invert with its default empty source prompt); SEGA inverts with the source.
+            check_cond_fits(model, target, "target")
         pp = mode == "LEDITS++"
-        if pp:
-            inv_names["positive"] = "negative"
-        try:
-            start, inv, sigmas = DDPMInversion().invert(model, {"samples": samples}, negative if pp else source, steps,
-                                                       skip, 1.0 if pp else source_cfg, 1.0, seed, negative=negative)
-        except NodeInputError as e:
-            raise NodeInputError(EDIT, inv_names.get(e.input_name, e.input_name), _msg(e)) from None
-        edit_model = model
+        with node_errors(EDIT, rename={"latent": "latent" if latent is not None else "image",
+                                       "positive": "negative" if pp else "source"}):
+            check_inversion_inputs(model, {"samples": samples}, negative if pp else source, steps, skip,
+                                   1.0 if pp else source_cfg, 1.0, negative)
+        patch = None
         for i, c, d, s in concepts:
-            names = {"concept": f"concept_{i}", "direction": f"direction_{i}", "scale": f"scale_{i}"}
-            edit_model = SEGAGuidance().patch(edit_model, c, d, s, threshold, warmup, 0, 1.0, momentum_scale,
-                                              momentum_beta, mode, True, 0, _names=names, _node=EDIT)[0]
-        if not concepts:  # a target prompt alone: edit-friendly DDPM editing by prompt switch, no SEGA patch
-            require(mode in MODES, EDIT, "mode", f"must be one of {MODES}, got {mode!r}.")
-        (sampler,) = EditFriendlyDDPMSampler().get_sampler(inv)
-        bar = Progress(inv.steps)
-        out = host.sample_with_sampler(edit_model, target if target is not None else source, negative,
-                                       float(target_cfg), sampler, sigmas, start["samples"], seed=int(seed),
-                                       callback=lambda *a: bar.update(1))
+            with node_errors(EDIT, rename={"concept": f"concept_{i}", "direction": f"direction_{i}",
+                                           "scale": f"scale_{i}"}):
+                entry = concept_entry(model, c, d, s, threshold, warmup, 0, 1.0, 0)
+                settings = chain_settings(patch, c, momentum_scale, momentum_beta, mode, True)
+            patch = (patch or ledits.SegaPatch()).with_concept(entry, **settings)
+        require(mode in MODES, "mode", f"must be one of {MODES}, got {mode!r}.")
+        if patch is not None:
+            apply_patch(model, patch)        # refuse a model the concepts cannot go on before the inversion runs
+        bar = Progress(2 * (int(steps) - int(skip)))
+        try:
+            out = ledits.run(model, samples, source, negative, patch, mode=mode, steps=int(steps), skip=int(skip),
+                             source_cfg=float(source_cfg), target_cfg=float(target_cfg), seed=int(seed),
+                             target=target, on_step=lambda *a: bar.update(1))
+        except host.HostError as e:
+            raise NodeInputError("model", f"{e}.") from None
         return (vae.decode(out), {"samples": out})
-
-
-def _msg(e: NodeInputError) -> str:
-    """The message part of a NodeInputError (without its '[node] input ...:' prefix)."""
-    s = str(e)
-    return s.split(": ", 1)[1] if ": " in s else s
 
 
 NODE_CLASS_MAPPINGS = {"DragEditSEGAGuidance": SEGAGuidance, "DragEditLEDITSEdit": LEDITSEdit}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..core.shapes import model as shapes_model
 from ..core.shapes import renderer
 from ..core.shapes.prompt import COLOURS, KINDS
-from ._common import CATEGORY_DEMO, SEED_MAX, NodeInputError, tooltips
+from ._errors import NodeInputError, node_entry
+from ._ui import CATEGORY_DEMO, SEED_MAX, tooltips
 
 NODE_MODEL = "Shapes Demo Model"
 NODE_SCENE = "Shapes Scene"
@@ -28,15 +29,16 @@ class ShapesDemoModel:
     def INPUT_TYPES(cls):
         return {"required": {}}
 
+    @node_entry(NODE_MODEL)
     def load(self):
         path = shapes_model.default_weights()
         try:
             model, clip, vae = shapes_model.load_demo(path, allow_random=False)
         except FileNotFoundError:
-            raise NodeInputError(NODE_MODEL, "weights", f"the bundled weights file is missing ({path}); reinstall the "
+            raise NodeInputError("weights", f"the bundled weights file is missing ({path}); reinstall the "
                                  "pack or run `python -m core.shapes.train` in its folder to recreate it.") from None
         except Exception as e:  # a damaged or foreign file
-            raise NodeInputError(NODE_MODEL, "weights", f"could not load {path}: {e}") from None
+            raise NodeInputError("weights", f"could not load {path}: {e}") from None
         return (model, clip, vae)
 
 
@@ -61,9 +63,10 @@ class ShapesScene:
             "shapes": "Number of shapes in the scene ('random': one or two).",
         })
 
+    @node_entry(NODE_SCENE)
     def draw(self, seed: int, shapes: str = "random"):
         if shapes not in ("random", "1", "2"):
-            raise NodeInputError(NODE_SCENE, "shapes", f"must be 'random', '1' or '2', got {shapes!r}.")
+            raise NodeInputError("shapes", f"must be 'random', '1' or '2', got {shapes!r}.")
         two_p = {"random": 0.5, "1": 0.0, "2": 1.0}[shapes]
         scene = renderer.random_scene(int(seed), two_p=two_p)
         img = renderer.render(scene).permute(1, 2, 0).unsqueeze(0).contiguous()

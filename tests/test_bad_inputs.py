@@ -17,8 +17,8 @@ from dragedit.core import host, schedule
 from dragedit.core.drag_schema import (MAX_NESTING, DragInstructions, DragSchemaError, rle_decode, rle_encode,
                                        rle_resample)
 from dragedit.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from dragedit.nodes import _common
-from dragedit.nodes._common import NodeInputError
+from dragedit.nodes import _inputs
+from dragedit.nodes._errors import NodeInputError, float_input_names, node_errors
 
 DRAG = '{"version": 1, "points": [{"handle": [8, 16], "target": [20, 16]}]}'
 
@@ -52,10 +52,10 @@ def test_strictly_descending_error_is_short():
 
 
 def test_every_float_input_of_every_node_is_checked_finite():
-    """Item 2: one rule (nodes/_common.guard_float_inputs, applied by iter_nodes) covers every FLOAT input."""
+    """Item 2: one rule (nodes/_errors.node_entry on every node's FUNCTION) covers every FLOAT input."""
     floats = 0
     for key, cls in NODE_CLASS_MAPPINGS.items():
-        names = _common.float_input_names(cls)
+        names = float_input_names(cls)
         floats += len(names)
         if names:
             assert getattr(getattr(cls, cls.FUNCTION), "_dragedit_floats_checked", False), key
@@ -80,18 +80,18 @@ def test_match_run_rule():
 def test_one_mask_rule():
     """Item 4: image size, or the latent's size (returned at image size), one mask, all black = no mask."""
     img, lat = (32, 24), (12, 16)
-    m = _common.check_mask(torch.ones(1, 24, 32), "N", "mask", image_size=img, latent_hw=lat)
+    m = _inputs.check_mask(torch.ones(1, 24, 32), "mask", image_size=img, latent_hw=lat)
     assert m.shape == (24, 32)
-    m = _common.check_mask(torch.ones(12, 16), "N", "mask", image_size=img, latent_hw=lat)
+    m = _inputs.check_mask(torch.ones(12, 16), "mask", image_size=img, latent_hw=lat)
     assert m.shape == (24, 32) and bool((m == 1).all())
-    with pytest.raises(NodeInputError, match=r"\[N\] input 'mask': is 64x48 but the image is 32x24"):
-        _common.check_mask(torch.ones(48, 64), "N", "mask", image_size=img, latent_hw=lat)
+    with pytest.raises(NodeInputError, match=r"\[N\] input 'mask': is 64x48 but the image is 32x24"), node_errors("N"):
+        _inputs.check_mask(torch.ones(48, 64), "mask", image_size=img, latent_hw=lat)
     with pytest.raises(NodeInputError, match=r"a batch of 2 masks"):
-        _common.check_mask(torch.ones(2, 24, 32), "N", "mask", image_size=img)
-    assert _common.check_mask(torch.zeros(64, 64), "N", "mask", image_size=img).shape == (64, 64)   # no mask
-    assert _common.check_mask(torch.ones(96, 128), "N", "mask", latent_hw=lat).shape == (96, 128)   # factor 8
+        _inputs.check_mask(torch.ones(2, 24, 32), "mask", image_size=img)
+    assert _inputs.check_mask(torch.zeros(64, 64), "mask", image_size=img).shape == (64, 64)   # no mask
+    assert _inputs.check_mask(torch.ones(96, 128), "mask", latent_hw=lat).shape == (96, 128)   # factor 8
     with pytest.raises(NodeInputError, match=r"does not fit the 16x12 latent"):
-        _common.check_mask(torch.ones(40, 40), "N", "mask", latent_hw=lat)
+        _inputs.check_mask(torch.ones(40, 40), "mask", latent_hw=lat)
 
 
 def test_nesting_limit():
@@ -136,12 +136,13 @@ def test_kv_store_budget_and_ram_guard(monkeypatch):
     assert store.nbytes() == 1200
     store.clear()
     store.put(9.0, ("output", 0, 0), 0, torch.ones(1, 100), torch.ones(1, 100))
-    monkeypatch.setattr(host, "available_memory", lambda: 4 << 30)
-    assert _common.kv_budget("N", "record_kv", 1 << 30) == 2 << 30
-    with pytest.raises(NodeInputError, match=r"\[N\] input 'record_kv': .*about 3\.00 GB .*limit of 2\.00 GB \(half"):
-        _common.kv_budget("N", "record_kv", 3 << 30)
+    monkeypatch.setattr(host.kv, "available_memory", lambda: 4 << 30)
+    assert _inputs.kv_budget("record_kv", 1 << 30) == 2 << 30
+    with pytest.raises(NodeInputError, match=r"\[N\] input 'record_kv': .*about 3\.00 GB .*limit of 2\.00 GB \(half"), \
+            node_errors("N"):
+        _inputs.kv_budget("record_kv", 3 << 30)
     with pytest.raises(NodeInputError, match=r"limit of 0\.50 GB \(kv_max_gb = 0\.5\)"):
-        _common.kv_budget("N", "record_kv", 1 << 30, limit_gb=0.5)
+        _inputs.kv_budget("record_kv", 1 << 30, limit_gb=0.5)
 
 
 def test_kv_estimate_figures():

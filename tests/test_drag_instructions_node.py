@@ -26,7 +26,7 @@ def _load():
 
 mod = _load()
 schema = importlib.import_module(f"{PKG}.core.drag_schema")
-NodeInputError = importlib.import_module(f"{PKG}.nodes._common").NodeInputError
+NodeInputError = importlib.import_module(f"{PKG}.nodes._errors").NodeInputError
 
 
 def run(**inputs):

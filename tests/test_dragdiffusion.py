@@ -14,7 +14,7 @@ from dragedit.core import host
 from dragedit.core.drag_schema import DragInstructions
 from dragedit.core.geometry import point_tensors
 from dragedit.nodes import dragdiffusion as ddn
-from dragedit.nodes._common import NodeInputError
+from dragedit.nodes._errors import NodeInputError
 from dragedit.nodes.dragdiffusion import DragDiffusion, MotionSupervision
 from dragedit.nodes.inversion import DDIMInversion
 
@@ -204,7 +204,7 @@ def test_stock_lora_patched_model_gets_gradients_through_patched_weights():
 
 def test_cancel_between_iterations_raises_interrupt(sd15_model, cond):
     import comfy.model_management as mm
-    from dragedit.nodes._common import Progress
+    from dragedit.nodes._ui import Progress
     pos = cond[0]
     x_t, _inv, sig = inverted(sd15_model, pos)
     bar = Progress(80)

@@ -14,7 +14,7 @@ from dragedit.core import dragondiffusion as dd
 from dragedit.core import host
 from dragedit.core import inversion as inv_mod
 from dragedit.core.drag_schema import DragInstructions
-from dragedit.nodes._common import NodeInputError
+from dragedit.nodes._errors import NodeInputError
 from dragedit.nodes.dragondiffusion import DragonDiffusion, FeatureGuidance, MemoryBankKV
 from dragedit.nodes.inversion import DDIMInversion
 
@@ -266,10 +266,11 @@ def test_all_in_one_sdxl_shaped(sdxl_model, cond_xl):
 
 def test_diffeditor_options_run_and_count(sd15_model, cond):
     """Time travel adds the repeats (a forward and an inversion call each); regional SDE is seeded."""
-    from dragedit.nodes.dragondiffusion import run_edit, build_spec
+    from dragedit.core.dragondiffusion import run as run_edit
+    from dragedit.nodes.dragondiffusion import build_spec
     pos, neg = cond
     _, inv = invert(sd15_model, pos, steps=50, strength=0.7)   # steps 15..49 of 50: SDE 15-19, travel 22-28
-    spec, blocks = build_spec("test", sd15_model, inv, "drag", drag=DRAG, energy_scale=1.0)
+    spec, blocks = build_spec(sd15_model, inv, "drag", drag=DRAG, energy_scale=1.0)
     d = de.mode_defaults("drag")
     counts = {}
     outs = {}
@@ -288,10 +289,11 @@ def test_diffeditor_options_run_and_count(sd15_model, cond):
 def test_d_plus_sparsified_guidance_steps(sd15_model, cond):
     """D+ (the reference's default alg): guidance on every step before step 10 of 50, then on even steps only, up to
     step 30; with sparsify off on every step of the window. Strength 0.7 runs steps 15..49."""
-    from dragedit.nodes.dragondiffusion import run_edit, build_spec
+    from dragedit.core.dragondiffusion import run as run_edit
+    from dragedit.nodes.dragondiffusion import build_spec
     pos, neg = cond
     _, inv = invert(sd15_model, pos, steps=50, strength=0.7)
-    spec, blocks = build_spec("test", sd15_model, inv, "drag", drag=DRAG, energy_scale=1.0)
+    spec, blocks = build_spec(sd15_model, inv, "drag", drag=DRAG, energy_scale=1.0)
     d = de.mode_defaults("drag")
     guided = {}
     for sparsify in (True, False):
@@ -336,7 +338,8 @@ def test_time_travel_inverts_with_the_plain_cond_unet(sd15_model, cond):
 def test_vacated_cells_and_vacate_noise(sd15_model, cond):
     """vacated_cells: the object's source cells its new place does not cover (move), the handle cells no target
     covers (drag); vacate_noise re-noises exactly those cells of the pasted start latent."""
-    from dragedit.nodes.dragondiffusion import run_edit, build_spec
+    from dragedit.core.dragondiffusion import run as run_edit
+    from dragedit.nodes.dragondiffusion import build_spec
     spec = dd.make_spec("move", (32, 32), mask=OBJ[0, ::4, ::4] > 0, offset=(8, 0))   # object cells 8..17 -> +4 cols
     vac = dd.vacated_cells(spec, (16, 16))
     assert vac[4:9, 4:8].all() and int(vac.sum()) == 5 * 4
@@ -345,7 +348,7 @@ def test_vacated_cells_and_vacate_noise(sd15_model, cond):
     assert vac[5:8, 4:7].all() and int(vac.sum()) == 9
     pos, neg = cond
     _, inv = invert(sd15_model, pos, steps=6)
-    spec, blocks = build_spec("test", sd15_model, inv, "move", drag=DRAG, mask=OBJ, energy_scale=0.0)
+    spec, blocks = build_spec(sd15_model, inv, "move", drag=DRAG, mask=OBJ, energy_scale=0.0)
     outs = {}
     for a in (0.0, 1.0):
         with torch.inference_mode():

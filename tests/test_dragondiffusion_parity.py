@@ -30,7 +30,7 @@ from conftest import run_node
 from dragedit.core import dragon_energy as de
 from dragedit.core import dragondiffusion as dd
 from dragedit.core import host
-from dragedit.nodes.dragondiffusion import run_edit
+from dragedit.core.dragondiffusion import run as run_edit
 from dragedit.nodes.inversion import DDIMInversion
 
 pytest.importorskip("diffusers")

@@ -7,7 +7,7 @@ from dragedit.core import host
 from dragedit.core import inversion as inv
 from dragedit.core.schedule import eps_from_x0, rescale_to_sigma
 from dragedit.nodes.inversion import DDIMInversion
-from dragedit.nodes._common import NodeInputError
+from dragedit.nodes._errors import NodeInputError
 from conftest import run_node
 
 

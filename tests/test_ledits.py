@@ -12,7 +12,7 @@ from conftest import run_node
 from dragedit.core import ddpm_inversion as ef
 from dragedit.core import host, ledits
 from dragedit.core import sega as S
-from dragedit.nodes._common import NodeInputError
+from dragedit.nodes._errors import NodeInputError
 from dragedit.nodes.ddpm_inversion import DDPMInversion, EditFriendlyDDPMSampler
 from dragedit.nodes.sega import LEDITSEdit, SEGAGuidance
 

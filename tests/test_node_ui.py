@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import run_node
 from dragedit.core import preview
 from dragedit.core.drag_schema import DragInstructions
-from dragedit.nodes._common import NodeInputError
+from dragedit.nodes._errors import NodeInputError
 from dragedit.nodes.dragdiffusion import DragDiffusion
 from dragedit.nodes.preview import DragPreview
 from dragedit.nodes.regiondrag import RegionDrag
@@ -169,7 +169,7 @@ def test_workflow_output_rename_keeps_the_text():
 
 # ---------------------------------------------------------------------------------------------------- IMAGE + VAE
 def test_image_and_vae_or_latent_checked_once(sd15_model, cond):
-    """The shared rule (nodes/_common.image_or_latent) names the node and the input on every all-in-one."""
+    """The shared rule (nodes/_inputs.image_or_latent) names the node and the input on every all-in-one."""
     img = torch.rand(1, 128, 128, 3)
     lat = {"samples": torch.randn(1, 4, 16, 16)}
     drag = DragInstructions.from_json(POINT_JSON).scaled(128, 128)

@@ -15,7 +15,7 @@ from dragedit.core import ddpm_inversion as ef
 from dragedit.core import host
 from dragedit.core import regiondrag as rd
 from dragedit.core.drag_schema import DragInstructions
-from dragedit.nodes._common import NodeInputError
+from dragedit.nodes._errors import NodeInputError
 from dragedit.nodes.inversion import DDIMInversion
 from dragedit.nodes.regiondrag import AttentionKVSwap, LatentCopyPaste, RegionDrag
 
@@ -53,7 +53,7 @@ def test_noop_edit_reproduces_input(sd15_model, kv_dtype, tol):
     assert plan.is_noop
     stats = {}
     with torch.inference_mode():
-        out = rd.region_drag(sd15_model, tiny_models.conditioning(1), samples, plan, steps=20, strength=0.5,
+        out = rd.run(sd15_model, tiny_models.conditioning(1), samples, plan, steps=20, strength=0.5,
                              kv_dtype=kv_dtype, stats=stats)
     assert float((out - samples).abs().max()) <= tol * float(samples.abs().max())
     n_layers = len(host.attention_layers(sd15_model))

@@ -12,7 +12,7 @@ from dragedit.core.shapes import model as shapes_model
 from dragedit.core.shapes import prompt as shapes_prompt
 from dragedit.core.shapes import renderer as R
 from dragedit.core.shapes import vae as shapes_vae
-from dragedit.nodes._common import NodeInputError
+from dragedit.nodes._errors import NodeInputError
 from dragedit.nodes.shapes_demo import ShapesDemoModel, ShapesScene
 
 

@@ -1,0 +1,324 @@
+"""The input rules every node of the pack shares, each in one place: MODEL and CONDITIONING, IMAGE / LATENT, MASK,
+DRAG, INVERSION, the schedule a stock sampler runs, and the RAM budget of recorded K/V. Every check raises
+NodeInputError naming the input; the node's `@node_entry` adds the node's name (nodes/_errors.py)."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..core.drag_schema import DragInstructions, DragSchemaError
+from ._errors import NodeInputError, require
+
+KV_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+# ---------------------------------------------------------------------------------------------- numbers, models
+def check_range(value: float, lo: float, hi: float, input_name: str) -> None:
+    """Clear error when a number lies outside [lo, hi]."""
+    require(lo <= value <= hi, input_name, f"must be between {lo} and {hi}, got {value}.")
+
+
+def supported_model(model: Any, input_name: str = "model") -> str:
+    """'eps' or 'v' for a model this pack can edit with, else a NodeInputError."""
+    from ..core import host
+    try:
+        return host.check_supported(model)
+    except host.HostError as e:
+        raise NodeInputError(input_name, str(e)) from None
+
+
+def check_conditioning(cond: Any, input_name: str) -> None:
+    """Clear error when a CONDITIONING input is empty or malformed."""
+    require(isinstance(cond, list) and len(cond) > 0 and all(isinstance(c, (list, tuple)) and len(c) == 2 for c in cond),
+            input_name, "expected a CONDITIONING (connect CLIP Text Encode).")
+
+
+def check_cond_fits(model: Any, cond: Any, input_name: str) -> None:
+    """Clear error when a CONDITIONING comes from another model family than the MODEL."""
+    from ..core import host
+    check_conditioning(cond, input_name)
+    msg = host.conditioning_family_check(model, cond)
+    require(msg is None, input_name, f"{msg}.")
+
+
+# ---------------------------------------------------------------------------------------------- IMAGE / LATENT
+def check_latent(latent: Any, input_name: str = "latent", allow_batch: bool = False, model: Any = None
+                 ) -> torch.Tensor:
+    """Return latent['samples'] after checking it is a non-empty 4-D (or 5-D) batch of one (unless allowed); with a
+    model, also that it fits the model (check_latent_fits)."""
+    require(isinstance(latent, dict) and "samples" in latent, input_name,
+            "expected a LATENT (a dict with 'samples'); connect VAE Encode or Empty Latent Image.")
+    s = latent["samples"]
+    require(isinstance(s, torch.Tensor) and s.ndim in (4, 5), input_name,
+            f"expected a latent tensor [B,C,H,W], got shape {tuple(getattr(s, 'shape', ()))}.")
+    require(s.shape[0] >= 1, input_name, "the latent batch is empty.")
+    if not allow_batch:
+        require(s.shape[0] == 1, input_name,
+                f"batch size {s.shape[0]} is not supported: this node edits one image at a time (use a batch of 1).")
+    if model is not None:
+        check_latent_fits(model, s, input_name)
+    return s
+
+
+def check_latent_fits(model: Any, samples: torch.Tensor, input_name: str, size_input: Optional[str] = None) -> None:
+    """The latent has the model's channel count (a latent of another model family otherwise reaches the UNet as a
+    raw torch error), and is not beyond the model's size limit (the Shapes Demo Model, see its latent format's
+    `dragedit_max_latent_side`; the error then names size_input, e.g. the IMAGE that was encoded)."""
+    from ..core import host
+    fmt = host.latent_format(model)
+    want = getattr(fmt, "latent_channels", None)
+    require(want is None or samples.shape[1] == want, input_name,
+            f"the latent has {samples.shape[1]} channels but this model takes {want} (VAE of another model "
+            f"family?).")
+    limit = getattr(fmt, "dragedit_max_latent_side", None)
+    if limit:
+        h, w = int(samples.shape[-2]), int(samples.shape[-1])
+        require(max(h, w) <= int(limit), size_input or input_name,
+                f"the latent is {w}x{h}, larger than this model's limit of {limit}x{limit} "
+                f"({getattr(fmt, 'dragedit_size_reason', 'cost grows with the square of the pixel count')}). "
+                f"Use a smaller image.")
+
+
+def _shape(t: Any) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_single_image(image: Any, input_name: str) -> tuple[int, int]:
+    """(W, H) of a ComfyUI IMAGE [1, H, W, C]; clear errors for a batch or a malformed tensor."""
+    require(isinstance(image, torch.Tensor) and image.ndim == 4, input_name,
+            f"expected an IMAGE tensor [B, H, W, C], got {_shape(image)}.")
+    B, H, W, C = image.shape
+    require(B >= 1 and H >= 1 and W >= 1, input_name, f"the image is empty ({_shape(image)}).")
+    require(B == 1, input_name, f"a batch of {B} images was given; drag instructions describe one image. "
+                                f"Pick one with 'Image From Batch' (batch_index, length 1).")
+    return int(W), int(H)
+
+
+def image_or_latent(model: Any, image: Any, vae: Any, latent: Any, *, allow_batch: bool = False,
+                    vae_always: bool = False) -> tuple[torch.Tensor, Optional[tuple[int, int]]]:
+    """The clean latent samples [B, C, h, w] to edit, from IMAGE + VAE (encoded here) or from a LATENT, plus the
+    image size (W, H) when an image was given. One rule for every node that takes either: exactly one source,
+    both halves of IMAGE + VAE, a batch of one unless allow_batch, a latent that fits the model (check_latent_fits:
+    call supported_model first). vae_always: the node needs the VAE anyway (to decode), so a connected VAE alone
+    does not mean 'IMAGE + VAE'."""
+    have_image = image is not None or (vae is not None and not vae_always)
+    require(not (have_image and latent is not None), "latent",
+            "both a LATENT and an IMAGE are connected; connect either the LATENT or IMAGE + VAE.")
+    require(have_image or latent is not None, "latent", "connect the image to edit: a LATENT, or IMAGE + VAE.")
+    size = None
+    if have_image:
+        require(image is not None, "image", "a VAE is connected but no IMAGE; connect the image to encode.")
+        require(vae is not None, "vae", "an IMAGE is connected but no VAE to encode it; connect the VAE.")
+        require(isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[-1] >= 3, "image",
+                f"expected an IMAGE [B, H, W, 3], got {tuple(getattr(image, 'shape', ())) or type(image).__name__}.")
+        if not allow_batch:
+            size = check_single_image(image, "image")
+        else:
+            size = (int(image.shape[2]), int(image.shape[1]))
+        require(hasattr(vae, "encode"), "vae", f"expected a VAE, got {type(vae).__name__}.")
+        samples = vae.encode(image[:, :, :, :3])
+        require(isinstance(samples, torch.Tensor) and samples.ndim == 4, "vae",
+                f"encoded the image to shape {tuple(getattr(samples, 'shape', ()))}; expected an image VAE's "
+                f"[B, C, h, w] latent.")
+    else:
+        samples = check_latent(latent, allow_batch=allow_batch)
+        require(samples.ndim == 4, "latent", f"expected an image latent [B, C, h, w], got {tuple(samples.shape)}.")
+    check_latent_fits(model, samples, "vae" if have_image else "latent", "image" if have_image else "latent")
+    return samples, size
+
+
+# ---------------------------------------------------------------------------------------------- MASK
+def check_mask(mask: Any, input_name: str, *, image_size: Optional[Sequence[int]] = None,
+               latent_hw: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """The one mask rule of the pack: a single MASK ([H, W] or [1, H, W]) the size of the image (W x H) or of its
+    latent (w x h). A latent-size mask is returned nearest-upscaled to the image size when that is known; when only
+    the latent is known, any power-of-two multiple of it is accepted (the VAE factor). An all-black mask means "no
+    mask" and is returned as it is, whatever its size. Returns float [H, W]."""
+    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), input_name,
+            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
+    if mask.ndim == 3:
+        require(mask.shape[0] == 1, input_name, f"a batch of {mask.shape[0]} masks was given; connect one mask.")
+        mask = mask[0]
+    m = mask.detach().float().cpu()
+    if not bool((m > 0).any()):
+        return m      # all black = no mask, whatever its size (Load Image gives a 64x64 one for images without alpha)
+    H, W = int(m.shape[0]), int(m.shape[1])
+    lat = (int(latent_hw[0]), int(latent_hw[1])) if latent_hw is not None else None
+    if image_size is not None:
+        iw, ih = int(image_size[0]), int(image_size[1])
+        if (W, H) == (iw, ih):
+            return m
+        if lat is not None and (H, W) == lat:
+            return torch.nn.functional.interpolate(m[None, None], size=(ih, iw), mode="nearest-exact")[0, 0]
+        also = f" or the latent's {lat[1]}x{lat[0]}" if lat is not None else ""
+        raise NodeInputError(input_name, f"is {W}x{H} but the image is {iw}x{ih}; use a mask of the image's "
+                                         f"size{also} (paint it on this image, or resize it).")
+    if lat is not None:
+        h, w = lat
+        f = W // w if W >= w else 0
+        ok = f >= 1 and (f & (f - 1)) == 0 and H == h * f and W == w * f
+        require(ok, input_name, f"the mask is {W}x{H}, which does not fit the {w}x{h} latent of the image "
+                                f"(expected the image size, e.g. {w * 8}x{h * 8} for an SD model, or {w}x{h}).")
+    return m
+
+
+def read_mask(mask: Any, input_name: str = "mask", *, image_size: Optional[Sequence[int]] = None,
+              latent_hw: Optional[Sequence[int]] = None) -> Optional[torch.Tensor]:
+    """An optional MASK input as float [H, W] (check_mask), or None when absent or all black (no mask painted)."""
+    if mask is None:
+        return None
+    m = check_mask(mask, input_name, image_size=image_size, latent_hw=latent_hw)
+    return m if bool((m > 0).any()) else None
+
+
+# ---------------------------------------------------------------------------------------------- DRAG
+def read_drag(drag: Any, *, drag_json: Any = None, json_input: bool = False,
+              image_size: Optional[Sequence[int]] = None, fit_to: Optional[Sequence[int]] = None,
+              input_name: str = "drag") -> DragInstructions:
+    """The DRAG input (or, with json_input, the drag_json text instead) as DragInstructions: image_size fills in a
+    missing size and is checked against a given one; fit_to rescales same-aspect instructions to that image size.
+    Errors name the input that was used."""
+    has_json = json_input and isinstance(drag_json, str) and drag_json.strip() != ""
+    if json_input:
+        require(not (drag is not None and has_json), "drag_json",
+                "both 'drag' and 'drag_json' are connected; connect one of them.")
+        require(drag is not None or has_json, input_name,
+                "connect 'Drag Instructions' (or give the instructions as JSON text in drag_json).")
+        require(drag_json is None or isinstance(drag_json, str), "drag_json",
+                f"expected JSON text, got {type(drag_json).__name__}.")
+    else:
+        require(drag is not None, input_name, "connect 'Drag Instructions'.")
+    name, value = (input_name, drag) if drag is not None else ("drag_json", drag_json)
+    try:
+        d = DragInstructions.coerce(value, image_size=None if image_size is None else tuple(image_size))
+        return d.fit_to(tuple(fit_to)) if fit_to is not None else d
+    except DragSchemaError as e:
+        raise NodeInputError(name, f"{e}.") from None
+    except (TypeError, AttributeError, ValueError) as e:
+        raise NodeInputError(name, f"is not drag instructions ({type(value).__name__}): {e}.") from None
+
+
+def drag_input_name(drag: Any) -> str:
+    """The input the drag instructions came from: 'drag' when connected, else 'drag_json'."""
+    return "drag" if drag is not None else "drag_json"
+
+
+# ---------------------------------------------------------------------------------------------- INVERSION
+def check_inversion(inv: Any, input_name: str = "inversion", *, need_kv: bool = False) -> Any:
+    """An INVERSION of DDIM Inversion (deterministic: no noise maps) with at least one step, and recorded K/V when
+    need_kv."""
+    from ..core.inversion import Inversion
+    require(inv is not None, input_name, "is missing: connect the INVERSION output of DDIM Inversion.")
+    require(isinstance(inv, Inversion) and inv.noise_maps is None, input_name,
+            "expected an INVERSION from DDIM Inversion.")
+    require(len(inv.sigmas) > 1 and inv.num_latents == len(inv.sigmas), input_name,
+            "has no steps (strength 0 or freed): invert with strength > 0.")
+    if need_kv:
+        require(inv.kv is not None and len(inv.kv) > 0, input_name,
+                "was made without K/V: switch record_kv on in DDIM Inversion.")
+    return inv
+
+
+def check_ddpm_inversion(inv: Any, input_name: str = "inversion") -> Any:
+    """The noise maps (core.ddpm_inversion.Inversion) of an INVERSION from DDPM Inversion (edit-friendly)."""
+    from ..core.inversion import Inversion
+    require(inv is not None, input_name, "is missing: connect the INVERSION output of DDPM Inversion (edit-friendly).")
+    maps = inv.noise_maps if isinstance(inv, Inversion) else None
+    require(maps is not None, input_name,
+            "expected an INVERSION from DDPM Inversion (edit-friendly); a DDIM Inversion has no noise maps.")
+    require(maps.zs.numel() > 0 and maps.steps >= 1, input_name, "holds no noise maps (freed or empty).")
+    return maps
+
+
+def check_same_model(model: Any, inv: Any, input_name: str = "inversion") -> None:
+    """The inversion must come from this model (same weights): its latents and K/V are that model's."""
+    from ..core import host
+    mid = inv.model_id
+    require(not mid or mid == id(host.base_model(model)), input_name,
+            "was made with another model: invert the image with the same MODEL that edits it.")
+
+
+# ---------------------------------------------------------------------------------------------- schedule match
+def _fmt_sigmas(s: torch.Tensor) -> str:
+    v = [f"{float(x):.4g}" for x in s]
+    return "[" + ", ".join(v if len(v) <= 6 else v[:3] + ["…"] + v[-2:]) + f"] ({len(v) - 1} steps)"
+
+
+def check_schedule(input_name: str, sigmas: Any, inv_sigmas: Any, *, source: str, rule: str = "grid",
+                   latent_shape: Optional[Sequence[int]] = None, inv_latent_hw: Optional[Sequence[int]] = None,
+                   noise: Optional[torch.Tensor] = None) -> None:
+    """The schedule-match rule for everything sampled by a stock sampler node from an INVERSION. `rule`:
+    "grid": every sigma of the sampler is one of the INVERSION's (what is stored per step, e.g. K/V, exists only
+    there); "run": a contiguous run of them (a SplitSigmas part); "range": the sampler does not start above the
+    INVERSION's first sigma (the patch interpolates between its steps, but nothing exists above its start).
+    Also: the sampler's latent has the inversion's size, and no noise is added (add_noise off), when given.
+    `source` names the node whose SIGMAS / LATENT outputs to connect."""
+    from ..core import schedule
+    run = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
+    grid = torch.as_tensor(inv_sigmas).detach().to("cpu", torch.float64).reshape(-1)
+    where = "(raised while the sampler node ran it)"
+    fix = f"Connect the SIGMAS output of {source} (or a SplitSigmas part of it) to the sampler node's sigmas."
+    if rule == "range":
+        ok = run.numel() > 0 and grid.numel() > 0 and float(run[0]) <= float(grid[0]) * 1.02 + 1e-6
+        require(ok, input_name, f"the sampler node's sigmas {_fmt_sigmas(run)} start above the INVERSION's "
+                                f"first sigma {float(grid[0]):.4g}, where it has no inverted latent, so the "
+                                f"edit would be wrong {where}. {fix}")
+    else:
+        k = schedule.match_run(run, grid, contiguous=rule == "run")
+        what = "a contiguous run of the INVERSION's sigmas" if rule == "run" else "among the INVERSION's sigmas"
+        require(k is not None, input_name, f"the sampler node runs sigmas {_fmt_sigmas(run)}, which do not "
+                                           f"match the INVERSION's {_fmt_sigmas(grid)} (not {what}), so the "
+                                           f"edit would be lost {where}. {fix}")
+    if latent_shape is not None and inv_latent_hw is not None:
+        got, want = tuple(int(v) for v in latent_shape[-2:]), tuple(int(v) for v in inv_latent_hw)
+        require(got == want, input_name, f"the sampler node's latent is {got[1]}x{got[0]} but the INVERSION's "
+                                         f"is {want[1]}x{want[0]} {where}. Connect the LATENT output of {source} "
+                                         f"to the sampler node's latent_image.")
+    if noise is not None and isinstance(noise, torch.Tensor) and noise.numel() and bool(noise.ne(0).any()):
+        raise NodeInputError(input_name, f"the sampler node adds noise to the start latent {where}, but the "
+                                         f"LATENT of {source} is already noisy: turn add_noise off in "
+                                         f"SamplerCustom (or use DisableNoise with SamplerCustomAdvanced).")
+
+
+ScheduleCheck = Callable[[Any, Sequence[int], Any], Any]
+
+
+def guard_sampler(sampler_fn: Callable[..., torch.Tensor], node: str, check: ScheduleCheck
+                  ) -> Callable[..., torch.Tensor]:
+    """Wrap a KSAMPLER sampler function so that `check(sigmas, latent_shape, noise)` (a check_schedule call) runs
+    before the first step, inside the stock sampler node; its errors name `node`."""
+    from ._errors import node_errors
+
+    @functools.wraps(sampler_fn)
+    def guarded(model, x, sigmas, *args, **kwargs):
+        with node_errors(node):
+            check(sigmas, tuple(x.shape), getattr(model, "noise", None))
+        return sampler_fn(model, x, sigmas, *args, **kwargs)
+    return guarded
+
+
+def guard_model(model: Any, key: str, node: str, check: ScheduleCheck) -> Any:
+    """Make every sampler of `model` (a clone) run `check(sigmas, latent_shape, noise)` before sampling; its errors
+    name `node`."""
+    from ..core import host
+    from ._errors import node_errors
+
+    def run_check(sig, latent, noise):
+        with node_errors(node):
+            check(sig, tuple(latent.shape), None)
+    return host.patch_sampling_check(model, key, run_check)
+
+
+# ---------------------------------------------------------------------------------------------- K/V memory
+def kv_budget(input_name: str, estimate: int, limit_gb: float = 0.0, what: str = "",
+              fix: str = "lower steps or strength, or use a smaller image") -> int:
+    """The RAM guard of recorded K/V (host.kv.check_budget: the user's limit limit_gb > 0, else a share of the RAM
+    available now), refused as an error naming `input_name`. Returns the budget in bytes for the store's hard
+    stop."""
+    from ..core import host
+    try:
+        return host.kv.check_budget(estimate, limit_gb, what, fix)
+    except host.KVBudgetError as e:
+        raise NodeInputError(input_name, str(e)) from None

@@ -1,0 +1,103 @@
+"""What the user sees of the pack's nodes besides errors: menu categories, tooltips, seed widgets, the progress bar
+and Cancel, and the temporary PNG the drag editor shows.
+
+The one place in nodes/ that imports ComfyUI: comfy.utils (progress bar), comfy.model_management (Cancel) and
+folder_paths (temp folder), each imported where it is used so the helpers also run outside ComfyUI."""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Any, Iterable
+
+import torch
+
+CATEGORY = "DragEdit"                                   # Drag Instructions, Drag Preview: used by every method
+CATEGORY_ALL_IN_ONE = f"{CATEGORY}/all-in-one"          # one node per method: the place to start
+CATEGORY_BLOCKS = f"{CATEGORY}/building blocks"         # inversions, patches, samplers to build a method from
+CATEGORY_DEMO = f"{CATEGORY}/demo"                      # the bundled shapes model and its scenes
+SEED_MAX = 0xFFFF_FFFF_FFFF_FFFF                        # like KSampler's noise_seed
+log = logging.getLogger("dragedit")
+
+
+class Progress:
+    """ComfyUI progress bar + Cancel check, usable outside ComfyUI (then a no-op)."""
+
+    def __init__(self, total: int):
+        self.total = max(int(total), 1)
+        try:
+            import comfy.utils
+            self._bar = comfy.utils.ProgressBar(self.total)
+        except Exception:  # pragma: no cover - outside ComfyUI
+            self._bar = None
+
+    def update(self, n: int = 1) -> None:
+        check_interrupt()
+        if self._bar is not None:
+            self._bar.update(n)
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel."""
+    try:
+        import comfy.model_management as mm
+    except Exception:  # pragma: no cover
+        return
+    mm.throw_exception_if_processing_interrupted()
+
+
+def tooltips(spec: dict, tips: dict[str, str]) -> dict:
+    """Add tooltips to an INPUT_TYPES dict in place: tips maps input name -> text. Also declares the
+    control_after_generate widget of INT "seed" inputs (see seed_control)."""
+    for section in spec.values():
+        for name, entry in section.items():
+            if name in tips:
+                if len(entry) == 1:
+                    section[name] = entry = (entry[0], {"tooltip": tips[name]})
+                else:
+                    entry[1].setdefault("tooltip", tips[name])
+            if name == "seed":
+                section[name] = seed_control(section[name])
+    return spec
+
+
+def seed_control(entry: tuple) -> tuple:
+    """An INT seed input spec with its "control after generate" widget declared (control_after_generate=True).
+
+    The frontend adds that widget to any INT input named seed, but from about 1.5x it lines saved widget values
+    up with the declared controls only: on a node that also has a forceInput input (drag_json) an undeclared one
+    shifts every later value by one when a workflow loads ("control_after_generate = 0.2 is not one of its
+    options"). Declared, every frontend (1.27 .. 1.58) builds the same widgets and reads the same values."""
+    if entry[0] != "INT":
+        return entry
+    opts = dict(entry[1]) if len(entry) > 1 else {}
+    opts.setdefault("control_after_generate", True)
+    return (entry[0], opts)
+
+
+def merge_mappings(modules: Iterable[Any]) -> tuple[dict, dict]:
+    """NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS of the given node modules, merged."""
+    classes, names = {}, {}
+    for m in modules:
+        classes.update(m.NODE_CLASS_MAPPINGS)
+        names.update(m.NODE_DISPLAY_NAME_MAPPINGS)
+    return classes, names
+
+
+def save_preview(image: torch.Tensor, prefix: str = "dragedit_instructions") -> list[dict]:
+    """Save image[0] as a PNG in ComfyUI's temp folder for the editor; [{filename, subfolder, type}] or [] on failure."""
+    try:
+        import folder_paths  # ComfyUI's module; absent outside ComfyUI
+        import numpy as np
+        from PIL import Image
+
+        folder = folder_paths.get_temp_directory()
+        os.makedirs(folder, exist_ok=True)
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}.png"
+        arr = (image[0].detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+        if arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        Image.fromarray(np.ascontiguousarray(arr)).save(os.path.join(folder, name), compress_level=1)
+        return [{"filename": name, "subfolder": "", "type": "temp"}]
+    except Exception:
+        return []

@@ -1,0 +1,48 @@
+"""Frozen copies of the example workflows as users saved them: tests/data/saved_workflows/ui/<name>.json (UI format,
+copied from example_workflows/ at aff4d11) and api/<name>.json (their API-format conversion by workflow_api.ui_to_api
+against that code's /object_info). tests/test_saved_workflows.py checks that today's nodes still load and run them.
+
+They are written once (`python tests/saved_workflows.py`, which starts a server of its own) and never regenerated:
+a change that breaks them breaks users' saved workflows."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FROZEN = ROOT / "tests" / "data" / "saved_workflows"
+UI, API = FROZEN / "ui", FROZEN / "api"
+
+
+def names() -> list[str]:
+    """Names of the frozen workflows."""
+    return sorted(p.stem for p in UI.glob("*.json"))
+
+
+def load(kind: Path, name: str) -> dict:
+    return json.loads((kind / f"{name}.json").read_text())
+
+
+def main() -> None:  # pragma: no cover - run once by hand
+    sys.path.insert(0, str(ROOT / "tests"))
+    from comfy_server import ComfyServer
+    from workflow_api import ui_to_api
+
+    UI.mkdir(parents=True, exist_ok=True)
+    API.mkdir(parents=True, exist_ok=True)
+    for p in sorted((ROOT / "example_workflows").glob("*.json")):
+        shutil.copyfile(p, UI / p.name)
+    srv = ComfyServer(extra_nodes=False).start()
+    try:
+        info = srv.get("/object_info")
+        for name in names():
+            api = ui_to_api(load(UI, name), info)
+            (API / f"{name}.json").write_text(json.dumps(api, indent=1, sort_keys=True) + "\n")
+    finally:
+        srv.cleanup()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
