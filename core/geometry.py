@@ -165,10 +165,6 @@ class Grid:
             return F.avg_pool2d(crop, (int(sy), int(sx)))[0, 0]
         return F.adaptive_avg_pool2d(crop, (h, w))[0, 0]
 
-    def mask_to_grid(self, mask: torch.Tensor) -> torch.Tensor:
-        """An image-size mask [H, W] (or [1, H, W]) as float [h, w] coverage on this grid (e.g. the editable mask)."""
-        return self.coverage(mask)
-
 
 def _image_mask(mask: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
     """Bool [H, W] from a [H, W] / [1, H, W] mask of the image size."""
@@ -348,11 +344,6 @@ class CellPairs:
 
     def __len__(self) -> int:
         return int(self.dst.shape[0])
-
-    @property
-    def src_flat(self) -> torch.Tensor:
-        """Source cells as flat indices y * w + x."""
-        return self.src[:, 1] * self.grid_hw[1] + self.src[:, 0]
 
     @property
     def dst_flat(self) -> torch.Tensor:
