@@ -67,6 +67,7 @@ class DragInstructionsNode:
         drag, editable = self.build(image, drag_data, mask, drag_json)
         return {"ui": {"drag_image": save_preview(image)}, "result": (drag, editable)}
 
+    @node_entry(NODE_NAME)
     def build(self, image: torch.Tensor, drag_data: str = "", mask: Optional[torch.Tensor] = None,
               drag_json: Optional[str] = None) -> tuple[DragInstructions, torch.Tensor]:
         """Parse + validate the JSON for this image; return (DRAG, editable MASK [1, H, W])."""

@@ -241,12 +241,9 @@ class LEDITSEdit:
         if patch is not None:
             apply_patch(model, patch)        # refuse a model the concepts cannot go on before the inversion runs
         bar = Progress(2 * (int(steps) - int(skip)))
-        try:
-            out = ledits.run(model, samples, source, negative, patch, mode=mode, steps=int(steps), skip=int(skip),
-                             source_cfg=float(source_cfg), target_cfg=float(target_cfg), seed=int(seed),
-                             target=target, on_step=lambda *a: bar.update(1))
-        except host.HostError as e:
-            raise NodeInputError("model", f"{e}.") from None
+        out = ledits.run(model, samples, source, negative, patch, mode=mode, steps=int(steps), skip=int(skip),
+                         source_cfg=float(source_cfg), target_cfg=float(target_cfg), seed=int(seed), target=target,
+                         on_step=lambda *a: bar.update(1))
         return (vae.decode(out), {"samples": out})
 
 
