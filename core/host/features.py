@@ -2,7 +2,9 @@
 call has grad), optionally ending the call after the deepest one.
 
 Capture goes through ComfyUI's output_block_patch (it sees output block i−1's output as the input of block i);
-the last output block's output and the early stop have no public mechanism and go through host.internals."""
+the last output block's output and the early stop have no public mechanism and go through host.internals.
+An output_block_patch that another node put on the model before this pack's (FreeU, for one) runs first, so the
+captured h is the block output as that patch left it."""
 from __future__ import annotations
 
 import contextlib
