@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 
 from ..core import dragon_energy as de
-from ..core import dragondiffusion as dd
+from ..core import dragondiffusion as dragon
 from ..core import host
 from ..core.geometry import Grid, GeometryError
 from ..core.inversion import DDIMInversion, latent_hw
@@ -89,13 +89,13 @@ def _is_full(mask: Any) -> bool:
 def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, mask: Any = None,
                reference: Optional[DDIMInversion] = None, ref_mask: Any = None, energy_scale: float = 1.0,
                resize_scale: float = 1.0, w_edit: float = AUTO, w_content: float = AUTO,
-               center: bool = CENTER_DEFAULT) -> tuple[dd.EditSpec, list[int]]:
+               center: bool = CENTER_DEFAULT) -> tuple[dragon.EditSpec, list[int]]:
     """Check the user's inputs for `mode` and build the EditSpec on the model's energy grid (+ feature blocks)."""
     require(mode in MODES, "mode", f"must be one of {MODES}, got {mode!r}.")
     check_range(float(energy_scale), 0.0, 1000.0, "energy_scale")
-    blocks = dd.feature_blocks(model)
+    blocks = dragon.feature_blocks(model)
     lat_hw = latent_hw(inv)
-    grid_hw = dd.energy_grid(model, lat_hw, blocks)
+    grid_hw = dragon.energy_grid(model, lat_hw, blocks)
     d = None if drag is None else read_drag(drag)
     image_size = d.image_size if d is not None else None
     require(d is None or image_size is not None, "drag",
@@ -121,7 +121,7 @@ def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, m
             check_range(float(resize_scale), 0.05, 20.0, "resize_scale")
             (hx, hy), (tx, ty) = (cells(p) for p in d.points[0])
             try:
-                spec = dd.make_spec("move", grid_hw, mask=m, offset=(tx - hx, ty - hy),
+                spec = dragon.make_spec("move", grid_hw, mask=m, offset=(tx - hx, ty - hy),
                                     resize_scale=float(resize_scale), **kw)
             except ValueError as e:
                 raise NodeInputError("resize_scale", str(e)) from None
@@ -132,7 +132,7 @@ def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, m
             targets = [cells(t) for _, t in d.points]
             if m is None and d.has_mask and not _is_full(d.mask_tensor()):
                 m = mask_on_grid(d.mask_tensor(), "drag", lat_hw, grid_hw, image_size)
-            spec = dd.make_spec("drag", grid_hw, mask=m, handles=handles, targets=targets, **kw)
+            spec = dragon.make_spec("drag", grid_hw, mask=m, handles=handles, targets=targets, **kw)
         else:
             require(reference is not None, "reference",
                     f"{mode} mode needs the second image: connect its INVERSION (DDIM Inversion of the reference).")
@@ -147,7 +147,7 @@ def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, m
             require(ref_mask is not None, "ref_mask", f"{mode} mode needs the mask of the reference region.")
             mr = mask_on_grid(ref_mask, "ref_mask", lat_hw, grid_hw)
             try:
-                spec = dd.make_spec(mode, grid_hw, mask=m, ref_mask=mr, **kw)
+                spec = dragon.make_spec(mode, grid_hw, mask=m, ref_mask=mr, **kw)
             except ValueError as e:
                 raise NodeInputError("ref_mask", str(e)) from None
     except NodeInputError:
@@ -170,7 +170,7 @@ def _percent_window(model: Any, start: float, end: float):
     check_range(float(start), 0.0, 1.0, "start_percent")
     check_range(float(end), 0.0, 1.0, "end_percent")
     require(float(start) < float(end), "end_percent", f"must be above start_percent ({start}), got {end}.")
-    return dd.sigma_percent_window(model, start, end)
+    return dragon.sigma_percent_window(model, start, end)
 
 
 def _check_bank(model: Any, inv: DDIMInversion, mode: str, reference: Optional[DDIMInversion]) -> None:
@@ -180,7 +180,7 @@ def _check_bank(model: Any, inv: DDIMInversion, mode: str, reference: Optional[D
         require(reference is not None, "reference", f"{mode} mode needs the reference image's INVERSION.")
         check_inversion(reference, "reference", need_kv=True)
     try:
-        dd.check_bank_fits(inv.kv, host.select_layers(model, part="output"))
+        dragon.check_bank_fits(inv.kv, host.select_layers(model, part="output"))
     except ValueError as e:
         raise NodeInputError("inversion", str(e)) from None
 
@@ -243,9 +243,9 @@ class FeatureGuidance:
                                   w_content=w_content, center=center_features)
         when = _percent_window(model, start_percent, end_percent)
         m = host.clone(model)
-        guidance = dd.FeatureGuidance(spec, inv, blocks, reference=reference if spec.needs_reference else None,
+        guidance = dragon.FeatureGuidance(spec, inv, blocks, reference=reference if spec.needs_reference else None,
                                       active=when)
-        dd.patch_feature_guidance(m, guidance)
+        dragon.patch_feature_guidance(m, guidance)
         _guard_schedule(m, FG, inv, "range")
         return (m,)
 
@@ -293,7 +293,7 @@ class MemoryBankKV:
         _check_bank(model, inv, mode, reference)
         m = host.clone(model)
         try:
-            dd.patch_memory_bank(m, inv, mode, when=when, base_mask=masks[0], reference=reference, ref_mask=masks[1])
+            dragon.patch_memory_bank(m, inv, mode, when=when, base_mask=masks[0], reference=reference, ref_mask=masks[1])
         except ValueError as e:
             raise NodeInputError("inversion", str(e)) from None
         _guard_schedule(m, MB, inv, "grid")
@@ -362,11 +362,11 @@ class DragonDiffusion:
         defaults = de.mode_defaults(mode)
         check_range(float(vacate_noise), 0.0, 1.0, "vacate_noise")
         _check_bank(model, inv, spec.mode, reference if spec.needs_reference else None)
-        opts = dd.EditOptions(regional_sde=bool(regional_sde), time_travel=bool(time_travel),
+        opts = dragon.EditOptions(regional_sde=bool(regional_sde), time_travel=bool(time_travel),
                               init_paste=bool(init_paste), vacate_noise=float(vacate_noise), seed=int(seed),
                               sde_strength=defaults.sde_strength)
         bar = Progress(len(inv.sigmas) - 1)
-        result = dd.run(model, positive, negative, float(cfg), inv, spec, blocks, defaults, opts,
+        result = dragon.run(model, positive, negative, float(cfg), inv, spec, blocks, defaults, opts,
                         reference=reference if spec.needs_reference else None, on_step=lambda i, n: bar.update(1))
         return ({"samples": result},)
 

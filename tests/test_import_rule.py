@@ -55,3 +55,16 @@ def test_the_scan_sees_imports():
     """The scanner itself: absolute comfy imports (also inside functions) count, the pack's relative ones do not."""
     assert comfy_imports(ROOT / "nodes" / "_ui.py") == {"comfy.utils", "comfy.model_management", "folder_paths"}
     assert comfy_imports(ROOT / "__init__.py") == {"comfy.model_patcher"}
+
+
+def test_no_node_calls_another_node_class():
+    """Nodes share core functions and nodes/_inputs.py rules, never each other's classes: no node module
+    instantiates a node class (a class with a FUNCTION)."""
+    trees = {p.name: ast.parse(p.read_text(encoding="utf-8")) for p in sorted((ROOT / "nodes").glob("*.py"))}
+    node_classes = {c.name for t in trees.values() for c in ast.walk(t) if isinstance(c, ast.ClassDef)
+                    and any(isinstance(s, ast.Assign) and any(getattr(x, "id", "") == "FUNCTION" for x in s.targets)
+                            for s in c.body)}
+    assert len(node_classes) >= 15
+    calls = [(name, n.func.id) for name, t in trees.items() for n in ast.walk(t)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in node_classes]
+    assert calls == []
