@@ -319,6 +319,6 @@ def kv_budget(input_name: str, estimate: int, limit_gb: float = 0.0, what: str =
     stop."""
     from ..core import host
     try:
-        return host.kv.check_budget(estimate, limit_gb, what, fix)
+        return host.kv.check_budget(estimate, limit_gb, what, fix, label=f"({input_name})")
     except host.KVBudgetError as e:
         raise NodeInputError(input_name, str(e)) from None
