@@ -5,6 +5,7 @@ The SEGA patch is an immutable `SegaPatch` (concept list + settings) handed to `
 concepts' predictions come from the same batched UNet call as cond and uncond, and `SegaPatch.combine` replaces
 the CFG step. Chaining builds a new `SegaPatch` with one more concept and installs it on the next clone, so the
 upstream MODEL keeps its own list. The momentum ν and the attention maps live in the host's per-run state dict.
+`run` is the whole LEDITS / LEDITS++ edit (inversion, concepts, the Edit-friendly DDPM sampler) of LEDITS Edit.
 """
 from __future__ import annotations
 
