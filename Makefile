@@ -12,7 +12,7 @@ setup:
 	@bash .ci/setup.sh
 
 demo: setup
-	$(PY) .ci/demo.py
+	$(PY) demo/run.py
 
 test: setup $(if $(FRONTEND),frontend)
 	DRAGEDIT_FRONTEND=$(FRONTEND) OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
@@ -41,12 +41,12 @@ bench-gpu: setup
 V2_OUT ?= out/train_v2
 V2_STEPS ?= 3000
 train-v2: setup
-	OMP_NUM_THREADS=1 $(PY) -m core.shapes.train --arch v2-32 --feature-dc 0.1 --steps $(V2_STEPS) --batch 16 \
+	OMP_NUM_THREADS=1 $(PY) -m tools.train_shapes --arch v2-32 --feature-dc 0.1 --steps $(V2_STEPS) --batch 16 \
 		--warmup 100 --threads 1 --export-every 500 --val-every 250 --out $(V2_OUT) $(if $(INIT),--init-from $(INIT))
 
 # On a GPU (the device machine: no venv needed, carry .host/comfyui): trains within TRAIN_BUDGET s (default 390).
 train-v2-gpu:
-	bash .ci/train_v2_gpu.sh
+	bash tools/train_v2_gpu.sh
 
 clean:
 	rm -rf .venv .host out .frontends

@@ -58,7 +58,7 @@ def _ddim(unet, ctx, ab, z, ts_from, ts_to):
 
 def _load(weights: Path | None, random_arch: str | None):
     """(MODEL, CLIP, label) of a weights file, the shipped model, or an untrained design."""
-    from dragedit.core.shapes import model as sm
+    from dragedit.demo.shapes import model as sm
     if random_arch:
         mp, clip, _ = sm.build(None, None, arch=random_arch)
         return mp, clip, f"{random_arch} untrained"
@@ -71,7 +71,7 @@ def run(weights: Path | None, name: str, n_scenes: int = N_SCENES, random_arch: 
     """Measure G1 and G2 of one model; prints per-scene progress, and the table when `write`."""
     import torch
     _util.setup()
-    from dragedit.core.shapes import model as sm, renderer, vae
+    from dragedit.demo.shapes import model as sm, renderer, vae
     from dragedit.core import dragdiffusion as ddiff, dragondiffusion as dragon
 
     torch.manual_seed(0)
@@ -166,7 +166,7 @@ def run(weights: Path | None, name: str, n_scenes: int = N_SCENES, random_arch: 
 
 def _steps(weights: Path | None) -> int | None:
     """Training steps recorded in a weights file's metadata (None when absent)."""
-    from dragedit.core.shapes import model as sm
+    from dragedit.demo.shapes import model as sm
     v = sm.read_meta(weights or sm.default_weights()).get("steps")
     return int(v) if v is not None else None
 

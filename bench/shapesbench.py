@@ -84,7 +84,7 @@ def dragdiffusion_mask(case, margin: int):
     `margin` px (bool [H, W]); None when margin < 0 (no mask)."""
     import torch
     import shapes_cases as S
-    from dragedit.core.shapes import renderer as R
+    from dragedit.demo.shapes import renderer as R
     if margin < 0:
         return None
     m = R.coverage(case.shape, S.SIZE) > 1e-3
@@ -173,7 +173,7 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
     for i in (1, 2, 3):
         inputs[f"direction_{i}"], inputs[f"scale_{i}"] = "add", s["scale"]
     if how == "target":
-        from dragedit.core.shapes import renderer
+        from dragedit.demo.shapes import renderer
         g["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": renderer.prompt(case.target),
                                                                "clip": ["model", 1]}}
         inputs["target"] = ["tgt", 0]
@@ -463,7 +463,7 @@ def contact_sheets(recs: Sequence[dict], cases: Sequence, folder: Path, per_kind
 # ======================================================================================================== CLI
 def weights_info() -> dict:
     """Which shapes weights the server loads (path, size, mtime, sha256 prefix)."""
-    from dragedit.core.shapes import model as shapes_model
+    from dragedit.demo.shapes import model as shapes_model
     p = shapes_model.default_weights()
     if not p.exists():
         return {"path": str(p), "present": False}

@@ -421,7 +421,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     import numpy as np
     from PIL import Image
 
-    from dragedit.core.shapes import renderer
+    from dragedit.demo.shapes import renderer
     from workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "dragdiffusion.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
@@ -451,7 +451,7 @@ def test_lora_example_workflow_runs_on_server(comfy_server):
     import numpy as np
     from PIL import Image
 
-    from dragedit.core.shapes import renderer
+    from dragedit.demo.shapes import renderer
     from workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "dragdiffusion_lora.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))

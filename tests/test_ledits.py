@@ -546,11 +546,11 @@ def test_concept_token_range_with_and_without_a_start_token():
 
 
 def test_shapes_model_declares_no_start_token(sd15_model):
-    from dragedit.core.shapes import model as shapes_model
+    from dragedit.demo.shapes import model as shapes_model
     m, clip, _ = shapes_model.build(seed=0)
     assert host.text_start_tokens(m) == 0 and host.text_start_tokens(sd15_model) == 1
     assert host.text_start_tokens(host.clone(m)) == 0
-    from dragedit.core.shapes.prompt import WORD_ID
+    from dragedit.demo.shapes.prompt import WORD_ID
     assert clip.tokenize("blue square")["shapes"][:3] == [WORD_ID["blue"], WORD_ID["square"], WORD_ID["<pad>"]]
 
 
@@ -582,13 +582,13 @@ def test_sega_errors(sd15_model, cond):
 # ------------------------------------------------------------------------------------------- LEDITS Edit (item 4)
 
 def _shapes():
-    from dragedit.core.shapes import model as shapes_model
+    from dragedit.demo.shapes import model as shapes_model
     return shapes_model.load_demo(allow_random=True)
 
 
 @pytest.mark.slow
 def test_ledits_edit_node_on_the_shapes_model():
-    from dragedit.core.shapes import renderer
+    from dragedit.demo.shapes import renderer
     model, clip, vae = _shapes()
 
     def enc(text):
@@ -620,7 +620,7 @@ def test_ledits_edit_at_scale_0_reconstructs_the_input(mode):
     """Scale 0 (and target_cfg = source_cfg) gives the input back in both modes: LEDITS++ samples with ε_u + the
     concept terms only, so it inverts with the negative at cfg 1 (diffusers' empty source prompt), not with the
     source prompt at source_cfg (that cost 30-37 dB on the shapes model)."""
-    from dragedit.core.shapes import renderer
+    from dragedit.demo.shapes import renderer
     model, clip, vae = _shapes()
 
     def enc(text):
@@ -641,7 +641,7 @@ def test_ledits_edit_target_prompt_alone_and_ledits_pp_needs_a_concept():
     """SEGA mode with a target prompt and no concept is the plain prompt-switch edit (the inversion's noise maps,
     the target at target_cfg): it reconstructs with the source as target and edits with another prompt. LEDITS++
     has no prompt CFG, so a target alone is refused."""
-    from dragedit.core.shapes import renderer
+    from dragedit.demo.shapes import renderer
     model, clip, vae = _shapes()
 
     def enc(text):
@@ -730,7 +730,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     import numpy as np
     from PIL import Image
 
-    from dragedit.core.shapes import renderer
+    from dragedit.demo.shapes import renderer
     from workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "ledits.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))

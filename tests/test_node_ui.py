@@ -147,16 +147,16 @@ def test_menu_categories_output_names_and_seeds(comfy_server):
 
 
 def test_example_workflows_store_the_current_output_names():
-    sys.path.insert(0, str(ROOT / ".ci"))
+    sys.path.insert(0, str(ROOT / "tools"))
     import workflow_outputs
     names = workflow_outputs.return_names()
     for f in sorted((ROOT / "example_workflows").glob("*.json")):
         edits = workflow_outputs.renames(f.read_text(), names)
-        assert not edits, f"{f.name}: run `python .ci/workflow_outputs.py` ({[(e[2], e[3]) for e in edits]})"
+        assert not edits, f"{f.name}: run `python -m tools.workflow_outputs` ({[(e[2], e[3]) for e in edits]})"
 
 
 def test_workflow_output_rename_keeps_the_text():
-    sys.path.insert(0, str(ROOT / ".ci"))
+    sys.path.insert(0, str(ROOT / "tools"))
     import workflow_outputs
     text = ('{\n  "nodes": [\n    {\n      "id": 4,\n      "type": "DragEditRegionDrag",\n      "inputs": [\n'
             '        {"name": "latent", "type": "LATENT", "link": 1}\n      ],\n      "outputs": [\n'

@@ -1,5 +1,5 @@
 """Comfy Registry metadata: the icon (a file in this repository, addressed by its raw URL), requires-comfyui, the
-display name the README tells users to search for, and a .comfyignore that keeps tests / benches / CI out of the
+display name the README tells users to search for, and a .comfyignore that keeps tests / benches / tools / CI out of the
 package while leaving everything ComfyUI loads."""
 from __future__ import annotations
 
@@ -58,13 +58,13 @@ def test_comfyignore_keeps_tests_out_and_the_pack_in():
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     kept = [f for f in files if not _ignored(f, patterns)]
-    for folder in ("tests/", "bench/", ".ci/"):
+    for folder in ("tests/", "bench/", "tools/", ".ci/"):
         assert not [f for f in kept if f.startswith(folder)], folder
-    candidate = "core/shapes/weights/shapes_v2-"          # Shapes v2 training candidates: in git, not in the package
-    needed = [f for f in files if (f == "__init__.py" or f.split("/")[0] in ("nodes", "core", "web", "example_workflows"))
+    candidate = "demo/shapes/weights/shapes_v2-"          # Shapes v2 training candidates: in git, not in the package
+    needed = [f for f in files if (f == "__init__.py" or f.split("/")[0] in ("nodes", "core", "demo", "web", "example_workflows"))
               and not f.startswith(candidate)]
     assert needed and all(f in kept for f in needed), [f for f in needed if f not in kept]
-    assert "core/shapes/weights/shapes_v1.safetensors" in kept
+    assert "demo/shapes/weights/shapes_v1.safetensors" in kept
     assert not [f for f in kept if f.startswith(candidate)]
     for f in ("LICENSE", "README.md", "pyproject.toml", "requirements.txt"):
         assert f in kept, f

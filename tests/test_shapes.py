@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import run_node
-from dragedit.core.shapes import model as shapes_model
-from dragedit.core.shapes import prompt as shapes_prompt
-from dragedit.core.shapes import renderer as R
-from dragedit.core.shapes import vae as shapes_vae
+from dragedit.demo.shapes import model as shapes_model
+from dragedit.demo.shapes import prompt as shapes_prompt
+from dragedit.demo.shapes import renderer as R
+from dragedit.demo.shapes import vae as shapes_vae
 from dragedit.nodes._common import NodeInputError
 from dragedit.nodes.shapes_demo import ShapesDemoModel, ShapesScene
 
@@ -213,8 +213,8 @@ def test_unknown_word_error_reaches_the_user(comfy_server):
 
 def test_training_data_is_pinned():
     """The shipped weights are reproducible only while the scene sampler, renderer and prompt dropout draw the same
-    batches: a change there must come with retrained weights (python -m core.shapes.train)."""
-    from dragedit.core.shapes import train as shapes_train
+    batches: a change there must come with retrained weights (python -m tools.train_shapes)."""
+    from tools import train_shapes as shapes_train
     z, ids = shapes_train.make_batch(random.Random(0), 8)
     assert float(z.double().sum()) == pytest.approx(-4496.663507401943, abs=1e-3)
     assert float(z.double().abs().sum()) == pytest.approx(19455.899360597134, abs=1e-3)

@@ -1,12 +1,12 @@
-"""Training of the shapes demo models (core/shapes/train.py): the v2 designs train from a seed, export fp16 EMA
+"""Training of the shapes demo models (tools/train_shapes.py): the v2 designs train from a seed, export fp16 EMA
 weights that name their design and step, continue from those weights alone (the multi-sitting CPU path), and draw
 batch k as a pure function of (seed, k); the decoder-DC regulariser measures what it says."""
 from __future__ import annotations
 
 import torch
 
-from dragedit.core.shapes import model as shapes_model
-from dragedit.core.shapes import train as shapes_train
+from dragedit.demo.shapes import model as shapes_model
+from tools import train_shapes as shapes_train
 
 
 def _args(out, *extra: str):
@@ -82,7 +82,7 @@ def test_a_seeded_run_is_reproducible(tmp_path):
 
 
 def test_gpu_training_script_refuses_without_cuda(tmp_path):
-    """The prepared GPU command (.ci/train_v2_gpu.sh) stops with a clear message where there is no CUDA device."""
+    """The prepared GPU command (tools/train_v2_gpu.sh) stops with a clear message where there is no CUDA device."""
     import os
     import subprocess
     import sys
@@ -92,13 +92,13 @@ def test_gpu_training_script_refuses_without_cuda(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the script would train")
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run(["bash", str(root / ".ci" / "train_v2_gpu.sh")], capture_output=True, text=True, timeout=120,
+    r = subprocess.run(["bash", str(root / "tools" / "train_v2_gpu.sh")], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PY=sys.executable, OUT=str(tmp_path)))
     assert r.returncode != 0 and "no CUDA device" in r.stderr + r.stdout
 
 
 def test_the_committed_v2_candidate_loads_and_names_its_step():
-    """core/shapes/weights/shapes_v2-32.safetensors: what a later sitting continues from (make train-v2 INIT=...)."""
+    """demo/shapes/weights/shapes_v2-32.safetensors: what a later sitting continues from (make train-v2 INIT=...)."""
     w = shapes_model.WEIGHTS.parent / shapes_train.weights_name("v2-32")
     meta = shapes_model.read_meta(w)
     assert meta["arch"] == "v2-32" and int(meta["steps"]) >= 3000 and meta["data"] == "per-step"

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import shapes_cases as S  # noqa: E402
 import shapesbench as SB  # noqa: E402
 from dragedit.core.drag_schema import DragInstructions  # noqa: E402
-from dragedit.core.shapes import renderer as R  # noqa: E402
+from dragedit.demo.shapes import renderer as R  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

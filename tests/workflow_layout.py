@@ -1,7 +1,7 @@
 """Node boxes of a UI-format workflow as the frontend draws them: a node is never smaller than its widgets need
 (the frontend grows it on load), and its title bar sits above `pos`. Shared by the layout tests and
-.ci/layout_workflows.py; the minimum sizes follow LiteGraph's computeSize as measured with frontend 1.32.9
-(.ci/measure_nodes.py): 26 px for the first slot row, 20 px per further row, 24 px per widget plus 8."""
+tools/layout_workflows.py; the minimum sizes follow LiteGraph's computeSize as measured with frontend 1.32.9
+(tools/measure_nodes.py): 26 px for the first slot row, 20 px per further row, 24 px per widget plus 8."""
 from __future__ import annotations
 
 from typing import Optional

@@ -2,8 +2,8 @@
 
 Widget values are laid out from the server's /object_info (the order the frontend uses), so a change to a node's
 inputs is picked up by running this again:
-    .venv/bin/python .ci/sd_workflows.py [--object-info FILE] [--sizes FILE]
---sizes: a JSON {node type: [w, h]} of minimum node sizes measured in the browser (.ci/measure_nodes.py); without it
+    .venv/bin/python -m tools.sd_workflows [--object-info FILE] [--sizes FILE]
+--sizes: a JSON {node type: [w, h]} of minimum node sizes measured in the browser (tools/measure_nodes.py); without it
 the sizes are estimates. The layout is columns of nodes stacked top to bottom, groups around each stage.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Keep the output names stored in UI-format workflows in step with the nodes' RETURN_NAMES.
 
-`python .ci/workflow_outputs.py [files...]` rewrites, in place, only the `"name"` (and a matching
+`python -m tools.workflow_outputs [files...]` rewrites, in place, only the `"name"` (and a matching
 `"localized_name"` / `"label"`) of each output of this pack's nodes whose stored name differs from the node's
 RETURN_NAMES for that slot (same type only). Everything else in the file, formatting included, is left byte for
 byte: the edit is a text substitution inside the output's own object, located with a small JSON scanner.

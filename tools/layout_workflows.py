@@ -1,6 +1,6 @@
 """Lay out the shapes-model example workflows (positions, sizes, titles, groups, notes) without touching widget
 values, links or key order, and keeping each file's JSON formatting (indent, trailing newline):
-    .venv/bin/python .ci/layout_workflows.py [--object-info FILE]
+    .venv/bin/python -m tools.layout_workflows [--object-info FILE]
 Sizes become at least what the frontend computes for the node (tests/workflow_layout.py), nodes are stacked in
 columns so that no two overlap, and groups frame the branches.
 """

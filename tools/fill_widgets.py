@@ -1,6 +1,6 @@
 """Append the default value of every widget a pack node gained since an example workflow was saved (new inputs
 are appended at the end of a node's inputs, as the frontend does on load), keeping each file's JSON formatting:
-    .venv/bin/python .ci/fill_widgets.py [--check]
+    .venv/bin/python -m tools.fill_widgets [--check]
 Without this the frontend fills them in on load and the saved workflow differs from the loaded one."""
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Shapes v2 on a GPU (issue 12): the one prepared command. On the device machine (nothing else to install):
-#     run(command="bash .ci/train_v2_gpu.sh", carry=[".host/comfyui"], timeout_s=600)
+#     run(command="bash tools/train_v2_gpu.sh", carry=[".host/comfyui"], timeout_s=600)
 # It needs python3 with torch, safetensors and Pillow (the device image has them) and ComfyUI's source
-# (.host/comfyui, carried; torchsde is stubbed by core/shapes/train.py when absent). A 120-step speed probe fixes
+# (.host/comfyui, carried; torchsde is stubbed by tools/train_shapes.py when absent). A 120-step speed probe fixes
 # the step count that fits TRAIN_BUDGET seconds (printed, and recorded in the weights' metadata, so the run can be
 # repeated exactly with those numbers); then the run writes the fp16 EMA weights, its log and a sample grid to $OUT
 # (the device tool brings that folder back) or out/train_v2. Check the result on the CPU:
@@ -21,10 +21,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 COMMON=(--arch "$ARCH" --device cuda --batch "${BATCH:-64}" --workers "${WORKERS:-12}" --threads 4 --feature-dc 0.1
         --lr 1e-3 --warmup 200 --ckpt-every 0 --seed 0)
 probe=$(mktemp -d)
-$PY -m core.shapes.train "${COMMON[@]}" --steps 1000000 --stop-at 120 --log-every 20 --val-every 1000000 --grid 0 \
+$PY -m tools.train_shapes "${COMMON[@]}" --steps 1000000 --stop-at 120 --log-every 20 --val-every 1000000 --grid 0 \
     --out "$probe" 2>&1 | grep -v '^WARNING' | tee "$DEST/probe.log"
 sps=$(grep -o '[0-9.]* s/step' "$DEST/probe.log" | tail -n 3 | awk '{s += $1} END {print s / NR}')
 steps=$($PY -c "print(max(500, int($BUDGET / max($sps, 1e-3)) // 500 * 500))")
 echo "speed probe: $sps s/step -> $steps steps in $BUDGET s"
-$PY -m core.shapes.train "${COMMON[@]}" --steps "$steps" --time-budget $((BUDGET + 60)) --log-every 500 \
+$PY -m tools.train_shapes "${COMMON[@]}" --steps "$steps" --time-budget $((BUDGET + 60)) --log-every 500 \
     --val-every 2000 --grid 1 --out "$DEST" 2>&1 | grep -v '^WARNING' | tee "$DEST/train.log"

@@ -1,6 +1,6 @@
 """Screenshots of the example workflows as the frontend draws them (headless Chromium, the whole graph fitted
 into the view): to look at the layout, and the node-graph picture of the real-image workflows' thumbnails.
-    .venv/bin/python .ci/workflow_screens.py [names...]      -> out/screens/<name>.png
+    .venv/bin/python -m tools.workflow_screens [names...]      -> out/screens/<name>.png
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from .. import host
+from ...core import host
 from . import vae as shapes_vae
 from .prompt import CONTEXT_DIM, PromptEncoder, ShapesClip
 
@@ -145,7 +145,7 @@ def load_demo(path: Optional[Path | str] = None, allow_random: bool = True) -> t
     p = Path(path) if path is not None else default_weights()
     if not p.exists():
         if not allow_random:
-            raise FileNotFoundError(f"shapes model weights not found at {p}; run `python -m core.shapes.train` to make them")
+            raise FileNotFoundError(f"shapes model weights not found at {p}; run `python -m tools.train_shapes` to make them")
         log.warning("shapes model weights not found at %s: using an UNTRAINED random model", p)
         return build(None, None)
     from safetensors.torch import load_file

@@ -3,8 +3,8 @@
 design in its metadata) and a sample grid PNG.
 
 Run from the repository root:
-    python -m core.shapes.train --out core/shapes/weights                       # v1, as shipped
-    python -m core.shapes.train --arch v2-64 --out DIR [--device cuda] [--time-budget 480] [--export-every 500]
+    python -m tools.train_shapes --out demo/shapes/weights                       # v1, as shipped
+    python -m tools.train_shapes --arch v2-64 --out DIR [--device cuda] [--time-budget 480] [--export-every 500]
 
 Resuming: from <out>/train_state.pt when it exists (full state); else `--init-from FILE` continues from committed fp16
 EMA weights and their step count (a fresh optimizer, re-warmed; no optimizer state is committed). The v1 design draws
@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def setup_comfy() -> None:
@@ -58,10 +58,15 @@ def setup_comfy() -> None:
             sys.argv = argv
 
 
-# the package modules import comfy lazily, so they can be imported before setup_comfy()
-from . import model as shapes_model  # noqa: E402
-from . import renderer, vae  # noqa: E402
-from .prompt import WORD_ID, tokenize  # noqa: E402
+# the shapes model is part of the pack (loaded as `dragedit`), which needs ComfyUI imported first
+setup_comfy()
+sys.path.insert(0, str(ROOT / "tests"))
+from comfy_env import load_pack  # noqa: E402
+
+load_pack()
+from dragedit.demo.shapes import model as shapes_model  # noqa: E402
+from dragedit.demo.shapes import renderer, vae  # noqa: E402
+from dragedit.demo.shapes.prompt import WORD_ID, tokenize  # noqa: E402
 
 GRID_PROMPTS: tuple[str, ...] = (
     "red circle", "blue square", "green triangle", "yellow circle", "white square", "black triangle",
@@ -479,7 +484,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The command line of a training run (also used by the tests to call `train` directly)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="v1", help=f"model design: {', '.join(shapes_model.ARCHS)}")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "weights"))
+    ap.add_argument("--out", default=str(ROOT / "demo" / "shapes" / "weights"))
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--stop-at", type=int, default=0, help="stop (and export the EMA weights) at this step of the --steps schedule")
     ap.add_argument("--time-budget", type=float, default=0, help="stop (and export) after this many seconds (0: none)")

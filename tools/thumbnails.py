@@ -1,10 +1,10 @@
 """Template-browser thumbnails: example_workflows/<name>.jpg (the name the ComfyUI frontend asks for: it requests
 /api/workflow_templates/<pack folder>/<name>.jpg for every <name>.json a custom node's example_workflows/ holds).
 
-Shapes-model workflows: from real results, the before / after PNGs `.ci/demo.py` writes to out/demo/ (input with the
+Shapes-model workflows: from real results, the before / after PNGs `demo/run.py` writes to out/demo/ (input with the
 drag arrows | result). Real-image (SD1.5 / SDXL) workflows: no weights exist here, so an illustrative card that says
 so: ComfyUI's input/example.png with the workflow's drag drawn on it, the method, the checkpoint and the resolution.
-    .venv/bin/python .ci/demo.py && .venv/bin/python .ci/thumbnails.py
+    .venv/bin/python -m demo.run && .venv/bin/python -m tools.thumbnails
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / ".ci"))
+sys.path.insert(0, str(ROOT / "tools"))
 
 WF = ROOT / "example_workflows"
 DEMO = ROOT / "out" / "demo"
@@ -113,7 +113,7 @@ def shapes_thumbnail(name: str) -> Image.Image:
     before = DEMO / f"{name}_before.png"
     after = DEMO / f"{name}_after.png"
     if not (before.exists() and after.exists()):
-        raise FileNotFoundError(f"{before} / {after} missing: run .venv/bin/python .ci/demo.py {name} first")
+        raise FileNotFoundError(f"{before} / {after} missing: run .venv/bin/python -m demo.run {name} first")
     wf = json.loads((WF / f"{name}.json").read_text())
     b = Image.open(before).convert("RGB").resize((256, 256), Image.NEAREST)
     drag = _drag_of(wf)

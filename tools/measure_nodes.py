@@ -1,7 +1,7 @@
 """Load every example workflow in the real frontend (headless Chromium) and print, per node, its stored size and
 the size the frontend computes for it (node.computeSize()), as JSON: {workflow: {node id: {stored, computed}}}.
 Used when laying out example_workflows/ so that no node is smaller than its widgets (overlaps hide widgets).
-    .venv/bin/python .ci/measure_nodes.py > out/node_sizes.json
+    .venv/bin/python -m tools.measure_nodes > out/node_sizes.json
 """
 from __future__ import annotations
 
