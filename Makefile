@@ -29,12 +29,12 @@ frontend:
 BENCHES := inversion regiondrag dragdiffusion dragondiffusion ledits shapesbench
 
 bench: setup
-	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
+	for b in $(BENCHES); do $(PY) -m bench.$$b || exit 1; done
 
 # One prepared GPU run (CUDA required, fails loudly without it): every method at SD1.5 512² and SDXL 1024²,
 # seconds per edit, peak VRAM, K/V RAM and transfer time -> out/bench/gpu.json (within 8 minutes on one GPU).
 bench-gpu: setup
-	DRAGEDIT_COMFY_GPU=1 $(PY) bench/gpu.py
+	DRAGEDIT_COMFY_GPU=1 $(PY) -m bench.gpu
 
 # Shapes v2 (issue 12), one seeded command each. On the CPU (resumable: <out>/train_state.pt, or INIT=<weights> to
 # continue from committed fp16 EMA weights): about 0.6 s per step on one core.

@@ -25,15 +25,13 @@ import math
 import random
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 if "dragedit" not in sys.modules:                      # standalone use: load ComfyUI + the pack like other benches
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _util
+    from bench import _util
     _util.setup()
 
 from dragedit.core.drag_schema import DragInstructions, RegionPair, rle_encode  # noqa: E402

@@ -5,20 +5,17 @@ commit"). Candidates (demo/shapes/model.py ARCHS) follow the review's recipe for
 per level and attention only at the two lowest resolutions, at the shipped 32 px (16x16 latent) or at 64 px
 (32x32 latent through the same 2x2 unshuffle).
 
-    python bench/shapes_v2_cost.py [--rounds 3] [--batch 32] [--steps 100000]
+    python -m bench.shapes_v2_cost [--rounds 3] [--batch 32] [--steps 100000]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _util  # noqa: E402
+from bench import _util  # noqa: E402
 
 
 def candidates() -> dict[str, tuple[dict, int]]:

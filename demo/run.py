@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from comfy_server import ComfyServer  # noqa: E402
-from workflow_api import ui_to_api  # noqa: E402
+from support.comfy_server import ComfyServer  # noqa: E402
+from support.workflow_api import ui_to_api  # noqa: E402
 
 DEMOS = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits"]
 SCALE = 8

@@ -2,21 +2,18 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 torch.set_num_threads(int(os.environ.get("DRAGEDIT_TEST_THREADS", "1")))
 
-from comfy_env import load_pack, setup_comfy  # noqa: E402
+from support.comfy_env import load_pack, setup_comfy  # noqa: E402
 
 setup_comfy()
 load_pack()
 
-import tiny_models  # noqa: E402
+from support import tiny_models  # noqa: E402
 
 
 def pytest_configure(config):
@@ -63,7 +60,7 @@ def run_node(cls, **inputs):
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """The real ComfyUI server with this pack and tests/test_nodes loaded, on a free loopback port."""
-    from comfy_server import ComfyServer
+    from support.comfy_server import ComfyServer
     srv = ComfyServer(base=tmp_path_factory.mktemp("comfy-base")).start()
     yield srv
     srv.cleanup()
@@ -72,7 +69,7 @@ def comfy_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     """Headless Debian chromium through Playwright (skips with the reason when it is missing)."""
-    import browser_util as bu
+    from support import browser_util as bu
     why = bu.chromium_missing_reason()
     if why:
         pytest.skip(why)

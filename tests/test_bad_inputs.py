@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-import tiny_models
-from comfy_server import PromptError
+from support import tiny_models
+from support.comfy_server import PromptError
 from conftest import run_node
 
 from dragedit.core import host, schedule

@@ -4,18 +4,14 @@ store's transfer options keep values and placement safe without a GPU. No timed 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-import tiny_models
+from support import tiny_models
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import _util  # noqa: E402
-import gpu  # noqa: E402
+from bench import _util, gpu
 
 
 def test_real_layouts_come_from_comfyui():
@@ -50,7 +46,7 @@ def test_gpu_bench_tiny_mode_runs_every_method(tmp_path):
 
 
 def test_comfy_gpu_opt_in_is_loud_without_cuda(monkeypatch):
-    import comfy_env
+    from support import comfy_env
     monkeypatch.delenv(comfy_env.GPU_ENV, raising=False)
     assert comfy_env.comfy_flags() == ["--cpu"]
     monkeypatch.setenv(comfy_env.GPU_ENV, "1")

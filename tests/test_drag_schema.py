@@ -2,15 +2,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from core.drag_schema import (MAX_JSON_BYTES, DragInstructions, DragSchemaError, RegionPair,  # noqa: E402
                               rle_decode, rle_encode)

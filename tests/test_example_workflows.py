@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from workflow_layout import NOTE_TYPES, inside, overlaps
+from support.workflow_layout import NOTE_TYPES, inside, overlaps
 
 ROOT = Path(__file__).resolve().parents[1]
 WF = ROOT / "example_workflows"

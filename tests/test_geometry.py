@@ -7,15 +7,9 @@ d = 12 -> 1; d = 20 -> 2).
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from core import geometry as g  # noqa: E402
 from core.drag_schema import DragInstructions, RegionPair  # noqa: E402

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-import tiny_models
+from support import tiny_models
 from conftest import run_node
 from dragedit.core import ddpm_inversion as ef
 from dragedit.core import host, ledits
@@ -147,7 +147,7 @@ def test_inversion_and_sampler_errors(sd15_model, cond):
 def _sega_pipeline(model):
     from diffusers.pipelines.deprecated.semantic_stable_diffusion.pipeline_semantic_stable_diffusion import (
         SemanticStableDiffusionPipeline)
-    from diffusers_bridge import sd15_unet_twin
+    from support.diffusers_bridge import sd15_unet_twin
     import test_sega_math as tsm
     comps = tsm.tiny_sd_components()
     comps["unet"] = sd15_unet_twin(model)
@@ -705,7 +705,7 @@ def test_server_reconstruction_and_sega_edit(comfy_server):
 
 @pytest.mark.slow
 def test_server_reports_sega_errors(comfy_server):
-    from comfy_server import PromptError
+    from support.comfy_server import PromptError
     g = _graph()
     g["11"] = {"class_type": "DragEditSEGAGuidance", "inputs": {
         "model": ["1", 0], "concept": ["2", 0], "direction": "add", "scale": 6.0, "threshold": 0.9, "warmup": 5,
@@ -731,7 +731,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
-    from workflow_api import ui_to_api
+    from support.workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "ledits.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     edit = prompt["6"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -147,8 +146,7 @@ def test_menu_categories_output_names_and_seeds(comfy_server):
 
 
 def test_example_workflows_store_the_current_output_names():
-    sys.path.insert(0, str(ROOT / "tools"))
-    import workflow_outputs
+    from tools import workflow_outputs
     names = workflow_outputs.return_names()
     for f in sorted((ROOT / "example_workflows").glob("*.json")):
         edits = workflow_outputs.renames(f.read_text(), names)
@@ -156,8 +154,7 @@ def test_example_workflows_store_the_current_output_names():
 
 
 def test_workflow_output_rename_keeps_the_text():
-    sys.path.insert(0, str(ROOT / "tools"))
-    import workflow_outputs
+    from tools import workflow_outputs
     text = ('{\n  "nodes": [\n    {\n      "id": 4,\n      "type": "DragEditRegionDrag",\n      "inputs": [\n'
             '        {"name": "latent", "type": "LATENT", "link": 1}\n      ],\n      "outputs": [\n'
             '        {\n          "name": "latent",\n          "type": "LATENT",\n          "links": [2]\n        }\n'

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import tiny_models
+from support import tiny_models
 from conftest import run_node
 from dragedit.core import ddpm_inversion as ef
 from dragedit.core import host
@@ -405,7 +405,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
-    from workflow_api import ui_to_api
+    from support.workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "regiondrag.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["5"]["class_type"] == "DragEditRegionDrag" and prompt["5"]["inputs"]["drag"] == ["4", 0]

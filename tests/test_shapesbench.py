@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import math
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import shapes_cases as S  # noqa: E402
-import shapesbench as SB  # noqa: E402
+from bench import shapes_cases as S
+from bench import shapesbench as SB
 from dragedit.core.drag_schema import DragInstructions  # noqa: E402
 from dragedit.demo.shapes import renderer as R  # noqa: E402
 

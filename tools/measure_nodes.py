@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-import browser_util as bu  # noqa: E402
-from comfy_server import ComfyServer  # noqa: E402
+from support import browser_util as bu  # noqa: E402
+from support.comfy_server import ComfyServer  # noqa: E402
 
 JS = """() => { const out = {};
   for (const n of app.graph.nodes) { const c = n.computeSize();

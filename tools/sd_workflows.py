@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "example_workflows"
-sys.path.insert(0, str(ROOT / "tests"))
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
@@ -356,7 +354,7 @@ def main() -> None:
     ap.add_argument("--object-info", type=Path, help="a saved /object_info (default: start a server and ask it)")
     ap.add_argument("--sizes", type=Path, help="measured node sizes {type: [w, h]}")
     a = ap.parse_args()
-    from comfy_server import object_info
+    from support.comfy_server import object_info
     info = object_info(a.object_info)
     sizes = json.loads(a.sizes.read_text()) if a.sizes else {}
     for name, wf in build(info, sizes).items():

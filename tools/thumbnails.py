@@ -15,8 +15,6 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tools"))
 
 WF = ROOT / "example_workflows"
 DEMO = ROOT / "out" / "demo"
@@ -127,7 +125,7 @@ def shapes_thumbnail(name: str) -> Image.Image:
 
 def real_thumbnail(name: str) -> Image.Image:
     """An illustration, not a result: the example image with the workflow's drag, what it needs."""
-    from comfy_env import comfyui_path
+    from support.comfy_env import comfyui_path
     wf = json.loads((WF / f"{name}.json").read_text())
     src = Image.open(comfyui_path() / "input" / "example.png").convert("RGB").resize((512, 512), Image.LANCZOS)
     drag = _drag_of(wf)

@@ -29,41 +29,39 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import comfy_env  # noqa: E402
+
+ROOT = comfy_env.ROOT
 
 
-def setup_comfy() -> None:
-    """Put ComfyUI ($COMFYUI_PATH or .host/comfyui) on sys.path in CPU mode (training runs outside ComfyUI)."""
-    path = Path(os.environ.get("COMFYUI_PATH") or ROOT / ".host" / "comfyui").resolve()
-    if not (path / "comfy" / "model_patcher.py").exists():
-        raise SystemExit(f"no ComfyUI at {path}: run .ci/setup.sh or set COMFYUI_PATH")
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+# PyTorch SDPA attention: ~25% less CPU per training step than ComfyUI's CPU default (sub-quadratic)
+COMFY_FLAGS = ("--use-pytorch-cross-attention",)
+
+
+def stub_torchsde() -> None:
+    """Register an empty `torchsde` module when it is not installed. ComfyUI imports it at start-up (k-diffusion's
+    sampling module) but only its SDE samplers use it (BrownianTree noise); training never samples with them, and
+    a bare GPU image (the prepared `make train-v2-gpu` run) does not have it."""
     try:
         import torchsde  # noqa: F401
     except ImportError:
-        # only ComfyUI's SDE samplers use it (BrownianTree noise); training never samples with them, and a bare GPU
-        # image (the prepared `make train-v2-gpu` run) does not have it
         import types
         sys.modules["torchsde"] = types.ModuleType("torchsde")
-    if "comfy.model_management" not in sys.modules:
-        # PyTorch SDPA attention: ~25% less CPU per training step than ComfyUI's CPU default (sub-quadratic)
-        argv, sys.argv = sys.argv, [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"]
-        try:
-            import comfy.options
-            comfy.options.enable_args_parsing()
-            import comfy.cli_args  # noqa: F401
-            import comfy.model_management  # noqa: F401
-        finally:
-            sys.argv = argv
 
 
-# the shapes model is part of the pack (loaded as `dragedit`), which needs ComfyUI imported first
+def setup_comfy() -> None:
+    """Import ComfyUI ($COMFYUI_PATH or .host/comfyui) in CPU mode with SDPA attention (training runs outside
+    ComfyUI; a no-op for the flags when ComfyUI is already imported, as in the tests) and load the pack."""
+    stub_torchsde()
+    try:
+        comfy_env.setup_comfy(COMFY_FLAGS)
+    except RuntimeError as e:           # no ComfyUI checkout: say how to get one
+        raise SystemExit(str(e)) from None
+    comfy_env.load_pack()
+
+
+# the shapes model is part of the pack (imported as `dragedit`), which needs ComfyUI imported first
 setup_comfy()
-sys.path.insert(0, str(ROOT / "tests"))
-from comfy_env import load_pack  # noqa: E402
-
-load_pack()
 from dragedit.demo.shapes import model as shapes_model  # noqa: E402
 from dragedit.demo.shapes import renderer, vae  # noqa: E402
 from dragedit.demo.shapes.prompt import WORD_ID, tokenize  # noqa: E402
@@ -524,7 +522,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    setup_comfy()
     (eval_only if args.eval_only else train)(args)
 
 

@@ -6,8 +6,8 @@
 # the step count that fits TRAIN_BUDGET seconds (printed, and recorded in the weights' metadata, so the run can be
 # repeated exactly with those numbers); then the run writes the fp16 EMA weights, its log and a sample grid to $OUT
 # (the device tool brings that folder back) or out/train_v2. Check the result on the CPU:
-#     python bench/shapes_gates.py --weights <dir>/shapes_v2-32.safetensors --name shapes_gates_v2
-#     DRAGEDIT_SHAPES_WEIGHTS=<dir>/shapes_v2-32.safetensors python bench/shapesbench.py --name shapesbench_v2
+#     python -m bench.shapes_gates --weights <dir>/shapes_v2-32.safetensors --name shapes_gates_v2
+#     DRAGEDIT_SHAPES_WEIGHTS=<dir>/shapes_v2-32.safetensors python -m bench.shapesbench --name shapesbench_v2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-v2-32}

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from comfy_server import frontend_version  # noqa: F401  (the frontend the test server serves)
+from .comfy_server import frontend_version  # noqa: F401  (the frontend the test server serves)
 
 CHROMIUM = Path(os.environ.get("DRAGEDIT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

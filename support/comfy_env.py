@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = ROOT / ".host"
@@ -38,21 +39,38 @@ def comfy_flags() -> list[str]:
     return shlex.split(os.environ.get("DRAGEDIT_COMFY_ARGS", ""))
 
 
-def setup_comfy() -> Path:
-    """Import comfy once, in CPU mode unless $DRAGEDIT_COMFY_GPU=1 (see comfy_flags); returns the ComfyUI path."""
+def apply_cli_flags(flags: Sequence[str]) -> None:
+    """Set ComfyUI command-line flags (e.g. ["--cpu"]) on `comfy.cli_args.args` before comfy.model_management is
+    imported (it reads them at import), without touching sys.argv.
+
+    comfy.cli_args parses no command line unless comfy.options.enable_args_parsing() was called (main.py does):
+    it holds the defaults. Here the flags are parsed with ComfyUI's own `parser`, the values that differ from the
+    defaults are copied onto `args`, and the post-parse rules of cli_args.py that such flags need are applied
+    (--fast -> a set of PerformanceFeature, --force-fp16 -> fp16_unet, --disable-auto-launch). The test
+    tests/host/test_comfy_env.py compares the result with ComfyUI parsing the same flags from its command line."""
+    import comfy.cli_args as cli
+    given = cli.parser.parse_args(list(flags))
+    for name, value in vars(given).items():
+        if value != cli.parser.get_default(name):
+            setattr(cli.args, name, value)
+    if given.fast is not None:
+        cli.args.fast = set(cli.PerformanceFeature) if given.fast == [] else set(given.fast)
+    if given.force_fp16:
+        cli.args.fp16_unet = True
+    if given.disable_auto_launch:
+        cli.args.auto_launch = False
+
+
+def setup_comfy(extra_flags: Sequence[str] = ()) -> Path:
+    """Import comfy once, in CPU mode unless $DRAGEDIT_COMFY_GPU=1 (see comfy_flags), plus `extra_flags`; returns
+    the ComfyUI path. Puts ComfyUI first on sys.path (the only sys.path insertion of this repository: its
+    top-level modules, e.g. `nodes`, must win over same-named folders here)."""
     path = comfyui_path()
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     if "comfy.model_management" not in sys.modules:
-        argv = sys.argv
-        sys.argv = [argv[0], *comfy_flags()]
-        try:
-            import comfy.options
-            comfy.options.enable_args_parsing()
-            import comfy.cli_args  # noqa: F401
-            import comfy.model_management  # noqa: F401
-        finally:
-            sys.argv = argv
+        apply_cli_flags([*comfy_flags(), *extra_flags])
+        import comfy.model_management  # noqa: F401
     return path
 
 

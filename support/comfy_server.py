@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from comfy_env import ROOT, comfyui_path
+from .comfy_env import ROOT, comfyui_path
 
-TEST_NODES = Path(__file__).resolve().parent / "test_nodes"
+TEST_NODES = ROOT / "tests" / "test_nodes"
 FRONTENDS = ROOT / ".frontends"      # `make frontend FRONTEND=X` installs comfyui-frontend-package==X here
 
 
@@ -115,7 +115,8 @@ class ComfyServer:
             cmd.append("--disable-api-nodes")
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", "1")
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parent) + os.pathsep + env.get("PYTHONPATH", "")
+        # the repository root, so that the test-only nodes import `support` (ComfyUI's own folder stays first)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=str(comfy), stdout=self._log, stderr=subprocess.STDOUT, env=env)
         t0 = time.time()
@@ -205,7 +206,7 @@ class ComfyServer:
 
 
 def object_info(saved: Optional[Path] = None) -> dict:
-    """/object_info from a saved JSON file, or from a server started for the purpose (for the .ci scripts)."""
+    """/object_info from a saved JSON file, or from a server started for the purpose (for the tools/ scripts)."""
     if saved is not None:
         return json.loads(Path(saved).read_text())
     srv = ComfyServer(extra_nodes=False).start()

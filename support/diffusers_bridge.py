@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-import tiny_models
+from . import tiny_models
 
 
 def sd15_unet_twin(model):
