@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 FRONTEND ?=
 FRONTEND_ROOT = $(CURDIR)/.frontends/$(FRONTEND)/comfyui_frontend_package/static
 
-.PHONY: setup demo test server bench bench-gpu train-v2 train-v2-gpu clean frontend
+.PHONY: setup demo test test-fast server bench bench-gpu train-v2 train-v2-gpu clean frontend
 
 setup:
 	@bash .ci/setup.sh
@@ -16,6 +16,10 @@ demo: setup
 
 test: setup $(if $(FRONTEND),frontend)
 	DRAGEDIT_FRONTEND=$(FRONTEND) OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Unit + parity + host tests (no server, no browser, no slow tests): tests/unit, tests/parity, tests/host.
+test-fast: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not browser" tests/unit tests/parity tests/host $(PYTEST_ARGS)
 
 server: setup $(if $(FRONTEND),frontend)
 	cd .host/comfyui && ../../$(PY) main.py --cpu --listen 127.0.0.1 --port 8188 --disable-auto-launch \

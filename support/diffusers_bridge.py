@@ -1,7 +1,6 @@
 """Build diffusers twins of the tiny ComfyUI test UNets (same weights) for numerical cross-checks."""
 from __future__ import annotations
 
-import torch
 
 from . import tiny_models
 

@@ -13,6 +13,10 @@ SD15_UNET = dict(
     legacy=False, image_size=32, adm_in_channels=None, num_head_channels=-1,
 )
 
+# A 3-level SD1.5-shaped UNet: cross-attention at 1/4 of the latent resolution, where LEDITS++ reads its masks.
+SD15_3LEVEL = dict(SD15_UNET, channel_mult=[1, 2, 2], num_res_blocks=[1, 1, 1],
+                   transformer_depth=[1, 1, 1], transformer_depth_output=[1] * 6)
+
 # SDXL layout in small: no attention at the highest resolution, deeper stacks below, ADM (pooled + sizes).
 SDXL_POOLED = 32
 SDXL_UNET = dict(
