@@ -313,7 +313,7 @@ def train(args: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(args.seed + 1)
     step, hist, warm_from = 0, [], 0
     if state_path.exists():
-        st = torch.load(state_path, weights_only=False, map_location=dev)
+        st = torch.load(state_path, weights_only=True, map_location=dev)     # tensors, numbers, lists only
         with torch.no_grad():
             for p, v in zip(params, st["params"]):
                 p.copy_(v)
@@ -462,7 +462,7 @@ def eval_only(args: argparse.Namespace) -> None:
     state = Path(args.out) / "train_state.pt"
     if args.from_state:  # the EMA weights of a running / stopped training
         mp, clip, _ = shapes_model.build(None, None, arch=arch.name)
-        st = torch.load(state, weights_only=False, map_location="cpu")
+        st = torch.load(state, weights_only=True, map_location="cpu")
         params = list(shapes_model.unet_of(mp).parameters()) + list(clip.encoder.parameters())
         with torch.no_grad():
             for p, v in zip(params, st["ema"]):

@@ -1,5 +1,5 @@
 """Exactly invertible image <-> latent map of the shapes model: 2x2 pixel-unshuffle of (2·x − 1), so a
-[B,3,32,32] image in [0,1] is a [B,12,16,16] latent in [−1,1] and back with no loss. `ShapesVAE` wraps it as
+[B,3,32,32] image in [0,1] is a [B,12,16,16] latent in [−1,1] and back with no loss. `make_comfy_vae` wraps it as
 a ComfyUI VAE that the stock VAE Encode / VAE Decode nodes (and their tiled variants) accept."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def decode(latent: torch.Tensor) -> torch.Tensor:
 
 
 class UnshuffleAE(torch.nn.Module):
-    """The parameter-free 'first stage model' behind ShapesVAE (encode/decode in [−1,1] image space)."""
+    """The parameter-free 'first stage model' of the Shapes VAE (encode/decode in [−1,1] image space)."""
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pixel_unshuffle(x, FACTOR)
@@ -41,40 +41,43 @@ class UnshuffleAE(torch.nn.Module):
         return torch.nn.functional.pixel_shuffle(z, FACTOR)
 
 
+# Attributes of comfy.sd.VAE that `make_comfy_vae` sets after ComfyUI's constructor: what a first stage other than the
+# constructor's own decides. tests/host/test_shapes_vae.py checks that a stock VAE has each of them.
+FIRST_STAGE_ATTRIBUTES = ("first_stage_model", "patcher", "downscale_ratio", "upscale_ratio", "latent_channels",
+                          "memory_used_encode", "memory_used_decode", "working_dtypes", "disable_offload", "not_video",
+                          "size")
+# The state dict that makes comfy.sd.VAE build its parameter-free pixel-space VAE (3 channels, ratio 1).
+PIXEL_SPACE_SD = "pixel_space_vae"
+
+
 def make_comfy_vae() -> Any:
-    """A comfy.sd.VAE (subclass) whose first stage is the exact 2x2 unshuffle: encode(IMAGE [B,H,W,3]) ->
-    [B,12,H/2,W/2], decode(latent) -> IMAGE [B,H,W,3]; all of ComfyUI's VAE methods work on it."""
+    """A comfy.sd.VAE whose first stage is the exact 2x2 unshuffle: encode(IMAGE [B,H,W,3]) -> [B,12,H/2,W/2],
+    decode(latent) -> IMAGE [B,H,W,3]; all of ComfyUI's VAE methods (tiled ones included) work on it.
+
+    ComfyUI's VAE constructor picks its first stage from the keys of a state dict and takes no custom module, so
+    this is the one place past its public API: the VAE is built by the public constructor as the parameter-free
+    pixel-space VAE (so device, dtype, output device and every attribute ComfyUI adds are ComfyUI's own), then the
+    FIRST_STAGE_ATTRIBUTES are set for the unshuffle (ratio 2, 12 latent channels, float32 on the CPU, no offload).
+    tests/host/test_shapes_vae.py fails with a clear message when comfy.sd.VAE stops building the pixel-space VAE or
+    renames one of these attributes."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.sd
 
-    class ShapesVAE(comfy.sd.VAE):
-        """The shapes model's exact pixel-unshuffle VAE, built without a state dict."""
-
-        def __init__(self) -> None:  # noqa: D401 - replaces comfy.sd.VAE.__init__ (which needs weights)
-            self.memory_used_encode = lambda shape, dtype: 64 * shape[-1] * shape[-2] * mm.dtype_size(dtype)
-            self.memory_used_decode = lambda shape, dtype: 64 * shape[-1] * shape[-2] * FACTOR * FACTOR * mm.dtype_size(dtype)
-            self.downscale_ratio = FACTOR
-            self.upscale_ratio = FACTOR
-            self.latent_channels = LATENT_CHANNELS
-            self.latent_dim = 2
-            self.output_channels = 3
-            self.process_input = lambda image: image * 2.0 - 1.0
-            self.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
-            self.working_dtypes = [torch.float32]
-            self.disable_offload = True
-            self.not_video = True
-            self.size = None
-            self.downscale_index_formula = None
-            self.upscale_index_formula = None
-            self.extra_1d_channel = None
-            self.crop_input = True
-            self.first_stage_model = UnshuffleAE().eval()
-            self.device = torch.device("cpu")
-            self.vae_dtype = torch.float32
-            self.output_device = mm.intermediate_device()
-            self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device,
-                                                            offload_device=self.device)
-            self.size = 0
-
-    return ShapesVAE()
+    cpu = torch.device("cpu")
+    vae = comfy.sd.VAE(sd={PIXEL_SPACE_SD: torch.tensor(1.0)}, device=cpu, dtype=torch.float32)
+    if vae.first_stage_model is None:
+        raise RuntimeError(f"this ComfyUI's comfy.sd.VAE does not build a pixel-space VAE from a '{PIXEL_SPACE_SD}' "
+                           f"state dict; the Shapes VAE is built on it (demo/shapes/vae.py make_comfy_vae)")
+    vae.first_stage_model = UnshuffleAE().eval()
+    vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=cpu, offload_device=cpu)
+    vae.downscale_ratio = vae.upscale_ratio = FACTOR
+    vae.latent_channels = LATENT_CHANNELS
+    vae.memory_used_encode = lambda shape, dtype: 64 * shape[-1] * shape[-2] * mm.dtype_size(dtype)
+    vae.memory_used_decode = lambda shape, dtype: 64 * shape[-1] * shape[-2] * FACTOR * FACTOR * mm.dtype_size(dtype)
+    vae.working_dtypes = [torch.float32]
+    vae.disable_offload = True                  # nothing to offload: the first stage has no parameters
+    vae.not_video = True
+    vae.size = None
+    vae.model_size()                            # ComfyUI's own size of the new first stage (0 bytes)
+    return vae

@@ -106,3 +106,15 @@ def test_the_committed_v2_candidate_loads_and_names_its_step():
     assert shapes_model.arch_of_model(model).name == "v2-32"
     total = sum(p.stat().st_size for p in shapes_model.WEIGHTS.parent.glob("*.safetensors"))
     assert total < 32e6                                                  # the issue's budget for committed weights
+
+
+def test_resumes_from_its_training_state_loaded_as_plain_data(tmp_path):
+    """<out>/train_state.pt (parameters, EMA, optimizer, RNG states, history) loads with torch.load(weights_only=True):
+    a resumed run ends where an uninterrupted one does."""
+    shapes_train.train(_args(tmp_path / "a", "--steps", "3", "--ckpt-every", "1", "--stop-at", "2"))
+    assert (tmp_path / "a" / "train_state.pt").exists()
+    shapes_train.train(_args(tmp_path / "a", "--steps", "3", "--ckpt-every", "1"))
+    shapes_train.train(_args(tmp_path / "b", "--steps", "3"))
+    from safetensors.torch import load_file
+    wa, wb = (load_file(str(tmp_path / d / "shapes_v2-32.safetensors")) for d in ("a", "b"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
