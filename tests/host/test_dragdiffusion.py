@@ -295,6 +295,7 @@ def test_threshold_input_sets_the_stop_distance(sd15_model, cond):
     assert seen[0] == (30.0, 0, True) and seen[1][0] == 2.0 and seen[1][1] == 2 and not seen[1][2]
 
 
+@pytest.mark.slow
 def test_dragdiffusion_all_in_one(sd15_model, cond):
     pos, neg = cond
     lat = planted_latent(0)

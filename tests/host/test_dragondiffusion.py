@@ -263,6 +263,7 @@ def test_all_in_one_sdxl_shaped(sdxl_model, cond_xl):
     assert torch.isfinite(edited["samples"]).all() and edited["samples"].shape == (1, 4, 16, 16)
 
 
+@pytest.mark.slow
 def test_diffeditor_options_run_and_count(sd15_model, cond):
     """Time travel adds the repeats (a forward and an inversion call each); regional SDE is seeded."""
     from dragedit.nodes.dragondiffusion import run_edit, build_spec
@@ -284,6 +285,7 @@ def test_diffeditor_options_run_and_count(sd15_model, cond):
     assert (outs["tt"] - outs["base"]).abs().max() > 1e-5
 
 
+@pytest.mark.slow
 def test_d_plus_sparsified_guidance_steps(sd15_model, cond):
     """D+ (the reference's default alg): guidance on every step before step 10 of 50, then on even steps only, up to
     step 30; with sparsify off on every step of the window. Strength 0.7 runs steps 15..49."""

@@ -36,6 +36,7 @@ def _invert_and_measure(model, pos, samples, steps):
     return res
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sd15", "vpred"])
 def test_reconstruction_within_derived_bound(kind):
     """Bound: sampling back undoes step i exactly except that it evaluates ε̂ at x_{i+1} where inversion used

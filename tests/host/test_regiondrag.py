@@ -339,6 +339,7 @@ def _live_kv_bytes() -> tuple[int, int]:
     return len([s for s in stores if len(s)]), sum(s.nbytes() for s in stores)
 
 
+@pytest.mark.slow
 def test_caches_freed_after_each_run(sd15_model):
     """Five runs of the node: no K/V store keeps tensors afterwards, live tensors and Python allocations stay flat."""
     args = dict(model=sd15_model, positive=tiny_models.conditioning(1), latent=_planted(),

@@ -425,6 +425,7 @@ def test_energies_and_gradient_match_reference_on_the_same_features(setup):
         torch.testing.assert_close(g_pack, g_ref, rtol=1e-4, atol=1e-5 * float(g_ref.abs().max()), msg=mode)
 
 
+@pytest.mark.slow
 def test_inversion_and_memory_bank_attention_match_reference(setup):
     """The DDIM inversion latents (cond only, every step kept) and one CFG denoiser call with the memory bank
     injected (move: replace, drag: concat, appearance / paste: the region mix) agree with the port."""
