@@ -6,16 +6,20 @@ PYTEST_ARGS ?=
 FRONTEND ?=
 FRONTEND_ROOT = $(CURDIR)/.frontends/$(FRONTEND)/comfyui_frontend_package/static
 
-.PHONY: setup demo test server bench bench-gpu train-v2 train-v2-gpu clean frontend
+.PHONY: setup demo test test-fast server bench bench-gpu train-v2 train-v2-gpu clean frontend
 
 setup:
 	@bash .ci/setup.sh
 
 demo: setup
-	$(PY) .ci/demo.py
+	$(PY) demo/run.py
 
 test: setup $(if $(FRONTEND),frontend)
 	DRAGEDIT_FRONTEND=$(FRONTEND) OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Unit + parity + host tests (no server, no browser, no slow tests): tests/unit, tests/parity, tests/host.
+test-fast: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not browser" tests/unit tests/parity tests/host $(PYTEST_ARGS)
 
 server: setup $(if $(FRONTEND),frontend)
 	cd .host/comfyui && ../../$(PY) main.py --cpu --listen 127.0.0.1 --port 8188 --disable-auto-launch \
@@ -29,24 +33,24 @@ frontend:
 BENCHES := inversion regiondrag dragdiffusion dragondiffusion ledits shapesbench
 
 bench: setup
-	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
+	for b in $(BENCHES); do $(PY) -m bench.$$b || exit 1; done
 
 # One prepared GPU run (CUDA required, fails loudly without it): every method at SD1.5 512² and SDXL 1024²,
 # seconds per edit, peak VRAM, K/V RAM and transfer time -> out/bench/gpu.json (within 8 minutes on one GPU).
 bench-gpu: setup
-	DRAGEDIT_COMFY_GPU=1 $(PY) bench/gpu.py
+	DRAGEDIT_COMFY_GPU=1 $(PY) -m bench.gpu
 
 # Shapes v2 (issue 12), one seeded command each. On the CPU (resumable: <out>/train_state.pt, or INIT=<weights> to
 # continue from committed fp16 EMA weights): about 0.6 s per step on one core.
 V2_OUT ?= out/train_v2
 V2_STEPS ?= 3000
 train-v2: setup
-	OMP_NUM_THREADS=1 $(PY) -m core.shapes.train --arch v2-32 --feature-dc 0.1 --steps $(V2_STEPS) --batch 16 \
+	OMP_NUM_THREADS=1 $(PY) -m tools.train_shapes --arch v2-32 --feature-dc 0.1 --steps $(V2_STEPS) --batch 16 \
 		--warmup 100 --threads 1 --export-every 500 --val-every 250 --out $(V2_OUT) $(if $(INIT),--init-from $(INIT))
 
 # On a GPU (the device machine: no venv needed, carry .host/comfyui): trains within TRAIN_BUDGET s (default 390).
 train-v2-gpu:
-	bash .ci/train_v2_gpu.sh
+	bash tools/train_v2_gpu.sh
 
 clean:
 	rm -rf .venv .host out .frontends

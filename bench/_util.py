@@ -1,7 +1,7 @@
 """Shared bench plumbing, used by every bench (one place for how things are timed, counted and reported).
 
 - `setup()`: ComfyUI in-process and this pack as `dragedit` (CPU mode; `DRAGEDIT_COMFY_GPU=1` keeps CUDA with
-  ComfyUI's normal VRAM management, see tests/comfy_env.py).
+  ComfyUI's normal VRAM management, see support/comfy_env.py).
 - `interleave()`: runs variants A, B, C, A, B, C, ... `repeats` times after one warm-up each, and records process CPU
   seconds and wall seconds of every run (CUDA synchronised around each run). `summary()` gives the median and the
   spread (min, max, quartiles) of a list; `primary()` says which clock a bench should quote: process CPU time on a
@@ -33,9 +33,7 @@ OUT = ROOT / "out" / "bench"
 
 def setup() -> None:
     """Import ComfyUI (the test host, or $COMFYUI_PATH) and this pack as `dragedit`."""
-    if str(ROOT / "tests") not in sys.path:
-        sys.path.insert(0, str(ROOT / "tests"))
-    from comfy_env import load_pack
+    from support.comfy_env import load_pack
     load_pack()
 
 
@@ -200,14 +198,14 @@ def emit_peak(res: dict) -> None:
     print(PEAK_TAG + json.dumps(res), flush=True)
 
 
-def child_peak(script: str, argv: Sequence[str], small_mmap: bool = True) -> dict:
-    """Run `script argv` in a fresh process (which measures one run inside peak_memory() and calls emit_peak) and
+def child_peak(module: str, argv: Sequence[str], small_mmap: bool = True) -> dict:
+    """Run `python -m module argv` (from the repository root) in a fresh process (which measures one run inside peak_memory() and calls emit_peak) and
     return its dict. `small_mmap` sets MALLOC_MMAP_THRESHOLD_ so freed tensors leave the RSS: that setting slows
     allocation, so it is only ever used here, never in a timing pass."""
     env = dict(os.environ)
     if small_mmap:
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    proc = subprocess.run([sys.executable, script, *argv], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", module, *argv], env=env, capture_output=True, text=True, cwd=ROOT)
     for line in proc.stdout.splitlines():
         if line.startswith(PEAK_TAG):
             return json.loads(line[len(PEAK_TAG):])

@@ -4,7 +4,7 @@ reference does per iteration, and nothing more), in the same run (goal: at most 
 iterations used, UNet calls (counted) and total time of whole default edits; peak memory. Prints a table, writes
 out/bench/dragdiffusion.json.
 
-usage: python bench/dragdiffusion.py [--size 32] [--iters 4] [--repeats 3] [--edit-repeats 3] [--full] [--threads 1]
+usage: python -m bench.dragdiffusion [--size 32] [--iters 4] [--repeats 3] [--edit-repeats 3] [--full] [--threads 1]
 (--full: the real SD1.5 UNet at a 64x64 latent = 512x512 image, for a GPU)
 
 The model's parameters are frozen (requires_grad False, as in a loaded checkpoint): no row computes weight
@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-import _util
+from bench import _util
 
 EDIT = "whole edit"
 BASE = "reference step: full forward + backward from the feature block"
@@ -196,9 +196,9 @@ def main() -> None:
     t = run_pass(a, "time")
     m: dict = {}
     if a.which == "both":                # peaks in a fresh process, never in the timing process
-        argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--pass", "memory"]
+        argv = [sys.executable, "-m", __spec__.name, *sys.argv[1:], "--pass", "memory"]
         env = {**os.environ} if _util.cuda_in_use() else {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, cwd=_util.ROOT)
         m = json.loads([l for l in proc.stdout.splitlines() if l.startswith("@@")][-1][2:])
 
     rows = []

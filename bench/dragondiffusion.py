@@ -3,7 +3,7 @@ reference design (a full second UNet pass per guided step: no truncation) in the
 backward passes per edit, counted; peak memory and the activation bytes kept for backward per guided step.
 Prints a table, writes out/bench/dragondiffusion.json.
 
-usage: python bench/dragondiffusion.py [--size 32] [--steps 10] [--repeats 3] [--full] [--threads 1]
+usage: python -m bench.dragondiffusion [--size 32] [--steps 10] [--repeats 3] [--full] [--threads 1]
 (--full: the real SD1.5 UNet at a 64x64 latent = 512x512 image; slow on a CPU)
 
 Each variant runs the same drag edit (memory bank on, cfg 4, DDIM along the inversion's sigmas; guidance in the
@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _util  # noqa: E402
+from bench import _util  # noqa: E402
 
 REF_STEPS, REF_GUIDED = 50, 30   # the reference edit: 50 DDIM steps, energy guidance at the first 30
 
@@ -153,7 +150,7 @@ def main() -> None:
     crun = make_run(ce, cuda)
     counted = {name: crun(guided, kw) for name, (guided, kw) in VARIANTS.items()}
     peaks = {} if a.no_memory else {
-        name: _util.child_peak(__file__, ["--peak", name, "--steps", str(a.steps), "--size", str(size),
+        name: _util.child_peak(__spec__.name, ["--peak", name, "--steps", str(a.steps), "--size", str(size),
                                           "--threads", str(a.threads)] + (["--full"] if a.full else []))
         for name in VARIANTS}
 

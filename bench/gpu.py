@@ -5,11 +5,11 @@ out/bench/gpu.json.
 
 The UNets are ComfyUI's own SD1.5 and SDXL architectures (comfy.model_detection's configs, built through
 comfy.supported_models' model classes) with random weights, initialised explicitly (timing needs no weights; no
-download). ComfyUI starts with CUDA and its normal VRAM management ($DRAGEDIT_COMFY_GPU=1, tests/comfy_env.py);
+download). ComfyUI starts with CUDA and its normal VRAM management ($DRAGEDIT_COMFY_GPU=1, support/comfy_env.py);
 without a CUDA device the script stops with an error, it never falls back to the CPU.
 
-usage: python bench/gpu.py [--families sd15,sdxl] [--repeats 2] [--budget-s 420] [--out DIR]
-       python bench/gpu.py --tiny      (CPU, tiny versions of the same layouts, few steps: a smoke test of the script)
+usage: python -m bench.gpu [--families sd15,sdxl] [--repeats 2] [--budget-s 420] [--out DIR]
+       python -m bench.gpu --tiny      (CPU, tiny versions of the same layouts, few steps: a smoke test of the script)
 
 Methods at their node defaults: RegionDrag (20 steps, strength 0.5), DragDiffusion (50 steps, strength 0.7, 80
 iterations, reference K/V; a random model never reaches the targets, so all 80 run), DragonDiffusion (DDIM inversion
@@ -24,13 +24,11 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _util  # noqa: E402
+from bench import _util  # noqa: E402
 
 FAMILIES = {"sd15": 64, "sdxl": 128}          # latent side: 512x512 and 1024x1024 images
 TINY_LATENT = 8
@@ -251,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("bench/gpu.py: no CUDA device (torch.cuda.is_available() is False); use --tiny for the CPU "
                          "smoke test. Refusing to time the CPU.")
     if not a.tiny:
-        os.environ["DRAGEDIT_COMFY_GPU"] = "1"              # tests/comfy_env.py: CUDA or a loud error, never the CPU
+        os.environ["DRAGEDIT_COMFY_GPU"] = "1"              # support/comfy_env.py: CUDA or a loud error, never the CPU
     _util.setup()
     import comfy.model_management as mm
     from dragedit.core import host

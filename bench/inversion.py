@@ -7,15 +7,12 @@ spread and the per-round ratio to KSampler, and UNet calls are counted on the di
 number). Peak memory: one run of each row in a fresh child process (RSS growth with MALLOC_MMAP_THRESHOLD_ fixed on
 a CPU; torch.cuda.max_memory_allocated on a GPU), never in the timing process.
 
-usage: python bench/inversion.py [--steps 10] [--size 32] [--repeats 7] [--threads 1] [--full]"""
+usage: python -m bench.inversion [--steps 10] [--size 32] [--repeats 7] [--threads 1] [--full]"""
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _util  # noqa: E402
+from bench import _util  # noqa: E402
 
 ROWS = ["KSampler (ddim)", "DDIM Inversion", "DDIM Inversion + K/V record"]
 
@@ -79,7 +76,7 @@ def main() -> None:
     times = _util.interleave(fns, a.repeats, warmup=False)
     clock = _util.primary()
     peaks = {} if a.no_memory else {
-        name: _util.child_peak(__file__, ["--peak", name, "--steps", str(a.steps), "--size", str(a.size),
+        name: _util.child_peak(__spec__.name, ["--peak", name, "--steps", str(a.steps), "--size", str(a.size),
                                           "--threads", str(a.threads)] + (["--full"] if a.full else []))
         for name in ROWS}
     ref = times[ROWS[0]][clock]

@@ -4,7 +4,7 @@ run: UNet calls and rows (batch entries) per edit, time per edit, peak memory; p
 mode for reference. Goal: no more UNet evaluations than diffusers and time within 1.1x. Prints a table, writes
 out/bench/ledits.json.
 
-usage: python bench/ledits.py [--steps 20] [--size 32] [--repeats 5] [--threads 1] [--full] [--attention pytorch|default]
+usage: python -m bench.ledits [--steps 20] [--size 32] [--repeats 5] [--threads 1] [--full] [--attention pytorch|default]
 (--full: the real SD1.5 UNet size, for a GPU)
 
 Attention kernel: ComfyUI on a CPU defaults to its sub-quadratic attention, which is slower there than the PyTorch
@@ -28,7 +28,7 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-import _util
+from bench import _util
 
 ROWS = ["diffusers SEGA", "ours SEGA", "ours LEDITS++", "diffusers plain CFG", "ours plain CFG",
         "ours DDPM inversion"]
@@ -197,9 +197,9 @@ def measure(env: dict, a: argparse.Namespace, n: int) -> dict[str, dict]:
 def child_peak(a: argparse.Namespace, row: str, n: int) -> dict:
     """Peak memory of one run of `row` in a fresh child process."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
-    cmd = [sys.executable, __file__, "--child", row, "--concepts", str(n), "--steps", str(a.steps), "--size",
+    cmd = [sys.executable, "-m", __spec__.name, "--child", row, "--concepts", str(n), "--steps", str(a.steps), "--size",
            str(a.size), "--threads", str(a.threads), "--attention", a.attention] + (["--full"] if a.full else [])
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=_util.ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -214,21 +214,8 @@ def child(a: argparse.Namespace) -> None:
 
 def start_comfy(attention: str, cuda: bool) -> None:
     """Import ComfyUI with the chosen attention kernel (before _util.setup, which then finds it imported)."""
-    sys.path.insert(0, str(_util.ROOT / "tests"))
-    from comfy_env import comfy_flags, comfyui_path
-    path = str(comfyui_path())
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    argv = sys.argv
-    flags = comfy_flags() + (["--use-pytorch-cross-attention"] if attention == "pytorch" else [])
-    sys.argv = [argv[0]] + flags
-    try:
-        import comfy.options
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401
-        import comfy.model_management  # noqa: F401
-    finally:
-        sys.argv = argv
+    from support.comfy_env import setup_comfy
+    setup_comfy(["--use-pytorch-cross-attention"] if attention == "pytorch" else [])
 
 
 def main() -> None:

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _util  # noqa: E402
+from bench import _util  # noqa: E402
 
 
 def main() -> None:
@@ -144,7 +141,7 @@ def main() -> None:
 
 def _child_peak(which: str, args: argparse.Namespace) -> dict:
     """Peak memory of one run of `which` in a fresh process (RSS does not shrink, so runs cannot share one)."""
-    return _util.child_peak(__file__, ["--peak", which, "--size", str(args.size), "--steps", str(args.steps),
+    return _util.child_peak(__spec__.name, ["--peak", which, "--size", str(args.size), "--steps", str(args.steps),
                                        "--strength", str(args.strength), "--threads", str(args.threads)]
                             + (["--full"] if args.full else []), small_mmap=True)
 

@@ -2,7 +2,7 @@
 forward + backward (motion supervision), with random weights built from SD1.5's real config through ComfyUI's own
 model classes (nothing downloaded). Multiplied by the calls each method makes at its shipped settings, it says how
 long the real-image workflows take on a CPU.
-    .venv/bin/python bench/sd_unet_cost.py [--threads 2] [--reps 3]   -> table + out/bench/sd_unet_cost.json
+    .venv/bin/python -m bench.sd_unet_cost [--threads 2] [--reps 3]   -> table + out/bench/sd_unet_cost.json
 """
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 SD15 = dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2],
             transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
@@ -37,7 +35,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
-    from comfy_env import setup_comfy
+    from support.comfy_env import setup_comfy
     setup_comfy()
     import torch
     torch.set_num_threads(a.threads)

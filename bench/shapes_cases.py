@@ -1,6 +1,6 @@
 """ShapesBench case set, metrics, classifier and cheap baselines (pure torch; no ComfyUI server here).
 
-Every case is a scene record from core/shapes/renderer.py plus an edit whose ground truth is the same scene
+Every case is a scene record from demo/shapes/renderer.py plus an edit whose ground truth is the same scene
 re-rendered with the edit applied (object moved / resized / recoloured / removed). Kinds:
 
 - point_drag       1-2 point pairs on an object (handle near the object's centre -> target); GT = object translated
@@ -25,21 +25,19 @@ import math
 import random
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 if "dragedit" not in sys.modules:                      # standalone use: load ComfyUI + the pack like other benches
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _util
+    from bench import _util
     _util.setup()
 
 from dragedit.core.drag_schema import DragInstructions, RegionPair, rle_encode  # noqa: E402
 from dragedit.core.geometry import rasterize_polygon, rect_mask  # noqa: E402
-from dragedit.core.shapes import renderer as R  # noqa: E402
-from dragedit.core.shapes.renderer import Scene, Shape  # noqa: E402
+from dragedit.demo.shapes import renderer as R  # noqa: E402
+from dragedit.demo.shapes.renderer import Scene, Shape  # noqa: E402
 
 SIZE = 32
 SEED = 20261125

@@ -15,10 +15,10 @@ G3 / G4 are method runs: ShapesBench's rows (bench/shapesbench.py, the model cho
    the point-drag and move cases, with PSNR outside the edit; G4 = DragonDiffusion's move rows (median centroid
    error, ghost, PSNR outside).
 
-    python bench/shapes_gates.py                         # the shipped model (v1)
-    python bench/shapes_gates.py --weights DIR/shapes_v2-64.safetensors --name candidate
-    python bench/shapes_gates.py --random v2-64          # an untrained design (step 0 of a training curve)
-    python bench/shapes_gates.py --weights A.safetensors B.safetensors ...   # several checkpoints, one table
+    python -m bench.shapes_gates                         # the shipped model (v1)
+    python -m bench.shapes_gates --weights DIR/shapes_v2-64.safetensors --name candidate
+    python -m bench.shapes_gates --random v2-64          # an untrained design (step 0 of a training curve)
+    python -m bench.shapes_gates --weights A.safetensors B.safetensors ...   # several checkpoints, one table
 
 A design trained at another image size is measured at that size; lengths are in units of a 32 px scene (the shift
 is 6 px of 32, i.e. 12 px of a 64 px image), so the gates mean the same at every size.
@@ -30,12 +30,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _util  # noqa: E402
+from bench import _util  # noqa: E402
 
 SEED = 20261130
 N_SCENES = 20
@@ -58,7 +56,7 @@ def _ddim(unet, ctx, ab, z, ts_from, ts_to):
 
 def _load(weights: Path | None, random_arch: str | None):
     """(MODEL, CLIP, label) of a weights file, the shipped model, or an untrained design."""
-    from dragedit.core.shapes import model as sm
+    from dragedit.demo.shapes import model as sm
     if random_arch:
         mp, clip, _ = sm.build(None, None, arch=random_arch)
         return mp, clip, f"{random_arch} untrained"
@@ -71,7 +69,7 @@ def run(weights: Path | None, name: str, n_scenes: int = N_SCENES, random_arch: 
     """Measure G1 and G2 of one model; prints per-scene progress, and the table when `write`."""
     import torch
     _util.setup()
-    from dragedit.core.shapes import model as sm, renderer, vae
+    from dragedit.demo.shapes import model as sm, renderer, vae
     from dragedit.core import dragdiffusion as ddiff, dragondiffusion as dragon
 
     torch.manual_seed(0)
@@ -166,7 +164,7 @@ def run(weights: Path | None, name: str, n_scenes: int = N_SCENES, random_arch: 
 
 def _steps(weights: Path | None) -> int | None:
     """Training steps recorded in a weights file's metadata (None when absent)."""
-    from dragedit.core.shapes import model as sm
+    from dragedit.demo.shapes import model as sm
     v = sm.read_meta(weights or sm.default_weights()).get("steps")
     return int(v) if v is not None else None
 

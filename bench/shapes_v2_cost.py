@@ -1,29 +1,26 @@
 """Training cost of Shapes v2 candidates against the shipped v1, measured side by side (interleaved rounds,
 process CPU time, one thread): one forward + backward of the UNet at batch 32, which is what a training step costs
 beyond the data. With a step count this projects the CPU time of a training run (the issue's "measure before you
-commit"). Candidates (core/shapes/model.py ARCHS) follow the review's recipe for SD-like locality: two res blocks
+commit"). Candidates (demo/shapes/model.py ARCHS) follow the review's recipe for SD-like locality: two res blocks
 per level and attention only at the two lowest resolutions, at the shipped 32 px (16x16 latent) or at 64 px
 (32x32 latent through the same 2x2 unshuffle).
 
-    python bench/shapes_v2_cost.py [--rounds 3] [--batch 32] [--steps 100000]
+    python -m bench.shapes_v2_cost [--rounds 3] [--batch 32] [--steps 100000]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _util  # noqa: E402
+from bench import _util  # noqa: E402
 
 
 def candidates() -> dict[str, tuple[dict, int]]:
-    """name -> (ComfyUI UNet config, latent side): every design in core/shapes/model.py."""
-    from dragedit.core.shapes import model as sm
+    """name -> (ComfyUI UNet config, latent side): every design in demo/shapes/model.py."""
+    from dragedit.demo.shapes import model as sm
     return {a.name: (a.unet_config, a.latent_size) for a in sm.ARCHS.values()}
 
 
@@ -36,7 +33,7 @@ def main() -> None:
     _util.setup()
     import torch
     from dragedit.core import host
-    from dragedit.core.shapes import model as sm
+    from dragedit.demo.shapes import model as sm
     torch.set_num_threads(1)
     nets = {}
     for name, (cfg, hw) in candidates().items():

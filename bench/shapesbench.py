@@ -11,9 +11,9 @@ regions). Methods whose node class is not registered in /object_info are listed 
 Prints one table (method x case kind) and writes out/bench/shapesbench.json (settings, per-case records) and
 contact sheets out/bench/shapesbench/<method>.png (input | ground truth | output, first cases of each kind).
 
-    python bench/shapesbench.py                       # full run (108 cases, every method; ~12 min, 1 CPU thread)
-    python bench/shapesbench.py --cases 14 --methods regiondrag,ledits
-    python bench/shapesbench.py --steps 10 --steps dragondiffusion=12 --set dragdiffusion.iterations=20
+    python -m bench.shapesbench                       # full run (108 cases, every method; ~12 min, 1 CPU thread)
+    python -m bench.shapesbench --cases 14 --methods regiondrag,ledits
+    python -m bench.shapesbench --steps 10 --steps dragondiffusion=12 --set dragdiffusion.iterations=20
 """
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _util  # noqa: E402
+from bench import _util  # noqa: E402
 
 NAME = "shapesbench"
 BASELINES = ("no_edit", "copy_paste")
@@ -83,8 +82,8 @@ def dragdiffusion_mask(case, margin: int):
     """The editable mask a user paints for DragDiffusion: the box around the object's old and new pixels, grown by
     `margin` px (bool [H, W]); None when margin < 0 (no mask)."""
     import torch
-    import shapes_cases as S
-    from dragedit.core.shapes import renderer as R
+    from bench import shapes_cases as S
+    from dragedit.demo.shapes import renderer as R
     if margin < 0:
         return None
     m = R.coverage(case.shape, S.SIZE) > 1e-3
@@ -99,7 +98,7 @@ def dragdiffusion_mask(case, margin: int):
 
 def _dragdiffusion_drag_json(case, how: str, margin: int) -> str:
     """The case's point pairs plus (margin >= 0) the editable box mask, as Drag Instructions JSON."""
-    import shapes_cases as S
+    from bench import shapes_cases as S
     from dragedit.core.drag_schema import DragInstructions, rle_encode
     m = dragdiffusion_mask(case, margin)
     if m is None:
@@ -173,7 +172,7 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
     for i in (1, 2, 3):
         inputs[f"direction_{i}"], inputs[f"scale_{i}"] = "add", s["scale"]
     if how == "target":
-        from dragedit.core.shapes import renderer
+        from dragedit.demo.shapes import renderer
         g["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": renderer.prompt(case.target),
                                                                "clip": ["model", 1]}}
         inputs["target"] = ["tgt", 0]
@@ -310,7 +309,7 @@ def warmup(server: Any, case: Any, files: dict, S: Any) -> dict:
 
 def run_method_case(server: Any, m: Method, case: Any, files: dict, S: Any, timeout: float) -> dict:
     """One (method, case): post the graph, read the PNG, score it. A failed prompt gives status 'error'."""
-    from comfy_server import PromptError
+    from support.comfy_server import PromptError
     how = m.kinds[case.kind]
     g = m.build(case, how, m.settings, files, f"shapesbench/{m.name.replace('+', 'p')}_{case.id}")
     rec = {"method": m.name, "case": case.id, "kind": case.kind, "how": how}
@@ -349,7 +348,7 @@ def run_bench(server: Any, cases: Sequence, ms: Sequence[Method], timeout: float
     """Run the baselines and every method on every case it takes, on a started ComfyServer. Returns the per-case
     records (images under '_image') and facts {missing, vae_roundtrip, warmup_s}; checkpoint(records) is called
     after each method (partial results survive an interrupted run)."""
-    import shapes_cases as S
+    from bench import shapes_cases as S
     info = server.get("/object_info")
     facts: dict = {"missing": {}}
     present = []
@@ -400,7 +399,7 @@ def _mean(xs: list) -> Optional[float]:
 def summarize(recs: Sequence[dict], ms: Sequence[Method], missing: dict, kinds: Sequence[str]) -> list[dict]:
     """Rows method x kind: n, fail, lost, cen err, <1px, <2px, area err, PSNR out, MAE out, ghost, kept,
     concept ok, s/edit. Missing methods get one row saying so."""
-    import shapes_cases as S
+    from bench import shapes_cases as S
     rows = []
     for name in list(BASELINES) + [m.name for m in ms]:
         if name in missing:
@@ -436,7 +435,7 @@ DECIMALS = {"cen err": 2, "<1px": 2, "<2px": 2, "area err": 2, "PSNR out": 1, "M
 def contact_sheets(recs: Sequence[dict], cases: Sequence, folder: Path, per_kind: int = 3) -> list[Path]:
     """Per method a PNG: rows of (input | ground truth | output) x4 for the first `per_kind` cases of each kind."""
     import torch
-    import shapes_cases as S
+    from bench import shapes_cases as S
     chosen = []
     for k in S.KINDS:
         chosen += [c for c in cases if c.kind == k][:per_kind]
@@ -463,7 +462,7 @@ def contact_sheets(recs: Sequence[dict], cases: Sequence, folder: Path, per_kind
 # ======================================================================================================== CLI
 def weights_info() -> dict:
     """Which shapes weights the server loads (path, size, mtime, sha256 prefix)."""
-    from dragedit.core.shapes import model as shapes_model
+    from dragedit.demo.shapes import model as shapes_model
     p = shapes_model.default_weights()
     if not p.exists():
         return {"path": str(p), "present": False}
@@ -498,8 +497,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
     torch.set_num_threads(args.threads)
     _util.setup()
-    import shapes_cases as S
-    from comfy_server import ComfyServer
+    from bench import shapes_cases as S
+    from support.comfy_server import ComfyServer
 
     ms = methods()
     known = [m.name for m in ms]

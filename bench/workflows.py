@@ -2,7 +2,7 @@
 (Queue once: models load, every node runs). Workflows interleaved, `--reps` rounds, the executor's caches and models
 dropped before every run (POST /free), so each run does all the work. CPU time is the server process's
 (user + system), which a loaded machine inflates less than wall time.
-    .venv/bin/python bench/workflows.py [--reps 3] [names...]   -> table + out/bench/workflows.json
+    .venv/bin/python -m bench.workflows [--reps 3] [names...]   -> table + out/bench/workflows.json
 """
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from comfy_server import ComfyServer  # noqa: E402
-from workflow_api import ui_to_api  # noqa: E402
+from support.comfy_server import ComfyServer  # noqa: E402
+from support.workflow_api import ui_to_api  # noqa: E402
 
 NAMES = ["regiondrag", "ledits", "dragondiffusion_move", "dragondiffusion_drag", "dragdiffusion"]
 

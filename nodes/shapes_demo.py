@@ -2,9 +2,9 @@
 stock CLIP Text Encode) and "Shapes Scene" (a seeded procedural scene as IMAGE plus its prompt)."""
 from __future__ import annotations
 
-from ..core.shapes import model as shapes_model
-from ..core.shapes import renderer
-from ..core.shapes.prompt import COLOURS, KINDS
+from ..demo.shapes import model as shapes_model
+from ..demo.shapes import renderer
+from ..demo.shapes.prompt import COLOURS, KINDS
 from ._errors import NodeInputError, node_entry
 from ._ui import CATEGORY_DEMO, SEED_MAX, tooltips
 
@@ -36,7 +36,7 @@ class ShapesDemoModel:
             model, clip, vae = shapes_model.load_demo(path, allow_random=False)
         except FileNotFoundError:
             raise NodeInputError("weights", f"the bundled weights file is missing ({path}); reinstall the "
-                                 "pack or run `python -m core.shapes.train` in its folder to recreate it.") from None
+                                 "pack or run `python -m tools.train_shapes` in its folder to recreate it.") from None
         except Exception as e:  # a damaged or foreign file
             raise NodeInputError("weights", f"could not load {path}: {e}") from None
         return (model, clip, vae)

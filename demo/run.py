@@ -1,0 +1,117 @@
+"""The main job (`make demo`): run the example workflows through the real ComfyUI executor (server + POST
+/prompt) on the bundled shapes model, and write before / after images with the drag arrows drawn to out/demo/."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from support.comfy_server import ComfyServer  # noqa: E402
+from support.workflow_api import ui_to_api  # noqa: E402
+
+DEMOS = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits"]
+SCALE = 8
+
+
+def _arrows(drag: dict) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """(handle, target) pairs in image pixels: point pairs, and region centres for region pairs."""
+    out = [(tuple(p["handle"]), tuple(p["target"])) for p in drag.get("points", [])]
+    for r in drag.get("regions", []):
+        h = r.get("handle") or []
+        if r.get("target"):
+            c = lambda pts: (sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts))
+            out.append((c(h), c(r["target"])))
+        for p in r.get("points", []):
+            out.append((tuple(p["handle"]), tuple(p["target"])))
+    return out
+
+
+def _draw(before: Path, after: Path, arrows, dest: Path) -> None:
+    """Side-by-side before | after, upscaled, arrows on the before image."""
+    from PIL import Image, ImageDraw
+    a, b = Image.open(before).convert("RGB"), Image.open(after).convert("RGB")
+    w, h = a.size
+    a = a.resize((w * SCALE, h * SCALE), Image.NEAREST)
+    b = b.resize((w * SCALE, h * SCALE), Image.NEAREST)
+    d = ImageDraw.Draw(a)
+    for (hx, hy), (tx, ty) in arrows:
+        p0, p1 = (hx * SCALE, hy * SCALE), (tx * SCALE, ty * SCALE)
+        d.line([p0, p1], fill=(255, 255, 0), width=3)
+        d.ellipse([p0[0] - 5, p0[1] - 5, p0[0] + 5, p0[1] + 5], outline=(255, 0, 0), width=3)
+        vx, vy = p1[0] - p0[0], p1[1] - p0[1]
+        n = max((vx * vx + vy * vy) ** 0.5, 1e-6)
+        ux, uy = vx / n, vy / n
+        d.polygon([p1, (p1[0] - 12 * ux + 6 * uy, p1[1] - 12 * uy - 6 * ux),
+                   (p1[0] - 12 * ux - 6 * uy, p1[1] - 12 * uy + 6 * ux)], fill=(255, 255, 0))
+    canvas = Image.new("RGB", (a.width * 2 + 8, a.height), (30, 30, 30))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width + 8, 0))
+    canvas.save(dest)
+
+
+def run_demo(server: ComfyServer, name: str, out: Path, info: dict) -> dict:
+    """Run example_workflows/<name>.json, save the scene (before) and the result (after), draw the comparison."""
+    wf = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    prompt = ui_to_api(wf, info)
+    scene = next((k for k, v in prompt.items() if v["class_type"] == "DragEditShapesScene"), None)
+    drag = next((v for v in prompt.values() if v["class_type"] == "DragInstructions"), None)
+    saves = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
+    for k in saves:
+        prompt[k]["inputs"]["filename_prefix"] = f"demo_{name}_after"
+    if scene is not None:
+        prompt["before"] = {"class_type": "SaveImage", "inputs": {"images": [scene, 0], "filename_prefix": f"demo_{name}_before"}}
+    t0 = time.time()
+    entry = server.run_prompt(prompt, timeout=600)
+    secs = time.time() - t0
+    files = server.output_images(entry)
+    before = next((f for f in files if f.name.startswith(f"demo_{name}_before")), None)
+    afters = [f for f in files if f.name.startswith(f"demo_{name}_after")]
+    res = {"workflow": name, "seconds": round(secs, 1), "files": []}
+    for i, f in enumerate(([before] if before else []) + afters):
+        tag = "before" if f is before else ("after" if f is afters[-1] else f"after{i}")
+        dst = out / f"{name}_{tag}.png"
+        shutil.copy(f, dst)
+        res["files"].append(str(dst.relative_to(ROOT)))
+    if before and afters:
+        arrows = []
+        if drag is not None:
+            text = drag["inputs"].get("drag_data") or "{}"
+            try:
+                arrows = _arrows(json.loads(text)) if text.strip().startswith("{") else []
+            except ValueError:
+                arrows = []
+        cmp = out / f"{name}_before_after.png"
+        _draw(before, afters[-1], arrows, cmp)
+        res["files"].append(str(cmp.relative_to(ROOT)))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("workflows", nargs="*", default=DEMOS)
+    a = ap.parse_args()
+    out = ROOT / "out" / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    server = ComfyServer(base=ROOT / ".host" / "demo-base", extra_nodes=False).start()
+    try:
+        info = server.get("/object_info")
+        results = []
+        for name in a.workflows:
+            if not (ROOT / "example_workflows" / f"{name}.json").exists():
+                print(f"[demo] {name}: no such workflow, skipped")
+                continue
+            r = run_demo(server, name, out, info)
+            results.append(r)
+            print(f"[demo] {name}: {r['seconds']} s -> {', '.join(r['files'])}")
+        (out / "demo.json").write_text(json.dumps(results, indent=2))
+    finally:
+        server.stop()
+    print(f"[demo] done: images in {out}")
+
+
+if __name__ == "__main__":
+    main()

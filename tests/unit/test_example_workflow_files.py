@@ -1,0 +1,60 @@
+"""The example workflow files: present, each with a note, a thumbnail, titles that tell same-type nodes apart."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from support.workflow_layout import NOTE_TYPES
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+WF = ROOT / "example_workflows"
+
+
+FILES = sorted(WF.glob("*.json"))
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_there_are_example_workflows():
+    names = {p.stem for p in FILES}
+    assert {"regiondrag", "dragdiffusion", "dragondiffusion_move", "dragondiffusion_drag", "ledits",
+            "sd15_regiondrag", "sd15_dragdiffusion", "sd15_ledits", "sdxl_regiondrag", "sdxl_ledits"} <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_has_a_note(path):
+    notes = [n for n in _load(path)["nodes"] if n["type"] in NOTE_TYPES]
+    assert notes, f"{path.name} has no Note / MarkdownNote"
+    assert any(len(str((n.get("widgets_values") or [""])[0]).strip()) > 80 for n in notes), path.name
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_has_a_thumbnail(path):
+    """The frontend asks for /api/workflow_templates/<pack>/<name>.jpg (mediaSubtype "jpg")."""
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"no thumbnail {thumb.name}"
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG"
+        assert 200 <= im.width <= 1024 and 0.75 <= im.width / im.height <= 1.34, im.size
+    assert thumb.stat().st_size < 150_000
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_same_type_nodes_are_told_apart_by_titles(path):
+    """Two nodes of one type (two CLIP Text Encode, two Save Image) carry different titles."""
+    wf = _load(path)
+    by_type: dict = {}
+    for n in wf["nodes"]:
+        if n["type"] not in NOTE_TYPES and n["type"] not in ("VAEDecode", "VAEEncode"):
+            by_type.setdefault(n["type"], []).append(n.get("title"))
+    for t, titles in by_type.items():
+        if len(titles) > 1:
+            assert None not in titles and len(set(titles)) == len(titles), f"{path.name}: {t} titles {titles}"
