@@ -1,7 +1,7 @@
 """Shared bench plumbing, used by every bench (one place for how things are timed, counted and reported).
 
 - `setup()`: ComfyUI in-process and this pack as `dragedit` (CPU mode; `DRAGEDIT_COMFY_GPU=1` keeps CUDA with
-  ComfyUI's normal VRAM management, see support/comfy_env.py).
+  ComfyUI's normal VRAM management, see tools/support/comfy_env.py).
 - `interleave()`: runs variants A, B, C, A, B, C, ... `repeats` times after one warm-up each, and records process CPU
   seconds and wall seconds of every run (CUDA synchronised around each run). `summary()` gives the median and the
   spread (min, max, quartiles) of a list; `primary()` says which clock a bench should quote: process CPU time on a
@@ -33,7 +33,7 @@ OUT = ROOT / "out" / "bench"
 
 def setup() -> None:
     """Import ComfyUI (the test host, or $COMFYUI_PATH) and this pack as `dragedit`."""
-    from support.comfy_env import load_pack
+    from tools.support.comfy_env import load_pack
     load_pack()
 
 

@@ -5,7 +5,7 @@ out/bench/gpu.json.
 
 The UNets are ComfyUI's own SD1.5 and SDXL architectures (comfy.model_detection's configs, built through
 comfy.supported_models' model classes) with random weights, initialised explicitly (timing needs no weights; no
-download). ComfyUI starts with CUDA and its normal VRAM management ($DRAGEDIT_COMFY_GPU=1, support/comfy_env.py);
+download). ComfyUI starts with CUDA and its normal VRAM management ($DRAGEDIT_COMFY_GPU=1, tools/support/comfy_env.py);
 without a CUDA device the script stops with an error, it never falls back to the CPU.
 
 usage: python -m bench.gpu [--families sd15,sdxl] [--repeats 2] [--budget-s 420] [--out DIR]
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("bench/gpu.py: no CUDA device (torch.cuda.is_available() is False); use --tiny for the CPU "
                          "smoke test. Refusing to time the CPU.")
     if not a.tiny:
-        os.environ["DRAGEDIT_COMFY_GPU"] = "1"              # support/comfy_env.py: CUDA or a loud error, never the CPU
+        os.environ["DRAGEDIT_COMFY_GPU"] = "1"              # tools/support/comfy_env.py: CUDA or a loud error, never the CPU
     _util.setup()
     import comfy.model_management as mm
     from dragedit.core import host

@@ -214,7 +214,7 @@ def child(a: argparse.Namespace) -> None:
 
 def start_comfy(attention: str, cuda: bool) -> None:
     """Import ComfyUI with the chosen attention kernel (before _util.setup, which then finds it imported)."""
-    from support.comfy_env import setup_comfy
+    from tools.support.comfy_env import setup_comfy
     setup_comfy(["--use-pytorch-cross-attention"] if attention == "pytorch" else [])
 
 

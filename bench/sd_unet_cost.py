@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
-    from support.comfy_env import setup_comfy
+    from tools.support.comfy_env import setup_comfy
     setup_comfy()
     import torch
     torch.set_num_threads(a.threads)

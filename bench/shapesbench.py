@@ -309,7 +309,7 @@ def warmup(server: Any, case: Any, files: dict, S: Any) -> dict:
 
 def run_method_case(server: Any, m: Method, case: Any, files: dict, S: Any, timeout: float) -> dict:
     """One (method, case): post the graph, read the PNG, score it. A failed prompt gives status 'error'."""
-    from support.comfy_server import PromptError
+    from tools.support.comfy_server import PromptError
     how = m.kinds[case.kind]
     g = m.build(case, how, m.settings, files, f"shapesbench/{m.name.replace('+', 'p')}_{case.id}")
     rec = {"method": m.name, "case": case.id, "kind": case.kind, "how": how}
@@ -498,7 +498,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     _util.setup()
     from bench import shapes_cases as S
-    from support.comfy_server import ComfyServer
+    from tools.support.comfy_server import ComfyServer
 
     ms = methods()
     known = [m.name for m in ms]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from support.comfy_server import ComfyServer  # noqa: E402
-from support.workflow_api import ui_to_api  # noqa: E402
+from tools.support.comfy_server import ComfyServer  # noqa: E402
+from tools.support.workflow_api import ui_to_api  # noqa: E402
 
 NAMES = ["regiondrag", "ledits", "dragondiffusion_move", "dragondiffusion_drag", "dragdiffusion"]
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def widget_defaults(cls) -> list:
     """Widget slots of a pack node class in order, as their default values (a seed also has its control slot)."""
-    from support.workflow_api import _is_widget
+    from tools.support.workflow_api import _is_widget
     out = []
     spec = cls.INPUT_TYPES()
     for section in ("required", "optional"):
@@ -32,7 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--check", action="store_true", help="list what would change, write nothing (exit 1 if any)")
     a = ap.parse_args()
-    from support.comfy_env import load_pack
+    from tools.support.comfy_env import load_pack
     pack = load_pack()
     classes = pack.NODE_CLASS_MAPPINGS
     changed = []

@@ -1,7 +1,7 @@
 """Lay out the shapes-model example workflows (positions, sizes, titles, groups, notes) without touching widget
 values, links or key order, and keeping each file's JSON formatting (indent, trailing newline):
     .venv/bin/python -m tools.layout_workflows [--object-info FILE]
-Sizes become at least what the frontend computes for the node (support/workflow_layout.py), nodes are stacked in
+Sizes become at least what the frontend computes for the node (tools/support/workflow_layout.py), nodes are stacked in
 columns so that no two overlap, and groups frame the branches.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from support.workflow_layout import min_size  # noqa: E402
+from tools.support.workflow_layout import min_size  # noqa: E402
 
 WF = ROOT / "example_workflows"
 GAP, COL_GAP, TOP = 50, 50, 80
@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=["regiondrag", "dragdiffusion", "dragdiffusion_lora",
                                                   "dragondiffusion_move", "dragondiffusion_drag", "ledits"])
     a = ap.parse_args()
-    from support.comfy_server import object_info
+    from tools.support.comfy_server import object_info
     info = object_info(a.object_info)
     for name in a.names:
         path = WF / f"{name}.json"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from support import browser_util as bu  # noqa: E402
-from support.comfy_server import ComfyServer  # noqa: E402
+from tools.support import browser_util as bu  # noqa: E402
+from tools.support.comfy_server import ComfyServer  # noqa: E402
 
 JS = """() => { const out = {};
   for (const n of app.graph.nodes) { const c = n.computeSize();

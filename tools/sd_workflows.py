@@ -354,7 +354,7 @@ def main() -> None:
     ap.add_argument("--object-info", type=Path, help="a saved /object_info (default: start a server and ask it)")
     ap.add_argument("--sizes", type=Path, help="measured node sizes {type: [w, h]}")
     a = ap.parse_args()
-    from support.comfy_server import object_info
+    from tools.support.comfy_server import object_info
     info = object_info(a.object_info)
     sizes = json.loads(a.sizes.read_text()) if a.sizes else {}
     for name, wf in build(info, sizes).items():

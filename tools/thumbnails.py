@@ -125,7 +125,7 @@ def shapes_thumbnail(name: str) -> Image.Image:
 
 def real_thumbnail(name: str) -> Image.Image:
     """An illustration, not a result: the example image with the workflow's drag, what it needs."""
-    from support.comfy_env import comfyui_path
+    from tools.support.comfy_env import comfyui_path
     wf = json.loads((WF / f"{name}.json").read_text())
     src = Image.open(comfyui_path() / "input" / "example.png").convert("RGB").resize((512, 512), Image.LANCZOS)
     drag = _drag_of(wf)

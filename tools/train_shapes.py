@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from support import comfy_env  # noqa: E402
+from tools.support import comfy_env  # noqa: E402
 
 ROOT = comfy_env.ROOT
 

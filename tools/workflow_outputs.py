@@ -82,7 +82,7 @@ def _member(text: str, span: tuple[int, int], key: str) -> int | None:
 
 def return_names() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """{node id: (RETURN_TYPES, RETURN_NAMES)} of this pack (RETURN_NAMES defaults to the types, as in ComfyUI)."""
-    from support.comfy_env import load_pack
+    from tools.support.comfy_env import load_pack
     pack = load_pack()
     out = {}
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():

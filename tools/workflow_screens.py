@@ -10,8 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from support import browser_util as bu  # noqa: E402
-from support.comfy_server import ComfyServer  # noqa: E402
+from tools.support import browser_util as bu  # noqa: E402
+from tools.support.comfy_server import ComfyServer  # noqa: E402
 
 FIT = """() => {
   const c = app.canvas, ns = app.graph.nodes, gs = app.graph._groups || app.graph.groups || [];

@@ -86,7 +86,7 @@ def latent_format_class(arch: str = "v1") -> type:
         dragedit_shapes_arch = arch
         latent_rgb_factors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
         latent_rgb_factors_bias = None
-        # Size guard read by the pack's nodes (nodes/_common.check_latent_fits): self-attention runs at the full latent
+        # Size guard read by the pack's nodes (nodes/_inputs.check_latent_fits): self-attention runs at the full latent
         # resolution, so the cost of a UNet call grows with the square of the pixel count.
         dragedit_max_latent_side = 4 * latent_size          # v1: 64, images up to 128x128
         dragedit_size_reason = (f"the Shapes Demo Model is trained on {2 * latent_size}x{2 * latent_size} images and has "

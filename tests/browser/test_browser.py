@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from support import browser_util as bu
+from tools.support import browser_util as bu
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -35,7 +35,7 @@ def server(comfy_server):
     img.resize((2 * W, 2 * H)).save(comfy_server.base / "input" / IMAGE_2X)
     # The real-image example workflows name ComfyUI's own input/example.png and the checkpoints they were made for:
     # give the combos those names (nothing loads the placeholder checkpoints here).
-    from support.comfy_env import comfyui_path
+    from tools.support.comfy_env import comfyui_path
     shutil.copyfile(comfyui_path() / "input" / "example.png", comfy_server.base / "input" / "example.png")
     ckpts = comfy_server.base / "models" / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)

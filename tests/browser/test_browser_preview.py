@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from support import browser_util as bu
+from tools.support import browser_util as bu
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

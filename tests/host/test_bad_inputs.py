@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from support import tiny_models
-from support.node_calls import run_node
+from tools.support import tiny_models
+from tools.support.node_calls import run_node
 
 from dragedit.core import host, schedule
 from dragedit.core.drag_schema import MAX_NESTING, DragInstructions, DragSchemaError, rle_encode, rle_resample

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from support import tiny_models
+from tools.support import tiny_models
 
 from bench import _util, gpu
 
@@ -46,7 +46,7 @@ def test_gpu_bench_tiny_mode_runs_every_method(tmp_path):
 
 
 def test_comfy_gpu_opt_in_is_loud_without_cuda(monkeypatch):
-    from support import comfy_env
+    from tools.support import comfy_env
     monkeypatch.delenv(comfy_env.GPU_ENV, raising=False)
     assert comfy_env.comfy_flags() == ["--cpu"]
     monkeypatch.setenv(comfy_env.GPU_ENV, "1")

@@ -1,4 +1,4 @@
-"""support/comfy_env.py sets ComfyUI's command-line flags on comfy.cli_args.args without touching sys.argv: the
+"""tools/support/comfy_env.py sets ComfyUI's command-line flags on comfy.cli_args.args without touching sys.argv: the
 result must be what ComfyUI itself parses from the same command line (each side in a fresh process)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from support.comfy_env import ROOT, comfyui_path
+from tools.support.comfy_env import ROOT, comfyui_path
 
 FLAGS = ["--cpu", "--use-pytorch-cross-attention", "--fast", "--force-fp16", "--disable-auto-launch",
          "--preview-method", "latent2rgb"]
@@ -25,7 +25,7 @@ print(json.dumps(vars(comfy.cli_args.args), default=lambda v: sorted(map(str, v)
 
 WE_SET = """
 import json, sys
-from support.comfy_env import apply_cli_flags, comfyui_path
+from tools.support.comfy_env import apply_cli_flags, comfyui_path
 sys.path.insert(0, str(comfyui_path()))
 apply_cli_flags({flags!r})
 import comfy.cli_args
@@ -45,7 +45,7 @@ def test_flags_set_without_argv_equal_comfyui_parsing_its_command_line(flags):
     ours = _args(WE_SET.format(flags=flags))
     diff = {k: (ours.get(k), theirs.get(k)) for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)}
     assert not diff, (f"apply_cli_flags({flags}) differs from ComfyUI's own parsing (ours, ComfyUI's): {diff}; "
-                      "comfy/cli_args.py changed its post-parse rules: update support/comfy_env.apply_cli_flags")
+                      "comfy/cli_args.py changed its post-parse rules: update tools/support/comfy_env.apply_cli_flags")
 
 
 def test_in_process_comfyui_runs_on_the_cpu_and_argv_is_untouched():

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from support import tiny_models
-from support.node_calls import run_node
+from tools.support import tiny_models
+from tools.support.node_calls import run_node
 from dragedit.core import dragdiffusion as dd
 from dragedit.core import host
 from dragedit.core.drag_schema import DragInstructions

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support import tiny_models
-from support.node_calls import run_node
+from tools.support import tiny_models
+from tools.support.node_calls import run_node
 from dragedit.core import dragon_energy as de
 from dragedit.core import dragondiffusion as dd
 from dragedit.core import host

@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from support import tiny_models
+from tools.support import tiny_models
 from dragedit.core import host
 
 

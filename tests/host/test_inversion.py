@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from support import tiny_models
+from tools.support import tiny_models
 from dragedit.core import host
 from dragedit.core import inversion as inv
 from dragedit.core.schedule import eps_from_x0, rescale_to_sigma
 from dragedit.nodes.inversion import DDIMInversion
 from dragedit.nodes._errors import NodeInputError
-from support.node_calls import run_node
+from tools.support.node_calls import run_node
 
 
 def _invert_and_measure(model, pos, samples, steps):

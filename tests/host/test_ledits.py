@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from support import tiny_models
-from support.node_calls import run_node, sample_custom, stock_sampler_custom, ksampler, sega_node, counted
+from tools.support import tiny_models
+from tools.support.node_calls import run_node, sample_custom, stock_sampler_custom, ksampler, sega_node, counted
 from dragedit.core import ddpm_inversion as ef
 from dragedit.core import host, ledits
 from dragedit.core import sega as S

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support.node_calls import run_node
+from tools.support.node_calls import run_node
 from dragedit.core import preview
 from dragedit.core.drag_schema import DragInstructions
 from dragedit.nodes._errors import NodeInputError

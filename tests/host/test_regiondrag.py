@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from support import tiny_models
-from support.node_calls import run_node
+from tools.support import tiny_models
+from tools.support.node_calls import run_node
 from dragedit.core import ddpm_inversion as ef
 from dragedit.core import host
 from dragedit.core import regiondrag as rd

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from support.node_calls import run_node
+from tools.support.node_calls import run_node
 from dragedit.demo.shapes import model as shapes_model
 from dragedit.demo.shapes import prompt as shapes_prompt
 from dragedit.demo.shapes import renderer as R

@@ -6,7 +6,7 @@ forward_unet_features, step; utils/ui_utils.py: run_drag's point / mask / sup_re
 official code does: (row, col) points on the supervision map, a diffusers UNet2DConditionModel whose up-block
 outputs are read as the official modified forward returns them ([mid, up_blocks[0], up_blocks[1], ...]), the DDIM
 constants of diffusers' DDIMScheduler, Adam on the VP latent z_t. The pack runs its own code on the ComfyUI model
-that holds the same weights (support/diffusers_bridge.py). Compared step by step: the loss of each Adam step, the
+that holds the same weights (tools/support/diffusers_bridge.py). Compared step by step: the loss of each Adam step, the
 gradient of z_t, the tracked handles, and the updated latent.
 
 Differences kept on purpose (documented in core/motion.py and below, not exercised by the parity cases):
@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import tiny_models
+from tools.support import tiny_models
 from dragedit.core import dragdiffusion as dd
 from dragedit.core import host
 from dragedit.core import motion
@@ -180,7 +180,7 @@ def _setup(seed=0):
     """The tiny SD1.5 ComfyUI model, its diffusers twin, a conditioning, the DDIM start sigma / timestep and a
     z_t with a planted structure (so the features have something to track)."""
     from diffusers import DDIMScheduler
-    from support.diffusers_bridge import sd15_unet_twin
+    from tools.support.diffusers_bridge import sd15_unet_twin
 
     model = tiny_models.sd15(seed)
     unet = sd15_unet_twin(model)

@@ -2,7 +2,7 @@
 `guidance_move/drag/appearance/paste`; src/unet/attention_processor.py `AttnProcessor`; src/utils/inversion.py).
 
 The reference is ported here (written for this test, not copied) onto a diffusers UNet2DConditionModel that carries
-the weights of the tiny SD1.5-shaped ComfyUI UNet (support/diffusers_bridge.py): its DDIM inversion with the memory
+the weights of the tiny SD1.5-shaped ComfyUI UNet (tools/support/diffusers_bridge.py): its DDIM inversion with the memory
 bank, its energies and the guidance gradient on the estimator's up-block features, the memory-bank self-attention
 (replace / concat / region mix) and the D+ sampler loop (sparsified guidance, regional SDE, time travel). The pack
 runs through ComfyUI on the same weights; the two agree step by step to float tolerance.
@@ -25,8 +25,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import tiny_models
-from support.node_calls import run_node
+from tools.support import tiny_models
+from tools.support.node_calls import run_node
 from dragedit.core import dragon_energy as de
 from dragedit.core import dragondiffusion as dd
 from dragedit.core import host
@@ -303,7 +303,7 @@ def ref_edit(R, z_T, emb_c, emb_u, mode, cfg, es, guidance, sde_mask, noise, sde
 # ====================================================================================== shared set-up
 @pytest.fixture(scope="module")
 def setup():
-    from support.diffusers_bridge import sd15_unet_twin
+    from tools.support.diffusers_bridge import sd15_unet_twin
     model = host.build_model(tiny_models.SD15_UNET, latent_format="sd15", prediction="eps", seed=0, init_std=0.05)
     twin = sd15_unet_twin(model)
     emb_c = tiny_models.conditioning(1)[0][0]

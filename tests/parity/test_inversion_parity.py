@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from support import tiny_models
+from tools.support import tiny_models
 from dragedit.core import host
 from dragedit.core import inversion as inv
 from dragedit.core.schedule import eps_from_x0
@@ -22,7 +22,7 @@ def _scheduler_pair(steps):
 def test_steps_match_diffusers_ddim_schedulers(sd15_model):
     """Each inversion step and each sampling step equals diffusers' DDIMInverseScheduler / DDIMScheduler on a
     diffusers UNet holding the same weights (ComfyUI's x = z/sqrt(ᾱ); diffusers works on z)."""
-    from support.diffusers_bridge import sd15_unet_twin
+    from tools.support.diffusers_bridge import sd15_unet_twin
     steps = 10
     unet = sd15_unet_twin(sd15_model)
     ctx = tiny_models.conditioning(1)[0][0]

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from support import tiny_models
-from support.node_calls import run_node, sample_custom, ksampler, sega_node, counted
+from tools.support import tiny_models
+from tools.support.node_calls import run_node, sample_custom, ksampler, sega_node, counted
 from dragedit.core import ddpm_inversion as ef
 from dragedit.core import host, ledits
 from dragedit.nodes.ddpm_inversion import DDPMInversion
@@ -27,7 +27,7 @@ def test_inversion_grid_is_diffusers_leading_grid_for_any_step_count(sd15_model,
 def _sega_pipeline(model):
     from diffusers.pipelines.deprecated.semantic_stable_diffusion.pipeline_semantic_stable_diffusion import (
         SemanticStableDiffusionPipeline)
-    from support.diffusers_bridge import sd15_unet_twin
+    from tools.support.diffusers_bridge import sd15_unet_twin
     import test_sega_math as tsm
     comps = tsm.tiny_sd_components()
     comps["unet"] = sd15_unet_twin(model)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from support.comfy_server import PromptError
+from tools.support.comfy_server import PromptError
 
 
 DRAG = '{"version": 1, "points": [{"handle": [8, 16], "target": [20, 16]}]}'

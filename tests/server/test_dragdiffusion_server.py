@@ -48,7 +48,7 @@ def test_server_inversion_motion_supervision_and_all_in_one(comfy_server):
 
 @pytest.mark.slow
 def test_server_reports_bad_drag(comfy_server):
-    from support.comfy_server import PromptError
+    from tools.support.comfy_server import PromptError
     g = _server_graph('{"version": 1, "points": [{"handle": [44, 68], "target": [45, 68]}]}')
     g["7"] = {"class_type": "DragEditMotionSupervision", "inputs": {
         "model": ["1", 0], "positive": ["2", 0], "drag": ["5", 0], "inversion": ["6", 1], "iterations": 10,
@@ -70,7 +70,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
-    from support.workflow_api import ui_to_api
+    from tools.support.workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / "dragdiffusion.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["6"]["class_type"] == "DragEditDragDiffusion" and prompt["6"]["inputs"]["drag"] == ["5", 0]
@@ -100,7 +100,7 @@ def test_lora_example_workflow_runs_on_server(comfy_server):
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
-    from support.workflow_api import ui_to_api
+    from tools.support.workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / "dragdiffusion_lora.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     train, edit = prompt["7"], prompt["9"]

@@ -47,7 +47,7 @@ def test_server_prompt_all_in_one_and_patch_nodes(comfy_server):
 
 @pytest.mark.slow
 def test_server_reports_resize_leaving_image(comfy_server):
-    from support.comfy_server import PromptError
+    from tools.support.comfy_server import PromptError
     g = {
         "1": {"class_type": "DragEditTestTinyModel", "inputs": {"kind": "sd15", "seed": 0}},
         "2": {"class_type": "DragEditTestConditioning", "inputs": {"seed": 1, "pooled": False}},
@@ -84,7 +84,7 @@ def test_example_workflow_runs_on_server(comfy_server, mode):
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
-    from support.workflow_api import ui_to_api
+    from tools.support.workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / f"dragondiffusion_{mode}.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["8"]["class_type"] == "DragEditDragonDiffusion" and prompt["8"]["inputs"]["mode"] == mode

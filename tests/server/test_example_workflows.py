@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support.workflow_layout import inside, overlaps
+from tools.support.workflow_layout import inside, overlaps
 
 ROOT = Path(__file__).resolve().parents[2]
 WF = ROOT / "example_workflows"

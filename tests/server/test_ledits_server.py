@@ -49,7 +49,7 @@ def test_server_reconstruction_and_sega_edit(comfy_server):
 
 @pytest.mark.slow
 def test_server_reports_sega_errors(comfy_server):
-    from support.comfy_server import PromptError
+    from tools.support.comfy_server import PromptError
     g = _graph()
     g["11"] = {"class_type": "DragEditSEGAGuidance", "inputs": {
         "model": ["1", 0], "concept": ["2", 0], "direction": "add", "scale": 6.0, "threshold": 0.9, "warmup": 5,
@@ -75,7 +75,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
-    from support.workflow_api import ui_to_api
+    from tools.support.workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / "ledits.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     edit = prompt["6"]

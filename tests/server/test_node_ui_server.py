@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.node_calls import run_node
+from tools.support.node_calls import run_node
 from dragedit.core import preview
 from dragedit.nodes.shapes_demo import ShapesScene
 

@@ -48,7 +48,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
-    from support.workflow_api import ui_to_api
+    from tools.support.workflow_api import ui_to_api
     wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / "regiondrag.json").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["5"]["class_type"] == "DragEditRegionDrag" and prompt["5"]["inputs"]["drag"] == ["4", 0]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from support import sd_checkpoints
-from support.comfy_server import ComfyServer
-from support.workflow_api import ui_to_api
+from tools.support import sd_checkpoints
+from tools.support.comfy_server import ComfyServer
+from tools.support.workflow_api import ui_to_api
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def _expected_outputs(name: str) -> int:
     the two-item list the workflow hands it (documented in the workflow's note), so it saves two."""
     if name != "sd15_dragdiffusion":
         return 1
-    from support.comfy_env import comfyui_path
+    from tools.support.comfy_env import comfyui_path
     src = (comfyui_path() / "comfy_extras" / "nodes_train.py").read_text()
     cls = src[src.index("class TrainLoraNode"):]
     cls = cls[:cls.find("\nclass ", 1)] if "\nclass " in cls else cls

@@ -1,7 +1,7 @@
 """The pack inside the real ComfyUI server: loads, gradients inside an executed node, inversion via POST /prompt."""
 import pytest
 
-from support.comfy_server import PromptError
+from tools.support.comfy_server import PromptError
 
 pytestmark = pytest.mark.slow
 

@@ -38,7 +38,7 @@ def test_loader_node_in_a_prompt_on_the_real_server(comfy_server):
 
 @pytest.mark.slow
 def test_unknown_word_error_reaches_the_user(comfy_server):
-    from support.comfy_server import PromptError
+    from tools.support.comfy_server import PromptError
     g = {
         "1": {"class_type": "DragEditShapesDemoModel", "inputs": {}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "red hexagon"}},

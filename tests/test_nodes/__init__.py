@@ -1,8 +1,8 @@
 """Test-only nodes loaded beside the pack in the test server: tiny models, conditioning and latents."""
 import torch
 
-from support import tiny_models  # the repository root is on PYTHONPATH in the test server
-from support.comfy_env import load_pack
+from tools.support import tiny_models  # the repository root is on PYTHONPATH in the test server
+from tools.support.comfy_env import load_pack
 
 load_pack()
 

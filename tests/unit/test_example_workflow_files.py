@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from support.workflow_layout import NOTE_TYPES
+from tools.support.workflow_layout import NOTE_TYPES
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -58,7 +58,7 @@ def test_comfyignore_keeps_tests_out_and_the_pack_in():
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     kept = [f for f in files if not _ignored(f, patterns)]
-    for folder in ("tests/", "support/", "bench/", "tools/", ".ci/"):
+    for folder in ("tests/", "bench/", "tools/", ".ci/"):
         assert not [f for f in kept if f.startswith(folder)], folder
     candidate = "demo/shapes/weights/shapes_v2-"          # Shapes v2 training candidates: in git, not in the package
     needed = [f for f in files if (f == "__init__.py" or f.split("/")[0] in ("nodes", "core", "demo", "web", "example_workflows"))

@@ -5,7 +5,7 @@ which host function to revisit."""
 import pytest
 import torch
 
-import tiny_models
+from tools.support import tiny_models
 from dragedit.core import host
 from dragedit.core.host import internals
 

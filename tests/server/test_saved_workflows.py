@@ -1,12 +1,12 @@
 """Saved workflows keep loading and running: the frozen copies in tests/data/saved_workflows/ (see
-tests/saved_workflows.py) still convert, against today's /object_info, to exactly the API prompts they gave when they
+tools/saved_workflows.py) still convert, against today's /object_info, to exactly the API prompts they gave when they
 were saved (same node types, input names, widget order), and the API prompts run through the real executor."""
 from __future__ import annotations
 
 import pytest
 
-import saved_workflows as sw
-from workflow_api import ui_to_api
+from tools import saved_workflows as sw
+from tools.support.workflow_api import ui_to_api
 
 NAMES = sw.names()
 NEEDS_CHECKPOINT = {n for n in NAMES if any(v["class_type"] == "CheckpointLoaderSimple"

@@ -3,7 +3,7 @@ and the model-family seam of core/host/facts.py."""
 import pytest
 import torch
 
-import tiny_models
+from tools.support import tiny_models
 from dragedit.core import host
 from dragedit.core.host import facts, kv, unet
 

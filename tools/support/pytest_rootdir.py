@@ -1,7 +1,7 @@
-"""pytest plugin (pytest.ini: -p support.pytest_rootdir): collect the repository root as a plain directory, not a package.
+"""pytest plugin (pytest.ini: -p tools.support.pytest_rootdir): collect the repository root as a plain directory, not a package.
 The root holds the pack's __init__.py (ComfyUI loads the folder as a package); pytest >= 8 would import it as the
 test package's __init__ under the folder's name, which fails when that name is not a Python identifier (e.g. a
-checkout in /tmp/tmp.XXXX). Tests load the pack as `dragedit` through support/comfy_env.py instead."""
+checkout in /tmp/tmp.XXXX). Tests load the pack as `dragedit` through tools/support/comfy_env.py instead."""
 from __future__ import annotations
 
 import pytest

@@ -1,8 +1,8 @@
 """Frozen copies of the example workflows as users saved them: tests/data/saved_workflows/ui/<name>.json (UI format,
 copied from example_workflows/ at aff4d11) and api/<name>.json (their API-format conversion by workflow_api.ui_to_api
-against that code's /object_info). tests/test_saved_workflows.py checks that today's nodes still load and run them.
+against that code's /object_info). tests/server/test_saved_workflows.py checks that today's nodes still load and run them.
 
-They are written once (`python tests/saved_workflows.py`, which starts a server of its own) and never regenerated:
+They are written once (`python -m tools.saved_workflows`, which starts a server of its own) and never regenerated:
 a change that breaks them breaks users' saved workflows."""
 from __future__ import annotations
 
@@ -26,9 +26,8 @@ def load(kind: Path, name: str) -> dict:
 
 
 def main() -> None:  # pragma: no cover - run once by hand
-    sys.path.insert(0, str(ROOT / "tests"))
-    from comfy_server import ComfyServer
-    from workflow_api import ui_to_api
+    from tools.support.comfy_server import ComfyServer
+    from tools.support.workflow_api import ui_to_api
 
     UI.mkdir(parents=True, exist_ok=True)
     API.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ CHROMIUM = Path(os.environ.get("DRAGEDIT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 900}
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "out" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
 
 # Settings that keep first-visit UI (templates dialog, tours) out of the way; the Nodes 2.0 switch is per page.
 BASE_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True,

@@ -1,4 +1,4 @@
-"""Helpers shared by tests/, bench/, tools/ and demo/ (imported as the package `support`, with the repository root
+"""Helpers shared by tests/, bench/, tools/ and demo/ (imported as the package `tools.support`, with the repository root
 on sys.path: pytest.ini `pythonpath = .`, scripts run as `python -m bench.x` / `python -m tools.x` /
 `python -m demo.run` from the root).
 
