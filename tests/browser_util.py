@@ -145,6 +145,10 @@ class ComfyPage:
     def close(self) -> None:
         self.context.close()
 
+    def forget_editor_prefs(self) -> None:
+        """Drop the tool and brush size the editor remembers for this browser profile (localStorage)."""
+        self.page.evaluate("() => localStorage.removeItem('DragEdit.editor')")
+
     # ------------------------------------------------------------------ graph
     def load_workflow(self, workflow: dict) -> dict:
         """app.loadGraphData(workflow) and report missing node types (from the afterConfigureGraph hook)."""

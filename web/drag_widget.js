@@ -295,9 +295,10 @@ export class DragEditor {
 
   /** What the current tool or unfinished item expects next. */
   hint() {
-    // This node is an output node: running its branch alone runs only what feeds its image, not the method.
-    // "Run Branch" is the node menu's name on the frontends from 1.3x on; the command keeps its older name.
-    const noImage = "No image yet: connect a Load Image, or right-click this node > Run Branch (Queue Selected Output Nodes).";
+    // This node is an output node: running its branch alone runs only what feeds its image, not the method. The
+    // selection toolbar's play button runs it on every frontend and renderer (1.3x: "Run Branch" in the Nodes 2.0
+    // node menu; the command is "Queue Selected Output Nodes").
+    const noImage = "No image yet: connect a Load Image, or select this node and click \u25B6 above it (Run Branch, Queue Selected Output Nodes).";
     if (!this.imageSize()) return noImage;
     if (!this.image && !this.pending) return noImage;
     const p = this.pending;
