@@ -270,6 +270,11 @@ class EditorHandle:
         p = self.eval("ed.imageToClient(arg[0], arg[1])", [x, y])
         return p["x"], p["y"]
 
+    def image_at(self, cx: float, cy: float) -> tuple[float, float]:
+        """Image point at client point (cx, cy) (the inverse of client())."""
+        p = self.eval("ed.eventToImage({clientX: arg[0], clientY: arg[1]})", [cx, cy])
+        return p[0], p[1]
+
     def click(self, x: float, y: float, button: str = "left") -> None:
         cx, cy = self.client(x, y)
         self.page.mouse.click(cx, cy, button=button)
