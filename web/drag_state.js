@@ -1,6 +1,6 @@
 // Drag instructions state for the editor: parse / validate / serialise the versioned JSON held in the
 // "drag_data" widget (schema: core/drag_schema.py, version 1) plus the run-length mask codec.
-// Pure functions, no DOM: the editor (drag_editor.js) owns one state object per node.
+// Pure functions, no DOM: the editor (drag_widget.js) owns one state object per node.
 //
 // state = {imageSize: [W, H] | null,
 //          points:  [{handle: [x, y], target: [x, y]}],
@@ -17,6 +17,10 @@ export const LIMITS = {
   minPolygon: 3,
   maxPolygon: 16,
   maxSide: 16384,
+  // The editor holds a mask as one byte per pixel plus an RGBA overlay canvas: 5 bytes a pixel, 80 MB at this
+  // size. A JSON may declare up to maxSide^2 (268 M pixels, 1.3 GB here); the node resamples such a mask to its
+  // image from the run lengths, so the editor refuses to show it rather than allocate per declared pixel.
+  maxMaskPixels: 4096 * 4096,
 };
 
 const TOP_KEYS = ["version", "image_size", "points", "regions", "mask", "ui"];
@@ -28,6 +32,9 @@ export class DragStateError extends Error {
     this.field = field;
   }
 }
+
+/** A valid value the editor will not hold (a mask beyond LIMITS.maxMaskPixels); the node still accepts it. */
+export class DragStateTooLarge extends DragStateError {}
 
 /** An empty state (no image size known yet). */
 export function emptyState(imageSize = null) {
@@ -237,6 +244,12 @@ export function parseState(text) {
       throw new DragStateError("mask.size", `${msize[0]}x${msize[1]} differs from image_size ${s.imageSize[0]}x${s.imageSize[1]}`);
     }
     s.imageSize = s.imageSize || msize;
+    if (msize[0] * msize[1] > LIMITS.maxMaskPixels) {
+      // Checked before decoding: nothing is allocated per declared pixel.
+      const mpx = (n) => `${Math.round(n / 2 ** 20)} Mpx`;
+      throw new DragStateTooLarge("mask.size", `${msize[0]}x${msize[1]} (${mpx(msize[0] * msize[1])}) is more than the editor paints ` +
+        `(${mpx(LIMITS.maxMaskPixels)}, e.g. 4096x4096)`);
+    }
     s.mask = rleDecode(list(m.counts, "mask.counts"), msize[0], msize[1]);
   }
   if (obj.ui != null && typeof obj.ui === "object") s.ui = JSON.parse(JSON.stringify(obj.ui));

@@ -145,6 +145,10 @@ class ComfyPage:
     def close(self) -> None:
         self.context.close()
 
+    def forget_editor_prefs(self) -> None:
+        """Drop the tool and brush size the editor remembers for this browser profile (localStorage)."""
+        self.page.evaluate("() => localStorage.removeItem('DragEdit.editor')")
+
     # ------------------------------------------------------------------ graph
     def load_workflow(self, workflow: dict) -> dict:
         """app.loadGraphData(workflow) and report missing node types (from the afterConfigureGraph hook)."""
@@ -265,6 +269,11 @@ class EditorHandle:
     def client(self, x: float, y: float) -> tuple[float, float]:
         p = self.eval("ed.imageToClient(arg[0], arg[1])", [x, y])
         return p["x"], p["y"]
+
+    def image_at(self, cx: float, cy: float) -> tuple[float, float]:
+        """Image point at client point (cx, cy) (the inverse of client())."""
+        p = self.eval("ed.eventToImage({clientX: arg[0], clientY: arg[1]})", [cx, cy])
+        return p[0], p[1]
 
     def click(self, x: float, y: float, button: str = "left") -> None:
         cx, cy = self.client(x, y)
