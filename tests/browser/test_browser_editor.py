@@ -20,7 +20,7 @@ from test_browser import IMAGE_NAME, W, H, _decode_mask, _load, drag_type, pages
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SMALL_IMAGE = "dragedit_browser_test_32.png"
-FIGURES = Path(__file__).resolve().parents[1] / "out" / "bench" / os.environ.get("DRAGEDIT_FIGURES", "editor_mask_limit.json")
+FIGURES = Path(__file__).resolve().parents[2] / "out" / "bench" / os.environ.get("DRAGEDIT_FIGURES", "editor_mask_limit.json")
 
 
 @pytest.fixture(scope="module")
