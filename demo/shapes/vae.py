@@ -44,8 +44,9 @@ class UnshuffleAE(torch.nn.Module):
 # Attributes of comfy.sd.VAE that `make_comfy_vae` sets after ComfyUI's constructor: what a first stage other than the
 # constructor's own decides. tests/host/test_shapes_vae.py checks that a stock VAE has each of them.
 FIRST_STAGE_ATTRIBUTES = ("first_stage_model", "patcher", "downscale_ratio", "upscale_ratio", "latent_channels",
-                          "memory_used_encode", "memory_used_decode", "working_dtypes", "disable_offload", "not_video",
-                          "size")
+                          "memory_used_encode", "memory_used_decode", "working_dtypes", "disable_offload", "not_video")
+# Attributes only some ComfyUI releases have (0.3.75's cached first-stage size; 0.3.64 has none): reset when present.
+OPTIONAL_ATTRIBUTES = ("size",)
 # The state dict that makes comfy.sd.VAE build its parameter-free pixel-space VAE (3 channels, ratio 1).
 PIXEL_SPACE_SD = "pixel_space_vae"
 
@@ -78,6 +79,7 @@ def make_comfy_vae() -> Any:
     vae.working_dtypes = [torch.float32]
     vae.disable_offload = True                  # nothing to offload: the first stage has no parameters
     vae.not_video = True
-    vae.size = None
-    vae.model_size()                            # ComfyUI's own size of the new first stage (0 bytes)
+    if hasattr(vae, "size"):
+        vae.size = None
+        vae.model_size()                        # ComfyUI's own size of the new first stage (0 bytes)
     return vae
