@@ -1,15 +1,13 @@
 """Edit-friendly DDPM inversion against diffusers: the noise map of compute_noise_ddim and LEDITS++'s invert."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from dragedit.core import ddpm_inversion as ddpm  # noqa: E402
+from tools.support import diffusers_pipelines as dp
+from dragedit.core import ddpm_inversion as ddpm
 
 
 def test_noise_map_matches_diffusers_compute_noise_ddim():
@@ -44,9 +42,8 @@ def test_inversion_matches_diffusers_ledits_pp_invert():
     Its grid ends at ᾱ_0 (σ ≈ 0.029), not 0, and it treats the clean latent as a ᾱ_0-level state at the last
     step only (x = z0/√ᾱ_0) while noising it as ᾱ = 1: the last map differs by that 0.04 % rescaling."""
     pytest.importorskip("diffusers")
-    ts_mod = _load_test_module("test_sega_parity")
-    pipe, calls = ts_mod.ledits_pp_inverted(steps=8, skip=0.15, seed=3)
-    ts, abar, sig = ts_mod.ddim_grid(pipe)
+    pipe, calls = dp.ledits_pp_inverted(steps=8, skip=0.15, seed=3)
+    ts, abar, sig = dp.ddim_grid(pipe)
     eu, ec = calls[0]["emb"], calls[1]["emb"]  # diffusers: uncond pass, then the source-prompt pass
 
     def den(x, s):
@@ -58,18 +55,8 @@ def test_inversion_matches_diffusers_ledits_pp_invert():
         return x - float(s) * (e_u + 3.5 * (e_c - e_u))
 
     with torch.no_grad():
-        x0, _ = pipe.encode_image(ts_mod._image(), dtype=torch.float32)
+        x0, _ = pipe.encode_image(dp.blob_image(), dtype=torch.float32)
     inv = ddpm.invert_edit_friendly(den, x0, sig, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(inv.start * math.sqrt(abar[0]), pipe.init_latents, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(inv.zs[:-1], pipe.zs[:-1], rtol=1e-4, atol=2e-4)
     assert (inv.zs[-1] - pipe.zs[-1]).abs().max() < 2e-3 * pipe.zs[-1].abs().max()
-
-
-def _load_test_module(name: str):
-    key = f"_dragedit_tests_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tools.support import diffusers_pipelines as dp
 from tools.support import tiny_models
 from tools.support.node_calls import run_node, sample_custom, ksampler, sega_node, counted
 from dragedit.core import ddpm_inversion as ef
@@ -28,8 +29,7 @@ def _sega_pipeline(model):
     from diffusers.pipelines.deprecated.semantic_stable_diffusion.pipeline_semantic_stable_diffusion import (
         SemanticStableDiffusionPipeline)
     from tools.support.diffusers_bridge import sd15_unet_twin
-    import test_sega_math as tsm
-    comps = tsm.tiny_sd_components()
+    comps = dp.tiny_sd_components()
     comps["unet"] = sd15_unet_twin(model)
     pipe = SemanticStableDiffusionPipeline(**comps)
     pipe.set_progress_bar_config(disable=True)
@@ -106,10 +106,9 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
     intersected with the noise-quantile masks, no target CFG) vs SEGA Guidance (LEDITS++) + the Edit-friendly DDPM
     sampler on the same 3-level UNet, with diffusers' noise maps."""
     import comfy.samplers
-    import test_sega_math as tsm
     model, pipe = _ledits_pp_twin()
     with torch.no_grad():
-        pipe.invert(image=tsm._image(), source_prompt="a cat", source_guidance_scale=3.5, num_inversion_steps=10,
+        pipe.invert(image=dp.blob_image(), source_prompt="a cat", source_guidance_scale=3.5, num_inversion_steps=10,
                     skip=0.15, generator=torch.Generator().manual_seed(3))
     embs: list = []
     h = pipe.unet.register_forward_pre_hook(lambda mod, a, kw: embs.append(kw["encoder_hidden_states"].clone()),
@@ -121,7 +120,7 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
         ref = pipe(output_type="latent", **kw).images
     h.remove()
     e_u, *e_c = embs[0].chunk(3)
-    ts, abar, sig = tsm.ddim_grid(pipe)
+    ts, abar, sig = dp.ddim_grid(pipe)
     assert ts[0] > 800 > ts[1]  # both branches of the t ≤ 800 switch run
     inv = ef.Inversion(sigmas=sig, xts=torch.stack([pipe.init_latents / math.sqrt(abar[0])] * (len(ts) + 1)),
                        zs=pipe.zs.clone(), eta=1.0)
@@ -155,19 +154,18 @@ def test_ledits_pp_inversion_matches_diffusers_invert_with_its_empty_source_prom
     diffusers' LEditsPP `invert` with its default empty source prompt: same grid (diffusers N=10, skip 0.15 is
     steps 11, skip 1 here), same start latent and noise maps from the same seed (all but the last map: diffusers
     steps to ᾱ_0 = final_alpha_cumprod, the pack to σ = 0). Then scale 0 gives the input back, as in diffusers."""
-    import test_sega_math as tsm
     model, pipe = _ledits_pp_twin()
     embs: list = []
     h = pipe.unet.register_forward_pre_hook(lambda mod, a, kw: embs.append(kw["encoder_hidden_states"].clone()),
                                             with_kwargs=True)
-    image = tsm._image()
+    image = dp.blob_image()
     with torch.no_grad():
         pipe.invert(image=image, num_inversion_steps=10, skip=0.15, generator=torch.Generator().manual_seed(3))
         x0 = pipe.vae.encode(pipe.image_processor.preprocess(image)).latent_dist.mode() * 0.18215
     h.remove()
     e_u = embs[0][:1]
     assert all(torch.equal(e[:1], e_u) for e in embs)  # the empty prompt only
-    ts, abar, sig = tsm.ddim_grid(pipe)
+    ts, abar, sig = dp.ddim_grid(pipe)
     u = [[e_u, {}]]
     _, inv, sigmas = run_node(DDPMInversion, model=model, latent={"samples": x0 / 0.18215}, positive=u, steps=11,
                               skip=1, source_cfg=1.0, eta=1.0, seed=3, negative=u)
@@ -201,10 +199,9 @@ def unet_twin(model, cfg):
 
 def _ledits_pp_twin():
     """A tiny SD1.5-shaped pack model and diffusers' LEDITS++ pipeline on its UNet twin."""
-    import test_sega_math as tsm
     from diffusers import LEditsPPPipelineStableDiffusion
     model = host.build_model(tiny_models.SD15_3LEVEL, latent_format="sd15", prediction="eps", seed=0)
-    comps = tsm.tiny_sd_components()
+    comps = dp.tiny_sd_components()
     comps["unet"] = unet_twin(model, tiny_models.SD15_3LEVEL)
     pipe = LEditsPPPipelineStableDiffusion(**comps)
     pipe.set_progress_bar_config(disable=True)

@@ -8,6 +8,9 @@ workflow_api    UI-format workflow -> API format, from /object_info (what the fr
 workflow_layout LiteGraph's node sizes, for the example-workflow layout (tools/layout_workflows.py, tests)
 tiny_models     tiny SD1.5 / SDXL / v-prediction models built from config (real model_base + ModelPatcher)
 diffusers_bridge a diffusers UNet holding the weights of the tiny SD1.5 model (parity tests)
+diffusers_pipelines tiny random-weight diffusers SEGA / LEDITS++ pipelines, their recorded inversion (parity tests)
+node_calls      node functions and stock samplers called as the executor calls them; a UNet call counter
+comfy_fixtures  in-process ComfyUI + pytest fixtures (tiny models, conditioning) for the tests that need them
 sd_checkpoints  random-weight SD1.5 / SDXL checkpoints that pass ComfyUI's model detection
 browser_util    headless Chromium (Playwright) on the ComfyUI frontend
 pytest_rootdir  pytest plugin: the repository root (the pack's __init__.py) collected as a plain folder
