@@ -32,7 +32,7 @@ pins_hash() {
 }
 
 if [ ! -f "$stamp" ]; then
-  echo "[setup] building $venv (torch, ComfyUI 0.3.75 host, test tools); about 6 minutes and 6.4 GB the first time"
+  echo "[setup] building $venv (torch, ComfyUI 0.3.75 host, test tools); about 6.4 GB and 5-15 minutes the first time"
   rm -rf "$venv"
   "$py" -m venv "$venv"
   "$venv/bin/pip" install -q -c "$constraints" --upgrade pip >/dev/null 2>&1 || true
