@@ -6,15 +6,25 @@ PYTEST_ARGS ?=
 FRONTEND ?=
 FRONTEND_ROOT = $(CURDIR)/.frontends/$(FRONTEND)/comfyui_frontend_package/static
 
-.PHONY: setup demo test test-fast server bench bench-gpu train-v2 train-v2-gpu clean frontend
+.PHONY: setup chromium constraints demo test test-fast server bench bench-gpu train-v2 train-v2-gpu clean frontend
 
 setup:
 	@bash .ci/setup.sh
 
+# Debian's chromium for the browser tests only (apt-get, tried once; DRAGEDIT_NO_CHROMIUM=1 skips it).
+chromium:
+	@bash .ci/chromium.sh
+
+# Rewrite .ci/constraints.txt (the pinned versions set-up installs) from the venv, on purpose. No `setup` first:
+# that would put the venv back on the old pins.
+constraints:
+	@test -x $(PY) || { echo "no $(PY): run make setup first"; exit 2; }
+	$(PY) -m tools.constraints
+
 demo: setup
 	$(PY) -m demo.run
 
-test: setup $(if $(FRONTEND),frontend)
+test: setup chromium $(if $(FRONTEND),frontend)
 	DRAGEDIT_FRONTEND=$(FRONTEND) OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Unit + parity + host tests (no server, no browser, no slow tests): tests/unit, tests/parity, tests/host.
