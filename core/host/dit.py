@@ -220,3 +220,18 @@ def reencode_keys(k: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
     """Keys k [B, H, n, D] (post-RoPE) rotated by pe [B or 1, 1, n, D/2, 2, 2] (`relative_pe`): FLUX's apply_rope1."""
     from comfy.ldm.flux.math import apply_rope1
     return apply_rope1(k, pe)
+
+
+def conditioning_check(model: Any, cond: Any) -> Optional[str]:
+    """A message when a CONDITIONING's context width does not fit the DiT's text input (conditioning of another
+    model family), else None."""
+    dm = diffusion_model(model)
+    lin = getattr(dm, "txt_in", None) or getattr(dm, "context_embedder", None)
+    want = getattr(lin, "in_features", None)
+    if want is None or not cond:
+        return None
+    got = int(cond[0][0].shape[-1])
+    if got != int(want):
+        return (f"conditioning has width {got} but this model's text input expects {want} (conditioning from another "
+                "model family?)")
+    return None
