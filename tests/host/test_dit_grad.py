@@ -26,7 +26,7 @@ def _forward(model, x, sigma=0.5):
 
 
 def test_out_of_place_blocks_match_and_pass_gradients(flux):
-    x0 = tiny_models.dit_latent(1, size=8)["samples"]
+    x0 = tiny_models.dit_latent(1, size=16)["samples"]
     with torch.inference_mode(False), torch.no_grad():
         ref = _forward(flux, x0)
     run = dit_grad.patch_out_of_place(host.clone(flux))
@@ -45,7 +45,7 @@ def test_out_of_place_blocks_match_and_pass_gradients(flux):
 
 def test_out_of_place_gradient_matches_finite_differences(flux):
     run = dit_grad.patch_out_of_place(host.clone(flux))
-    x0 = tiny_models.dit_latent(1, size=4)["samples"]
+    x0 = tiny_models.dit_latent(1, size=8)["samples"]
     d = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     eps = 1e-2
     with torch.inference_mode(False):
@@ -58,7 +58,7 @@ def test_out_of_place_gradient_matches_finite_differences(flux):
 
 
 def test_feature_capture_through_dit_replaces(flux):
-    x0 = tiny_models.dit_latent(1, size=8)["samples"]
+    x0 = tiny_models.dit_latent(1, size=16)["samples"]
     store = dit_grad.DitFeatureStore()
     blocks = dit.select_blocks(flux, orders=[1, 3])
     run = dit_grad.patch_dit_feature_capture(host.clone(flux), store, blocks)

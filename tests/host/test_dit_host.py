@@ -56,14 +56,14 @@ def test_layer_map(flux, sd3):
 
 
 def test_token_map(flux, sd3):
-    tm = dit.token_map(flux, (8, 6), 5, ref_hws=[(4, 4)])
+    tm = dit.token_map(flux, (16, 12), 5, ref_hws=[(8, 8)])     # 2 x 2 patches
     assert (tm.txt, tm.img, tm.ref, tm.grid) == ((0, 5), (5, 53), (53, 69), (8, 6))
     tm3 = dit.token_map(sd3, (8, 7), 3)     # patch 2: the latent padded to whole patches
     assert tm3.grid == (4, 4) and tm3.img == (3, 19) and tm3.ref == (19, 19)
     assert dit.token_map_of(30, 4, 16, (4, 4)).ref == (20, 30)
     with pytest.raises(host.HostError, match="cannot hold"):
         dit.token_map_of(10, 4, 16)
-    ids = dit.image_ids(flux, (3, 4))
+    ids = dit.image_ids(flux, (6, 8))
     assert ids.shape == (1, 12, 3) and ids[0, 5].tolist() == [0.0, 1.0, 1.0]
 
 

@@ -30,7 +30,7 @@ def test_rope_reencoding_identity(flux):
     dm = dit.diffusion_model(flux)
     g = torch.Generator().manual_seed(0)
     k = torch.randn(1, 4, 64, 32, generator=g)
-    src = dit.image_ids(flux, (8, 8))
+    src = dit.image_ids(flux, (16, 16))
     tgt = src[:, torch.randperm(64, generator=g)] + torch.tensor([0.0, 3.0, -2.0])
     recorded = apply_rope1(k, dm.pe_embedder(src))
     direct = apply_rope1(k, dm.pe_embedder(tgt))
@@ -42,7 +42,7 @@ def test_record_blocks_tokens_and_layouts(flux):
     run = host.clone(flux)
     store = host.KVStore(dtype=torch.float32)
     dit_kv.patch_dit_kv_record(run, store)
-    _call(run, tiny_models.dit_latent(size=8)["samples"])
+    _call(run, tiny_models.dit_latent(size=16)["samples"])
     keys = sorted({k[1] for k in store._data})
     assert keys == [("double", 0), ("double", 1), ("single", 0), ("single", 1)]
     k, v = store.get(0.6, ("single", 1), 0)
@@ -51,7 +51,7 @@ def test_record_blocks_tokens_and_layouts(flux):
 
 
 def test_override_chains_and_noop_injection_is_bit_identical(flux):
-    lat = tiny_models.dit_latent(size=8)["samples"]
+    lat = tiny_models.dit_latent(size=16)["samples"]
     base = _call(flux, lat)
     seen = []
 
@@ -73,14 +73,14 @@ def test_override_chains_and_noop_injection_is_bit_identical(flux):
     # the same image's own K/V, identity index with zero-shift key re-encoding: still bit-identical
     run2 = host.clone(flux)
     same = dit_kv.DitKVInjection(store, index=torch.arange(64),
-                                 rope=dit_kv.moved_rope(flux, (8, 8), torch.arange(64)))
+                                 rope=dit_kv.moved_rope(flux, (16, 16), torch.arange(64)))
     dit_kv.patch_dit_kv_inject(run2, same)
     assert torch.equal(_call(run2, lat), base) and same.hits == 4
 
 
 def test_injection_changes_the_image_tokens_only_in_the_mask(flux):
-    lat_a = tiny_models.dit_latent(0, size=8)["samples"]
-    lat_b = tiny_models.dit_latent(5, size=8)["samples"]
+    lat_a = tiny_models.dit_latent(0, size=16)["samples"]
+    lat_b = tiny_models.dit_latent(5, size=16)["samples"]
     store = host.KVStore(dtype=torch.float32)
     rec = host.clone(flux)
     dit_kv.patch_dit_kv_record(rec, store)
@@ -123,8 +123,8 @@ def test_layouts_and_reference_tokens_untouched(td, kwargs):
 
 def test_kontext_reference_tokens_in_a_real_call(flux):
     """With a reference latent (Kontext) the joint sequence is [txt; img; ref]: only the image tokens are recorded."""
-    lat = tiny_models.dit_latent(size=8)["samples"]
-    ref = tiny_models.dit_latent(3, size=4)["samples"]
+    lat = tiny_models.dit_latent(size=16)["samples"]
+    ref = tiny_models.dit_latent(3, size=8)["samples"]
     cond = tiny_models.dit_conditioning()
     cond = [[cond[0][0], dict(cond[0][1], reference_latents=[ref])]]
     lens = []

@@ -71,9 +71,10 @@ def latent(seed: int = 0, size: int = 16, channels: int = 4):
 DIT_CONTEXT = 32
 
 
-def flux(seed: int = 0, depth: int = 2, depth_single: int = 2, patch: int = 1, shift: float = 1.15):
-    """Tiny FLUX built from config (hidden 128, 4 heads, RoPE axes [8, 12, 12], 16 latent channels, context and
-    pooled dims 32): a real comfy.model_base.Flux with ModelSamplingFlux."""
+def flux(seed: int = 0, depth: int = 2, depth_single: int = 2, patch: int = 2, shift: float = 1.15):
+    """Tiny FLUX built from config (hidden 128, 4 heads, RoPE axes [8, 12, 12], 16 latent channels in 2 x 2 patches
+    as FLUX.1 (ComfyUI 0.3.64 unpatchifies with 2 x 2 whatever the config), context and pooled dims 32): a real
+    comfy.model_base.Flux with ModelSamplingFlux."""
     from dragedit.core.host import dit_build
     cfg = dit_build.flux_config(context_dim=DIT_CONTEXT, depth=depth, depth_single=depth_single, patch=patch)
     return dit_build.build_flux(cfg, seed=seed, shift=shift)
