@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from . import dit
+from . import dit, internals
 from .errors import HostError
 from .handle import SharedHandle
 from .kv import KVStore, _current_sigma, chunks
@@ -62,21 +62,15 @@ class TokenCount(SharedHandle):
         self.patch = int(patch)
 
     def __call__(self, executor, x, *args, **kwargs):
-        to = kwargs.get("transformer_options")
-        if to is None and len(args) >= 5:
-            to = args[4]
+        to = internals.apply_model_options(args, kwargs)
         if to is not None:
             to[IMG_TOKENS] = math.ceil(x.shape[-2] / self.patch) * math.ceil(x.shape[-1] / self.patch)
         return executor(x, *args, **kwargs)
 
 
 def dit_replace(model: Any, block: dit.DitBlock) -> Optional[Callable]:
-    """The dit replace patch installed on `block` of `model`, or None (read-only).
-
-    Relies on: `set_model_patch_replace(fn, "dit", "double_block", i)` stores it in
-    model_options["transformer_options"]["patches_replace"]["dit"][("double_block", i)]."""
-    return ((model.model_options.get("transformer_options") or {}).get("patches_replace") or {}).get("dit", {}).get(
-        block.patch_key)
+    """The dit replace patch installed on `block` of `model`, or None (read-only, `internals.replace_patches`)."""
+    return internals.replace_patches(model.model_options, "dit").get(block.patch_key)
 
 
 def install_block_tags(model: Any) -> Any:
