@@ -152,3 +152,23 @@ def test_sd3_joint_attention_record(tmp_path):
     assert k.shape[1] == 16               # tokens on dim 1: an 8 x 8 latent in 2 x 2 patches
     with pytest.raises(host.HostError, match="no rotary"):
         dit_kv.moved_rope(sd3, (8, 8), torch.arange(16))
+
+
+def test_qwen_image_record_and_noop_injection():
+    """Qwen-Image (built from config): its joint attention is recorded per double block; on 0.3.75 it passes
+    [B, H, N, D], on 0.3.64 [B, N, H·D] (the override handles both); a no-op injection is bit-identical."""
+    q = tiny_models.qwen_image()
+    assert dit.kind_of(q) == dit.QWEN and host.check_supported(q) == "flow"
+    lat = tiny_models.dit_latent(size=8)["samples"].unsqueeze(2)        # Wan 2.1 latent format: [B, C, T, H, W]
+    cond = [[torch.randn(1, 8, tiny_models.DIT_CONTEXT, generator=torch.Generator().manual_seed(0)), {}]]
+    base = _call(q, lat, cond=cond)
+    store = host.KVStore(dtype=torch.float32)
+    rec = host.clone(q)
+    dit_kv.patch_dit_kv_record(rec, store)
+    assert torch.equal(_call(rec, lat, cond=cond), base)
+    k, _ = store.get(0.6, ("double", 1), 0)
+    assert k.numel() == 16 * 4 * 32                                       # 16 image tokens, 4 heads of 32
+    run = host.clone(q)
+    inj = dit_kv.DitKVInjection(store)
+    dit_kv.patch_dit_kv_inject(run, inj)
+    assert torch.equal(_call(run, lat, cond=cond), base) and inj.hits == 2

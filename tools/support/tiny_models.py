@@ -122,3 +122,24 @@ def dit_latent(seed: int = 0, size: int = 8, channels: int = 16):
     s = torch.randn(1, channels, max(size // 4, 1), max(size // 4, 1), generator=g)
     s = torch.nn.functional.interpolate(s, size=(size, size), mode="bilinear", align_corners=False)
     return {"samples": s}
+
+
+def qwen_image(seed: int = 0, layers: int = 2):
+    """Tiny Qwen-Image built from config (4 heads of 32, RoPE axes [8, 12, 12], 16 latent channels in 2 x 2 patches,
+    text width 32): a real comfy.model_base.QwenImage with its flow sampling."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=layers,
+               attention_head_dim=32, num_attention_heads=4, joint_attention_dim=DIT_CONTEXT,
+               axes_dims_rope=(8, 12, 12), dtype=torch.float32)
+    with torch.inference_mode(False):
+        mc = comfy.supported_models.QwenImage(cfg)
+        mc.set_inference_dtype(torch.float32, None)
+        m = mc.get_model({}, device="cpu")
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in m.diffusion_model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05 if p.ndim >= 2 else torch.ones(p.shape))
+        m.diffusion_model.to(torch.float32)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(m, load_device=cpu, offload_device=cpu)
