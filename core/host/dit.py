@@ -196,22 +196,25 @@ def has_rope(model: Any) -> bool:
 
 
 def image_ids(model: Any, latent_hw: Sequence[int]) -> torch.Tensor:
-    """FLUX position ids [1, n_img, axes] of the image tokens of a latent of size latent_hw (index 0, row, column),
-    as the model builds them (`Flux.process_img`)."""
-    if kind_of(model) != FLUX:
-        raise HostError("image position ids are read from FLUX models only")
+    """RoPE position ids [1, n_img, axes] of the image tokens of a latent of size latent_hw (index 0, row, column),
+    as the model builds them (`process_img` of FLUX, and of Qwen-Image, whose rows and columns are centred)."""
+    kind = kind_of(model)
+    if kind not in (FLUX, QWEN):
+        raise HostError("image position ids exist for RoPE models (FLUX, Qwen-Image) only")
     dm = diffusion_model(model)
-    c = int(dm.in_channels) // (patch_size(model) ** 2) if hasattr(dm, "in_channels") else 16
-    x = torch.zeros(1, max(c, 1), int(latent_hw[0]), int(latent_hw[1]))
-    return dm.process_img(x)[1]
+    if kind == FLUX:
+        c = int(dm.in_channels) // (patch_size(model) ** 2)
+        return dm.process_img(torch.zeros(1, max(c, 1), int(latent_hw[0]), int(latent_hw[1])))[1]
+    c = int(dm.in_channels) // (patch_size(model) ** 2)
+    return dm.process_img(torch.zeros(1, max(c, 1), 1, int(latent_hw[0]), int(latent_hw[1])))[1].float()
 
 
 def relative_pe(model: Any, source_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
     """RoPE rotations R(target − source) for keys recorded at source_ids and used at target_ids ([B, n, axes] each):
     since RoPE rotates each frequency pair by its position, R(p_t)·k = R(p_t − p_s)·R(p_s)·k, so a key recorded
     after RoPE at p_s is re-encoded for p_t by `reencode_keys(k, relative_pe(...))`."""
-    if kind_of(model) != FLUX:
-        raise HostError("key re-encoding needs a FLUX model's RoPE embedder")
+    if kind_of(model) not in (FLUX, QWEN):
+        raise HostError("key re-encoding needs a RoPE model (FLUX, Qwen-Image)")
     dm = diffusion_model(model)
     return dm.pe_embedder(target_ids.float() - source_ids.float())
 

@@ -172,3 +172,16 @@ def test_qwen_image_record_and_noop_injection():
     inj = dit_kv.DitKVInjection(store)
     dit_kv.patch_dit_kv_inject(run, inj)
     assert torch.equal(_call(run, lat, cond=cond), base) and inj.hits == 2
+
+
+def test_qwen_image_rope_reencoding_identity():
+    from comfy.ldm.flux.math import apply_rope1
+    q = tiny_models.qwen_image()
+    dm = dit.diffusion_model(q)
+    g = torch.Generator().manual_seed(0)
+    src = dit.image_ids(q, (8, 8))
+    assert src.shape == (1, 16, 3)
+    tgt = src[:, torch.randperm(16, generator=g)] + torch.tensor([0.0, 1.0, 2.0])
+    k = torch.randn(1, 4, 16, 32, generator=g)
+    moved = dit.reencode_keys(apply_rope1(k, dm.pe_embedder(src)), dit.relative_pe(q, src, tgt))
+    assert (moved - apply_rope1(k, dm.pe_embedder(tgt))).abs().max() < 2e-6
