@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ..core import flow_inversion as fi
 from ..core import host
-from ._errors import node_entry, require
-from ._inputs import check_conditioning, check_latent, check_range, supported_model
+from ._errors import NodeInputError, node_entry, require
+from ._inputs import check_conditioning, check_latent, check_range, guard_sampler, supported_model
 from ._ui import CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
 NODE_ODE = "Flow Inversion"
@@ -15,6 +15,17 @@ NODE_SAMPLER = "Edit-friendly Flow"
 
 USAGE = ("Wire SamplerCustomAdvanced with this NOISE, this SAMPLER, the same SIGMAS, and the same LATENT as "
          "latent_image; a guider with the source prompt reconstructs the image, another prompt edits it.")
+
+
+def guarded_sampler(fn, node: str, grid, source: str):
+    """A SAMPLER around a KSAMPLER function whose sigmas must be a run of the inversion's `grid`: other sigmas are
+    refused inside SamplerCustomAdvanced with an error naming `node` and its sigmas."""
+    def check(sig, shape, noise):
+        try:
+            fi._match_run(sig, grid, f"{node} sampler")
+        except (TypeError, ValueError) as e:
+            raise NodeInputError("sigmas", f"{e} (the SIGMAS given to {source}).") from None
+    return host.ksampler(guard_sampler(fn, node, check))
 
 
 def check_flow_inputs(model, latent, positive, sigmas, cfg, negative):
@@ -31,7 +42,6 @@ def check_flow_inputs(model, latent, positive, sigmas, cfg, negative):
     try:
         s = fi.check_sigmas(sigmas, "sigmas")
     except (TypeError, ValueError) as e:
-        from ._errors import NodeInputError
         raise NodeInputError("sigmas", str(e)) from None
     require(float(s[-1]) == 0.0, "sigmas", f"must end at 0 (the clean image), got {float(s[-1]):.4g}: feed a "
                                            "scheduler's SIGMAS (BasicScheduler) or its last SplitSigmas part.")
@@ -88,7 +98,7 @@ class FlowInversion:
         inv = fi.run_ode(model, samples, positive, negative, float(cfg), sigmas, solver,
                          on_step=lambda i, n: bar.update(1))
         noise = fi.InvertedNoise(model, inv.start, float(sigmas[0]))
-        return (noise, host.ksampler(fi.make_ode_sampler_fn(solver, inv)), inv)
+        return (noise, guarded_sampler(fi.make_ode_sampler_fn(solver, inv), NODE_ODE, inv.sigmas, NODE_ODE), inv)
 
 
 class EditFriendlyFlowInversion:
@@ -128,7 +138,7 @@ class EditFriendlyFlowInversion:
         inv = fi.run_edit_friendly(model, samples, positive, negative, float(cfg), sigmas, eta=float(eta),
                                    seed=int(seed), on_step=lambda i, n: bar.update(1))
         noise = fi.InvertedNoise(model, inv.start, float(sigmas[0]), seed=int(seed))
-        return (noise, host.ksampler(fi.make_edit_friendly_sampler_fn(inv)), inv)
+        return (noise, guarded_sampler(fi.make_edit_friendly_sampler_fn(inv), NODE_EF, inv.sigmas, NODE_EF), inv)
 
 
 class EditFriendlyFlowSampler:
@@ -154,7 +164,8 @@ class EditFriendlyFlowSampler:
         require(isinstance(inversion, fi.EditFriendlyFlowInversion), "inversion",
                 f"expected the INVERSION of Edit-friendly Flow Inversion, got {type(inversion).__name__}.")
         require(inversion.xts.numel() > 0, "inversion", "was released; run the inversion again.")
-        return (host.ksampler(fi.make_edit_friendly_sampler_fn(inversion, bool(exact_last_step))),)
+        return (guarded_sampler(fi.make_edit_friendly_sampler_fn(inversion, bool(exact_last_step)), NODE_SAMPLER,
+                                inversion.sigmas, NODE_EF),)
 
 
 NODE_CLASS_MAPPINGS = {"DragEditFlowInversion": FlowInversion,

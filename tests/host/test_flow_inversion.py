@@ -95,5 +95,6 @@ def test_bad_inputs_name_node_and_input(flux, sd15_model):
 def test_sampler_refuses_other_sigmas(flux):
     _, inv, (noise, sampler, sig, lat) = _reconstruct(flux, EditFriendlyFlowInversion, steps=4, eta=1.0, seed=0)
     (s2,) = run_node(EditFriendlyFlowSampler, inversion=inv)
-    with pytest.raises(ValueError, match="not a run of the inversion"):
-        sampler_custom_advanced(flux, noise, s2, scheduler_sigmas(flux, 5), lat, tiny_models.dit_conditioning())
+    for sampler, node in ((s2, "Edit-friendly Flow"), (sampler, "Edit-friendly Flow Inversion")):
+        with pytest.raises(NodeInputError, match=rf"\[{node}\] input 'sigmas'.*not a run of the inversion"):
+            sampler_custom_advanced(flux, noise, sampler, scheduler_sigmas(flux, 5), lat, tiny_models.dit_conditioning())
