@@ -78,7 +78,7 @@ def test_override_chains_and_noop_injection_is_bit_identical(flux):
     assert torch.equal(_call(run2, lat), base) and same.hits == 4
 
 
-def test_injection_changes_the_image_tokens_only_in_the_mask(flux):
+def test_injection_of_another_images_kv_in_a_mask_changes_the_output(flux):
     lat_a = tiny_models.dit_latent(0, size=16)["samples"]
     lat_b = tiny_models.dit_latent(5, size=16)["samples"]
     store = host.KVStore(dtype=torch.float32)
