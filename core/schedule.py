@@ -1,15 +1,32 @@
-"""Pure noise-schedule formulas in ComfyUI's sampler parameterisation x = z_t/sqrt(ᾱ_t) = z_0 + σ·ε.
+"""Pure noise-schedule formulas in ComfyUI's sampler parameterisation, for both kinds of models:
 
-ᾱ = 1/(1+σ²); z_t = sqrt(ᾱ_t)·x. Deterministic DDIM is Euler in this form."""
+- discrete VP models (SD1.x / SD2.x / SDXL; flow=False): x = z_t/sqrt(ᾱ_t) = z_0 + σ·ε, ᾱ = 1/(1+σ²),
+  z_t = sqrt(ᾱ_t)·x. Deterministic DDIM is Euler in this form.
+- rectified-flow models (FLUX, SD3, Qwen-Image; flow=True, `host.facts.is_flow`): x = (1 − σ)·z_0 + σ·ε; the
+  velocity v = ε − z_0 = (x − x̂0)/σ, so `eps_from_x0` returns v and `ddim_step` is the flow Euler step
+  x' = x + (σ' − σ)·v. The VP-equivalent latent is z = x / sqrt((1 − σ)² + σ²) with ᾱ = (1 − σ)²/((1 − σ)² + σ²),
+  and a flow model takes the same x at any σ label (`rescale_to_sigma` is the identity)."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 
-def alpha_bar(sigma: torch.Tensor | float) -> torch.Tensor:
-    """ᾱ_t = 1/(1+σ_t²)."""
+def alpha_bar(sigma: torch.Tensor | float, flow: bool = False) -> torch.Tensor:
+    """ᾱ_t = 1/(1+σ_t²); flow: (1 − σ)²/((1 − σ)² + σ²)."""
     s = torch.as_tensor(sigma, dtype=torch.float64)
+    if flow:
+        return (1.0 - s) ** 2 / ((1.0 - s) ** 2 + s * s)
     return 1.0 / (1.0 + s * s)
+
+
+def _z_scale(sigma: float, flow: bool) -> float:
+    """z_t / x: sqrt(ᾱ_t) for a VP model, 1/sqrt((1 − σ)² + σ²) for a flow model."""
+    s = float(sigma)
+    if flow:
+        return 1.0 / ((1.0 - s) ** 2 + s * s) ** 0.5
+    return float(alpha_bar(s).sqrt())
 
 
 def eps_from_x0(x: torch.Tensor, x0: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -17,14 +34,15 @@ def eps_from_x0(x: torch.Tensor, x0: torch.Tensor, sigma: float) -> torch.Tensor
     return (x - x0) / float(sigma)
 
 
-def to_z(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Sampler state x -> VP latent z_t = sqrt(ᾱ_t)·x."""
-    return x * float(alpha_bar(sigma).sqrt())
+def to_z(x: torch.Tensor, sigma: float, flow: bool = False) -> torch.Tensor:
+    """Sampler state x -> VP latent z_t = sqrt(ᾱ_t)·z_0 + sqrt(1 − ᾱ_t)·ε (VP: sqrt(ᾱ_t)·x; flow:
+    x/sqrt((1 − σ)² + σ²))."""
+    return x * _z_scale(sigma, flow)
 
 
-def from_z(z: torch.Tensor, sigma: float) -> torch.Tensor:
-    """VP latent z_t -> sampler state x = z_t/sqrt(ᾱ_t)."""
-    return z / float(alpha_bar(sigma).sqrt())
+def from_z(z: torch.Tensor, sigma: float, flow: bool = False) -> torch.Tensor:
+    """VP latent z_t -> sampler state x (the inverse of `to_z`)."""
+    return z / _z_scale(sigma, flow)
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
@@ -32,10 +50,38 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma: float, sigma_next: floa
     return x + (float(sigma_next) - float(sigma)) * eps
 
 
-def rescale_to_sigma(x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
-    """The sampler state that shows the UNet the same input z as x at σ_from, but labelled σ_to
-    (x·sqrt((1+σ_to²)/(1+σ_from²))): used by DDIM inversion, which evaluates ε̂(z_t, t+Δ) as diffusers does."""
+def rescale_to_sigma(x: torch.Tensor, sigma_from: float, sigma_to: float, flow: bool = False) -> torch.Tensor:
+    """The sampler state that shows the model the same input as x at σ_from, but labelled σ_to
+    (x·sqrt((1+σ_to²)/(1+σ_from²))): used by DDIM inversion, which evaluates ε̂(z_t, t+Δ) as diffusers does. A flow
+    model's input is x itself at every σ: the identity (x unchanged)."""
+    if flow:
+        return x
     return x * float(((1.0 + float(sigma_to) ** 2) / (1.0 + float(sigma_from) ** 2)) ** 0.5)
+
+
+def flow_step(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float, sigma_next: float,
+              noise: Optional[torch.Tensor] = None, eta: float = 1.0) -> torch.Tensor:
+    """One stochastic rectified-flow step σ -> σ' < σ (the DDPM step of a flow model; ComfyUI's
+    `sample_euler_ancestral_RF`): an Euler step down to σ_d = σ'·(1 + (σ'/σ − 1)·η), then re-noise to σ':
+    x' = (α'/α_d)·(x̂0 + σ_d·v̂) + s·n with α = 1 − σ, v̂ = (x − x̂0)/σ, s² = σ'² − σ_d²·α'²/α_d². `noise` None
+    returns the mean; a step to σ' = 0 returns x̂0."""
+    s, sn = float(sigma), float(sigma_next)
+    if sn <= 0.0:
+        return x0_hat
+    mu, up = flow_step_terms(x, x0_hat, s, sn, eta)
+    return mu if noise is None or up == 0.0 else mu + noise * up
+
+
+def flow_step_terms(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float, sigma_next: float, eta: float = 1.0
+                    ) -> tuple[torch.Tensor, float]:
+    """(mean, noise scale s) of `flow_step` from σ to σ' > 0."""
+    s, sn = float(sigma), float(sigma_next)
+    sd = sn * (1.0 + (sn / s - 1.0) * float(eta))
+    a_n, a_d = 1.0 - sn, 1.0 - sd
+    up = max(sn * sn - sd * sd * a_n * a_n / (a_d * a_d), 0.0) ** 0.5
+    ratio = sd / s
+    mu = (ratio * x + (1.0 - ratio) * x0_hat) * (a_n / a_d)
+    return mu, up
 
 
 def match_run(run: torch.Tensor, grid: torch.Tensor, contiguous: bool = False, rtol: float = 1e-4) -> int | None:

@@ -20,13 +20,18 @@ def check_range(value: float, lo: float, hi: float, input_name: str) -> None:
     require(lo <= value <= hi, input_name, f"must be between {lo} and {hi}, got {value}.")
 
 
-def supported_model(model: Any, input_name: str = "model") -> str:
-    """'eps' or 'v' for a model this pack can edit with, else a NodeInputError."""
+def supported_model(model: Any, input_name: str = "model", flow: bool = False) -> str:
+    """'eps' or 'v' for a model this pack can edit with ('flow' too for a node that takes flow-matching DiTs, `flow`),
+    else a NodeInputError."""
     from ..core import host
     try:
-        return host.check_supported(model)
+        kind = host.check_supported(model)
     except host.HostError as e:
         raise NodeInputError(input_name, str(e)) from None
+    if kind == "flow" and not flow:
+        raise NodeInputError(input_name, "is a flow-matching DiT (FLUX / SD3 / Qwen-Image): this node runs SD1.x / "
+                                         "SD2.x / SDXL UNets; the DragEdit Flow Inversion nodes take DiTs.")
+    return kind
 
 
 def check_conditioning(cond: Any, input_name: str) -> None:

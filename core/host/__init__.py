@@ -4,6 +4,10 @@ only through it.
 Modules, by concern:
   facts       family-neutral model facts (schedule, latent format, text encoder), the supported-model check
   unet        the UNet family: which models it runs, its layer map (AttnLayer, DecoderBlock, select_layers)
+  dit         the DiT family (FLUX / Chroma / Kontext, SD3 / SD3.5, Qwen-Image): token map, layer map, RoPE re-encoding
+  dit_build   a FLUX built from config (tests, benches)
+  dit_grad    DiT gradient passes (out-of-place FLUX block forwards as dit replaces) and feature capture
+  dit_kv      DiT image-token K/V record / inject (chained attention override, block tags, key re-encoding)
   build       real ComfyUI models built from a UNet config (tests, the shapes demo model)
   kv          the K/V store and its life cycle (estimate, budget, placement, build, free), K/V record / inject
   features    decoder feature capture
@@ -17,11 +21,11 @@ holds a handle that `ModelPatcher.clone()` passes on without copying. Every patc
 Importing this package does not import ComfyUI; the first host call does.
 """
 from ..schedule import alpha_bar
-from . import build, facts, features, guidance, internals, kv, session, unet
+from . import build, dit, dit_build, dit_grad, dit_kv, facts, features, guidance, internals, kv, session, unet
 from .build import build_model, init_weights_
 from .errors import HostError, KVBudgetError
-from .facts import (base_model, check_supported, concept_token_range, ddim_sigmas, latent_format, model_sampling,
-                    process_in, process_out, text_start_tokens, timestep_of)
+from .facts import (base_model, check_supported, concept_token_range, ddim_sigmas, is_flow, latent_format,
+                    model_sampling, process_in, process_out, text_start_tokens, timestep_of)
 from .features import FeatureStore, patch_feature_capture
 from .guidance import (CondGuidanceCall, GuidanceCall, cond_guidance_patch, cond_guidance_payload, patch_cond_guidance,
                        patch_post_cfg_guidance)
@@ -34,9 +38,9 @@ from .unet import (AttnLayer, DecoderBlock, attention_layers, conditioning_famil
                    diffusion_model, select_layers, up_block_outputs)
 
 __all__ = [
-    "build", "facts", "features", "guidance", "internals", "kv", "session", "unet",
+    "build", "dit", "dit_build", "dit_grad", "dit_kv", "facts", "features", "guidance", "internals", "kv", "session", "unet",
     "alpha_bar", "build_model", "init_weights_", "HostError", "KVBudgetError",
-    "base_model", "check_supported", "concept_token_range", "ddim_sigmas", "latent_format", "model_sampling",
+    "base_model", "check_supported", "concept_token_range", "ddim_sigmas", "is_flow", "latent_format", "model_sampling",
     "process_in", "process_out", "text_start_tokens", "timestep_of",
     "FeatureStore", "patch_feature_capture",
     "CondGuidanceCall", "GuidanceCall", "cond_guidance_patch", "cond_guidance_payload", "patch_cond_guidance",

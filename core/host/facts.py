@@ -28,8 +28,8 @@ def model_sampling(model: Any) -> Any:
 
 def families() -> list[ModuleType]:
     """The model-family modules, each with `is_family(model) -> bool` and `check_supported(model) -> str`."""
-    from . import unet
-    return [unet]
+    from . import dit, unet
+    return [unet, dit]
 
 
 def family_of(model: Any) -> ModuleType:
@@ -43,8 +43,15 @@ def family_of(model: Any) -> ModuleType:
 
 
 def check_supported(model: Any) -> str:
-    """The prediction type ('eps' or 'v') of a model this pack runs, else HostError."""
+    """The prediction type of a model this pack runs ('eps' or 'v' for a UNet, 'flow' for a DiT), else HostError."""
     return family_of(model).check_supported(model)
+
+
+def is_flow(model: Any) -> bool:
+    """True when the model samples as rectified flow (CONST: x_σ = (1 − σ)·x0 + σ·ε, e.g. FLUX, SD3, Qwen-Image):
+    the schedule formulas of core/schedule.py take flow=True for it."""
+    import comfy.model_sampling
+    return isinstance(model_sampling(model), comfy.model_sampling.CONST)
 
 
 def text_start_tokens(model: Any) -> int:

@@ -39,7 +39,8 @@ def model_config(unet_config: dict, latent_format: Any, text_start_tokens: int) 
 # --------------------------------------------------------------------------------------------------------------
 
 def replace_patches(model_options: dict, name: str) -> dict:
-    """The replace patches `name` ("attn1", "attn2") of model_options, keyed (part, number[, index]): read only.
+    """The replace patches `name` ("attn1", "attn2"; "dit" for DiT blocks, keyed ("double_block" | "single_block", i))
+    of model_options, keyed (part, number[, index]): read only.
 
     Relies on: `set_model_patch_replace` stores them in
     model_options["transformer_options"]["patches_replace"][name][(block_name, number, transformer_index)]
@@ -99,6 +100,16 @@ def diffusion_model_call(args: Sequence[Any], kwargs: dict) -> tuple[torch.Tenso
         to = args[5]
     x = args[0] if args else kwargs["x"]
     return x, (to or {})
+
+
+def apply_model_options(args: Sequence[Any], kwargs: dict) -> Optional[dict]:
+    """The transformer_options of a call that an APPLY_MODEL wrapper sees (after the executor). Relies on:
+    BaseModel.apply_model's signature (x, t, c_concat, c_crossattn, control, transformer_options, ...), the same in
+    0.3.64 and 0.3.75; args here start after x."""
+    to = kwargs.get("transformer_options")
+    if to is None and len(args) >= 5:
+        to = args[4]
+    return to
 
 
 def current_block(transformer_options: dict) -> tuple[str, int]:

@@ -10,6 +10,7 @@ import torch
 
 from . import internals
 from .errors import HostError
+from . import facts
 from .facts import base_model
 from .handle import SharedHandle
 from .kv import without_kv_patches
@@ -87,7 +88,11 @@ def session(model: Any, positive: Any, negative: Any, cfg: float, samples: torch
     if negative is None:
         negative = []
 
+    flow = facts.is_flow(model)
+
     def fn(model_k, x, sig, extra_args=None, callback=None, disable=None, **_):
+        if flow:  # CONST noise scaling gave (1 − σ_0)·z_0 for zero noise: start from z_0 itself
+            x = base_model(model).process_latent_in(samples).to(x.device, x.dtype)
         return loop(Denoiser(model_k, extra_args or {}, model), x, sig)
 
     sampler = ksampler(fn)

@@ -186,3 +186,37 @@ def test_memory_facts(sd15_model):
 def test_public_patch_api_present(sd15_model, name):
     """The public ModelPatcher methods the host uses (present in ComfyUI 0.3.64 and 0.3.75)."""
     assert callable(getattr(sd15_model, name, None)), f"ComfyUI removed ModelPatcher.{name}: the host uses it"
+
+
+def test_dit_replace_layout_and_apply_model_options():
+    """DiT hooks: where set_model_patch_replace(..., "dit", ...) stores block replaces, and the transformer_options
+    an APPLY_MODEL wrapper finds in its arguments (the dict the diffusion model's blocks then see)."""
+    import comfy.patcher_extension as pe
+    flux = tiny_models.flux()
+    m = flux.clone()
+    p = lambda args, extra: extra["original_block"](args)  # noqa: E731
+    m.set_model_patch_replace(p, "dit", "single_block", 1)
+    assert internals.replace_patches(m.model_options, "dit").get(("single_block", 1)) is p, \
+        _breaks("where set_model_patch_replace stores dit block replaces (patches_replace['dit'][(kind, i)])")
+    seen = {}
+
+    def wrapper(executor, x, *args, **kwargs):
+        to = internals.apply_model_options(args, kwargs)
+        to["dragedit_probe"] = True
+        seen["to"] = to
+        return executor(x, *args, **kwargs)
+
+    def probe(args, extra):
+        seen["block_sees"] = args["transformer_options"].get("dragedit_probe")
+        return extra["original_block"](args)
+
+    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "probe", wrapper)
+    m.set_model_patch_replace(probe, "dit", "double_block", 0)
+    lat = tiny_models.dit_latent(size=8)["samples"]
+    import comfy.sample
+    import comfy.samplers
+    with torch.inference_mode():
+        comfy.sample.sample_custom(m, torch.zeros_like(lat), 1.0, comfy.samplers.ksampler("euler"),
+                                   torch.tensor([0.5, 0.0]), tiny_models.dit_conditioning(), [], lat, disable_pbar=True)
+    assert isinstance(seen.get("to"), dict) and seen.get("block_sees") is True, \
+        _breaks("BaseModel.apply_model's signature or the transformer_options its wrappers get")

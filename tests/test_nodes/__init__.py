@@ -54,8 +54,20 @@ class TinyLatent:
         return ({"samples": s.repeat(batch, 1, 1, 1)},)
 
 
+class TinyDiTLatent:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0}), "size": ("INT", {"default": 8})}}
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    CATEGORY = "DragEdit/testing"
+
+    def make(self, seed, size):
+        return (tiny_models.dit_latent(seed, size=size),)
+
+
 NODE_CLASS_MAPPINGS = {"DragEditTestTinyModel": TinyModel, "DragEditTestConditioning": TinyConditioning,
-                       "DragEditTestLatent": TinyLatent}
+                       "DragEditTestLatent": TinyLatent, "DragEditTestDiTLatent": TinyDiTLatent}
 
 
 class GradProbe:

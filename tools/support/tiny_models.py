@@ -62,3 +62,84 @@ def latent(seed: int = 0, size: int = 16, channels: int = 4):
     s = torch.randn(1, channels, size // 4, size // 4, generator=g)
     s = torch.nn.functional.interpolate(s, size=(size, size), mode="bilinear", align_corners=False) * 3
     return {"samples": s}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# DiTs (issue 20): a tiny FLUX built from config, a tiny SD3 through the real loader
+# --------------------------------------------------------------------------------------------------------------
+
+DIT_CONTEXT = 32
+
+
+def flux(seed: int = 0, depth: int = 2, depth_single: int = 2, patch: int = 2, shift: float = 1.15):
+    """Tiny FLUX built from config (hidden 128, 4 heads, RoPE axes [8, 12, 12], 16 latent channels in 2 x 2 patches
+    as FLUX.1 (ComfyUI 0.3.64 unpatchifies with 2 x 2 whatever the config), context and pooled dims 32): a real
+    comfy.model_base.Flux with ModelSamplingFlux."""
+    from dragedit.core.host import dit_build
+    cfg = dit_build.flux_config(context_dim=DIT_CONTEXT, depth=depth, depth_single=depth_single, patch=patch)
+    return dit_build.build_flux(cfg, seed=seed, shift=shift)
+
+
+def sd3_state_dict(seed: int = 0, depth: int = 2, patch: int = 2):
+    """State dict of a depth-`depth` SD3 MMDiT (hidden 64·depth, 16 latent channels, context / pooled dims 32) that
+    ComfyUI's detection reads as SD3 (depth = x_embedder width / 64)."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+    import comfy.ops
+    hidden = 64 * depth
+    with torch.inference_mode(False):
+        m = MMDiT(input_size=None, patch_size=patch, in_channels=16, out_channels=16, depth=depth,
+                  adm_in_channels=DIT_CONTEXT, pos_embed_max_size=16, num_patches=256,
+                  context_embedder_config={"target": "torch.nn.Linear",
+                                           "params": {"in_features": DIT_CONTEXT, "out_features": hidden}},
+                  dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
+        g = torch.Generator().manual_seed(seed)
+        sd = {}
+        for k, v in m.state_dict().items():
+            sd[k] = (torch.randn(v.shape, generator=g) * 0.05) if v.ndim >= 2 else torch.zeros(v.shape)
+    return sd
+
+
+def sd3(path, seed: int = 0):
+    """Tiny SD3 written to `path` (safetensors, fp16) and loaded through comfy.sd.load_diffusion_model."""
+    import comfy.sd
+    import comfy.utils
+    import safetensors.torch
+    sd = {k: v.half().contiguous() for k, v in sd3_state_dict(seed).items()}
+    safetensors.torch.save_file(sd, str(path))
+    return comfy.sd.load_diffusion_model(str(path))
+
+
+def dit_conditioning(seed: int = 0, tokens: int = 8, width: int = DIT_CONTEXT):
+    """A CONDITIONING for the tiny DiTs: context [1, tokens, width] and pooled_output [1, width]."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(1, tokens, width, generator=g)
+    return [[c, {"pooled_output": torch.randn(1, width, generator=g)}]]
+
+
+def dit_latent(seed: int = 0, size: int = 8, channels: int = 16):
+    """A LATENT dict (VAE space) for the tiny DiTs: a smooth random pattern, size x size."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(1, channels, max(size // 4, 1), max(size // 4, 1), generator=g)
+    s = torch.nn.functional.interpolate(s, size=(size, size), mode="bilinear", align_corners=False)
+    return {"samples": s}
+
+
+def qwen_image(seed: int = 0, layers: int = 2):
+    """Tiny Qwen-Image built from config (4 heads of 32, RoPE axes [8, 12, 12], 16 latent channels in 2 x 2 patches,
+    text width 32): a real comfy.model_base.QwenImage with its flow sampling."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=layers,
+               attention_head_dim=32, num_attention_heads=4, joint_attention_dim=DIT_CONTEXT,
+               axes_dims_rope=(8, 12, 12), dtype=torch.float32)
+    with torch.inference_mode(False):
+        mc = comfy.supported_models.QwenImage(cfg)
+        mc.set_inference_dtype(torch.float32, None)
+        m = mc.get_model({}, device="cpu")
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in m.diffusion_model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05 if p.ndim >= 2 else torch.ones(p.shape))
+        m.diffusion_model.to(torch.float32)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(m, load_device=cpu, offload_device=cpu)
