@@ -8,7 +8,7 @@ that `dit.build_model` makes, so every export proves the round trip.
 Run from the repository root:
     python -m tools.train_shapes_dit --out DIR --steps 3500 --batch 32 --seed 0 [--design dit-p2] [--export-every 250]
 
-The data pipeline is the UNet trainer's (core/shapes/train.py: scene rendering, VAE encode, prompt encode, prompt
+The data pipeline is the UNet trainer's (tools/train_shapes.py: scene rendering, VAE encode, prompt encode, prompt
 dropout): batch k is a pure function of (seed, k), so a run resumed from <out>/train_state.pt (torch.save of tensors,
 lists and numbers, loaded with weights_only=True) is the same run. The in-place residual adds of ComfyUI's FLUX blocks
 would break backward; training runs the forward under a saved-tensors hook that keeps a copy of each saved tensor
@@ -29,10 +29,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from core.shapes import train as unet_train  # noqa: E402  (setup_comfy, step_batch, lr_at, ema_update, grids)
-from core.shapes import vae as shapes_vae  # noqa: E402
-from core.shapes.prompt import tokenize  # noqa: E402
-from demo.shapes import dit  # noqa: E402
+from tools import train_shapes as unet_train  # noqa: E402  (setup_comfy, step_batch, lr_at, ema_update, grids)
+from dragedit.demo.shapes import dit  # noqa: E402
+from dragedit.demo.shapes import vae as shapes_vae  # noqa: E402
+from dragedit.demo.shapes.prompt import tokenize  # noqa: E402
 
 STATE = "train_state.pt"
 

@@ -4,7 +4,7 @@ config like the UNet ones (build.py); a tiny SD3 loads through the real loader i
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -22,32 +22,40 @@ def flux_config(in_channels: int = 16, context_dim: int = 32, hidden: int = 128,
 
 
 @functools.lru_cache(maxsize=None)
-def _flux_model_config_class() -> type:
-    """A comfy.supported_models.Flux config for a FLUX built from config (CONST + ModelSamplingFlux, FLUX latents)."""
+def _flux_model_config_class(latent_format: Any = None, text_start_tokens: int = 1) -> type:
+    """A comfy.supported_models.Flux config for a FLUX built from config (CONST + ModelSamplingFlux; FLUX latents
+    unless `latent_format` names another comfy LatentFormat class; `text_start_tokens` as facts.text_start_tokens)."""
     import comfy.supported_models
 
-    class TinyFlux(comfy.supported_models.Flux):
-        unet_config = {"image_model": "flux", "guidance_embed": False}
-        unet_extra_config = {}
-        supported_inference_dtypes = [torch.float32]
-
-    return TinyFlux
+    attrs = {"unet_config": {"image_model": "flux", "guidance_embed": False}, "unet_extra_config": {},
+             "supported_inference_dtypes": [torch.float32], "text_start_tokens": int(text_start_tokens)}
+    if latent_format is not None:
+        attrs["latent_format"] = latent_format
+    return type("TinyFlux", (comfy.supported_models.Flux,), attrs)
 
 
 def build_flux(config: dict, *, state_dict: Optional[dict] = None, shift: float = 1.15, seed: int = 0,
-               std: float = 0.05) -> Any:
+               std: float = 0.05, latent_format: Any = None, text_start_tokens: int = 1,
+               init: Optional[Callable[[torch.nn.Module], None]] = None) -> Any:
     """A ComfyUI MODEL (ModelPatcher over comfy.model_base.Flux on the CPU, fp32, ModelSamplingFlux with μ = shift)
-    from a `flux_config`; without a state dict a seeded N(0, std) init with zero biases and unit QK-norm scales."""
+    from a `flux_config`: the tiny test FLUX and the shapes demo DiT. Without a state dict, `init(diffusion_model)`
+    initialises the weights (default: a seeded N(0, std) init with zero biases and unit QK-norm scales)."""
     import comfy.model_base
     import comfy.model_patcher
     cfg = dict(config, dtype=torch.float32)
-    mc = _flux_model_config_class()(cfg)
+    mc = _flux_model_config_class(latent_format, int(text_start_tokens))(cfg)
     mc.sampling_settings = dict(mc.sampling_settings, shift=float(shift))
     with torch.inference_mode(False):
         m = comfy.model_base.Flux(mc, model_type=comfy.model_base.ModelType.FLUX, device="cpu")
+        m.model_sampling.set_parameters(shift=float(shift))
         dm = m.diffusion_model
         if state_dict is not None:
-            dm.load_state_dict({k: v.float() for k, v in state_dict.items()})
+            missing, unexpected = dm.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"state dict does not fit the FLUX config: missing {missing[:4]}, "
+                                 f"unexpected {unexpected[:4]}")
+        elif init is not None:
+            init(dm)
         else:
             g = torch.Generator().manual_seed(int(seed))
             with torch.no_grad():

@@ -20,9 +20,9 @@ from typing import Any, Optional
 
 import torch
 
-from core.shapes import model as shapes_model
-from core.shapes import vae as shapes_vae
-from core.shapes.prompt import CONTEXT_DIM, PromptEncoder, ShapesClip
+from . import model as shapes_model
+from . import vae as shapes_vae
+from .prompt import CONTEXT_DIM, PromptEncoder, ShapesClip
 
 FORMAT = "dragedit-shapes-dit-v1"
 # ModelSamplingFlux's μ at 256 image tokens (FLUX's base_shift 0.5; ComfyUI's ModelSamplingFlux node gives 0.46 for a
@@ -83,53 +83,16 @@ def latent_format_class() -> type:
     return ShapesDiTLatent
 
 
-@functools.lru_cache(maxsize=None)
-def _model_config_class() -> type:
-    """The supported_models config of the shapes DiT (a FLUX-type model: CONST + ModelSamplingFlux).
-    The host package (issue 20) will own this config; it lives here until then."""
-    import comfy.model_base
-    import comfy.supported_models
-
-    class ShapesDiT(comfy.supported_models.Flux):
-        unet_config = {"image_model": "flux", "guidance_embed": False}
-        unet_extra_config = {}
-        sampling_settings = {"shift": DEFAULT_SHIFT}
-        latent_format = latent_format_class()
-        memory_usage_factor = 1.0
-        supported_inference_dtypes = [torch.float32]
-        text_start_tokens = 0                      # word ids, no start token (read by core.host.text_start_tokens)
-
-        def get_model(self, state_dict, prefix="", device=None):
-            return comfy.model_base.Flux(self, model_type=comfy.model_base.ModelType.FLUX, device=device)
-
-    return ShapesDiT
-
-
 def build_model(config: dict, state_dict: Optional[dict] = None, shift: float = DEFAULT_SHIFT, seed: int = 0,
                 init_std: float = 0.02) -> Any:
     """A ComfyUI MODEL (ModelPatcher over comfy.model_base.Flux, FLOW-matching sampling through ModelSamplingFlux
     with μ = `shift`) on the CPU in fp32, from a Flux config (`flux_config`) and its state dict (None: a seeded
     random init, N(0, init_std) weights and zero biases, with the output layer and the modulations' gates at zero as
     in DiT's adaLN-zero). It runs through ComfyUI's samplers unchanged (KSampler, SamplerCustom...)."""
-    import comfy.model_management  # noqa: F401  (ComfyUI must be set up, e.g. core.shapes.train.setup_comfy)
-    import comfy.model_patcher
-
-    cfg = dict(config, dtype=torch.float32)
-    mc = _model_config_class()(cfg)
-    mc.sampling_settings = dict(mc.sampling_settings, shift=float(shift))
-    with torch.inference_mode(False):
-        m = mc.get_model({}, device="cpu")
-        m.model_sampling.set_parameters(shift=float(shift))
-        dm = m.diffusion_model
-        if state_dict is not None:
-            missing, unexpected = dm.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=False)
-            if missing or unexpected:
-                raise ValueError(f"state dict does not fit the DiT config: missing {missing[:4]}, unexpected {unexpected[:4]}")
-        else:
-            init_weights_(dm, seed=seed, std=init_std)
-        dm.to(torch.float32)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(m, load_device=cpu, offload_device=cpu)
+    from ...core.host import dit_build
+    return dit_build.build_flux(config, state_dict=state_dict, shift=shift, latent_format=latent_format_class(),
+                                text_start_tokens=0,                 # word ids, no start token
+                                init=lambda dm: init_weights_(dm, seed=seed, std=init_std))
 
 
 @torch.no_grad()
@@ -178,7 +141,7 @@ class ShapesDiTClip(ShapesClip):
 
 def conditioning(encoder: torch.nn.Module, prompts: list[str]) -> list:
     """CONDITIONING for a batch of prompts (context [B,T,32], pooled [B,32]), as ShapesDiTClip makes it."""
-    from core.shapes.prompt import tokenize
+    from .prompt import tokenize
     p = next(encoder.parameters())
     with torch.no_grad():
         c = encoder(torch.tensor([tokenize(t) for t in prompts], dtype=torch.long, device=p.device)).float().cpu()

@@ -4,23 +4,15 @@ through ComfyUI's sampler on the CPU, the training target is what ComfyUI's FLUX
 is reproducible (also when resumed)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import comfy.ldm.flux.model
+import comfy.model_base
+import comfy.model_sampling
+import comfy.sample
 import torch
+from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import comfy.ldm.flux.model  # noqa: E402
-import comfy.model_base  # noqa: E402
-import comfy.model_sampling  # noqa: E402
-import comfy.sample  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from demo.shapes import dit  # noqa: E402
-from tools import train_shapes_dit as trainer  # noqa: E402
+from dragedit.demo.shapes import dit
+from tools import train_shapes_dit as trainer
 
 
 def test_builds_from_config_as_comfy_flux():
