@@ -14,17 +14,18 @@ Modules, by concern:
   session     a method's loop inside ComfyUI's sampling (Denoiser), differentiable calls, stock sampling
   guidance    post-CFG guidance (DragonDiffusion) and cond guidance (SEGA / LEDITS++)
   internals   every reach past ComfyUI's public patch mechanisms, one documented function each
-A model family other than the UNet adds its own module beside unet.py and registers it in `facts.families`.
+A model family other than the UNet adds its own module beside unet.py and registers it in `families.families()`.
 
 Stores (K/V caches, captured features) are owned by a run or by an INVERSION object, never by a patch: a patch
 holds a handle that `ModelPatcher.clone()` passes on without copying. Every patch goes on a clone (`clone`).
 Importing this package does not import ComfyUI; the first host call does.
 """
 from ..schedule import alpha_bar
-from . import build, dit, dit_build, dit_grad, dit_kv, facts, features, guidance, internals, kv, session, unet
+from . import build, dit, dit_build, dit_grad, dit_kv, facts, families, features, guidance, internals, kv, session, unet
 from .build import build_model, init_weights_
 from .errors import HostError, KVBudgetError
-from .facts import (base_model, check_supported, concept_token_range, ddim_sigmas, is_flow, latent_format,
+from .families import check_supported, family_of
+from .facts import (base_model, concept_token_range, ddim_sigmas, is_flow, latent_format,
                     model_sampling, process_in, process_out, text_start_tokens, timestep_of)
 from .features import FeatureStore, patch_feature_capture
 from .guidance import (CondGuidanceCall, GuidanceCall, cond_guidance_patch, cond_guidance_payload, patch_cond_guidance,
@@ -38,9 +39,9 @@ from .unet import (AttnLayer, DecoderBlock, attention_layers, conditioning_famil
                    diffusion_model, select_layers, up_block_outputs)
 
 __all__ = [
-    "build", "dit", "dit_build", "dit_grad", "dit_kv", "facts", "features", "guidance", "internals", "kv", "session", "unet",
+    "build", "dit", "dit_build", "dit_grad", "dit_kv", "facts", "families", "features", "guidance", "internals", "kv", "session", "unet",
     "alpha_bar", "build_model", "init_weights_", "HostError", "KVBudgetError",
-    "base_model", "check_supported", "concept_token_range", "ddim_sigmas", "is_flow", "latent_format", "model_sampling",
+    "base_model", "check_supported", "family_of", "concept_token_range", "ddim_sigmas", "is_flow", "latent_format", "model_sampling",
     "process_in", "process_out", "text_start_tokens", "timestep_of",
     "FeatureStore", "patch_feature_capture",
     "CondGuidanceCall", "GuidanceCall", "cond_guidance_patch", "cond_guidance_payload", "patch_cond_guidance",

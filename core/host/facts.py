@@ -1,12 +1,11 @@
 """Family-neutral model facts: the BaseModel behind a MODEL, its sampling schedule, latent format and text encoder
-facts, and the supported-model check, which asks the model family (unet.py today) whether it can run the model.
+facts. Which model family runs a model (and so whether the pack supports it) is families.py's question.
 
 Sampler state convention (ComfyUI): x = z_t / sqrt(ᾱ_t) = z_0 + σ·ε with ᾱ = 1/(1+σ²); the wrapped model returns
 x̂0 for eps- and v-prediction models alike, so ε̂ = (x − x̂0)/σ.
 """
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -24,27 +23,6 @@ def model_sampling(model: Any) -> Any:
     if hasattr(model, "get_model_object"):
         return model.get_model_object("model_sampling")
     return base_model(model).model_sampling
-
-
-def families() -> list[ModuleType]:
-    """The model-family modules, each with `is_family(model) -> bool` and `check_supported(model) -> str`."""
-    from . import dit, unet
-    return [unet, dit]
-
-
-def family_of(model: Any) -> ModuleType:
-    """The family module that runs `model`; HostError (the first family's message) when none does."""
-    fams = families()
-    for fam in fams:
-        if fam.is_family(model):
-            return fam
-    fams[0].check_supported(model)   # raises its "unsupported model family" message
-    raise HostError("unsupported model family")  # pragma: no cover
-
-
-def check_supported(model: Any) -> str:
-    """The prediction type of a model this pack runs ('eps' or 'v' for a UNet, 'flow' for a DiT), else HostError."""
-    return family_of(model).check_supported(model)
 
 
 def is_flow(model: Any) -> bool:

@@ -5,7 +5,7 @@ import torch
 
 from tools.support import tiny_models
 from dragedit.core import host, schedule
-from dragedit.core.host import dit, facts
+from dragedit.core.host import dit, facts, families
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def sd3(tmp_path_factory):
 
 
 def test_families_and_supported_check(flux, sd3, sd15_model):
-    assert facts.family_of(flux) is dit and facts.family_of(sd3) is dit and facts.family_of(sd15_model) is not dit
+    assert families.family_of(flux) is dit and families.family_of(sd3) is dit and families.family_of(sd15_model) is not dit
     assert host.check_supported(flux) == "flow" and host.check_supported(sd3) == "flow"
     assert dit.kind_of(flux) == dit.FLUX and dit.kind_of(sd3) == dit.SD3 and dit.kind_of(sd15_model) is None
     assert facts.is_flow(flux) and facts.is_flow(sd3) and not facts.is_flow(sd15_model)

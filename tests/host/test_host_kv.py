@@ -1,11 +1,11 @@
 """core/host/kv.py: the K/V store's life cycle (estimate, budget, placement, build, release) on real tiny models,
-and the model-family seam of core/host/facts.py."""
+and the model-family seam of core/host/families.py."""
 import pytest
 import torch
 
 from tools.support import tiny_models
 from dragedit.core import host
-from dragedit.core.host import facts, kv, unet
+from dragedit.core.host import facts, families, kv, unet
 
 
 def _record(model, store, steps=3):
@@ -64,15 +64,15 @@ def test_store_hard_stop_during_a_run(sd15_model):
 
 def test_model_family_seam(sd15_model):
     import comfy.model_base
-    assert facts.family_of(sd15_model) is unet and facts.check_supported(sd15_model) == "eps"
+    assert families.family_of(sd15_model) is unet and families.check_supported(sd15_model) == "eps"
     flow = host.clone(sd15_model)
     flow.add_object_patch("model_sampling", comfy.model_base.model_sampling(sd15_model.model.model_config,
                                                                             comfy.model_base.ModelType.FLOW))
     with pytest.raises(host.HostError, match="unsupported sampling"):
-        facts.check_supported(flow)
+        families.check_supported(flow)
 
     class NotAUnet:
         model = type("BM", (), {"diffusion_model": torch.nn.Linear(1, 1)})()
 
     with pytest.raises(host.HostError, match=r"unsupported model family \(Linear\)"):
-        facts.check_supported(NotAUnet())
+        families.check_supported(NotAUnet())
