@@ -106,6 +106,7 @@ def _drag_points(drag: Any, latent_hw: tuple[int, int], node: str
         d = DragInstructions.coerce(drag)
         if d.image_size is None:
             d = DragInstructions.coerce(d, image_size=(latent_hw[1] * dd.VAE_FACTOR, latent_hw[0] * dd.VAE_FACTOR))
+        d.require_moves()
     except DragSchemaError as e:
         raise NodeInputError(node, "drag", f"{e}.") from None
     require(not d.regions, node, "drag", f"has {len(d.regions)} region(s): DragDiffusion moves point pairs only "

@@ -117,6 +117,14 @@ def _coerce_drag(drag: Any, node: str) -> DragInstructions:
         raise NodeInputError(node, "drag", str(e)) from None
 
 
+def _require_moves(d: DragInstructions, node: str) -> None:
+    """The pack's "nothing to drag" rule (DragInstructions.require_moves) as a NodeInputError."""
+    try:
+        d.require_moves()
+    except DragSchemaError as e:
+        raise NodeInputError(node, "drag", f"{e}.") from None
+
+
 def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, mask: Any = None,
                reference: Optional[DDIMInversion] = None, ref_mask: Any = None, energy_scale: float = 1.0,
                resize_scale: float = 1.0, w_edit: float = AUTO, w_content: float = AUTO,
@@ -157,6 +165,8 @@ def build_spec(node: str, model: Any, inv: DDIMInversion, mode: str, *, drag: An
             except ValueError as e:
                 raise NodeInputError(node, "resize_scale", str(e)) from None
         elif mode == "drag":
+            if d is not None:
+                _require_moves(d, node)
             require(d is not None and len(d.points) > 0, node, "drag",
                     "drag mode needs point pairs (handle -> target) from Drag Instructions.")
             handles = [cells(h) for h, _ in d.points]

@@ -69,7 +69,7 @@ def _as_drag(node: str, drag: Any, drag_json: Optional[str], image_size: Optiona
     require(drag_json is None or isinstance(drag_json, str), node, "drag_json",
             f"expected JSON text, got {type(drag_json).__name__}.")
     try:
-        return DragInstructions.coerce(value, image_size=image_size)
+        return DragInstructions.coerce(value, image_size=image_size).require_moves()
     except DragSchemaError as e:
         raise NodeInputError(node, name, f"{e}.") from None
     except (TypeError, AttributeError) as e:
