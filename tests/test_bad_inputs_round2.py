@@ -1,0 +1,140 @@
+"""Issue 23: bad input, round 2. Drag JSON classes 1-5 and derived seeds (class 6) through the real executor (the
+comfy_server fixture, on the Shapes Demo Model), plus quick in-process checks of the rules behind them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from test_bad_inputs import _base, _ddim, _fails, _runs, _sampler_custom, _save
+
+from dragedit.core import seeds
+from dragedit.core.drag_schema import DragInstructions, DragSchemaError
+
+SEED_MAX = 0xFFFF_FFFF_FFFF_FFFF
+ZERO_MASK = {"size": [32, 32], "counts": [32 * 32]}
+DRAG_ZERO_MASK = json.dumps({"version": 1, "points": [[8, 16, 20, 16]], "mask": ZERO_MASK})
+
+
+# ============================================================================================== in-process rules
+@pytest.mark.parametrize("text, field, words", [
+    ('{"version": 1, "points": [[1, 2, 3, 4]], "ui": {"n": "\ud800"}}', "JSON", "lone UTF-16 surrogate"),
+    ('{"version": 1, "p\\ud800": []}', "p\\ud800", "not a known key"),
+    ('{"version": 1, "points": [[1, 2, 3, %s]]}' % ("9" * 400), "points[0][3]", "400 digits"),
+    ('{"version": 1, "image_size": [%s, 10]}' % ("9" * 400), "image_size[0]", "400 digits"),
+    ('{"version": 1, "points": [[1, 2, 3, %s]]}' % ("9" * 5000), "JSON", "too long"),
+    ('{"version": NaN}', "version", "integer"),
+    ('{"version": Infinity}', "version", "integer"),
+    ('{"version": -Infinity}', "version", "integer"),
+])
+def test_drag_json_classes_1_to_3(text, field, words):
+    with pytest.raises(DragSchemaError) as e:
+        DragInstructions.from_json(text, image_size=(32, 32))
+    assert e.value.field == field and words in e.value.message, str(e.value)
+    str(e.value).encode("utf-8")         # printable by any log or JSON writer
+
+
+def test_escaped_surrogate_in_ui_is_still_accepted():
+    """JSON.stringify writes a lone surrogate escaped; the text is then valid and 'ui' is ignored, as before."""
+    d = DragInstructions.from_json('{"version": 1, "points": [[1, 2, 3, 4]], "ui": {"n": "\\ud800"}}', (8, 8))
+    assert len(d.points) == 1
+
+
+def test_all_black_mask_is_no_mask_and_empty_is_refused():
+    d = DragInstructions.from_json(DRAG_ZERO_MASK, image_size=(32, 32))
+    assert not d.has_mask and d.mask_tensor() is None and d.image_size == (32, 32)
+    assert not DragInstructions(image_size=(4, 4)).with_mask(torch.zeros(4, 4)).has_mask
+    for text in ("{}", '{"points": [], "points": []}', "[]", ""):
+        with pytest.raises(DragSchemaError, match="nothing to drag"):
+            DragInstructions.from_json(text, image_size=(32, 32)).require_moves()
+
+
+def test_derived_seeds_wrap():
+    assert seeds.derive_seed(SEED_MAX, 1) == 0 and seeds.derive_seed(5, 2) == 7 and seeds.derive_seed(-1) == SEED_MAX
+    assert seeds.generator(SEED_MAX, 3).initial_seed() == 2
+    assert torch.equal(torch.randn(3, generator=seeds.generator(41, 1)),
+                       torch.randn(3, generator=torch.Generator().manual_seed(42)))   # in range: unchanged
+
+
+# ============================================================================================== the real executor
+def _regiondrag(drag=("6", 0)) -> dict:
+    return {"class_type": "DragEditRegionDrag", "inputs": {
+        "model": ["1", 0], "positive": ["3", 0], "steps": 4, "strength": 0.5, "noise_scale": 0.6, "seed": SEED_MAX,
+        "drag": list(drag), "image": ["2", 0], "vae": ["1", 2]}}
+
+
+def _dragon(mode="drag", seed=SEED_MAX) -> dict:
+    return {"class_type": "DragEditDragonDiffusion", "inputs": {
+        "model": ["1", 0], "positive": ["3", 0], "negative": ["4", 0], "inversion": ["10", 1], "mode": mode,
+        "cfg": 1.0, "energy_scale": 1.0, "resize_scale": 1.0, "drag": ["6", 0], "seed": seed, "init_paste": True,
+        "vacate_noise": 0.5}}
+
+
+@pytest.mark.slow
+def test_server_drag_json_classes(comfy_server):
+    """Classes 1-3: a lone surrogate, a 400-digit integer, a NaN version reach Drag Instructions through /prompt and
+    come back as clear errors naming the node and input."""
+    for text, pattern in (
+            ('{"version": 1, "points": [[8, 16, 20, 16]], "ui": {"n": "\ud800"}}', r"lone UTF-16 surrogate"),
+            ('{"version": 1, "points": [[8, 16, 20, %s]]}' % ("1" * 400), r"points\[0\]\[3\] is an integer of about"),
+            ('{"version": 1, "image_size": [%s, 32]}' % ("3" * 400), r"image_size\[0\] is an integer of about"),
+            ('{"version": NaN, "points": [[8, 16, 20, 16]]}', r"version must be an integer, got NaN")):
+        g = _base()
+        g["6"]["inputs"]["drag_data"] = text
+        g["7"] = _regiondrag()
+        g["8"] = _save(("7", 0))
+        _fails(comfy_server, g, r"\[Drag Instructions\] input 'drag_data': .*" + pattern)
+
+
+@pytest.mark.slow
+def test_server_empty_instructions_and_black_mask(comfy_server):
+    """Class 4: '{}' or duplicate keys ending empty are refused by every drag method (RegionDrag ran and returned
+    the input before). Class 5: an all-black RLE mask is no mask everywhere: RegionDrag and DragonDiffusion run."""
+    for text in ("{}", '{"version": 1, "points": [[8, 16, 20, 16]], "points": []}'):
+        g = _base()
+        g["6"]["inputs"]["drag_data"] = text
+        g["7"] = _regiondrag()
+        g["8"] = _save(("7", 0))
+        _fails(comfy_server, g, r"\[RegionDrag\] input 'drag': instructions are empty .*nothing to drag")
+        g = _base()
+        g["6"]["inputs"]["drag_data"] = text
+        g["10"] = _ddim()
+        g["11"] = _dragon()
+        g["12"] = _save(("11", 0))
+        _fails(comfy_server, g, r"\[DragonDiffusion\] input 'drag': instructions are empty")
+    g = _base()
+    g["6"]["inputs"]["drag_data"] = DRAG_ZERO_MASK
+    g["7"] = _regiondrag()
+    g["8"] = _save(("7", 0))
+    g["9"] = {"class_type": "MaskToImage", "inputs": {"mask": ["6", 1]}}
+    g["10"] = _ddim()
+    g["11"] = _dragon()
+    g["12"] = _save(("11", 0), "dragon")
+    g["13"] = {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "zero_mask"}}
+    entry = _runs(comfy_server, g)
+    from PIL import Image
+    import numpy as np
+    mask_png = comfy_server.output_images(entry)
+    assert mask_png and np.asarray(Image.open(mask_png[0])).min() == 255     # no mask = all editable
+
+
+@pytest.mark.slow
+def test_server_seed_at_widget_maximum(comfy_server):
+    """Class 6: seeds at 2^64 - 1: DragonDiffusion's vacate noise (seed + 1) and Latent Copy-Paste's per-step seeds
+    (noise_seed + i through an ancestral sampler) run."""
+    g = _base()
+    g["10"] = _ddim()
+    g["11"] = _dragon()
+    g["12"] = _save(("11", 0), "dragon_seed")
+    g["13"] = _regiondrag()
+    g["14"] = _save(("13", 0), "regiondrag_seed")
+    g["20"] = _ddim(record_kv=False)
+    g["21"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}}
+    g["22"] = {"class_type": "DragEditLatentCopyPaste", "inputs": {
+        "sampler": ["21", 0], "inversion": ["20", 1], "noise_scale": 0.6, "seed": SEED_MAX, "paste_end": 0.2,
+        "paste_every_step": False, "drag": ["6", 0]}}
+    g["23"] = _sampler_custom(("1", 0), ("22", 0), ("20", 2), ("20", 0))
+    g["23"]["inputs"]["noise_seed"] = SEED_MAX
+    g["24"] = _save(("23", 0), "copy_paste_seed")
+    _runs(comfy_server, g)
