@@ -1,14 +1,13 @@
 """Node "Drag Instructions": image + the editor widget's JSON (or a script's JSON) -> DRAG and the editable MASK."""
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Any, Optional
 
 import torch
 
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ._common import CATEGORY, NodeInputError, check_mask, require, tooltips
+from .temp_images import save_temp_png, to_uint8
 
 NODE_NAME = "Drag Instructions"
 EMPTY_DRAG_JSON = '{"version": 1, "points": [], "regions": []}'
@@ -120,20 +119,10 @@ def _input_mask(mask: Any, W: int, H: int) -> Optional[torch.Tensor]:
 
 
 def save_preview(image: torch.Tensor, prefix: str = "dragedit_instructions") -> list[dict]:
-    """Save image[0] as a PNG in ComfyUI's temp folder for the editor; [{filename, subfolder, type}] or [] on failure."""
+    """Save image[0] as a PNG in ComfyUI's temp folder for the editor (nodes/temp_images.py); [{filename,
+    subfolder, type}] or [] on failure."""
     try:
-        import folder_paths  # ComfyUI's module; absent outside ComfyUI
-        import numpy as np
-        from PIL import Image
-
-        folder = folder_paths.get_temp_directory()
-        os.makedirs(folder, exist_ok=True)
-        name = f"{prefix}_{uuid.uuid4().hex[:12]}.png"
-        arr = (image[0].detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-        if arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        Image.fromarray(np.ascontiguousarray(arr)).save(os.path.join(folder, name), compress_level=1)
-        return [{"filename": name, "subfolder": "", "type": "temp"}]
+        return save_temp_png(to_uint8(image[0]), prefix)
     except Exception:
         return []
 

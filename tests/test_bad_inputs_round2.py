@@ -138,3 +138,71 @@ def test_server_seed_at_widget_maximum(comfy_server):
     g["23"]["inputs"]["noise_seed"] = SEED_MAX
     g["24"] = _save(("23", 0), "copy_paste_seed")
     _runs(comfy_server, g)
+
+
+# ============================================================================================== Drag Preview, temp PNGs
+def test_preview_batch_enlargement_is_bounded(tmp_path, monkeypatch):
+    """Class 14: a batch is enlarged only while the whole batch stays within MAX_OUTPUT_PIXELS; one image keeps the
+    old factor. The frames are drawn one by one into the output (bench/preview_memory.py gives the RSS figures)."""
+    import folder_paths
+    from conftest import run_node
+    from dragedit.core import preview
+    from dragedit.nodes.preview import DragPreview
+    monkeypatch.setattr(folder_paths, "get_temp_directory", lambda: str(tmp_path))
+    assert preview.upscale_factor((128, 128), 4096) == 16
+    assert preview.upscale_factor((128, 128), 4096, batch=64) == 4
+    assert preview.upscale_factor((4096, 4096), 8192, batch=4) == 1        # never below the image's own size
+    drag = DragInstructions.from_json("[[10, 10, 100, 60]]", image_size=(128, 128))
+    out = run_node(DragPreview, image=torch.rand(16, 128, 128, 3), drag=drag, min_size=4096)
+    img = out["result"][0]
+    assert tuple(img.shape) == (16, 1024, 1024, 3) and img.numel() <= 3 * preview.MAX_OUTPUT_PIXELS
+    assert len(out["ui"]["images"]) == 16 and bool(torch.isfinite(img).all()) and 0 <= float(img.min())
+    one = run_node(DragPreview, image=img[:1, :128, :128].clone(), drag=drag, min_size=4096)["result"][0]
+    assert tuple(one.shape) == (1, 2048, 2048, 3)
+
+
+def test_temp_pngs_follow_the_host(tmp_path, monkeypatch):
+    """Class 16: the editor's and Drag Preview's PNGs go to folder_paths.get_temp_directory() as "type": "temp" (the
+    folder ComfyUI empties at start-up and exit, like PreviewImage's files), named by content: the same image
+    queued again reuses its file."""
+    import folder_paths
+    from conftest import run_node
+    from dragedit.nodes import NODE_CLASS_MAPPINGS
+    monkeypatch.setattr(folder_paths, "get_temp_directory", lambda: str(tmp_path))
+    node = NODE_CLASS_MAPPINGS["DragInstructions"]
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    refs = [run_node(node, image=image, drag_data=f"[[1, 1, {x}, 2]]")["ui"]["drag_image"][0] for x in (3, 4, 5)]
+    assert all(r == refs[0] for r in refs) and refs[0]["type"] == "temp" and refs[0]["subfolder"] == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [refs[0]["filename"]]
+    other = run_node(node, image=image.flip(1), drag_data="")["ui"]["drag_image"][0]
+    assert other["filename"] != refs[0]["filename"] and len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_server_preview_batch_and_temp_files(comfy_server):
+    """Classes 14 and 16 through the server: Drag Preview on 64 images at 128 px with min_size 4096 gives 512 px
+    frames (64 x 512^2 within the bound, not 64 x 2048^2 = 3 GB); re-queueing the same images with other
+    instructions adds no temp files; every file is in the host's temp folder."""
+    temp = comfy_server.base / "temp"
+
+    def graph(x: int) -> dict:
+        g = _base()
+        g["6"]["inputs"]["drag_data"] = f"[[8, 16, {x}, 16]]"
+        g["7"] = {"class_type": "ImageScale", "inputs": {"image": ["2", 0], "upscale_method": "nearest-exact",
+                                                         "width": 128, "height": 128, "crop": "disabled"}}
+        g["8"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["7", 0], "amount": 64}}
+        g["9"] = {"class_type": "DragEditDragPreview", "inputs": {"image": ["8", 0], "drag": ["6", 0],
+                                                                  "min_size": 4096}}
+        g["10"] = {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "bounded"}}
+        return g
+
+    entry = _runs(comfy_server, graph(20))
+    from PIL import Image
+    saved = [p for p in comfy_server.output_images(entry) if p.parent.name == "output"]
+    assert len(saved) == 64 and Image.open(saved[0]).size == (512, 512)
+    shown = entry["outputs"]["9"]["images"]
+    assert len(shown) == 64 and all(r["type"] == "temp" and (temp / r["filename"]).is_file() for r in shown)
+    before = {p.name for p in temp.iterdir() if p.name.startswith("dragedit_instructions")}
+    _runs(comfy_server, graph(24))
+    after = {p.name for p in temp.iterdir() if p.name.startswith("dragedit_instructions")}
+    assert before == after and len(after) >= 1
