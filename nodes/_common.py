@@ -100,22 +100,40 @@ def check_latent(latent: Any, node: str, input_name: str = "latent", allow_batch
 
 def check_latent_fits(model: Any, samples: torch.Tensor, node: str, input_name: str,
                       size_input: Optional[str] = None) -> None:
-    """The latent has the model's channel count (a latent of another model family otherwise reaches the UNet as a
-    raw torch error), and is not beyond the model's size limit (the Shapes Demo Model, see its latent format's
-    `dragedit_max_latent_side`; the error then names size_input, e.g. the IMAGE that was encoded)."""
+    """The latent is not below the model's smallest size (min_latent_side), has the model's channel count (a latent
+    of another model family otherwise reaches the UNet as a raw torch error), and is not beyond the model's size
+    limit (the Shapes Demo Model, see its latent format's `dragedit_max_latent_side`). The size errors name
+    size_input, e.g. the IMAGE that was encoded."""
     from ..core import host
     fmt = host.latent_format(model)
+    h, w = int(samples.shape[-2]), int(samples.shape[-1])
+    least, halvings = min_latent_side(model)
+    require(min(h, w) >= least, node, size_input or input_name,
+            f"the latent is {w}x{h}, smaller than this model's minimum of {least}x{least} (its UNet halves the "
+            f"latent {halvings} times and needs at least 2x2 cells at the deepest level). Use a larger image.")
     want = getattr(fmt, "latent_channels", None)
     require(want is None or samples.shape[1] == want, node, input_name,
             f"the latent has {samples.shape[1]} channels but this model takes {want} (VAE of another model "
             f"family?).")
     limit = getattr(fmt, "dragedit_max_latent_side", None)
     if limit:
-        h, w = int(samples.shape[-2]), int(samples.shape[-1])
         require(max(h, w) <= int(limit), node, size_input or input_name,
                 f"the latent is {w}x{h}, larger than this model's limit of {limit}x{limit} "
                 f"({getattr(fmt, 'dragedit_size_reason', 'cost grows with the square of the pixel count')}). "
                 f"Use a smaller image.")
+
+
+def min_latent_side(model: Any) -> tuple[int, int]:
+    """(smallest latent side the model's UNet takes, how many times it halves the latent): 2 * 2^halvings, so the
+    deepest level keeps 2x2 cells (at 1x1 a group norm of one value per group, or a 3x3 smoothing of an attention
+    map, fails with a raw torch error). (1, 0) for a model without a UNet."""
+    from ..core import host
+    try:
+        dm = host.diffusion_model(model)
+    except Exception:
+        return 1, 0
+    halvings = sum(1 for m in dm.input_blocks.modules() if type(m).__name__ == "Downsample")
+    return 2 << halvings, halvings
 
 
 def check_mask(mask: Any, node: str, input_name: str, *, image_size: Optional[Sequence[int]] = None,

@@ -206,3 +206,46 @@ def test_server_preview_batch_and_temp_files(comfy_server):
     _runs(comfy_server, graph(24))
     after = {p.name for p in temp.iterdir() if p.name.startswith("dragedit_instructions")}
     assert before == after and len(after) >= 1
+
+
+# ============================================================================================== tiny images (class 8)
+@pytest.mark.slow
+def test_server_tiny_images(comfy_server):
+    """Class 8: 1x1, 2x2 and 4x4 images (and a 22x4 one) are refused with the cause - below the model's smallest
+    latent - by every method node, naming the image or latent input, not as '3 channels but this model takes 12'
+    or group norm's 'Expected more than 1 value per channel'. 16x16 (an 8x8 latent, the demo's minimum) runs."""
+    def scaled(w: int, h: int) -> dict:
+        return {"class_type": "ImageScale", "inputs": {"image": ["2", 0], "upscale_method": "nearest-exact",
+                                                       "width": w, "height": h, "crop": "disabled"}}
+
+    for w, h in ((1, 1), (2, 2), (4, 4), (22, 4)):
+        g = _base()
+        g["7"] = scaled(w, h)
+        g["6"]["inputs"]["image"] = ["7", 0]
+        g["6"]["inputs"]["drag_data"] = "[[0, 0, 1, 1]]"
+        g["10"] = dict(_regiondrag(), inputs=dict(_regiondrag()["inputs"], image=["7", 0]))
+        g["11"] = _save(("10", 0))
+        _fails(comfy_server, g, r"\[RegionDrag\] input 'image': the latent is \d+x\d+, smaller than this model's "
+                                r"minimum of 8x8")
+        g = _base()
+        g["7"] = scaled(w, h)
+        g["5"]["inputs"]["pixels"] = ["7", 0]
+        g["10"] = _ddim(record_kv=False)
+        g["11"] = _save(("10", 0))
+        _fails(comfy_server, g, r"\[DDIM Inversion\] input 'latent': the latent is \d+x\d+, smaller than this "
+                                r"model's minimum of 8x8")
+        g["10"] = {"class_type": "DragEditLEDITSEdit", "inputs": {
+            "model": ["1", 0], "vae": ["1", 2], "source": ["3", 0], "negative": ["4", 0], "steps": 4, "skip": 0,
+            "source_cfg": 1.0, "target_cfg": 1.0, "mode": "LEDITS++", "seed": 0, "image": ["7", 0],
+            "concept_1": ["3", 0], "direction_1": "add", "scale_1": 5.0, "direction_2": "add", "scale_2": 5.0,
+            "direction_3": "add", "scale_3": 5.0, "threshold": 0.9, "warmup": 0, "momentum_scale": 0.1,
+            "momentum_beta": 0.4}}
+        g["11"] = _save(("10", 1))
+        _fails(comfy_server, g, r"\[LEDITS Edit\] input 'image': the latent is \d+x\d+, smaller than")
+    g = _base()
+    g["7"] = scaled(16, 16)
+    g["6"]["inputs"]["image"] = ["7", 0]
+    g["6"]["inputs"]["drag_data"] = "[[4, 8, 10, 8]]"
+    g["10"] = dict(_regiondrag(), inputs=dict(_regiondrag()["inputs"], image=["7", 0]))
+    g["11"] = _save(("10", 0))
+    _runs(comfy_server, g)
