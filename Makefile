@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 FRONTEND ?=
 FRONTEND_ROOT = $(CURDIR)/.frontends/$(FRONTEND)/comfyui_frontend_package/static
 
-.PHONY: setup demo test server bench bench-gpu train-v2 train-v2-gpu clean frontend
+.PHONY: setup demo test fuzz server bench bench-gpu train-v2 train-v2-gpu clean frontend
 
 setup:
 	@bash .ci/setup.sh
@@ -16,6 +16,11 @@ demo: setup
 
 test: setup $(if $(FRONTEND),frontend)
 	DRAGEDIT_FRONTEND=$(FRONTEND) OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fuzzer's long profile (tests/test_fuzz.py): random seed, 10x the cases of the CI profile that `make test`
+# runs, larger images; bad cases are recorded, not raised, and the tally goes to out/fuzz/report.json.
+fuzz: setup
+	DRAGEDIT_FUZZ_PROFILE=long DRAGEDIT_FUZZ_SURVEY=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)
 
 server: setup $(if $(FRONTEND),frontend)
 	cd .host/comfyui && ../../$(PY) main.py --cpu --listen 127.0.0.1 --port 8188 --disable-auto-launch \
