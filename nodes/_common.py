@@ -219,9 +219,25 @@ def guard_sampler(sampler_fn: Callable[..., torch.Tensor], check: Callable[[Any,
 
     @functools.wraps(sampler_fn)
     def guarded(model, x, sigmas, *args, **kwargs):
-        check(sigmas, tuple(x.shape), getattr(model, "noise", None))
+        check(sigmas, tuple(x.shape), added_noise(model, x, sigmas))
         return sampler_fn(model, x, sigmas, *args, **kwargs)
     return guarded
+
+
+def added_noise(model: Any, x: torch.Tensor, sigmas: Any) -> Optional[torch.Tensor]:
+    """The noise the sampler node put into its start latent: x minus the model's noise scaling of the latent with
+    zero noise (k-diffusion's KSamplerX0Inpaint keeps latent_image; x = noise_scaling(sigma_0, noise, latent)).
+    Not model.noise: ComfyUI's "ddim" is euler with inpaint_options random, whose model.noise is fresh noise for
+    inpainting even when add_noise is off. Falls back on model.noise when the latent is unknown."""
+    latent = getattr(model, "latent_image", None)
+    sampling = getattr(getattr(getattr(model, "inner_model", None), "inner_model", None), "model_sampling", None)
+    if isinstance(latent, torch.Tensor) and latent.shape == x.shape and sampling is not None:
+        try:
+            clean = sampling.noise_scaling(sigmas[0], torch.zeros_like(x), latent)
+            return x - clean
+        except Exception:   # pragma: no cover - a model sampling without noise_scaling
+            pass
+    return getattr(model, "noise", None)
 
 
 def guard_model(model: Any, key: str, check: Callable[[Any, Sequence[int], Any], Any]) -> Any:

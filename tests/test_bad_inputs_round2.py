@@ -249,3 +249,26 @@ def test_server_tiny_images(comfy_server):
     g["10"] = dict(_regiondrag(), inputs=dict(_regiondrag()["inputs"], image=["7", 0]))
     g["11"] = _save(("10", 0))
     _runs(comfy_server, g)
+
+
+# ============================================================================================== ddim sampler (class 9)
+@pytest.mark.slow
+def test_server_copy_paste_with_comfy_ddim(comfy_server):
+    """Class 9: ComfyUI's "ddim" is euler with inpaint_options random (its model.noise is fresh noise for inpainting
+    even with add_noise off). Latent Copy-Paste checks the noise actually added to the start latent, so ddim with
+    add_noise off runs, as euler does; add_noise on is still refused."""
+    def graph(sampler: str, add_noise: bool) -> dict:
+        g = _base()
+        g["10"] = _ddim(record_kv=False)
+        g["11"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
+        g["12"] = {"class_type": "DragEditLatentCopyPaste", "inputs": {
+            "sampler": ["11", 0], "inversion": ["10", 1], "noise_scale": 0.6, "seed": 0, "paste_end": 0.2,
+            "paste_every_step": False, "drag": ["6", 0]}}
+        g["13"] = _sampler_custom(("1", 0), ("12", 0), ("10", 2), ("10", 0), add_noise)
+        g["14"] = _save(("13", 0), f"cp_{sampler}")
+        return g
+
+    for sampler in ("ddim", "euler"):
+        _runs(comfy_server, graph(sampler, False))
+        _fails(comfy_server, graph(sampler, True), r"\[Latent Copy-Paste\] input 'inversion': the sampler node adds "
+                                                   r"noise")
