@@ -69,7 +69,7 @@ def _as_drag(node: str, drag: Any, drag_json: Optional[str], image_size: Optiona
     require(drag_json is None or isinstance(drag_json, str), node, "drag_json",
             f"expected JSON text, got {type(drag_json).__name__}.")
     try:
-        return DragInstructions.coerce(value, image_size=image_size).require_moves()
+        return DragInstructions.coerce(value, image_size=image_size)
     except DragSchemaError as e:
         raise NodeInputError(node, name, f"{e}.") from None
     except (TypeError, AttributeError) as e:
@@ -89,7 +89,10 @@ def _plan(node: str, drag: DragInstructions, latent_hw: tuple[int, int], mask: O
           drag_name: str, **kw: Any) -> rd.EditPlan:
     """EditPlan with every geometry / mask problem as a NodeInputError naming the input."""
     try:
-        return rd.make_plan(drag, latent_hw, mask, **kw)
+        plan = rd.make_plan(drag, latent_hw, mask, **kw)
+        if node == RD_NODE:
+            drag.require_moves()      # the methods' "nothing to drag" rule; Latent Copy-Paste without
+        return plan                   # instructions is its wrapped sampler (a building block)
     except rd.RegionDragError as e:
         raise NodeInputError(node, drag_name if e.field == "drag" else e.field, f"{e}.") from None
     except (GeometryError, DragSchemaError) as e:
