@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 FRONTEND ?=
 FRONTEND_ROOT = $(CURDIR)/.frontends/$(FRONTEND)/comfyui_frontend_package/static
 
-.PHONY: setup chromium constraints demo test test-fast server bench bench-gpu train-v2 train-v2-gpu clean frontend
+.PHONY: setup chromium constraints demo test test-fast fuzz server bench bench-gpu train-v2 train-v2-gpu clean frontend
 
 setup:
 	@bash .ci/setup.sh
@@ -30,6 +30,11 @@ test: setup chromium $(if $(FRONTEND),frontend)
 # Unit + parity + host tests (no server, no browser, no slow tests): tests/unit, tests/parity, tests/host.
 test-fast: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not browser" tests/unit tests/parity tests/host $(PYTEST_ARGS)
+
+# The fuzzer's long profile (tests/host/test_fuzz.py): random seed, 10x the cases of the CI profile that `make test`
+# runs, larger images; bad cases are recorded, not raised, and the tally goes to out/fuzz/report.json.
+fuzz: setup
+	DRAGEDIT_FUZZ_PROFILE=long DRAGEDIT_FUZZ_SURVEY=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/host/test_fuzz.py $(PYTEST_ARGS)
 
 server: setup $(if $(FRONTEND),frontend)
 	cd .host/comfyui && ../../$(PY) main.py --cpu --listen 127.0.0.1 --port 8188 --disable-auto-launch \

@@ -27,6 +27,8 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
+from . import seeds
+
 __all__ = [
     "DenoiseFn", "Inversion", "ancestral_sigmas", "ddpm_step", "check_sigmas", "invert_edit_friendly",
     "sample_edit_friendly", "make_sampler_fn",
@@ -173,7 +175,7 @@ def _make_generator(seed: Optional[int], generator: Optional[torch.Generator]) -
     if generator is not None:
         return generator
     g = torch.Generator(device="cpu")
-    g.manual_seed(int(seed or 0) & 0xFFFF_FFFF_FFFF_FFFF)
+    g.manual_seed(seeds.derive_seed(seed or 0))
     return g
 
 

@@ -26,6 +26,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from . import drag_json
+
 SCHEMA_VERSION = 1
 MAX_JSON_BYTES = 256 * 1024
 MAX_POINTS = 64          # all point pairs together, the regions' own points included
@@ -39,10 +41,6 @@ REGION_KINDS = ("rect", "polygon")
 Point = tuple[float, float]
 PointPair = tuple[Point, Point]
 
-_TOP_KEYS = {"version", "image_size", "points", "regions", "mask", "ui"}
-_POINT_KEYS = {"handle", "target"}
-_REGION_KEYS = {"kind", "handle", "target", "points"}
-_MASK_KEYS = {"size", "counts"}
 
 
 class DragSchemaError(ValueError):
@@ -110,6 +108,12 @@ class DragInstructions:
     image_size: Optional[tuple[int, int]] = None           # (W, H)
     mask_counts: Optional[tuple[int, ...]] = field(default=None, repr=False)  # RLE at image_size
 
+    def __post_init__(self) -> None:
+        # The pack's mask rule: an all-black mask means "no mask" (as for a MASK input, and as the editor writes it:
+        # it leaves "mask" out when nothing is painted). Read from the runs, without decoding the mask.
+        if self.mask_counts is not None and not any(int(c) for c in self.mask_counts[1::2]):
+            object.__setattr__(self, "mask_counts", None)
+
     # ---------------------------------------------------------------- parsing
     @classmethod
     def from_json(cls, text: str, image_size: Optional[Sequence[int]] = None) -> "DragInstructions":
@@ -119,6 +123,7 @@ class DragInstructions:
         same aspect ratio, coordinates are rescaled; another aspect ratio is an error."""
         if not isinstance(text, str):
             raise DragSchemaError("JSON", f"must be a string, got {type(text).__name__}")
+        _check_unicode(text)
         if len(text.encode("utf-8")) > MAX_JSON_BYTES:
             raise DragSchemaError("JSON", f"is {len(text.encode('utf-8')) // 1024} KiB; the limit is "
                                           f"{MAX_JSON_BYTES // 1024} KiB (use fewer points, regions or a simpler mask)")
@@ -130,6 +135,9 @@ class DragInstructions:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
                 raise DragSchemaError("JSON", f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+            except ValueError as e:        # an integer literal beyond Python's int-string limit (4300 digits)
+                raise DragSchemaError("JSON", f"holds a number too long to read ({str(e).split(' for ')[0]}); "
+                                              f"coordinates are pixels") from None
             except RecursionError:  # pragma: no cover - _check_nesting refuses these first
                 raise DragSchemaError("JSON", f"is nested too deeply (at most {MAX_NESTING} levels)") from None
         return cls.from_obj(obj, image_size=image_size)
@@ -137,30 +145,29 @@ class DragInstructions:
     @classmethod
     def from_obj(cls, obj: Any, image_size: Optional[Sequence[int]] = None) -> "DragInstructions":
         """Build and validate from an already-parsed JSON value (dict, or the bare list shorthand)."""
-        if isinstance(obj, list):
+        if isinstance(obj, (list, tuple)):
             obj = {"version": SCHEMA_VERSION, "points": obj}
         if not isinstance(obj, dict):
             raise DragSchemaError("JSON", f"must be an object {{\"version\": 1, ...}} or a list of "
-                                          f"[hx, hy, tx, ty], got {_typename(obj)}")
-        unknown = sorted(set(obj) - _TOP_KEYS)
-        if unknown:
-            raise DragSchemaError(unknown[0], f"is not a known key (expected one of {sorted(_TOP_KEYS)})")
-        version = obj.get("version", SCHEMA_VERSION)
-        if isinstance(version, bool) or not isinstance(version, (int, float)) or version != int(version):
-            raise DragSchemaError("version", f"must be an integer, got {version!r}")
-        if int(version) != SCHEMA_VERSION:
-            raise DragSchemaError("version", f"{int(version)} is not supported (this pack reads version "
+                                          f"[hx, hy, tx, ty], got {drag_json.typename(obj)}")
+        try:
+            doc = drag_json.read(obj)
+        except drag_json.DocError as e:
+            raise DragSchemaError(e.field, e.message) from None
+        if doc.version != int(doc.version):
+            raise DragSchemaError("version", f"must be an integer, got {_fmt(doc.version)}")
+        if int(doc.version) != SCHEMA_VERSION:
+            raise DragSchemaError("version", f"{int(doc.version)} is not supported (this pack reads version "
                                              f"{SCHEMA_VERSION}); update ComfyUI-DragEdit or redraw the instructions")
 
-        stored_size = None
-        if obj.get("image_size") is not None:
-            stored_size = _parse_size(obj["image_size"], "image_size")
-        points = tuple(_parse_pair(p, f"points[{i}]") for i, p in enumerate(_parse_list(obj.get("points"), "points")))
-        regions = tuple(_parse_region(r, f"regions[{i}]")
-                        for i, r in enumerate(_parse_list(obj.get("regions"), "regions")))
+        stored_size = None if doc.image_size is None else _whole_size(doc.image_size, "image_size")
+        points = tuple(_pair(p) for p in doc.points)
+        regions = tuple(_region(r, f"regions[{i}]") for i, r in enumerate(doc.regions))
         mask_counts = None
-        if obj.get("mask") is not None:
-            mask_size, mask_counts = _parse_mask(obj["mask"], "mask")
+        if doc.mask is not None:
+            mask_size = _whole_size(doc.mask.size, "mask.size")
+            mask_counts = tuple(doc.mask.counts)
+            _check_counts(mask_counts, mask_size, "mask.counts")
             ref = stored_size or (tuple(int(v) for v in image_size) if image_size is not None else None)
             if ref is not None and mask_size != ref:
                 raise DragSchemaError("mask.size", f"{mask_size[0]}x{mask_size[1]} differs from the image size "
@@ -207,6 +214,14 @@ class DragInstructions:
     def is_empty(self) -> bool:
         """True when there is nothing to drag."""
         return not self.points and not self.regions
+
+    def require_moves(self) -> "DragInstructions":
+        """This instance when it holds at least one point pair or region pair, else DragSchemaError: the one
+        "nothing to drag" rule of every drag method (an empty {} must not run and return the input unchanged)."""
+        if self.is_empty:
+            raise DragSchemaError("instructions", "are empty (no point pairs and no region pairs), so there is "
+                                                  "nothing to drag: draw at least one handle -> target pair")
+        return self
 
     @property
     def has_mask(self) -> bool:
@@ -361,117 +376,49 @@ def _check_nesting(text: str) -> None:
             depth -= 1
 
 
-# ====================================================================== parsing helpers
-def _typename(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+# ====================================================================== document -> instructions
+def _check_unicode(text: str) -> None:
+    """Refuse text that is not valid Unicode (a lone UTF-16 surrogate, which JSON from a browser can carry and
+    which no UTF-8 encoder writes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DragSchemaError("JSON", f"holds a lone UTF-16 surrogate ({ascii(text[e.start])[1:-1]}) at character "
+                                      f"{e.start}, which is not valid Unicode; remove it") from None
 
 
-def _parse_list(v: Any, path: str) -> list:
-    if v is None:
-        return []
-    if not isinstance(v, list):
-        raise DragSchemaError(path, f"must be a list, got {_typename(v)}")
-    return v
+def _pair(p: Any) -> PointPair:
+    """A point pair of the document (the [hx, hy, tx, ty] form or {handle, target}) as ((hx, hy), (tx, ty))."""
+    if isinstance(p, tuple) and len(p) == 4:
+        return ((float(p[0]), float(p[1])), (float(p[2]), float(p[3])))
+    return ((float(p.handle[0]), float(p.handle[1])), (float(p.target[0]), float(p.target[1])))
 
 
-def _parse_number(v: Any, path: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise DragSchemaError(path, f"must be a number, got {_typename(v)} {json.dumps(v)[:40]}")
-    f = float(v)
-    if not math.isfinite(f):
-        raise DragSchemaError(path, f"is {v} (coordinates must be finite numbers)")
-    return f
+def _xys(vs: Sequence[Sequence[float]]) -> tuple[Point, ...]:
+    return tuple((float(v[0]), float(v[1])) for v in vs)
 
 
-def _parse_xy(v: Any, path: str) -> Point:
-    if not isinstance(v, (list, tuple)) or len(v) != 2:
-        got = f"{len(v)} values" if isinstance(v, (list, tuple)) else _typename(v)
-        raise DragSchemaError(path, f"must be [x, y] (2 numbers), got {got}")
-    return (_parse_number(v[0], f"{path}[0]"), _parse_number(v[1], f"{path}[1]"))
-
-
-def _parse_pair(v: Any, path: str) -> PointPair:
-    if isinstance(v, list):
-        if len(v) != 4:
-            raise DragSchemaError(path, f"must be [hx, hy, tx, ty] (4 numbers), got {len(v)} values; every handle "
-                                        f"needs a target")
-        n = [_parse_number(x, f"{path}[{i}]") for i, x in enumerate(v)]
-        return ((n[0], n[1]), (n[2], n[3]))
-    if not isinstance(v, dict):
-        raise DragSchemaError(path, f"must be {{\"handle\": [x, y], \"target\": [x, y]}}, got {_typename(v)}")
-    unknown = sorted(set(v) - _POINT_KEYS)
-    if unknown:
-        raise DragSchemaError(f"{path}.{unknown[0]}", "is not a known key (expected 'handle' and 'target')")
-    for key in ("handle", "target"):
-        if v.get(key) is None:
-            raise DragSchemaError(f"{path}.{key}", "is missing: every handle needs a target (place it or delete "
-                                                   "the point)")
-    return (_parse_xy(v["handle"], f"{path}.handle"), _parse_xy(v["target"], f"{path}.target"))
-
-
-def _parse_vertices(v: Any, path: str) -> tuple[Point, ...]:
-    if not isinstance(v, list):
-        raise DragSchemaError(path, f"must be a list of [x, y] vertices, got {_typename(v)}")
-    return tuple(_parse_xy(p, f"{path}[{i}]") for i, p in enumerate(v))
-
-
-def _parse_region(v: Any, path: str) -> RegionPair:
-    if not isinstance(v, dict):
-        raise DragSchemaError(path, f"must be an object {{\"kind\", \"handle\", \"target\"}}, got {_typename(v)}")
-    unknown = sorted(set(v) - _REGION_KEYS)
-    if unknown:
-        raise DragSchemaError(f"{path}.{unknown[0]}", f"is not a known key (expected {sorted(_REGION_KEYS)})")
-    kind = v.get("kind")
-    if kind not in REGION_KINDS:
-        raise DragSchemaError(f"{path}.kind", f"must be 'rect' or 'polygon', got {json.dumps(kind)[:40]}")
-    if v.get("handle") is None:
-        raise DragSchemaError(f"{path}.handle", "is missing")
-    handle = _parse_vertices(v["handle"], f"{path}.handle")
-    has_target, has_points = v.get("target") is not None, v.get("points") is not None
-    if has_target and has_points:
+def _region(r: "drag_json.RegionDoc", path: str) -> RegionPair:
+    """A region of the document: a target shape or the points that move it, not both, not neither."""
+    if r.target is not None and r.points is not None:
         raise DragSchemaError(path, "has both 'target' and 'points'; give a target shape or the points that "
                                     "move the region, not both")
-    if not has_target and not has_points:
+    if r.target is None and r.points is None:
         raise DragSchemaError(f"{path}.target", "is missing: every handle region needs a target region (or "
                                                 "'points' that move it)")
-    if has_target:
-        return RegionPair(kind, handle, _parse_vertices(v["target"], f"{path}.target"))
-    pts = _parse_list(v["points"], f"{path}.points")
-    return RegionPair(kind, handle, None, tuple(_parse_pair(p, f"{path}.points[{i}]") for i, p in enumerate(pts)))
+    if r.target is not None:
+        return RegionPair(r.kind, _xys(r.handle), _xys(r.target))
+    return RegionPair(r.kind, _xys(r.handle), None, tuple(_pair(p) for p in r.points))
 
 
-def _parse_size(v: Any, path: str) -> tuple[int, int]:
-    if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise DragSchemaError(path, f"must be [W, H], got {json.dumps(v)[:40]}")
-    out = []
+def _whole_size(v: Sequence[float], path: str) -> tuple[int, int]:
+    """[W, H] in whole pixels within 1..MAX_IMAGE_SIDE."""
     for i, x in enumerate(v):
-        f = _parse_number(x, f"{path}[{i}]")
-        if f != int(f):
-            raise DragSchemaError(f"{path}[{i}]", f"must be a whole number of pixels, got {_fmt(f)}")
-        out.append(int(f))
-    size = (out[0], out[1])
+        if x != int(x):
+            raise DragSchemaError(f"{path}[{i}]", f"must be a whole number of pixels, got {_fmt(x)}")
+    size = (int(v[0]), int(v[1]))
     _check_size(size, path)
     return size
-
-
-def _parse_mask(v: Any, path: str) -> tuple[tuple[int, int], tuple[int, ...]]:
-    if not isinstance(v, dict):
-        raise DragSchemaError(path, f"must be {{\"size\": [W, H], \"counts\": [...]}}, got {_typename(v)}")
-    unknown = sorted(set(v) - _MASK_KEYS)
-    if unknown:
-        raise DragSchemaError(f"{path}.{unknown[0]}", "is not a known key (expected 'size' and 'counts')")
-    if v.get("size") is None or v.get("counts") is None:
-        raise DragSchemaError(path, "needs both 'size' and 'counts'")
-    size = _parse_size(v["size"], f"{path}.size")
-    counts = v["counts"]
-    if not isinstance(counts, list):
-        raise DragSchemaError(f"{path}.counts", f"must be a list of run lengths, got {_typename(counts)}")
-    for i, c in enumerate(counts):
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise DragSchemaError(f"{path}.counts[{i}]", f"must be a non-negative integer, got {json.dumps(c)[:20]}")
-    _check_counts(counts, size, f"{path}.counts")
-    return size, tuple(counts)
 
 
 # ====================================================================== semantic checks

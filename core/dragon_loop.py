@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import torch
 
 from . import dragon_energy as de
-from . import host, regiondrag
+from . import host, regiondrag, seeds
 from .inversion import DDIMInversion
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def edit_loop(den: host.Denoiser, x_start: torch.Tensor, inv: DDIMInversion, gui
 
     if guidance is not None:
         guidance.observer = observe
-    gen = torch.Generator(device="cpu").manual_seed(int(opts.seed))
+    gen = seeds.generator(opts.seed)
     m = latent_mask
     travel = opts.time_travel and guidance is not None and guidance.enabled   # the reference: only with guidance
     try:
@@ -148,7 +148,7 @@ def start_latent(x: torch.Tensor, spec: EditSpec, opts: EditOptions, sigma: floa
         return x
     out = init_latent(x, spec)
     if opts.vacate_noise > 0:
-        gen = torch.Generator(device="cpu").manual_seed(int(opts.seed) + 1)
+        gen = seeds.generator(opts.seed, 1)
         out = regiondrag.renoise(out, vacated_cells(spec, out.shape[-2:]), float(opts.vacate_noise), float(sigma), gen)
     return out
 

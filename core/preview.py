@@ -18,14 +18,20 @@ ARROW = (255, 220, 0)
 TRACKED = (40, 220, 90)
 DIM = 0.4            # brightness kept outside the editable mask
 MAX_FACTOR = 16      # most nearest-neighbour upscaling
+MAX_OUTPUT_PIXELS = 1 << 24   # enlarged pixels of a whole batch (16.8 M: 192 MB as a float32 IMAGE)
 
 
-def upscale_factor(size: Sequence[int], min_size: int) -> int:
-    """Whole factor k >= 1 (at most MAX_FACTOR) so that k * max(W, H) >= min_size; 1 when min_size <= 0."""
-    longest = max(int(size[0]), int(size[1]), 1)
+def upscale_factor(size: Sequence[int], min_size: int, batch: int = 1) -> int:
+    """Whole factor k >= 1 (at most MAX_FACTOR) so that k * max(W, H) >= min_size; 1 when min_size <= 0. The
+    enlarged batch stays within MAX_OUTPUT_PIXELS (a batch of 64 images at 128 px asking for 4096 px would be
+    3 GB): k is lowered until batch * W*k * H*k fits, never below 1 (the image's own size)."""
+    W, H = max(int(size[0]), 1), max(int(size[1]), 1)
+    longest = max(W, H)
     if min_size <= 0 or longest >= min_size:
         return 1
-    return min(MAX_FACTOR, int(math.ceil(min_size / longest)))
+    k = min(MAX_FACTOR, int(math.ceil(min_size / longest)))
+    fit = int(math.isqrt(MAX_OUTPUT_PIXELS // max(1, int(batch) * W * H)))
+    return max(1, min(k, fit))
 
 
 def dim_outside(image: torch.Tensor, mask: Optional[torch.Tensor], keep: float = DIM) -> torch.Tensor:
@@ -95,7 +101,17 @@ class _Pen:
 def draw_preview(image: torch.Tensor, drag: DragInstructions, mask: Optional[torch.Tensor] = None,
                  tracked: Optional[DragInstructions] = None, min_size: int = 512) -> torch.Tensor:
     """One image [H, W, C] (0..1) with the instructions drawn on it, upscaled (nearest) by a whole factor until its
-    longer side reaches min_size; returns [H*k, W*k, 3] float in 0..1.
+    longer side reaches min_size; returns [H*k, W*k, 3] float in 0..1 (see render for what is drawn)."""
+    import numpy as np
+    k = upscale_factor((int(image.shape[1]), int(image.shape[0])), min_size)
+    pil = render(image, drag, mask=mask, tracked=tracked, k=k)
+    return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).to(torch.float32) / 255.0
+
+
+def render(image: torch.Tensor, drag: DragInstructions, mask: Optional[torch.Tensor] = None,
+           tracked: Optional[DragInstructions] = None, k: int = 1):
+    """One image [H, W, C] (0..1) enlarged k times (nearest) with the instructions drawn on it, as an RGB PIL
+    image [W*k, H*k] (uint8: one image's pixels at a time, for callers that stream a batch).
 
     Draws the editable mask (outside dimmed; `mask`, else the one stored in `drag`), region pairs (handle outline
     red, target outline blue, an arrow between their centres, or the region's own point arrows), point pairs
@@ -112,7 +128,6 @@ def draw_preview(image: torch.Tensor, drag: DragInstructions, mask: Optional[tor
     if mask is None:
         mask = drag.mask_tensor()
     img = dim_outside(img, mask)
-    k = upscale_factor((W, H), min_size)
     arr = (img * 255.0).round().to(torch.uint8).numpy()
     pil = Image.fromarray(np.ascontiguousarray(arr), "RGB")
     if k > 1:
@@ -138,6 +153,4 @@ def draw_preview(image: torch.Tensor, drag: DragInstructions, mask: Optional[tor
         pen.dot(t, TARGET)
     for _p0, (h1, _t1) in moved:
         pen.dot(h1, TRACKED, filled=False)
-
-    out = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).to(torch.float32) / 255.0
-    return out
+    return pil

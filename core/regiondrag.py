@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from . import ddpm_inversion as ef
-from . import host
+from . import host, seeds
 from .drag_schema import DragInstructions
 from .geometry import CellPairs, GeometryError, Grid, correspondences, idw, region_outline
 from .inversion import Inversion, kv_estimate
@@ -244,7 +244,7 @@ def renoise(x: torch.Tensor, where: torch.Tensor, alpha: float, sigma: float,
 
 def _renoise_generator(seed: int) -> torch.Generator:
     """CPU generator of the vacate noise (offset from the inversion's seed so the draws differ)."""
-    return torch.Generator(device="cpu").manual_seed((int(seed) + 1) & 0xFFFF_FFFF_FFFF_FFFF)
+    return seeds.generator(seed, 1)
 
 
 def apply_step(x: torch.Tensor, cached: torch.Tensor, plan: EditPlan, i: int, n: int) -> torch.Tensor:
@@ -291,7 +291,7 @@ def invert_cycle_sde(denoise: ef.DenoiseFn, x0: torch.Tensor, sigmas: torch.Tens
     # grid: an edited region then keeps that excess noise to the end. On the chain z is the posterior noise, ≈ N(0, I).
     s64 = ef.check_sigmas(sigmas)
     n = s64.numel() - 1
-    gen = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    gen = seeds.generator(seed)
     xts = torch.empty((n + 1, *x0.shape), dtype=x0.dtype, device=x0.device)
     xts[n] = x0
     for i in reversed(range(n)):                     # up the chain, least noisy first
@@ -471,7 +471,7 @@ def copy_paste_sampler_fn(inner: Callable[..., torch.Tensor], inversion: Any, pl
             x = apply_step(x, state_at(idx[i]), plan, i, n)
             args = dict(extra_args)
             if base_seed is not None:
-                args["seed"] = int(base_seed) + i      # fresh ancestral noise per step, not the same draw each call
+                args["seed"] = seeds.derive_seed(base_seed, i)   # fresh ancestral noise per step
             cb = None
             if callback is not None:
                 cb = (lambda d, off=i: callback({**d, "i": int(d.get("i", 0)) + off}))

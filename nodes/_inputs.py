@@ -68,18 +68,23 @@ def check_latent(latent: Any, input_name: str = "latent", allow_batch: bool = Fa
 
 
 def check_latent_fits(model: Any, samples: torch.Tensor, input_name: str, size_input: Optional[str] = None) -> None:
-    """The latent has the model's channel count (a latent of another model family otherwise reaches the UNet as a
-    raw torch error), and is not beyond the model's size limit (the Shapes Demo Model, see its latent format's
-    `dragedit_max_latent_side`; the error then names size_input, e.g. the IMAGE that was encoded)."""
+    """The latent is not below the model's smallest size (host.min_latent_side), has the model's channel count (a
+    latent of another model family otherwise reaches the UNet as a raw torch error), and is not beyond the model's
+    size limit (the Shapes Demo Model, see its latent format's `dragedit_max_latent_side`). The size errors name
+    size_input, e.g. the IMAGE that was encoded."""
     from ..core import host
     fmt = host.latent_format(model)
+    h, w = int(samples.shape[-2]), int(samples.shape[-1])
+    least, halvings = host.min_latent_side(model)
+    require(min(h, w) >= least, size_input or input_name,
+            f"the latent is {w}x{h}, smaller than this model's minimum of {least}x{least} (its UNet halves the "
+            f"latent {halvings} times and needs at least 2x2 cells at the deepest level). Use a larger image.")
     want = getattr(fmt, "latent_channels", None)
     require(want is None or samples.shape[1] == want, input_name,
             f"the latent has {samples.shape[1]} channels but this model takes {want} (VAE of another model "
             f"family?).")
     limit = getattr(fmt, "dragedit_max_latent_side", None)
     if limit:
-        h, w = int(samples.shape[-2]), int(samples.shape[-1])
         require(max(h, w) <= int(limit), size_input or input_name,
                 f"the latent is {w}x{h}, larger than this model's limit of {limit}x{limit} "
                 f"({getattr(fmt, 'dragedit_size_reason', 'cost grows with the square of the pixel count')}). "
@@ -181,10 +186,11 @@ def read_mask(mask: Any, input_name: str = "mask", *, image_size: Optional[Seque
 # ---------------------------------------------------------------------------------------------- DRAG
 def read_drag(drag: Any, *, drag_json: Any = None, json_input: bool = False,
               image_size: Optional[Sequence[int]] = None, fit_to: Optional[Sequence[int]] = None,
-              input_name: str = "drag") -> DragInstructions:
+              input_name: str = "drag", require_moves: bool = False) -> DragInstructions:
     """The DRAG input (or, with json_input, the drag_json text instead) as DragInstructions: image_size fills in a
-    missing size and is checked against a given one; fit_to rescales same-aspect instructions to that image size.
-    Errors name the input that was used."""
+    missing size and is checked against a given one; fit_to rescales same-aspect instructions to that image size;
+    require_moves applies the drag methods' "nothing to drag" rule (DragInstructions.require_moves). Errors name the
+    input that was used."""
     has_json = json_input and isinstance(drag_json, str) and drag_json.strip() != ""
     if json_input:
         require(not (drag is not None and has_json), "drag_json",
@@ -198,6 +204,8 @@ def read_drag(drag: Any, *, drag_json: Any = None, json_input: bool = False,
     name, value = (input_name, drag) if drag is not None else ("drag_json", drag_json)
     try:
         d = DragInstructions.coerce(value, image_size=None if image_size is None else tuple(image_size))
+        if require_moves:
+            d.require_moves()
         return d.fit_to(tuple(fit_to)) if fit_to is not None else d
     except DragSchemaError as e:
         raise NodeInputError(name, f"{e}.") from None
@@ -294,12 +302,13 @@ def guard_sampler(sampler_fn: Callable[..., torch.Tensor], node: str, check: Sch
                   ) -> Callable[..., torch.Tensor]:
     """Wrap a KSAMPLER sampler function so that `check(sigmas, latent_shape, noise)` (a check_schedule call) runs
     before the first step, inside the stock sampler node; its errors name `node`."""
+    from ..core import host
     from ._errors import node_errors
 
     @functools.wraps(sampler_fn)
     def guarded(model, x, sigmas, *args, **kwargs):
         with node_errors(node):
-            check(sigmas, tuple(x.shape), getattr(model, "noise", None))
+            check(sigmas, tuple(x.shape), host.added_noise(model, x, sigmas))
         return sampler_fn(model, x, sigmas, *args, **kwargs)
     return guarded
 

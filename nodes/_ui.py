@@ -1,13 +1,14 @@
 """What the user sees of the pack's nodes besides errors: menu categories, tooltips, seed widgets, the progress bar
-and Cancel, and the temporary PNG the drag editor shows.
+and Cancel, and the PNG previews of the editor and Drag Preview, written the way ComfyUI's own PreviewImage
+writes them (the host's temp folder, "type": "temp", compress level 1, named by content so a re-queue adds no file).
 
 The one place in nodes/ that imports ComfyUI: comfy.utils (progress bar), comfy.model_management (Cancel) and
 folder_paths (temp folder), each imported where it is used so the helpers also run outside ComfyUI."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import uuid
 from typing import Any, Iterable
 
 import torch
@@ -84,20 +85,45 @@ def merge_mappings(modules: Iterable[Any]) -> tuple[dict, dict]:
     return classes, names
 
 
-def save_preview(image: torch.Tensor, prefix: str = "dragedit_instructions") -> list[dict]:
-    """Save image[0] as a PNG in ComfyUI's temp folder for the editor; [{filename, subfolder, type}] or [] on failure."""
+def to_uint8(image: torch.Tensor) -> Any:
+    """[H, W, C] float 0..1 tensor -> contiguous uint8 numpy array [H, W, C] (C = 1 squeezed to [H, W])."""
+    import numpy as np
+    arr = (image.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return np.ascontiguousarray(arr)
+
+
+def save_temp_png(pixels: Any, prefix: str) -> list[dict]:
+    """Write pixels (a uint8 numpy array [H, W(, C)] or a PIL image) as a PNG in the host's temp folder; returns
+    [{filename, subfolder, type: "temp"}] for a node's UI output, or [] when that is impossible (outside ComfyUI,
+    an unwritable folder): a preview never fails the node."""
     try:
         import folder_paths  # ComfyUI's module; absent outside ComfyUI
         import numpy as np
         from PIL import Image
 
+        arr = np.asarray(pixels, dtype=np.uint8)
+        digest = hashlib.blake2b(arr.tobytes(), digest_size=10,
+                                 person=b"dragedit-png").hexdigest() + f"_{arr.shape[1]}x{arr.shape[0]}"
         folder = folder_paths.get_temp_directory()
         os.makedirs(folder, exist_ok=True)
-        name = f"{prefix}_{uuid.uuid4().hex[:12]}.png"
-        arr = (image[0].detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-        if arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        Image.fromarray(np.ascontiguousarray(arr)).save(os.path.join(folder, name), compress_level=1)
+        name = f"{prefix}_{digest}.png"
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            tmp = f"{path}.{os.getpid()}.part"
+            (pixels if isinstance(pixels, Image.Image) else Image.fromarray(arr)).save(tmp, format="PNG",
+                                                                                         compress_level=1)
+            os.replace(tmp, path)
         return [{"filename": name, "subfolder": "", "type": "temp"}]
+    except Exception:
+        return []
+
+
+def save_preview(image: torch.Tensor, prefix: str = "dragedit_instructions") -> list[dict]:
+    """Save image[0] as a PNG in ComfyUI's temp folder for the editor (save_temp_png); [{filename, subfolder,
+    type}] or [] on failure."""
+    try:
+        return save_temp_png(to_uint8(image[0]), prefix)
     except Exception:
         return []

@@ -101,7 +101,7 @@ def _feature_block(model: Any, k: int) -> int:
 def _drag_points(drag: Any, latent_hw: tuple[int, int]) -> tuple[DragInstructions, Grid, torch.Tensor, torch.Tensor]:
     """Validated DRAG (image size filled from the latent x 8 when absent), its supervision grid and the handles /
     targets as grid cells; clear errors for points outside the image, regions, and handle == target."""
-    d = read_drag(drag)
+    d = read_drag(drag, require_moves=True)
     if d.image_size is None:
         d = read_drag(d, image_size=(latent_hw[1] * dd.VAE_FACTOR, latent_hw[0] * dd.VAE_FACTOR))
     require(not d.regions, "drag", f"has {len(d.regions)} region(s): DragDiffusion moves point pairs only "

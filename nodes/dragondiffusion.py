@@ -126,6 +126,8 @@ def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, m
             except ValueError as e:
                 raise NodeInputError("resize_scale", str(e)) from None
         elif mode == "drag":
+            if d is not None:
+                d = read_drag(d, require_moves=True)
             require(d is not None and len(d.points) > 0, "drag",
                     "drag mode needs point pairs (handle -> target) from Drag Instructions.")
             handles = [cells(h) for h, _ in d.points]

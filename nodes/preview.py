@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from ..core import preview
 from ._errors import node_entry, require
 from ._inputs import read_drag, read_mask
-from ._ui import CATEGORY, save_preview, tooltips
+from ._ui import CATEGORY, save_temp_png, tooltips
 
 NODE = "Drag Preview"
 
@@ -23,7 +24,8 @@ TIPS = {
     "tracked": "Optional: DragDiffusion's 'tracked' output. Each handle's tracked end position is drawn in green, "
                "joined to where it started.",
     "min_size": "Enlarge small images (nearest neighbour, by a whole factor up to 16x) until the longer side is at "
-                "least this many pixels, so the arrows stay readable; 0 = keep the image's size.",
+                "least this many pixels, so the arrows stay readable; 0 = keep the image's size. A batch is enlarged "
+                "less when the whole batch would exceed 16.8 megapixels.",
 }
 
 
@@ -71,11 +73,17 @@ class DragPreview:
                     f"has {len(t.points)} point pairs but drag has {len(d.points)}; connect the 'tracked' output of "
                     f"the DragDiffusion node that used these instructions.")
         m = read_mask(mask, image_size=size)
-        frames = [preview.draw_preview(image[i], d, mask=m, tracked=t, min_size=int(min_size))
-                  for i in range(image.shape[0])]
-        out = torch.stack(frames).to(image.device)
-        shown = [ref for i in range(out.shape[0]) for ref in save_preview(out[i:i + 1], prefix="dragedit_preview")]
-        return {"ui": {"images": shown}, "result": (out,)}
+        # One image at a time into the output (the batch's enlargement is bounded by preview.MAX_OUTPUT_PIXELS):
+        # the peak is the output plus one frame, and each frame's PNG is written from its uint8 pixels.
+        B, H, W = int(image.shape[0]), int(image.shape[1]), int(image.shape[2])
+        k = preview.upscale_factor((W, H), int(min_size), batch=B)
+        out = torch.empty(B, H * k, W * k, 3, dtype=torch.float32)
+        shown = []
+        for i in range(B):
+            frame = np.array(preview.render(image[i], d, mask=m, tracked=t, k=k), dtype=np.uint8)
+            out[i].copy_(torch.from_numpy(frame)).div_(255.0)
+            shown += save_temp_png(frame, "dragedit_preview")
+        return {"ui": {"images": shown}, "result": (out.to(image.device),)}
 
 
 NODE_CLASS_MAPPINGS = {"DragEditDragPreview": DragPreview}

@@ -58,10 +58,14 @@ _TIPS = {
 
 # ====================================================================== shared input handling
 def _plan(drag: DragInstructions, latent_hw: tuple[int, int], mask: Optional[torch.Tensor], drag_name: str,
-          **kw: Any) -> rd.EditPlan:
-    """EditPlan with every geometry / mask problem as a NodeInputError naming the input."""
+          require_moves: bool = False, **kw: Any) -> rd.EditPlan:
+    """EditPlan with every geometry / mask problem as a NodeInputError naming the input; with require_moves the
+    methods' "nothing to drag" rule (Latent Copy-Paste without instructions is its wrapped sampler)."""
     try:
-        return rd.make_plan(drag, latent_hw, mask, **kw)
+        plan = rd.make_plan(drag, latent_hw, mask, **kw)
+        if require_moves:
+            drag.require_moves()
+        return plan
     except rd.RegionDragError as e:
         raise NodeInputError(drag_name if e.field == "drag" else e.field, f"{e}.") from None
     except (GeometryError, DragSchemaError) as e:
@@ -241,7 +245,7 @@ class RegionDrag:
         d = read_drag(drag, drag_json=drag_json, json_input=True, image_size=image_size)
         lat_hw = tuple(samples.shape[-2:])
         plan = _plan(d, lat_hw, read_mask(mask, latent_hw=lat_hw, image_size=d.image_size), drag_input_name(drag),
-                     **opts)
+                     require_moves=True, **opts)
         kv_budget("steps", host.kv.estimate_model_bytes(model, lat_hw, n, KV_DTYPES[kv_dtype]),
                   what=f"{n} steps, {lat_hw[1]}x{lat_hw[0]} latent, {kv_dtype}")
 

@@ -35,8 +35,9 @@ from .kv import (KV_PLACEMENT_ENV, KVInjection, KVStore, MixFn, available_memory
 from .kv import placement as kv_placement
 from .session import (Denoiser, clone, grad_enabled, grad_input, ksampler, patch_sampling_check,
                       sample_with_sampler, session)
+from .internals import added_noise
 from .unet import (AttnLayer, DecoderBlock, attention_layers, conditioning_family_check, decoder_blocks,
-                   diffusion_model, select_layers, up_block_outputs)
+                   diffusion_model, min_latent_side, select_layers, up_block_outputs)
 
 __all__ = [
     "build", "dit", "dit_build", "dit_grad", "dit_kv", "facts", "families", "features", "guidance", "internals", "kv", "session", "unet",
@@ -50,5 +51,5 @@ __all__ = [
     "patch_kv_record", "release_pinned_memory", "kv_placement",
     "Denoiser", "clone", "grad_enabled", "grad_input", "ksampler", "patch_sampling_check", "sample_with_sampler", "session",
     "AttnLayer", "DecoderBlock", "attention_layers", "conditioning_family_check", "decoder_blocks",
-    "diffusion_model", "select_layers", "up_block_outputs",
+    "diffusion_model", "min_latent_side", "added_noise", "select_layers", "up_block_outputs",
 ]

@@ -266,3 +266,17 @@ def release_pinned_host_memory() -> None:
     fn = getattr(torch._C, "_host_emptyCache", None)
     if fn is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         fn()
+
+
+def added_noise(model: Any, x: torch.Tensor, sigmas: Any) -> Optional[torch.Tensor]:
+    """The noise a stock sampler node put into its start latent, seen from inside a KSAMPLER sampler function
+    (`model` is k-diffusion's KSamplerX0Inpaint): x minus the model's noise scaling of the latent with zero noise
+    (x = noise_scaling(sigma_0, noise, latent_image)). Not `model.noise`: ComfyUI's "ddim" is euler with
+    inpaint_options random, whose model.noise is fresh noise for inpainting even when add_noise is off. Falls back on
+    model.noise when the latent is unknown. Reads KSamplerX0Inpaint's latent_image / noise and the wrapped model's
+    model_sampling (no public accessor; tests/host/test_comfy_contract.py)."""
+    latent = getattr(model, "latent_image", None)
+    sampling = getattr(getattr(getattr(model, "inner_model", None), "inner_model", None), "model_sampling", None)
+    if isinstance(latent, torch.Tensor) and latent.shape == x.shape and sampling is not None:
+        return x - sampling.noise_scaling(sigmas[0], torch.zeros_like(x), latent)
+    return getattr(model, "noise", None)

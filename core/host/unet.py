@@ -176,3 +176,14 @@ def conditioning_family_check(model: Any, cond: Any) -> Optional[str]:
     if got != want:
         return f"conditioning has width {got} but this model's cross-attention expects {want} (conditioning from another model family?)"
     return None
+
+
+def min_latent_side(model: Any) -> tuple[int, int]:
+    """(smallest latent side the model's UNet takes, how many times it halves the latent): 2 * 2^halvings, so the
+    deepest level keeps 2x2 cells (at 1x1 a group norm of one value per group, or a 3x3 smoothing of an attention
+    map, fails with a raw torch error). (1, 0) for a model of another family."""
+    if not is_family(model):
+        return 1, 0
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample
+    halvings = sum(1 for m in diffusion_model(model).input_blocks.modules() if isinstance(m, Downsample))
+    return 2 << halvings, halvings

@@ -220,3 +220,25 @@ def test_dit_replace_layout_and_apply_model_options():
                                    torch.tensor([0.5, 0.0]), tiny_models.dit_conditioning(), [], lat, disable_pbar=True)
     assert isinstance(seen.get("to"), dict) and seen.get("block_sees") is True, \
         _breaks("BaseModel.apply_model's signature or the transformer_options its wrappers get")
+
+
+def test_added_noise_is_the_noise_the_sampler_node_put_in(sd15_model, cond):
+    """internals.added_noise reads k-diffusion's KSamplerX0Inpaint (latent_image, inner_model.inner_model's
+    model_sampling) from inside a KSAMPLER function: it must return what the sampler node added to the latent, and
+    ComfyUI's "ddim" (euler with random inpaint noise) must not change that."""
+    import comfy.sample
+    seen = {}
+
+    def fn(model, x, sigmas, extra_args=None, callback=None, disable=None, **kw):
+        seen["noise"] = internals.added_noise(model, x, sigmas)
+        return x
+
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    sigmas = host.ddim_sigmas(sd15_model, 4)                      # starts below sigma_max: plain noise scaling
+    for inpaint in ({}, {"random": True}):
+        with torch.inference_mode():
+            comfy.sample.sample_custom(sd15_model, noise, 1.0, host.ksampler(fn, inpaint_options=inpaint), sigmas,
+                                       cond[0], cond[1], latent, disable_pbar=True, seed=0)
+        assert seen["noise"] is not None, "KSamplerX0Inpaint no longer exposes latent_image / the model sampling"
+        assert torch.allclose(seen["noise"], noise * sigmas[0], atol=1e-5), inpaint

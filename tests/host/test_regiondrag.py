@@ -79,9 +79,10 @@ def test_cycle_sde_noise_maps_are_posterior_noise():
 
 
 def test_noop_node_reproduces_input(sd15_model):
+    """A drag that moves nothing (handle = target; empty instructions are refused, issue 23) gives the input back."""
     lat = tiny_models.latent(1, 16)
     out, = run_node(RegionDrag, model=sd15_model, positive=tiny_models.conditioning(1), latent=lat,
-                    drag_json=_json(points=[]), kv_dtype="float32")
+                    drag_json=_json(points=[[60, 60, 60, 60]]), kv_dtype="float32")
     torch.testing.assert_close(out["samples"], lat["samples"], rtol=0, atol=1e-5 * float(lat["samples"].abs().max()))
 
 
