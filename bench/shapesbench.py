@@ -294,6 +294,7 @@ def write_inputs(server: Any, cases: Sequence, S: Any) -> dict:
 
 def warmup(server: Any, case: Any, files: dict, S: Any) -> dict:
     """Load the model once (not timed in any method) and check the VAE round trip through the executor."""
+    from bench import shapes_scoring as M
     g = _base(case, files)
     g["enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["load", 0], "vae": ["model", 2]}}
     g = _decode_save(g, ["enc", 0], "shapesbench/warmup")
@@ -303,12 +304,13 @@ def warmup(server: Any, case: Any, files: dict, S: Any) -> dict:
     out = S.from_uint8_hwc(_png_read(server.output_images(entry)[0]))
     inp = S.input_image(case)
     # SaveImage truncates 255·x to uint8, so float rounding in the VAE can cost one level on some pixels
-    return {"vae_roundtrip": {"max_abs_levels": round(float((out - inp).abs().max()) * 255), "psnr": S.psnr(out, inp)},
+    return {"vae_roundtrip": {"max_abs_levels": round(float((out - inp).abs().max()) * 255), "psnr": M.psnr(out, inp)},
             "warmup_s": round(time.perf_counter() - t0, 2)}
 
 
 def run_method_case(server: Any, m: Method, case: Any, files: dict, S: Any, timeout: float) -> dict:
     """One (method, case): post the graph, read the PNG, score it. A failed prompt gives status 'error'."""
+    from bench import shapes_scoring as M
     from tools.support.comfy_server import PromptError
     how = m.kinds[case.kind]
     g = m.build(case, how, m.settings, files, f"shapesbench/{m.name.replace('+', 'p')}_{case.id}")
@@ -328,18 +330,19 @@ def run_method_case(server: Any, m: Method, case: Any, files: dict, S: Any, time
         return {**rec, "status": "error", "error": f"output image has shape {tuple(out.shape)}", "seconds": wall}
     sec = _exec_seconds(entry)
     return {**rec, "status": "ok", "seconds": sec if sec is not None else wall, "client_seconds": wall,
-            **S.case_metrics(case, out), "_image": out}
+            **M.case_metrics(case, out), "_image": out}
 
 
 def run_baseline(name: str, case: Any, S: Any) -> dict:
     """A baseline on one case, computed here on the quantized input image."""
+    from bench import shapes_scoring as M
     rec = {"method": name, "case": case.id, "kind": case.kind, "how": "numpy"}
     t0 = time.perf_counter()
     img = S.input_image(case)
-    out = S.no_edit(case, img) if name == "no_edit" else S.copy_paste(case, img)
+    out = M.no_edit(case, img) if name == "no_edit" else M.copy_paste(case, img)
     sec = time.perf_counter() - t0
     out = S.quantize(out)
-    return {**rec, "status": "ok", "seconds": sec, **S.case_metrics(case, out), "_image": out}
+    return {**rec, "status": "ok", "seconds": sec, **M.case_metrics(case, out), "_image": out}
 
 
 def run_bench(server: Any, cases: Sequence, ms: Sequence[Method], timeout: float = 600.0,

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from bench import shapes_cases as S
+
+from bench import shapes_scoring as M
 from bench import shapesbench as SB
 from dragedit.core.drag_schema import DragInstructions  # noqa: E402
 from dragedit.demo.shapes import renderer as R  # noqa: E402
@@ -72,7 +74,7 @@ def test_select_cases_and_overrides(cases):
 def test_metrics_of_ground_truth_are_perfect(cases):
     for c in _first_per_kind(cases, 4):
         gt = S.gt_image(c)
-        m = S.case_metrics(c, gt, gt)
+        m = M.case_metrics(c, gt, gt)
         assert m["psnr_out"] == S.PSNR_CAP and m["psnr_all"] == S.PSNR_CAP and m["mae_out"] == 0.0, c.id
         assert m["ghost"] in (None, 0.0), (c.id, m["ghost"])
         assert m["others_ok"], c.id
@@ -86,7 +88,7 @@ def test_metrics_see_a_missing_edit(cases):
     """'No edit' (the input) against the ground truth: the object is off by the displacement, its colour is left
     behind, concept edits fail, and nothing outside the edit region differs."""
     for c in _first_per_kind(cases, 4):
-        m = S.case_metrics(c, S.input_image(c))
+        m = M.case_metrics(c, S.input_image(c))
         assert m["mae_out"] == 0.0, c.id
         assert m["ghost"] is None or m["ghost"] > 0.5, (c.id, m["ghost"])
         if c.kind in ("point_drag", "region_drag", "move") and "occlusion" not in c.tags:
@@ -97,20 +99,20 @@ def test_metrics_see_a_missing_edit(cases):
 
 def test_psnr_mae_and_residue_basics():
     a, b = torch.zeros(3, 8, 8), torch.ones(3, 8, 8)
-    assert S.psnr(a, a) == S.PSNR_CAP and S.psnr(a, b) == 0.0
-    assert S.mae(a, b) == 1.0 and S.mae(a, b, torch.zeros(8, 8, dtype=torch.bool).fill_(True)) == 1.0
-    assert abs(S.psnr(a, a + 0.1) - 20.0) < 1e-4
+    assert M.psnr(a, a) == S.PSNR_CAP and M.psnr(a, b) == 0.0
+    assert M.mae(a, b) == 1.0 and M.mae(a, b, torch.zeros(8, 8, dtype=torch.bool).fill_(True)) == 1.0
+    assert abs(M.psnr(a, a + 0.1) - 20.0) < 1e-4
 
 
 def test_copy_paste_baseline_moves_the_object(cases):
     """The numpy baseline follows the case's own regions: region pairs move a flat or shaded object to within a
     fraction of a pixel (sub-pixel shifts by bilinear sampling)."""
     for c in [c for c in cases if c.kind in ("region_drag", "move")][:8]:
-        out = S.quantize(S.copy_paste(c, S.input_image(c)))
-        m = S.case_metrics(c, out)
+        out = S.quantize(M.copy_paste(c, S.input_image(c)))
+        m = M.case_metrics(c, out)
         assert m["centroid_err"] is not None and m["centroid_err"] < 0.5, (c.id, m["centroid_err"])
         assert m["ghost"] < 0.05, (c.id, m["ghost"])
-    assert S.copy_paste(next(c for c in cases if c.kind == "concept_remove"), torch.zeros(3, 32, 32)) is None
+    assert M.copy_paste(next(c for c in cases if c.kind == "concept_remove"), torch.zeros(3, 32, 32)) is None
 
 
 # ------------------------------------------------------------------------------------------------ classifier
@@ -129,16 +131,16 @@ def test_classifier_right_on_rendered_scenes(cases):
     for sc in scenes:
         img = S.quantize(R.render(sc))
         for i, s in enumerate(sc.shapes):
-            if S.visible_fraction(sc, i) < 0.8:
+            if M.visible_fraction(sc, i) < 0.8:
                 continue
             others = [o for j, o in enumerate(sc.shapes) if j != i]
-            assert S.classify_object(img, S.object_region(s, others)) == (s.colour, s.kind), (sc, i)
+            assert M.classify_object(img, M.object_region(s, others)) == (s.colour, s.kind), (sc, i)
             checked += 1
     assert checked > 250
     # nothing there: background only
     c = next(c for c in cases if c.kind == "concept_remove")
     gt = S.gt_image(c)
-    assert S.classify_object(gt, S.object_region(c.shape, c.others("target"))) is None
+    assert M.classify_object(gt, M.object_region(c.shape, c.others("target"))) is None
 
 
 # ------------------------------------------------------------------------------------------------ through the server
