@@ -2,7 +2,11 @@
 values, links or key order, and keeping each file's JSON formatting (indent, trailing newline):
     .venv/bin/python -m tools.layout_workflows [--object-info FILE]
 Sizes become at least what the frontend computes for the node (tools/support/workflow_layout.py), nodes are stacked in
-columns so that no two overlap, and groups frame the branches.
+columns so that no two overlap, and groups frame the branches. The results are 32 x 32 px, which the frontend shows at
+that size: each workflow also shows its result enlarged 8x (nearest neighbour, stock Upscale Image By -> Preview
+Image "Result, 8x for viewing"); Save Image keeps the 32 px file. The columns keep the graph compact enough that the
+frontend opens it at a zoom where titles and widgets render (workflow_layout.fit_scale), and extra.ds stores that
+view.
 """
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tools.support.workflow_layout import min_size  # noqa: E402
+from tools.support.workflow_layout import min_size, view_ds  # noqa: E402
 
 WF = ROOT / "example_workflows"
-GAP, COL_GAP, TOP = 50, 50, 80
+GAP, COL_GAP, TOP = 66, 50, 80      # GAP: Nodes 2.0 draws some nodes up to ~10 px taller than LiteGraph
 
 # the notes of the two DragonDiffusion workflows (used when a workflow has none yet)
 DRAGON_NOTE = {
@@ -34,27 +38,33 @@ WHY_TWO = (
 # name -> columns (node ids top to bottom), titles, groups (title, ids, colour), notes to add
 LAYOUTS = {
     "regiondrag": {
-        "columns": [[9], [1, 2, 3], [4, 10], [5, 6], [7, 8]],
+        "columns": [[1, 2, 3, 9], [4, 10], [5, 6, "enlarge"], ["big", 7, 8]],
         "titles": {3: "Prompt (from the scene)"},
+        "result": 6,
     },
     "ledits": {
-        "columns": [[9], [1, 2], [3, 4, 5, 10], [6], [7, 8]],
+        "columns": [[1, 2, 9], [3, 4, 5, 10], [6, "enlarge"], ["big", 7, 8]],
         "titles": {},
+        "result": 6,
     },
     "dragdiffusion_lora": {
-        "columns": [[13], [1, 2, 3, 12], [4, 6, 14], [7], [5], [8, 9], [10, 11]],
+        "columns": [[1, 2, 3, 13], [4, 6, 14, 8, 7], [5, 12], [9, 10, "enlarge"], ["big", 11]],
+        "result": 10,
+        "sizes": {13: [300, 520]},
         "titles": {3: "Prompt (from the scene)", 6: "The image twice (Train LoRA needs a list)",
-                   14: "One latent per list item", 13: "About this workflow"},
-        "groups": [("LoRA step: fine-tune the model on the input image (stock Train LoRA)", [4, 6, 14, 7, 8],
+                   14: "One latent per list item", 13: "About this workflow", 11: "Dragged", 12: "Original"},
+        "groups": [("LoRA step: fine-tune the model on the input image (stock Train LoRA)", [4, 6, 14, 8, 7],
                     "#3f789e")],
     },
     "dragondiffusion_move": {
-        "columns": [["note"], [1, 2, 6], [3, 4, 5], [7], [8], [9, 10]],
+        "columns": [[1, 2, "note"], [3, 4, 5, 6], [7, 8], [9, "enlarge", "big", 10]],
+        "result": 9,
         "titles": {3: "Source prompt (from the scene)", 4: "Negative (empty prompt)", 10: "Moved"},
         "note": DRAGON_NOTE["move"],
     },
     "dragondiffusion_drag": {
-        "columns": [["note"], [1, 2, 6], [3, 4, 5], [7], [8], [9, 10]],
+        "columns": [[1, 2, "note"], [3, 4, 5, 6], [7, 8], [9, "enlarge", "big", 10]],
+        "result": 9,
         "titles": {3: "Source prompt (from the scene)", 4: "Negative (empty prompt)", 10: "Dragged"},
         "note": DRAGON_NOTE["drag"],
     },
@@ -122,21 +132,72 @@ def _group(wf: dict, title: str, members: list[dict], color: str) -> None:
                                         "flags": {}})
 
 
+ENLARGE_TITLE = "Enlarge 8x (for viewing)"
+BIG_TITLE = "Result, 8x for viewing"
+SMALL = [260, 150]          # the 32 px Save Image / Preview Image nodes
+
+
+def _link(wf: dict, src: dict, slot: int, dst: dict, dslot: int, typ: str) -> None:
+    lid = max([l[0] for l in wf["links"]] + [wf.get("last_link_id", 0)]) + 1
+    wf["links"].append([lid, src["id"], slot, dst["id"], dslot, typ])
+    wf["last_link_id"] = lid
+    out = src["outputs"][slot]
+    out["links"] = (out.get("links") or []) + [lid]
+    dst["inputs"][dslot]["link"] = lid
+
+
+def _new_node(wf: dict, ntype: str, title: str, inputs: list, outputs: list, values: list, size: list) -> dict:
+    nid = max(n["id"] for n in wf["nodes"]) + 1
+    node = {"id": nid, "type": ntype, "title": title, "pos": [0, 0], "size": size, "flags": {},
+            "order": len(wf["nodes"]), "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": ntype}, "widgets_values": values}
+    wf["nodes"].append(node)
+    wf["last_node_id"] = max(wf.get("last_node_id", 0), nid)
+    return node
+
+
+def _enlargement(wf: dict, result_id: int) -> tuple[dict, dict]:
+    """(Upscale Image By, Preview Image) showing node result_id's IMAGE 8x (nearest-exact); added once."""
+    by_title = {n.get("title"): n for n in wf["nodes"]}
+    if ENLARGE_TITLE in by_title:
+        return by_title[ENLARGE_TITLE], by_title[BIG_TITLE]
+    src = next(n for n in wf["nodes"] if n["id"] == result_id)
+    up = _new_node(wf, "ImageScaleBy", ENLARGE_TITLE, [{"name": "image", "type": "IMAGE", "link": None}],
+                   [{"name": "IMAGE", "type": "IMAGE", "links": [], "slot_index": 0}], ["nearest-exact", 8.0],
+                   [260, 82])
+    big = _new_node(wf, "PreviewImage", BIG_TITLE, [{"name": "images", "type": "IMAGE", "link": None}], [], [],
+                    [300, 330])
+    _link(wf, src, 0, up, 0, "IMAGE")
+    _link(wf, up, 0, big, 0, "IMAGE")
+    return up, big
+
+
 def layout(name: str, wf: dict, info: dict) -> dict:
     nodes = {n["id"]: n for n in wf["nodes"]}
+    spec = LAYOUTS.get(name, {"result": 7})
+    up, big = _enlargement(wf, spec["result"])
+    nodes.update({up["id"]: up, big["id"]: big})
     for n in wf["nodes"]:
+        if n["type"] in ("SaveImage", "PreviewImage") and n is not big:
+            n["size"] = list(SMALL)
+        for nid, size in spec.get("sizes", {}).items():
+            if n["id"] == nid:
+                n["size"] = list(size)
         _fit(n, info)
     wf["groups"] = []
     if name == "dragdiffusion":
-        return _layout_dragdiffusion(wf, nodes)
-    spec = LAYOUTS[name]
+        _layout_dragdiffusion(wf, nodes, up, big)
+        wf.setdefault("extra", {})["ds"] = view_ds(wf, info)
+        return wf
     for nid, title in spec["titles"].items():
         _title(nodes[nid], title)
     cols = []
     for col in spec["columns"]:
         ids = []
         for nid in col:
-            if nid == "note":
+            if nid in ("enlarge", "big"):
+                nid = (up if nid == "enlarge" else big)["id"]
+            elif nid == "note":
                 existing = [n for n in wf["nodes"] if n["type"] in ("MarkdownNote", "Note")]
                 note = existing[0] if existing else _note(wf, spec["note"], "About this workflow")
                 nodes[note["id"]] = note
@@ -146,22 +207,26 @@ def layout(name: str, wf: dict, info: dict) -> dict:
     _columns(nodes, cols)
     for title, ids, colour in spec.get("groups", []):
         _group(wf, title, [nodes[i] for i in ids], colour)
+    wf.setdefault("extra", {})["ds"] = view_ds(wf, info)
     return wf
 
 
-def _layout_dragdiffusion(wf: dict, nodes: dict) -> dict:
+def _layout_dragdiffusion(wf: dict, nodes: dict, up: dict, big: dict) -> dict:
+    """Inputs in two columns; branch A (all-in-one, with the enlarged result) above branch B (building blocks)."""
     _title(nodes[3], "Prompt (from the scene)")
     _title(nodes[6], "DragDiffusion (all-in-one)")
-    x = _columns(nodes, [[16], [1, 2, 3, 4], [5, 9]])
-    top = TOP
-    xa = _columns(nodes, [[6], [7], [8]], x=x, y=top)
-    low = top + max(nodes[i]["size"][1] for i in (6, 7, 8)) + 140
-    _columns(nodes, [[10], [11, 12], [13], [14, 15]], x=x, y=low)
     why = [n for n in wf["nodes"] if n.get("title") == "Why two branches?"]
     why = why[0] if why else _note(wf, WHY_TWO, "Why two branches?", w=380, h=300)
     nodes[why["id"]] = why
-    why["pos"] = [max(xa, x + 1200), top]
-    _group(wf, "A. All-in-one: the DragDiffusion node", [nodes[i] for i in (6, 7, 8)], "#a1309b")
+    x = _columns(nodes, [[1, 2, 3, 4, 16], [5, 9, why["id"]]])
+    top = TOP + 10
+    nodes[up["id"]], nodes[big["id"]] = up, big
+    _columns(nodes, [[6], [7, up["id"], 8], [big["id"]]], x=x, y=top)
+    col2 = sum(nodes[i]["size"][1] + GAP for i in (7, up["id"], 8))
+    low = top + max(nodes[6]["size"][1], col2, nodes[big["id"]]["size"][1]) + 110
+    _columns(nodes, [[10, 12], [11], [13], [14, 15]], x=x, y=low)
+    _group(wf, "A. All-in-one: the DragDiffusion node", [nodes[i] for i in (6, 7, up["id"], big["id"], 8)],
+           "#a1309b")
     _group(wf, "B. The same from building blocks: DDIM Inversion -> Motion Supervision -> SamplerCustom",
            [nodes[i] for i in (10, 11, 12, 13, 14, 15)], "#3f789e")
     return wf

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "example_workflows"
 
 from tools import example_image  # noqa: E402
+from tools.support.workflow_layout import view_ds  # noqa: E402
 from tools.support.sd_checkpoints import SD15_NAME as SD15, SDXL_NAME as SDXL  # noqa: E402
 
 # Where the frontend's missing-model panel downloads each checkpoint from (node properties "models": [{name, url,
@@ -140,9 +141,10 @@ class Graph:
             for o in n["outputs"]:
                 if not o["links"]:
                     o["links"] = None
-        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": self.groups, "config": {},
-                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+        wf = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+              "links": self.links, "groups": self.groups, "config": {}, "extra": {}, "version": 0.4}
+        wf["extra"]["ds"] = view_ds(wf)
+        return wf
 
 
 SHIFT = 150       # px of the 768 px picture: the ball moves this far to the right
@@ -165,7 +167,7 @@ def _drag(size: int, kind: str) -> str:
 
 def _inputs(g: Graph, ckpt: str, size: int, arch: str):
     ck = g.add("CheckpointLoaderSimple", {"ckpt_name": ckpt}, title=f"Load Checkpoint ({arch})")
-    img = g.add("LoadImage", {"image": IMAGE}, title="Load Image (your photo)", height=380)
+    img = g.add("LoadImage", {"image": IMAGE}, title="Load Image (your photo)", height=320)
     sc = g.add("ImageScale", {"upscale_method": "lanczos", "width": size, "height": size, "crop": "center"},
                title=f"Resize to {size} x {size}")
     g.link(img, "IMAGE", sc, "image")
@@ -189,9 +191,9 @@ def _save(g: Graph, ck: dict, latent_src: Optional[dict], image_src: Optional[di
         image_src, out_name = dec, "IMAGE"
     else:
         out_name = "IMAGE"
-    save = g.add("SaveImage", {"filename_prefix": prefix}, title="Save Image (result)", width=380, height=420)
+    save = g.add("SaveImage", {"filename_prefix": prefix}, title="Save Image (result)", width=380, height=360)
     g.link(image_src, out_name, save, "images")
-    prev = g.add("PreviewImage", title="Input (resized)", width=380, height=420)
+    prev = g.add("PreviewImage", title="Input (resized)", width=380, height=360)
     g.link(original, "IMAGE", prev, "images")
     return outs, save, prev
 
@@ -249,7 +251,7 @@ def dragdiffusion(info: dict, sizes: dict, arch: str = "SD1.5") -> dict:
     lo = g.add("LoraModelLoader", {"strength_model": 1.0}, title="Load LoRA Model (the trained one)", width=360)
     g.link(ck, "MODEL", lo, "model")
     g.link(tr, "lora", lo, "lora")
-    di = g.add("DragInstructions", {"drag_data": _drag(size, "points")}, width=460, height=560)
+    di = g.add("DragInstructions", {"drag_data": _drag(size, "points")}, width=460, height=520)
     g.link(sc, "IMAGE", di, "image")
     dd = g.add("DragEditDragDiffusion", {"steps": 50, "strength": 0.7, "iterations": 80, "learning_rate": 0.01,
                                          "r_m": 1, "r_p": 3, "lam": 0.1, "feature_block": -2, "reference_kv": True},
@@ -262,17 +264,14 @@ def dragdiffusion(info: dict, sizes: dict, arch: str = "SD1.5") -> dict:
     (dec,), save, prev = _save(g, ck, dd, None, f"dragdiffusion_{arch.lower().replace('.', '')}", sc)
     note = g.note(_note_dragdiffusion(arch, size, ckpt), width=420, height=640)
     x = g.column(0, 0, [note])
-    x2 = g.column(x, 60, [ck, img, sc])
-    x3 = g.column(x2, 60, [pos, enc, rep, reb])
-    x3b = g.column(x3, 60, [tr, lo])
-    x4 = g.column(x3b, 60, [di])
-    x5 = g.column(x4, 60, [dd, dec])
-    g.column(x5, 60, [save, prev])
-    g.group("1. Model and image", [ck, img, sc])
-    g.group("2. LoRA on the image (DragDiffusion's first step)", [pos, enc, rep, reb, tr, lo], color="#b58b2a")
+    x2 = g.column(x, 60, [ck, img, sc, pos])
+    x3 = g.column(x2, 60, [enc, rep, reb, tr, lo])
+    x4 = g.column(x3, 60, [di, prev])
+    g.column(x4, 60, [dd, dec, save])
+    g.group("1. Model, image and prompt", [ck, img, sc, pos])
+    g.group("2. LoRA on the image (DragDiffusion's first step)", [enc, rep, reb, tr, lo], color="#b58b2a")
     g.group("3. Drag (draw here)", [di])
-    g.group("4. Edit", [dd, dec], color="#a1309b")
-    g.group("5. Result", [save, prev], color="#3f8f4f")
+    g.group("4. Edit and result", [dd, dec, save], color="#a1309b")
     return g.workflow()
 
 
@@ -304,7 +303,7 @@ def dragondiffusion(info: dict, sizes: dict) -> dict:
     g.link(ck, "MODEL", inv, "model")
     g.link(enc, "LATENT", inv, "latent")
     g.link(pos, "CONDITIONING", inv, "positive")
-    di = g.add("DragInstructions", {"drag_data": _ball_mask_drag(size)}, width=460, height=560)
+    di = g.add("DragInstructions", {"drag_data": _ball_mask_drag(size)}, width=460, height=520)
     g.link(sc, "IMAGE", di, "image")
     dg = g.add("DragEditDragonDiffusion", {"mode": "move"}, width=340)
     g.link(ck, "MODEL", dg, "model")
@@ -318,14 +317,12 @@ def dragondiffusion(info: dict, sizes: dict) -> dict:
     x = g.column(0, 0, [note])
     x2 = g.column(x, 60, [ck, img, sc])
     x3 = g.column(x2, 60, [pos, neg, enc, inv])
-    x4 = g.column(x3, 60, [di])
-    x5 = g.column(x4, 60, [dg, dec])
-    g.column(x5, 60, [save, prev])
+    x4 = g.column(x3, 60, [di, prev])
+    g.column(x4, 60, [dg, dec, save])
     g.group("1. Model and image", [ck, img, sc])
     g.group("2. Prompts and inversion (the memory bank)", [pos, neg, enc, inv], color="#b58b2a")
     g.group("3. Object mask and move (draw here)", [di])
-    g.group("4. Edit", [dg, dec], color="#a1309b")
-    g.group("5. Result", [save, prev], color="#3f8f4f")
+    g.group("4. Edit and result", [dg, dec, save], color="#a1309b")
     return g.workflow()
 
 
