@@ -16,15 +16,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tools.support.workflow_layout import min_size, view_ds  # noqa: E402
+from tools.support.workflow_layout import min_size, view_ds, with_scroll_hint  # noqa: E402
 
 WF = ROOT / "example_workflows"
 GAP, COL_GAP, TOP = 66, 50, 80      # GAP: Nodes 2.0 draws some nodes up to ~10 px taller than LiteGraph
 
 # the notes of the two DragonDiffusion workflows (used when a workflow has none yet)
 DRAGON_NOTE = {
-    'move': "## DragonDiffusion: move an object (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU in under a minute.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: the mask is the object, the point pair says where it goes.\n4. *DragonDiffusion*, mode **move**: denoises from the inversion with the memory bank's K/V and the feature-correspondence guidance that pulls the object's features to the target and keeps the rest (cfg 1 like the inversion; energy_scale 20: on this small model the reference's 1 has no measurable effect, 20 improves the centroid by about 0.3 px; DiffEditor's start-latent paste on, with vacate_noise 1 re-noising the place the object leaves, which removes the ghost). Centring features (center_features) is an option that measured worse here. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
-    'drag': "## DragonDiffusion: drag content (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU in under a minute.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: handle -> target point pairs (no mask: boxes around the points are editable).\n4. *DragonDiffusion*, mode **drag**: guidance moves the content under each handle to its target while the content term keeps the rest (cfg 1 like the inversion, energy_scale 5, start-latent paste on with vacate_noise 1). On this small model a drag moves the content but can stretch or shrink it; move mode is the cleaner way to relocate a whole object. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
+    'move': "## DragonDiffusion: move an object (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU: about 19 s a run, measured through the server on a 2-core machine shared with other jobs.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: the mask is the object, the point pair says where it goes.\n4. *DragonDiffusion*, mode **move**: denoises from the inversion with the memory bank's K/V and the feature-correspondence guidance that pulls the object's features to the target and keeps the rest (cfg 1 like the inversion; energy_scale 20: on this small model the reference's 1 has no measurable effect, 20 improves the centroid by about 0.3 px; DiffEditor's start-latent paste on, with vacate_noise 1 re-noising the place the object leaves, which removes the ghost). Centring features (center_features) is an option that measured worse here. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
+    'drag': "## DragonDiffusion: drag content (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU: about 14 s a run, measured through the server on a 2-core machine shared with other jobs.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: handle -> target point pairs (no mask: boxes around the points are editable).\n4. *DragonDiffusion*, mode **drag**: guidance moves the content under each handle to its target while the content term keeps the rest (cfg 1 like the inversion, energy_scale 5, start-latent paste on with vacate_noise 1). On this small model a drag moves the content but can stretch or shrink it; move mode is the cleaner way to relocate a whole object. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
 }
 
 WHY_TWO = (
@@ -46,11 +46,12 @@ LAYOUTS = {
         "columns": [[1, 2, 9], [3, 4, 5, 10], [6, "enlarge"], ["big", 7, 8]],
         "titles": {},
         "result": 6,
+        "sizes": {9: [300, 560]},
     },
     "dragdiffusion_lora": {
         "columns": [[1, 2, 3, 13], [4, 6, 14, 8, 7], [5, 12], [9, 10, "enlarge"], ["big", 11]],
         "result": 10,
-        "sizes": {13: [300, 520]},
+        "sizes": {13: [300, 560]},
         "titles": {3: "Prompt (from the scene)", 6: "The image twice (Train LoRA needs a list)",
                    14: "One latent per list item", 13: "About this workflow", 11: "Dragged", 12: "Original"},
         "groups": [("LoRA step: fine-tune the model on the input image (stock Train LoRA)", [4, 6, 14, 8, 7],
@@ -96,6 +97,8 @@ def _title(node: dict, title: str) -> None:
 
 def _fit(node: dict, info: dict) -> None:
     mw, mh = min_size(node, info)
+    if node["type"] in ("MarkdownNote", "Note") and node.get("widgets_values"):
+        node["widgets_values"][0] = with_scroll_hint(str(node["widgets_values"][0]), *node["size"])
     node["size"] = [max(node["size"][0], mw), max(node["size"][1], mh)]
     node["size"] = [int(v) if float(v).is_integer() else v for v in node["size"]]
 
@@ -172,8 +175,19 @@ def _enlargement(wf: dict, result_id: int) -> tuple[dict, dict]:
     return up, big
 
 
+def _label_linked_text(wf: dict) -> None:
+    """A CLIP Text Encode whose text comes from Shapes Scene: its text input says so (the frontend hides the linked
+    text box and would draw an unnamed socket)."""
+    for n in wf["nodes"]:
+        if n["type"] == "CLIPTextEncode":
+            for inp in n.get("inputs") or []:
+                if inp["name"] == "text" and inp.get("link") is not None:
+                    inp["label"] = "text (the scene's prompt)"
+
+
 def layout(name: str, wf: dict, info: dict) -> dict:
     nodes = {n["id"]: n for n in wf["nodes"]}
+    _label_linked_text(wf)
     spec = LAYOUTS.get(name, {"result": 7})
     up, big = _enlargement(wf, spec["result"])
     nodes.update({up["id"]: up, big["id"]: big})

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "example_workflows"
 
 from tools import example_image  # noqa: E402
-from tools.support.workflow_layout import view_ds  # noqa: E402
+from tools.support.workflow_layout import note_height, view_ds, with_scroll_hint  # noqa: E402
 from tools.support.sd_checkpoints import SD15_NAME as SD15, SDXL_NAME as SDXL  # noqa: E402
 
 # Where the frontend's missing-model panel downloads each checkpoint from (node properties "models": [{name, url,
@@ -100,6 +100,8 @@ class Graph:
         return node
 
     def note(self, text: str, width: int = 400, height: int = 400, title: str = "About this workflow") -> dict:
+        height = min(max(height, note_height(text, width)), 1000)     # all of the text shows where it fits
+        text = with_scroll_hint(text, width, height)
         node = {"id": len(self.nodes) + 1, "type": "MarkdownNote", "pos": [0, 0], "size": [width, height],
                 "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
                 "widgets_values": [text], "title": title}

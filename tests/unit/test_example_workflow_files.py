@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,21 @@ def test_opens_at_a_readable_zoom(path):
     wf = _load(path)
     assert fit_scale(wf) >= READABLE, f"{path.name}: opens at {fit_scale(wf):.2f}"
     assert wf["extra"]["ds"]["scale"] >= READABLE, wf["extra"]["ds"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_notes_show_all_text_or_say_they_scroll(path):
+    """A note whose text is longer than its box (workflow_layout.note_height) opens with a line saying it scrolls."""
+    from tools.support.workflow_layout import SCROLL_HINT, note_height
+    for n in _load(path)["nodes"]:
+        if n["type"] in NOTE_TYPES:
+            text = str(n["widgets_values"][0])
+            assert note_height(text, n["size"][0]) <= n["size"][1] or text.startswith(SCROLL_HINT), (path.name, n["id"])
+
+
+def test_real_image_notes_speak_of_drags_only_where_there_is_one():
+    """The LEDITS notes describe prompts and concepts: no drag coordinates."""
+    for path in FILES:
+        if "ledits" in path.stem:
+            notes = " ".join(str(n["widgets_values"][0]) for n in _load(path)["nodes"] if n["type"] in NOTE_TYPES)
+            assert not re.search(r"\bdrag\b", notes.lower()), path.name

@@ -102,3 +102,27 @@ def view_ds(workflow: dict, info: Optional[dict] = None, screen: tuple[float, fl
     s = round(fit_scale(workflow, info, screen), 3)
     off = [round(screen[0] / 2 / s - (x0 + x1) / 2, 1), round(screen[1] / 2 / s - (y0 + y1) / 2, 1)]
     return {"scale": s, "offset": off}
+
+
+def note_height(text: str, width: float) -> int:
+    """Height a Markdown note needs to show all of its text without scrolling (an estimate, generous: 7 px per
+    character and 21 px per line of the frontend's 14 px text, 14 px between paragraphs, headings taller)."""
+    import math
+    per_line = max(int((width - 28) / 7.0), 10)
+    h = 40
+    for para in text.split("\n"):
+        if not para.strip():
+            h += 14
+            continue
+        lines = math.ceil(len(para) / per_line)
+        h += lines * (30 if para.startswith("#") else 21)
+    return int(h)
+
+
+SCROLL_HINT = "*(Longer than this box: scroll inside the note for the rest.)*\n\n"
+
+
+def with_scroll_hint(text: str, width: float, height: float) -> str:
+    """The note's text, opening with SCROLL_HINT when it does not fit its box (note_height), without it otherwise."""
+    body = text[len(SCROLL_HINT):] if text.startswith(SCROLL_HINT) else text
+    return SCROLL_HINT + body if note_height(body, width) > height else body
