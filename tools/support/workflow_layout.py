@@ -105,17 +105,18 @@ def view_ds(workflow: dict, info: Optional[dict] = None, screen: tuple[float, fl
 
 
 def note_height(text: str, width: float) -> int:
-    """Height a Markdown note needs to show all of its text without scrolling (an estimate, generous: 7 px per
-    character and 21 px per line of the frontend's 14 px text, 14 px between paragraphs, headings taller)."""
+    """Height a Markdown note needs to show all of its text without scrolling: an estimate, a little generous, from
+    notes drawn by frontend 1.58 (about 5 px per character and 13 px per line of its note text, 10 px between
+    paragraphs, headings taller)."""
     import math
-    per_line = max(int((width - 28) / 7.0), 10)
+    per_line = max(int((width - 28) / 5.0), 10)
     h = 40
     for para in text.split("\n"):
         if not para.strip():
-            h += 14
+            h += 10
             continue
         lines = math.ceil(len(para) / per_line)
-        h += lines * (30 if para.startswith("#") else 21)
+        h += lines * (24 if para.startswith("#") else 13)
     return int(h)
 
 
