@@ -10,6 +10,9 @@ except ImportError as _e:  # pragma: no cover - exercised by a test in a plain i
     ) from _e
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from .nodes._ui import install_example_image  # noqa: E402
+
+install_example_image()          # the SD example workflows' input picture, into ComfyUI's input folder
 
 WEB_DIRECTORY = "./web"
 

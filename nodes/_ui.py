@@ -3,12 +3,14 @@ and Cancel, and the PNG previews of the editor and Drag Preview, written the way
 writes them (the host's temp folder, "type": "temp", compress level 1, named by content so a re-queue adds no file).
 
 The one place in nodes/ that imports ComfyUI: comfy.utils (progress bar), comfy.model_management (Cancel) and
-folder_paths (temp folder), each imported where it is used so the helpers also run outside ComfyUI."""
+folder_paths (temp and input folders), each imported where it is used so the helpers also run outside ComfyUI."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import shutil
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -127,3 +129,19 @@ def save_preview(image: torch.Tensor, prefix: str = "dragedit_instructions") -> 
         return save_temp_png(to_uint8(image[0]), prefix)
     except Exception:
         return []
+
+
+EXAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "demo" / "images" / "dragedit_example.png"
+
+
+def install_example_image() -> None:
+    """Copy the pack's example picture (the SD example workflows' Load Image) into ComfyUI's input folder, so the
+    workflows find it in a fresh install; an existing file of that name is left alone. Never raises."""
+    try:
+        import folder_paths  # ComfyUI's module; absent outside ComfyUI
+        dest = Path(folder_paths.get_input_directory()) / EXAMPLE_IMAGE.name
+        if EXAMPLE_IMAGE.is_file() and not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(EXAMPLE_IMAGE, dest)
+    except Exception as e:  # pragma: no cover - a read-only input folder must not stop the pack loading
+        log.warning("DragEdit: could not copy the example image into ComfyUI's input folder: %s", e)

@@ -75,14 +75,15 @@ class DDPMInversion:
                     "skip keeps more of the image.",
             "source_cfg": "Classifier-free guidance of the source prompt during inversion (LEDITS: 3.5); needs the "
                           "negative above 1.",
-            "eta": "DDPM noise level η (1 = the papers' edit-friendly DDPM); the sampler uses the same.",
+            "eta": "How much fresh noise each step carries: 1 = the papers' edit-friendly inversion (edits stay "
+                   "local); lower moves towards plain deterministic DDIM. The sampler uses the same (DDPM η).",
             "seed": "Seed of the independent noisy latents the inversion draws.",
             "negative": "Unconditional / negative prompt (an empty CLIP Text Encode) for source_cfg > 1.",
         })
 
     RETURN_TYPES = ("LATENT", "INVERSION", "SIGMAS")
     RETURN_NAMES = ("LATENT", "INVERSION", "SIGMAS")
-    OUTPUT_TOOLTIPS = ("The start latent x_T−skip (feed SamplerCustom's latent_image, add_noise off).",
+    OUTPUT_TOOLTIPS = ("The noisy latent the edit starts from (x_T−skip): feed SamplerCustom's latent_image, add_noise off.",
                        "Start latent and noise maps for the Edit-friendly DDPM sampler.",
                        "The sampling sigmas from the start step to 0.")
     FUNCTION = "invert"

@@ -27,17 +27,20 @@ _TIPS = {
     "drag": "Point pairs handle -> target from 'Drag Instructions' (image pixels). Regions are not used by this method.",
     "iterations": "Most optimisation steps (the reference's n_pix_step = 80); stops early once every handle is "
                   "within `threshold` supervision cells of its target.",
-    "learning_rate": "Adam learning rate on the latent z_t (reference 0.01; 0.02-0.04 is faster at some quality cost).",
-    "r_m": "Motion supervision radius r_m in supervision cells: the (2r_m+1)² patch around each handle that is pushed "
-           "one cell toward its target. The supervision grid has 4 cells per latent cell (= half the image "
+    "learning_rate": "How far each optimisation step moves the picture: higher drags faster but blurs more "
+                     "(reference 0.01; 0.02-0.04 is faster at some quality cost) (Adam learning rate on z_t).",
+    "r_m": "Size of the patch around each handle that is pushed toward its target: larger moves more of the "
+           "object with the point (motion supervision radius r_m, in supervision cells: a (2r_m+1)² patch pushed "
+           "one cell per step). The supervision grid has 4 cells per latent cell (= half the image "
            "resolution on SD, as the reference; 2 per pixel on the shapes demo model), i.e. a quarter of a cell of "
            "the feature map.",
-    "r_p": "Point tracking radius r_p in supervision cells (4 per latent cell): how far a handle may jump per step "
-           "when it is re-located.",
-    "threshold": "Stop distance in supervision cells (4 per latent cell): the optimisation ends once every handle is "
-                 "closer than this to its target (reference 2.0 = half a latent cell = 4 px on SD, 1 px on the "
+    "r_p": "How far a handle may jump per step when it is found again after each push (point tracking radius r_p, "
+           "in supervision cells, 4 per latent cell).",
+    "threshold": "How close each handle must get to its target before the drag stops (in supervision cells, 4 per "
+                 "latent cell): the optimisation ends once every handle is closer than this to its target (reference 2.0 = half a latent cell = 4 px on SD, 1 px on the "
                  "shapes demo model).",
-    "lam": "Weight λ of the mask term that keeps the area outside the editable mask unchanged (used only with a mask).",
+    "lam": "How strongly the picture outside the editable mask is kept as it was: higher keeps it closer (mask "
+           "term weight λ; used only with a mask).",
     "feature_block": "Decoder block whose features are supervised, as diffusers' up_blocks[k]; negative counts from "
                      "the last. -2 = SD1.5's up_blocks[2] (640 ch, the paper's default).",
     "reference_kv": "Denoise with the source's self-attention K/V in the decoder's two highest-resolution levels "

@@ -34,14 +34,17 @@ COMMON_TIPS = {
             "appearance/paste: the region to change. Image size (or the latent's size).",
     "reference": "appearance/paste: INVERSION of the second (reference) image, same size and steps.",
     "ref_mask": "appearance/paste: the region of the reference image to take (paste: same shape as mask).",
-    "energy_scale": "Multiplier of the mode's reference energy scale (move 0.5e3, drag 2e3, appearance 2e3, "
+    "energy_scale": "How hard the edit pulls the picture: 0 turns the guidance off, higher moves more but can "
+                    "smear. Multiplier of the mode's reference energy scale (move 0.5e3, drag 2e3, appearance 2e3, "
                     "paste 1.5e3). 0 turns the guidance off. 1 = the reference (SD1.5); the Shapes Demo Model "
                     "needs about 20 before the guidance shows (ShapesBench).",
     "resize_scale": "move: scale of the object at its new place (1 = same size).",
-    "w_edit": "Weight of the edit term (-1 = the mode's default: move 4, drag 4, appearance 3.5, paste 4).",
-    "w_content": "Weight of the content-keeping term (-1 = the mode's default: 6, appearance 5).",
-    "center_features": "Subtract each image's mean feature before the cosine similarities (not in the reference). "
-                       "Helps when one shared component dominates the features, as on small models.",
+    "w_edit": "How much the guidance favours making the edit over keeping the rest (edit energy weight; -1 = the "
+              "mode's default: move 4, drag 4, appearance 3.5, paste 4).",
+    "w_content": "How much the guidance favours keeping the unedited picture as it was (content energy weight; -1 = "
+                 "the mode's default: 6, appearance 5).",
+    "center_features": "Compare the two images' features after removing what all their positions share (each "
+                       "image's mean feature, before the cosine similarities; not in the reference). Helps when one shared component dominates the features, as on small models.",
 }
 CENTER_DEFAULT = False
 VACATE_DEFAULT = 1.0

@@ -37,11 +37,12 @@ _TIPS = {
     "steps": "Steps of the full DDIM grid (the paper: 20).",
     "strength": "Fraction of the grid that is inverted and re-denoised (the paper: 0.5 = 10 of 20 steps). Higher "
                 "moves more freely but changes more.",
-    "noise_scale": "Noise α mixed into the vacated handle area before denoising: z ← sqrt(1−α²)·z + α·n "
-                   "(0 = keep a ghost of the old content, ≥ 1 = pure noise; the paper's UI 0.6, its benchmark 1.0).",
+    "noise_scale": "How much fresh noise fills the place the dragged content leaves, so it can be redrawn: 0 "
+                   "keeps a ghost of the old content, 1 or more = pure noise (the paper's UI 0.6, its benchmark "
+                   "1.0) (α in z ← sqrt(1−α²)·z + α·n).",
     "seed": "Seed of the inversion's noise and of the vacate noise.",
-    "paste_end": "Fraction of the last steps that run without pasting (paste while step < (1 − paste_end)·steps), "
-                 "so the pasted content blends in.",
+    "paste_end": "Share of the last steps that run without pasting, so the pasted content blends into its new "
+                 "surroundings (paste while step < (1 − paste_end)·steps).",
     "paste_every_step": "Paste at every step, ignoring paste_end: what the reference code actually runs (it compares "
                         "a timestep with a step count).",
     "kv_dtype": "Precision of the cached self-attention K/V (kept on the model's offload device).",

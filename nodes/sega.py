@@ -22,15 +22,19 @@ TIPS = {
     "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL); chain SEGA Guidance nodes to add concepts.",
     "concept": "The edit concept as a prompt (CLIP Text Encode), e.g. 'glasses' or 'snow'.",
     "direction": "add: steer towards the concept; remove: steer away from it.",
-    "scale": "Edit guidance scale s_e (SEGA default 5; 3-10 typical).",
-    "threshold": "Quantile λ of |ψ| per latent channel below which the concept's guidance is zeroed: 0.9 edits the "
-                 "strongest 10 % of positions (0.9-0.99 typical; higher = more local).",
+    "scale": "How strongly the concept is added or removed: higher changes more (SEGA default 5; 3-10 typical) "
+             "(edit guidance scale s_e).",
+    "threshold": "How much of the picture the concept may change: 0.9 edits the 10 % of positions where the "
+                 "concept matters most; higher = a smaller, more local edit (0.9-0.99 typical) (quantile λ of |ψ| "
+                 "per latent channel).",
     "warmup": "Steps (counted from the first step the sampler runs) before the concept is applied; its momentum "
               "still builds up meanwhile (SEGA default 10; LEDITS++ 0).",
     "cooldown": "Step from which the concept stops being applied (0 = never).",
     "weight": "Relative weight of this concept among the concepts of the chain (SEGA mode).",
-    "momentum_scale": "SEGA momentum scale s_m (0 = off); shared by the whole chain (the last node's value wins).",
-    "momentum_beta": "SEGA momentum β: how much of the previous momentum is kept; shared by the chain.",
+    "momentum_scale": "How much the edit keeps building up over the steps, so it sets in earlier and firmer (0 = "
+                      "off); shared by the whole chain, the last node's value wins (SEGA momentum scale s_m).",
+    "momentum_beta": "How long that build-up remembers earlier steps: higher = smoother, slower to change; shared by "
+                     "the chain (SEGA momentum β).",
     "mode": "SEGA: CFG on the sampler's prompt + concept terms with momentum. LEDITS++: no prompt CFG (the "
             "positive is not evaluated), each concept masked by its noise quantile and, optionally, its "
             "cross-attention map. One mode per chain. To edit a real image in LEDITS++ mode, invert with the empty "
@@ -187,8 +191,10 @@ class LEDITSEdit:
             "seed": "Seed of the inversion's noise.",
             "threshold": TIPS["threshold"] + " Shared by the concepts.",
             "warmup": "Steps (from the first step run) before the concepts apply; their momentum builds up meanwhile.",
-            "momentum_scale": "SEGA momentum scale s_m (0 = off).",
-            "momentum_beta": "SEGA momentum β.",
+            "momentum_scale": "How much the edit keeps building up over the steps, so it sets in earlier and firmer "
+                              "(0 = off) (SEGA momentum scale s_m).",
+            "momentum_beta": "How long that build-up remembers earlier steps: higher = smoother, slower to change "
+                             "(SEGA momentum β).",
             "image": "The image to edit (or connect a latent instead).",
             "latent": "The latent to edit (instead of an image).",
             "target": "Target prompt while editing (default: the source prompt); SEGA mode only. With no concept "
@@ -198,7 +204,8 @@ class LEDITSEdit:
         for i in (1, 2, 3):
             tips[f"concept_{i}"] = f"Edit concept {i} (CLIP Text Encode); at least one is needed."
             tips[f"direction_{i}"] = f"Concept {i}: add or remove."
-            tips[f"scale_{i}"] = f"Concept {i}: edit guidance scale (5-15 typical; the shapes model: 10)."
+            tips[f"scale_{i}"] = (f"Concept {i}: how strongly it is added or removed, higher changes more (5-15 "
+                                  f"typical; the shapes model: 10) (edit guidance scale s_e).")
         return tooltips({"required": req, "optional": opt}, tips)
 
     RETURN_TYPES = ("IMAGE", "LATENT")

@@ -2,7 +2,11 @@
 values, links or key order, and keeping each file's JSON formatting (indent, trailing newline):
     .venv/bin/python -m tools.layout_workflows [--object-info FILE]
 Sizes become at least what the frontend computes for the node (tools/support/workflow_layout.py), nodes are stacked in
-columns so that no two overlap, and groups frame the branches.
+columns so that no two overlap, and groups frame the branches. The results are 32 x 32 px, which the frontend shows at
+that size: each workflow also shows its result enlarged 8x (nearest neighbour, stock Upscale Image By -> Preview
+Image "Result, 8x for viewing"); Save Image keeps the 32 px file. The columns keep the graph compact enough that the
+frontend opens it at a zoom where titles and widgets render (workflow_layout.fit_scale), and extra.ds stores that
+view.
 """
 from __future__ import annotations
 
@@ -12,15 +16,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tools.support.workflow_layout import min_size  # noqa: E402
+from tools.support.workflow_layout import min_size, view_ds, with_scroll_hint  # noqa: E402
 
 WF = ROOT / "example_workflows"
-GAP, COL_GAP, TOP = 50, 50, 80
+GAP, COL_GAP, TOP = 66, 50, 80      # GAP: Nodes 2.0 draws some nodes up to ~10 px taller than LiteGraph
 
 # the notes of the two DragonDiffusion workflows (used when a workflow has none yet)
 DRAGON_NOTE = {
-    'move': "## DragonDiffusion: move an object (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU in under a minute.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: the mask is the object, the point pair says where it goes.\n4. *DragonDiffusion*, mode **move**: denoises from the inversion with the memory bank's K/V and the feature-correspondence guidance that pulls the object's features to the target and keeps the rest (cfg 1 like the inversion; energy_scale 20: on this small model the reference's 1 has no measurable effect, 20 improves the centroid by about 0.3 px; DiffEditor's start-latent paste on, with vacate_noise 1 re-noising the place the object leaves, which removes the ghost). Centring features (center_features) is an option that measured worse here. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
-    'drag': "## DragonDiffusion: drag content (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU in under a minute.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: handle -> target point pairs (no mask: boxes around the points are editable).\n4. *DragonDiffusion*, mode **drag**: guidance moves the content under each handle to its target while the content term keeps the rest (cfg 1 like the inversion, energy_scale 5, start-latent paste on with vacate_noise 1). On this small model a drag moves the content but can stretch or shrink it; move mode is the cleaner way to relocate a whole object. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
+    'move': "## DragonDiffusion: move an object (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU: 8-33 s a run through the server on a 2-core machine shared with other jobs, longer the busier it is.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: the mask is the object, the point pair says where it goes.\n4. *DragonDiffusion*, mode **move**: denoises from the inversion with the memory bank's K/V and the feature-correspondence guidance that pulls the object's features to the target and keeps the rest (cfg 1 like the inversion; energy_scale 20: on this small model the reference's 1 has no measurable effect, 20 improves the centroid by about 0.3 px; DiffEditor's start-latent paste on, with vacate_noise 1 re-noising the place the object leaves, which removes the ghost). Centring features (center_features) is an option that measured worse here. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
+    'drag': "## DragonDiffusion: drag content (shapes demo model)\n\nRuns on the bundled shapes model, on a CPU: 5-41 s a run through the server on a 2-core machine shared with other jobs, longer the busier it is.\n\n1. *Shapes Scene* draws a 32x32 scene (seed 1) and its prompt; *Source prompt* encodes it, the *Negative* is empty.\n2. *DDIM Inversion* (50 steps, strength 0.6, cfg 1, record_kv on) inverts the image and records the self-attention K/V: the memory bank.\n3. *Drag Instructions*: handle -> target point pairs (no mask: boxes around the points are editable).\n4. *DragonDiffusion*, mode **drag**: guidance moves the content under each handle to its target while the content term keeps the rest (cfg 1 like the inversion, energy_scale 5, start-latent paste on with vacate_noise 1). On this small model a drag moves the content but can stretch or shrink it; move mode is the cleaner way to relocate a whole object. The node defaults (cfg 4, energy_scale 1) are the official code's, for SD checkpoints.\n\nFor photos: *Load Checkpoint* (SD1.5 / SDXL) + *Load Image* -> *VAE Encode* instead of the shapes nodes; describe the image in the source prompt.",
 }
 
 WHY_TWO = (
@@ -34,27 +38,34 @@ WHY_TWO = (
 # name -> columns (node ids top to bottom), titles, groups (title, ids, colour), notes to add
 LAYOUTS = {
     "regiondrag": {
-        "columns": [[9], [1, 2, 3], [4, 10], [5, 6], [7, 8]],
+        "columns": [[1, 2, 3, 9], [4, 10], [5, 6, "enlarge"], ["big", 7, 8]],
         "titles": {3: "Prompt (from the scene)"},
+        "result": 6,
     },
     "ledits": {
-        "columns": [[9], [1, 2], [3, 4, 5, 10], [6], [7, 8]],
+        "columns": [[1, 2, 9], [3, 4, 5, 10], [6, "enlarge"], ["big", 7, 8]],
         "titles": {},
+        "result": 6,
+        "sizes": {9: [300, 560]},
     },
     "dragdiffusion_lora": {
-        "columns": [[13], [1, 2, 3, 12], [4, 6, 14], [7], [5], [8, 9], [10, 11]],
+        "columns": [[1, 2, 3, 13], [4, 6, 14, 8, 7], [5, 12], [9, 10, "enlarge"], ["big", 11]],
+        "result": 10,
+        "sizes": {13: [300, 560]},
         "titles": {3: "Prompt (from the scene)", 6: "The image twice (Train LoRA needs a list)",
-                   14: "One latent per list item", 13: "About this workflow"},
-        "groups": [("LoRA step: fine-tune the model on the input image (stock Train LoRA)", [4, 6, 14, 7, 8],
+                   14: "One latent per list item", 13: "About this workflow", 11: "Dragged", 12: "Original"},
+        "groups": [("LoRA step: fine-tune the model on the input image (stock Train LoRA)", [4, 6, 14, 8, 7],
                     "#3f789e")],
     },
     "dragondiffusion_move": {
-        "columns": [["note"], [1, 2, 6], [3, 4, 5], [7], [8], [9, 10]],
+        "columns": [[1, 2, "note"], [3, 4, 5, 6], [7, 8], [9, "enlarge", "big", 10]],
+        "result": 9,
         "titles": {3: "Source prompt (from the scene)", 4: "Negative (empty prompt)", 10: "Moved"},
         "note": DRAGON_NOTE["move"],
     },
     "dragondiffusion_drag": {
-        "columns": [["note"], [1, 2, 6], [3, 4, 5], [7], [8], [9, 10]],
+        "columns": [[1, 2, "note"], [3, 4, 5, 6], [7, 8], [9, "enlarge", "big", 10]],
+        "result": 9,
         "titles": {3: "Source prompt (from the scene)", 4: "Negative (empty prompt)", 10: "Dragged"},
         "note": DRAGON_NOTE["drag"],
     },
@@ -86,6 +97,8 @@ def _title(node: dict, title: str) -> None:
 
 def _fit(node: dict, info: dict) -> None:
     mw, mh = min_size(node, info)
+    if node["type"] in ("MarkdownNote", "Note") and node.get("widgets_values"):
+        node["widgets_values"][0] = with_scroll_hint(str(node["widgets_values"][0]), *node["size"])
     node["size"] = [max(node["size"][0], mw), max(node["size"][1], mh)]
     node["size"] = [int(v) if float(v).is_integer() else v for v in node["size"]]
 
@@ -122,21 +135,83 @@ def _group(wf: dict, title: str, members: list[dict], color: str) -> None:
                                         "flags": {}})
 
 
+ENLARGE_TITLE = "Enlarge 8x (for viewing)"
+BIG_TITLE = "Result, 8x for viewing"
+SMALL = [260, 150]          # the 32 px Save Image / Preview Image nodes
+
+
+def _link(wf: dict, src: dict, slot: int, dst: dict, dslot: int, typ: str) -> None:
+    lid = max([l[0] for l in wf["links"]] + [wf.get("last_link_id", 0)]) + 1
+    wf["links"].append([lid, src["id"], slot, dst["id"], dslot, typ])
+    wf["last_link_id"] = lid
+    out = src["outputs"][slot]
+    out["links"] = (out.get("links") or []) + [lid]
+    dst["inputs"][dslot]["link"] = lid
+
+
+def _new_node(wf: dict, ntype: str, title: str, inputs: list, outputs: list, values: list, size: list) -> dict:
+    nid = max(n["id"] for n in wf["nodes"]) + 1
+    node = {"id": nid, "type": ntype, "title": title, "pos": [0, 0], "size": size, "flags": {},
+            "order": len(wf["nodes"]), "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": ntype}, "widgets_values": values}
+    wf["nodes"].append(node)
+    wf["last_node_id"] = max(wf.get("last_node_id", 0), nid)
+    return node
+
+
+def _enlargement(wf: dict, result_id: int) -> tuple[dict, dict]:
+    """(Upscale Image By, Preview Image) showing node result_id's IMAGE 8x (nearest-exact); added once."""
+    by_title = {n.get("title"): n for n in wf["nodes"]}
+    if ENLARGE_TITLE in by_title:
+        return by_title[ENLARGE_TITLE], by_title[BIG_TITLE]
+    src = next(n for n in wf["nodes"] if n["id"] == result_id)
+    up = _new_node(wf, "ImageScaleBy", ENLARGE_TITLE, [{"name": "image", "type": "IMAGE", "link": None}],
+                   [{"name": "IMAGE", "type": "IMAGE", "links": [], "slot_index": 0}], ["nearest-exact", 8.0],
+                   [260, 82])
+    big = _new_node(wf, "PreviewImage", BIG_TITLE, [{"name": "images", "type": "IMAGE", "link": None}], [], [],
+                    [300, 330])
+    _link(wf, src, 0, up, 0, "IMAGE")
+    _link(wf, up, 0, big, 0, "IMAGE")
+    return up, big
+
+
+def _label_linked_text(wf: dict) -> None:
+    """A CLIP Text Encode whose text comes from Shapes Scene: its text input says so (the frontend hides the linked
+    text box and would draw an unnamed socket)."""
+    for n in wf["nodes"]:
+        if n["type"] == "CLIPTextEncode":
+            for inp in n.get("inputs") or []:
+                if inp["name"] == "text" and inp.get("link") is not None:
+                    inp["label"] = "text (the scene's prompt)"
+
+
 def layout(name: str, wf: dict, info: dict) -> dict:
     nodes = {n["id"]: n for n in wf["nodes"]}
+    _label_linked_text(wf)
+    spec = LAYOUTS.get(name, {"result": 7})
+    up, big = _enlargement(wf, spec["result"])
+    nodes.update({up["id"]: up, big["id"]: big})
     for n in wf["nodes"]:
+        if n["type"] in ("SaveImage", "PreviewImage") and n is not big:
+            n["size"] = list(SMALL)
+        for nid, size in spec.get("sizes", {}).items():
+            if n["id"] == nid:
+                n["size"] = list(size)
         _fit(n, info)
     wf["groups"] = []
     if name == "dragdiffusion":
-        return _layout_dragdiffusion(wf, nodes)
-    spec = LAYOUTS[name]
+        _layout_dragdiffusion(wf, nodes, up, big)
+        wf.setdefault("extra", {})["ds"] = view_ds(wf, info)
+        return wf
     for nid, title in spec["titles"].items():
         _title(nodes[nid], title)
     cols = []
     for col in spec["columns"]:
         ids = []
         for nid in col:
-            if nid == "note":
+            if nid in ("enlarge", "big"):
+                nid = (up if nid == "enlarge" else big)["id"]
+            elif nid == "note":
                 existing = [n for n in wf["nodes"] if n["type"] in ("MarkdownNote", "Note")]
                 note = existing[0] if existing else _note(wf, spec["note"], "About this workflow")
                 nodes[note["id"]] = note
@@ -146,22 +221,26 @@ def layout(name: str, wf: dict, info: dict) -> dict:
     _columns(nodes, cols)
     for title, ids, colour in spec.get("groups", []):
         _group(wf, title, [nodes[i] for i in ids], colour)
+    wf.setdefault("extra", {})["ds"] = view_ds(wf, info)
     return wf
 
 
-def _layout_dragdiffusion(wf: dict, nodes: dict) -> dict:
+def _layout_dragdiffusion(wf: dict, nodes: dict, up: dict, big: dict) -> dict:
+    """Inputs in two columns; branch A (all-in-one, with the enlarged result) above branch B (building blocks)."""
     _title(nodes[3], "Prompt (from the scene)")
     _title(nodes[6], "DragDiffusion (all-in-one)")
-    x = _columns(nodes, [[16], [1, 2, 3, 4], [5, 9]])
-    top = TOP
-    xa = _columns(nodes, [[6], [7], [8]], x=x, y=top)
-    low = top + max(nodes[i]["size"][1] for i in (6, 7, 8)) + 140
-    _columns(nodes, [[10], [11, 12], [13], [14, 15]], x=x, y=low)
     why = [n for n in wf["nodes"] if n.get("title") == "Why two branches?"]
     why = why[0] if why else _note(wf, WHY_TWO, "Why two branches?", w=380, h=300)
     nodes[why["id"]] = why
-    why["pos"] = [max(xa, x + 1200), top]
-    _group(wf, "A. All-in-one: the DragDiffusion node", [nodes[i] for i in (6, 7, 8)], "#a1309b")
+    x = _columns(nodes, [[1, 2, 3, 4, 16], [5, 9, why["id"]]])
+    top = TOP + 10
+    nodes[up["id"]], nodes[big["id"]] = up, big
+    _columns(nodes, [[6], [7, up["id"], 8], [big["id"]]], x=x, y=top)
+    col2 = sum(nodes[i]["size"][1] + GAP for i in (7, up["id"], 8))
+    low = top + max(nodes[6]["size"][1], col2, nodes[big["id"]]["size"][1]) + 110
+    _columns(nodes, [[10, 12], [11], [13], [14, 15]], x=x, y=low)
+    _group(wf, "A. All-in-one: the DragDiffusion node", [nodes[i] for i in (6, 7, up["id"], big["id"], 8)],
+           "#a1309b")
     _group(wf, "B. The same from building blocks: DDIM Inversion -> Motion Supervision -> SamplerCustom",
            [nodes[i] for i in (10, 11, 12, 13, 14, 15)], "#3f789e")
     return wf

@@ -16,11 +16,20 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "example_workflows"
 
-SD15 = "v1-5-pruned-emaonly.safetensors"
-SDXL = "sd_xl_base_1.0.safetensors"
-IMAGE = "example.png"          # ships with ComfyUI in input/ (768 x 768 drawing of a girl on a hill)
-PROMPT = ("a child's drawing of a girl with yellow hair in a pink dress, arms stretched out, on a green hill under a "
-          "blue sky")
+from tools import example_image  # noqa: E402
+from tools.support.workflow_layout import note_height, view_ds, with_scroll_hint  # noqa: E402
+from tools.support.sd_checkpoints import SD15_NAME as SD15, SDXL_NAME as SDXL  # noqa: E402
+
+# Where the frontend's missing-model panel downloads each checkpoint from (node properties "models": [{name, url,
+# directory}]; the frontend offers a download for huggingface.co / civitai.com URLs of .safetensors files).
+MODEL_URLS = {
+    SD15: "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+          "v1-5-pruned-emaonly-fp16.safetensors?download=true",
+    SDXL: "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+          "sd_xl_base_1.0.safetensors?download=true",
+}
+IMAGE = example_image.DEST.name   # the pack's own drawing, copied into ComfyUI's input/ when the pack loads
+PROMPT = example_image.PROMPT
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 GAP = 40          # px between stacked nodes (the title bar, 30 px, sits above pos)
 COL_GAP = 50
@@ -84,10 +93,15 @@ class Graph:
                 "properties": {"Node name for S&R": ntype}, "widgets_values": widgets}
         if title:
             node["title"] = title
+        if ntype == "CheckpointLoaderSimple":
+            name = node["widgets_values"][0]
+            node["properties"]["models"] = [{"name": name, "url": MODEL_URLS[name], "directory": "checkpoints"}]
         self.nodes.append(node)
         return node
 
     def note(self, text: str, width: int = 400, height: int = 400, title: str = "About this workflow") -> dict:
+        height = min(max(height, note_height(text, width)), 1000)     # all of the text shows where it fits
+        text = with_scroll_hint(text, width, height)
         node = {"id": len(self.nodes) + 1, "type": "MarkdownNote", "pos": [0, 0], "size": [width, height],
                 "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
                 "widgets_values": [text], "title": title}
@@ -129,27 +143,33 @@ class Graph:
             for o in n["outputs"]:
                 if not o["links"]:
                     o["links"] = None
-        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": self.groups, "config": {},
-                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+        wf = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+              "links": self.links, "groups": self.groups, "config": {}, "extra": {}, "version": 0.4}
+        wf["extra"]["ds"] = view_ds(wf)
+        return wf
+
+
+SHIFT = 150       # px of the 768 px picture: the ball moves this far to the right
 
 
 def _drag(size: int, kind: str) -> str:
-    """Drag data on example.png resized to size x size: raise the girl's left arm (right in the picture)."""
-    s = size / 768
+    """Drag data on the example picture resized to size x size: move the red ball to the right."""
+    s = size / example_image.SIZE
     r = lambda *v: [round(c * s) for c in v]
+    x0, y0, x1, y1 = example_image.BALL
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    d = {"version": 1, "image_size": [size, size], "points": [], "regions": []}
     if kind == "points":
-        d = {"version": 1, "image_size": [size, size], "points": [{"handle": r(585, 355), "target": r(585, 265)}],
-             "regions": []}
+        d["points"] = [{"handle": r(cx, cy), "target": r(cx + SHIFT, cy)}]
     else:
-        d = {"version": 1, "image_size": [size, size], "points": [],
-             "regions": [{"kind": "rect", "handle": [r(450, 320), r(610, 395)], "target": [r(450, 230), r(610, 305)]}]}
+        d["regions"] = [{"kind": "rect", "handle": [r(x0, y0), r(x1, y1)],
+                         "target": [r(x0 + SHIFT, y0), r(x1 + SHIFT, y1)]}]
     return json.dumps(d, separators=(",", ":"))
 
 
 def _inputs(g: Graph, ckpt: str, size: int, arch: str):
     ck = g.add("CheckpointLoaderSimple", {"ckpt_name": ckpt}, title=f"Load Checkpoint ({arch})")
-    img = g.add("LoadImage", {"image": IMAGE}, title="Load Image (your photo)", height=380)
+    img = g.add("LoadImage", {"image": IMAGE}, title="Load Image (your photo)", height=320)
     sc = g.add("ImageScale", {"upscale_method": "lanczos", "width": size, "height": size, "crop": "center"},
                title=f"Resize to {size} x {size}")
     g.link(img, "IMAGE", sc, "image")
@@ -173,9 +193,9 @@ def _save(g: Graph, ck: dict, latent_src: Optional[dict], image_src: Optional[di
         image_src, out_name = dec, "IMAGE"
     else:
         out_name = "IMAGE"
-    save = g.add("SaveImage", {"filename_prefix": prefix}, title="Save Image (result)", width=380, height=420)
+    save = g.add("SaveImage", {"filename_prefix": prefix}, title="Save Image (result)", width=380, height=360)
     g.link(image_src, out_name, save, "images")
-    prev = g.add("PreviewImage", title="Input (resized)", width=380, height=420)
+    prev = g.add("PreviewImage", title="Input (resized)", width=380, height=360)
     g.link(original, "IMAGE", prev, "images")
     return outs, save, prev
 
@@ -208,8 +228,8 @@ def regiondrag(info: dict, sizes: dict, arch: str) -> dict:
     return g.workflow()
 
 
-def dragdiffusion(info: dict, sizes: dict) -> dict:
-    size, ckpt, arch = 512, SD15, "SD1.5"
+def dragdiffusion(info: dict, sizes: dict, arch: str = "SD1.5") -> dict:
+    size, ckpt = (512, SD15) if arch == "SD1.5" else (1024, SDXL)
     g = Graph(info, sizes)
     ck, img, sc = _inputs(g, ckpt, size, arch)
     pos = _text(g, ck, PROMPT, "Prompt (describe the image)")
@@ -233,7 +253,7 @@ def dragdiffusion(info: dict, sizes: dict) -> dict:
     lo = g.add("LoraModelLoader", {"strength_model": 1.0}, title="Load LoRA Model (the trained one)", width=360)
     g.link(ck, "MODEL", lo, "model")
     g.link(tr, "lora", lo, "lora")
-    di = g.add("DragInstructions", {"drag_data": _drag(size, "points")}, width=460, height=560)
+    di = g.add("DragInstructions", {"drag_data": _drag(size, "points")}, width=460, height=520)
     g.link(sc, "IMAGE", di, "image")
     dd = g.add("DragEditDragDiffusion", {"steps": 50, "strength": 0.7, "iterations": 80, "learning_rate": 0.01,
                                          "r_m": 1, "r_p": 3, "lam": 0.1, "feature_block": -2, "reference_kv": True},
@@ -243,20 +263,68 @@ def dragdiffusion(info: dict, sizes: dict) -> dict:
     g.link(pos, "CONDITIONING", dd, "positive")
     g.link(di, "DRAG", dd, "drag")
     g.link(di, "MASK", dd, "mask")
-    (dec,), save, prev = _save(g, ck, dd, None, "dragdiffusion_sd15", sc)
-    note = g.note(_note_dragdiffusion(size, ckpt), width=420, height=640)
+    (dec,), save, prev = _save(g, ck, dd, None, f"dragdiffusion_{arch.lower().replace('.', '')}", sc)
+    note = g.note(_note_dragdiffusion(arch, size, ckpt), width=420, height=640)
+    x = g.column(0, 0, [note])
+    x2 = g.column(x, 60, [ck, img, sc, pos])
+    x3 = g.column(x2, 60, [enc, rep, reb, tr, lo])
+    x4 = g.column(x3, 60, [di, prev])
+    g.column(x4, 60, [dd, dec, save])
+    g.group("1. Model, image, prompt", [ck, img, sc, pos])
+    g.group("2. LoRA on the image", [enc, rep, reb, tr, lo], color="#b58b2a")
+    g.group("3. Drag (draw here)", [di])
+    g.group("4. Edit and result", [dd, dec, save], color="#a1309b")
+    return g.workflow()
+
+
+def _ball_mask_drag(size: int) -> str:
+    """Point pair of the ball's move plus an editable mask on the ball (its box with a 12 px margin, at size x size):
+    DragonDiffusion's move mode moves what the mask covers along the point pair."""
+    import torch
+    from core.drag_schema import rle_encode
+    s = size / example_image.SIZE
+    x0, y0, x1, y1 = (round(v * s) for v in example_image.BALL)
+    m = round(12 * s)
+    mask = torch.zeros(size, size)
+    mask[max(y0 - m, 0):y1 + m, max(x0 - m, 0):x1 + m] = 1.0
+    d = json.loads(_drag(size, "points"))
+    d["mask"] = {"size": [size, size], "counts": list(rle_encode(mask, (size, size)))}
+    return json.dumps(d, separators=(",", ":"))
+
+
+def dragondiffusion(info: dict, sizes: dict) -> dict:
+    size, ckpt, arch = 512, SD15, "SD1.5"
+    g = Graph(info, sizes)
+    ck, img, sc = _inputs(g, ckpt, size, arch)
+    pos = _text(g, ck, PROMPT, "Prompt (describe the image)")
+    neg = _text(g, ck, "", "Negative (empty)")
+    enc = g.add("VAEEncode")
+    g.link(sc, "IMAGE", enc, "pixels")
+    g.link(ck, "VAE", enc, "vae")
+    inv = g.add("DragEditDDIMInversion", {"steps": 50, "strength": 1.0, "record_kv": True}, width=340)
+    g.link(ck, "MODEL", inv, "model")
+    g.link(enc, "LATENT", inv, "latent")
+    g.link(pos, "CONDITIONING", inv, "positive")
+    di = g.add("DragInstructions", {"drag_data": _ball_mask_drag(size)}, width=460, height=520)
+    g.link(sc, "IMAGE", di, "image")
+    dg = g.add("DragEditDragonDiffusion", {"mode": "move"}, width=340)
+    g.link(ck, "MODEL", dg, "model")
+    g.link(pos, "CONDITIONING", dg, "positive")
+    g.link(neg, "CONDITIONING", dg, "negative")
+    g.link(inv, "INVERSION", dg, "inversion")
+    g.link(di, "DRAG", dg, "drag")
+    g.link(di, "MASK", dg, "mask")
+    (dec,), save, prev = _save(g, ck, dg, None, "dragondiffusion_sd15", sc)
+    note = g.note(_note_dragondiffusion(size, ckpt), width=420, height=600)
     x = g.column(0, 0, [note])
     x2 = g.column(x, 60, [ck, img, sc])
-    x3 = g.column(x2, 60, [pos, enc, rep, reb])
-    x3b = g.column(x3, 60, [tr, lo])
-    x4 = g.column(x3b, 60, [di])
-    x5 = g.column(x4, 60, [dd, dec])
-    g.column(x5, 60, [save, prev])
+    x3 = g.column(x2, 60, [pos, neg, enc, inv])
+    x4 = g.column(x3, 60, [di, prev])
+    g.column(x4, 60, [dg, dec, save])
     g.group("1. Model and image", [ck, img, sc])
-    g.group("2. LoRA on the image (DragDiffusion's first step)", [pos, enc, rep, reb, tr, lo], color="#b58b2a")
-    g.group("3. Drag (draw here)", [di])
-    g.group("4. Edit", [dd, dec], color="#a1309b")
-    g.group("5. Result", [save, prev], color="#3f8f4f")
+    g.group("2. Inversion", [pos, neg, enc, inv], color="#b58b2a")
+    g.group("3. Mask + move (draw)", [di])
+    g.group("4. Edit and result", [dg, dec, save], color="#a1309b")
     return g.workflow()
 
 
@@ -266,7 +334,7 @@ def ledits(info: dict, sizes: dict, arch: str) -> dict:
     ck, img, sc = _inputs(g, ckpt, size, arch)
     src = _text(g, ck, PROMPT, "Source prompt (describe the image)")
     neg = _text(g, ck, "", "Negative (empty)")
-    con = _text(g, ck, "sunglasses", "Concept 1 to add")
+    con = _text(g, ck, "snow", "Concept 1 to add")
     le = g.add("DragEditLEDITSEdit", {"steps": 50, "skip": 15, "source_cfg": 3.5, "target_cfg": 7.5, "mode": "SEGA",
                                       "seed": 0, "direction_1": "add", "scale_1": 7.0, "threshold": 0.9,
                                       "warmup": 5, "momentum_scale": 0.1, "momentum_beta": 0.4}, width=360)
@@ -290,29 +358,36 @@ def ledits(info: dict, sizes: dict, arch: str) -> dict:
     return g.workflow()
 
 
-def _common(arch: str, size: int, ckpt: str) -> str:
+def _common(arch: str, size: int, ckpt: str, drag: bool = True) -> str:
     other = ("Any SD1.x fine-tune works the same (SD2.x too, incl. v-prediction, at 768 px)." if arch == "SD1.5"
              else "SDXL fine-tunes work the same; keep 1024 px (or another SDXL bucket, e.g. 896 x 1152).")
-    return (f"**Made for:** `{ckpt}` ({arch}) in `models/checkpoints`. {other}\n\n"
+    where = (f" (the drag's points are stored for {size} x {size}; the editor shows them on the resized image)"
+             if drag else "")
+    return (f"**Made for:** `{ckpt}` ({arch}) in `models/checkpoints`; if it is missing, the frontend's "
+            f"missing-model panel offers its download. {other}\n\n"
             f"**Image:** *Load Image* takes any photo; *Resize to {size} x {size}* scales and centre-crops it to "
-            f"the model's native {size} px (the drag coordinates are stored for {size} x {size}; the editor shows "
-            f"them on the resized image). The example image is ComfyUI's own `input/example.png`.\n\n")
+            f"the model's native {size} px{where}. The example picture `{IMAGE}` (a red ball on a hill) comes with "
+            f"the pack, which copies it into ComfyUI's `input` folder when it loads.\n\n")
 
 
 def _note_regiondrag(arch: str, size: int, ckpt: str) -> str:
     return (f"## RegionDrag on a real image ({arch}, {size} px)\n\n" + _common(arch, size, ckpt) +
             "**Run it once**, then draw in *Drag Instructions*: a rectangle or polygon on what to move (handle) "
-            "and one where it should go (target); paint a mask to limit what may change. The example raises the "
-            "girl's arm.\n\n"
+            "and one where it should go (target); paint a mask to limit what may change. The example moves the "
+            "red ball to the right.\n\n"
             "**Settings:** steps 20, strength 0.5 (invert 10 of 20 steps), noise_scale 1.0 (refills the vacated "
-            "area; 0.6 keeps more of it), seed 42. One inversion + one denoising pass: about 20 UNet calls, "
-            f"seconds on a GPU. {'At 1024 px on SDXL expect about 4x the SD1.5 time.' if arch == 'SDXL' else ''}\n\n"
+            "area; 0.6 keeps more of it), seed 42. One inversion + one denoising pass: about 20 UNet calls, the "
+            f"cheapest of the methods. {'At 1024 px on SDXL each call costs about 4x the SD1.5 one.' if arch == 'SDXL' else ''}\n\n"
             "Stronger moves: raise strength to 0.6-0.7. Describe the image in the prompt (RegionDrag uses it for "
             "inversion and denoising).")
 
 
-def _note_dragdiffusion(size: int, ckpt: str) -> str:
-    return (f"## DragDiffusion on a real image (SD1.5, {size} px)\n\n" + _common("SD1.5", size, ckpt) +
+def _note_dragdiffusion(arch: str, size: int, ckpt: str) -> str:
+    xl = ("**SDXL:** the supervised features are the decoder's second-to-last block (feature_block -2: 640 "
+          "channels at latent resolution, as SD1.5's up_blocks[2]); the paper's settings were tuned on SD1.5, so "
+          "expect to tune iterations and learning_rate. Train LoRA at 1024 px needs a large GPU.\n\n"
+          if arch == "SDXL" else "")
+    return (f"## DragDiffusion on a real image ({arch}, {size} px)\n\n" + _common(arch, size, ckpt) + xl +
             "**1. LoRA on the image** (DragDiffusion's first step): *Train LoRA* fine-tunes a rank-16 LoRA on the "
             "image's latent with the prompt (80 steps, lr 5e-4, as in the paper); *Load LoRA Model* applies it to "
             "the checkpoint. It keeps the identity of the image through the edit. ComfyUI caches it: it is trained "
@@ -325,15 +400,30 @@ def _note_dragdiffusion(size: int, ckpt: str) -> str:
             "(Train LoRA without list inputs) they make it train twice: connect VAE Encode to Train LoRA directly "
             "there.\n\n"
             "**2. Drag:** run once so the editor shows the image, then click handle -> target point pairs (the "
-            "example raises the girl's arm); paint a mask to keep everything else unchanged.\n\n"
+            "example moves the red ball to the right); paint a mask to keep everything else unchanged.\n\n"
             "**3. DragDiffusion:** DDIM inversion to 70 % (35 of 50 steps), up to 80 steps of motion supervision "
             "with point tracking on the UNet's decoder features (lr 0.01, r_m 1, r_p 3, lam 0.1), then denoising "
-            "with the source's self-attention K/V. These are the paper's settings; on a GPU about a minute, on a "
-            "CPU far longer.")
+            "with the source's self-attention K/V. These are the paper's settings: 80 LoRA steps plus up to 80 "
+            "optimisation steps with gradients through the UNet, the slowest of the methods (GPU work).")
+
+
+def _note_dragondiffusion(size: int, ckpt: str) -> str:
+    return (f"## DragonDiffusion on a real image (SD1.5, {size} px)\n\n" + _common("SD1.5", size, ckpt) +
+            "**1. Inversion:** *DDIM Inversion* inverts the image all the way (50 steps, strength 1.0, as in the "
+            "paper) and, with record_kv on, records the self-attention K/V of every step: the memory bank that "
+            "keeps the picture's look during the edit.\n\n"
+            "**2. Move:** in *Drag Instructions* paint a mask over the object and click one point pair from the "
+            "object to where it goes (the example moves the red ball to the right). Mode drag drags content "
+            "along point pairs instead (no mask needed).\n\n"
+            "**3. DragonDiffusion** denoises from the inversion with the memory bank and the feature guidance "
+            "that pulls the object's features to the target and keeps the rest. The node's defaults are the "
+            "official code's for SD checkpoints (cfg 4, energy_scale 1, DiffEditor's start-latent paste on). "
+            "One guided sampling pass with a gradient per step: slower than RegionDrag, faster than "
+            "DragDiffusion.")
 
 
 def _note_ledits(arch: str, size: int, ckpt: str) -> str:
-    return (f"## LEDITS on a real image ({arch}, {size} px)\n\n" + _common(arch, size, ckpt) +
+    return (f"## LEDITS on a real image ({arch}, {size} px)\n\n" + _common(arch, size, ckpt, drag=False) +
             "**Prompts:** the source prompt describes the image (used for the inversion); the negative stays "
             "empty; *Concept 1* is what to add (direction add) or remove (direction remove). Connect "
             "concept_2 / concept_3 for more.\n\n"
@@ -345,7 +435,8 @@ def _note_ledits(arch: str, size: int, ckpt: str) -> str:
 
 def build(info: dict, sizes: dict) -> dict[str, dict]:
     return {"sd15_regiondrag": regiondrag(info, sizes, "SD1.5"), "sd15_dragdiffusion": dragdiffusion(info, sizes),
-            "sd15_ledits": ledits(info, sizes, "SD1.5"), "sdxl_regiondrag": regiondrag(info, sizes, "SDXL"),
+            "sd15_dragondiffusion": dragondiffusion(info, sizes), "sd15_ledits": ledits(info, sizes, "SD1.5"),
+            "sdxl_regiondrag": regiondrag(info, sizes, "SDXL"), "sdxl_dragdiffusion": dragdiffusion(info, sizes, "SDXL"),
             "sdxl_ledits": ledits(info, sizes, "SDXL")}
 
 

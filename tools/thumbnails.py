@@ -3,7 +3,11 @@
 
 Shapes-model workflows: from real results, the before / after PNGs `demo/run.py` writes to out/demo/ (input with the
 drag arrows | result). Real-image (SD1.5 / SDXL) workflows: no weights exist here, so an illustrative card that says
-so: ComfyUI's input/example.png with the workflow's drag drawn on it, the method, the checkpoint and the resolution.
+so: the pack's example picture (demo/images, tools/example_image.py) with the workflow's drag drawn on it, the method,
+the checkpoint and the resolution.
+
+The frontend lays a "Node graph" badge over the card's top-left corner (1.58), so the top band stays empty: the
+pictures come first, the title and subtitle below them.
     .venv/bin/python -m demo.run && .venv/bin/python -m tools.thumbnails
 """
 from __future__ import annotations
@@ -32,11 +36,13 @@ SHAPES = {
     "ledits": ("LEDITS", "recolour: + \"blue square\" - \"red square\""),
 }
 REAL = {
-    "sd15_regiondrag": ("RegionDrag", "SD1.5 · 512 px", "v1-5-pruned-emaonly"),
-    "sd15_dragdiffusion": ("DragDiffusion + LoRA", "SD1.5 · 512 px", "v1-5-pruned-emaonly"),
-    "sd15_ledits": ("LEDITS: + \"sunglasses\"", "SD1.5 · 512 px", "v1-5-pruned-emaonly"),
+    "sd15_regiondrag": ("RegionDrag", "SD1.5 · 512 px", "v1-5-pruned-emaonly-fp16"),
+    "sd15_dragdiffusion": ("DragDiffusion + LoRA", "SD1.5 · 512 px", "v1-5-pruned-emaonly-fp16"),
+    "sd15_dragondiffusion": ("DragonDiffusion · move", "SD1.5 · 512 px", "v1-5-pruned-emaonly-fp16"),
+    "sd15_ledits": ("LEDITS: + \"snow\"", "SD1.5 · 512 px", "v1-5-pruned-emaonly-fp16"),
     "sdxl_regiondrag": ("RegionDrag", "SDXL · 1024 px", "sd_xl_base_1.0"),
-    "sdxl_ledits": ("LEDITS: + \"sunglasses\"", "SDXL · 1024 px", "sd_xl_base_1.0"),
+    "sdxl_dragdiffusion": ("DragDiffusion + LoRA", "SDXL · 1024 px", "sd_xl_base_1.0"),
+    "sdxl_ledits": ("LEDITS: + \"snow\"", "SDXL · 1024 px", "sd_xl_base_1.0"),
 }
 
 
@@ -89,20 +95,25 @@ def _draw_drag(img: Image.Image, drag: dict) -> Image.Image:
     return img
 
 
+BADGE_BAND = 52          # px of the card's top kept free of text: the frontend's "Node graph" badge sits there
+
+
 def _card(title: str, subtitle: str, panels: list[tuple[Image.Image, str]], footer: str) -> Image.Image:
+    """Pictures (with labels) from below the badge band, then the title, the subtitle and the footer, centred."""
     card = Image.new("RGB", (SIZE, SIZE), BG)
     d = ImageDraw.Draw(card)
-    d.text((16, 14), title, font=_font(26, True), fill=(240, 240, 245))
-    d.text((16, 50), subtitle, font=_font(15), fill=(175, 180, 195))
     n = len(panels)
     gap = 10
-    side = min((SIZE - 32 - gap * (n - 1)) // n, SIZE - 86 - 66)
-    top = 86 + (SIZE - 86 - 70 - side) // 2
+    side = min((SIZE - 32 - gap * (n - 1)) // n, SIZE - BADGE_BAND - 112)
+    top = BADGE_BAND
     for i, (im, label) in enumerate(panels):
         x = (SIZE - n * side - (n - 1) * gap) // 2 + i * (side + gap)
         card.paste(im.resize((side, side), Image.NEAREST if im.width < 128 else Image.LANCZOS), (x, top))
-        d.text((x + side / 2, top + side + 8), label, font=_font(14), fill=(200, 205, 215), anchor="ma")
-    d.text((SIZE / 2, SIZE - 24), footer, font=_font(13), fill=(150, 155, 170), anchor="ma")
+        d.text((x + side / 2, top + side + 5), label, font=_font(13), fill=(200, 205, 215), anchor="ma")
+    y = top + side + 26
+    d.text((SIZE / 2, y), title, font=_font(24, True), fill=(240, 240, 245), anchor="ma")
+    d.text((SIZE / 2, y + 32), subtitle, font=_font(14), fill=(175, 180, 195), anchor="ma")
+    d.text((SIZE / 2, SIZE - 20), footer, font=_font(12), fill=(150, 155, 170), anchor="ma")
     return card
 
 
@@ -125,9 +136,9 @@ def shapes_thumbnail(name: str) -> Image.Image:
 
 def real_thumbnail(name: str) -> Image.Image:
     """An illustration, not a result: the example image with the workflow's drag, what it needs."""
-    from tools.support.comfy_env import comfyui_path
+    from tools.example_image import DEST
     wf = json.loads((WF / f"{name}.json").read_text())
-    src = Image.open(comfyui_path() / "input" / "example.png").convert("RGB").resize((512, 512), Image.LANCZOS)
+    src = Image.open(DEST).convert("RGB").resize((512, 512), Image.LANCZOS)
     drag = _drag_of(wf)
     img = _draw_drag(src, drag) if drag else src
     title, sub, ckpt = REAL[name]

@@ -95,13 +95,19 @@ export function drawEditor(ed) {
     ctx.setLineDash([]);
   };
   const label = (p, text) => {
+    // above-right of the point; below it when the top edge would clip the text, left of it at the right edge
     ctx.font = "bold 11px sans-serif";
     ctx.textAlign = "left";
+    const w = ctx.measureText(text).width;
+    let x = X(p) + 7;
+    let y = Y(p) - 7;
+    if (y - 11 < 2) y = Y(p) + 18;
+    if (x + w > c.clientWidth - 2) x = X(p) - 7 - w;
     ctx.lineWidth = 3;
     ctx.strokeStyle = "#000";
-    ctx.strokeText(text, X(p) + 7, Y(p) - 7);
+    ctx.strokeText(text, x, y);
     ctx.fillStyle = "#fff";
-    ctx.fillText(text, X(p) + 7, Y(p) - 7);
+    ctx.fillText(text, x, y);
   };
   const isSel = (info) => ed.selected && Object.keys(info).every((k) => ed.selected[k] === info[k]);
 

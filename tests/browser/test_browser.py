@@ -33,13 +33,13 @@ def server(comfy_server):
     d.rectangle([150, 100, 230, 170], fill=(200, 60, 60))
     img.save(comfy_server.base / "input" / IMAGE_NAME)
     img.resize((2 * W, 2 * H)).save(comfy_server.base / "input" / IMAGE_2X)
-    # The real-image example workflows name ComfyUI's own input/example.png and the checkpoints they were made for:
-    # give the combos those names (nothing loads the placeholder checkpoints here).
-    from tools.support.comfy_env import comfyui_path
-    shutil.copyfile(comfyui_path() / "input" / "example.png", comfy_server.base / "input" / "example.png")
+    # The real-image example workflows name the pack's example picture (the pack copied it into input/ when the
+    # server loaded it) and the checkpoints they were made for: give the combos those names (nothing loads the
+    # placeholder checkpoints here).
+    from tools.support import sd_checkpoints
     ckpts = comfy_server.base / "models" / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
-    for name in ("v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"):
+    for name in (sd_checkpoints.SD15_NAME, sd_checkpoints.SDXL_NAME):
         (ckpts / name).touch()
     return comfy_server
 
@@ -588,3 +588,32 @@ def test_switching_rendering_at_runtime_keeps_the_editor(pages, drag_type):
         ed.click(*pair[1])
         assert _close(ed.data()["points"][-1]["target"], pair[1]), ed.data()
     assert len(ed.data()["points"]) == 3
+
+
+def _check_readable_zoom(pages, vue: bool) -> None:
+    """Each example workflow opens at its stored view (extra.ds), where the frontend draws titles and widgets (no
+    low-quality boxes), and shows its result at a readable size (the shapes workflows' 8x preview)."""
+    from tools.support.workflow_layout import READABLE
+    cp = pages(vue)
+    problems = []
+    for path in _workflow_files():
+        wf = json.loads(path.read_text())
+        cp.load_workflow(wf)
+        cp.page.wait_for_timeout(200)
+        got = cp.page.evaluate("() => { app.canvas.draw(true, true); return {scale: app.canvas.ds.scale, "
+                               "low: !!app.canvas.low_quality}; }")
+        if got["scale"] < READABLE or got["low"]:
+            problems.append(f"{path.name}: opens at zoom {got['scale']:.2f} (low quality {got['low']})")
+        if not path.stem.startswith(("sd15_", "sdxl_")):
+            ups = [n for n in wf["nodes"] if n["type"] == "ImageScaleBy"]
+            if not ups or ups[0]["widgets_values"][1] < 8:
+                problems.append(f"{path.name}: no 8x enlargement of the 32 px result")
+    assert not problems, "\n".join(problems)
+
+
+def test_example_workflows_open_readable(pages):
+    _check_readable_zoom(pages, vue=False)
+
+
+def test_example_workflows_open_readable_nodes2(pages):
+    _check_readable_zoom(pages, vue=True)

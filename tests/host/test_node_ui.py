@@ -3,6 +3,7 @@ image the editor gets (what the server reports and runs: tests/server/test_node_
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,25 @@ def test_preview_node_errors_name_the_input():
     assert out["result"][0].shape == (2, 32, 32, 3)
 
 
+
+
+# ---------------------------------------------------------------------------------------------------- tooltips
+MATHS = re.compile(r"[αβγδεηλψσθ←√²∑]|\b[a-zA-Z]_[a-zA-Z0-9]+\b|\|[^|]+\|")
+
+
+def test_tooltips_say_what_the_knob_does_before_the_symbol():
+    """Every input of every node has a tooltip, and its opening words (up to the first bracket) are plain: no Greek
+    letter, formula arrow, subscripted symbol or |x| before the words say what the knob does to the picture."""
+    from dragedit import NODE_CLASS_MAPPINGS
+    bad = []
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        for sec, inputs in cls.INPUT_TYPES().items():
+            if sec == "hidden":
+                continue
+            for inp, spec in inputs.items():
+                tip = spec[1].get("tooltip", "") if len(spec) > 1 and isinstance(spec[1], dict) else ""
+                if not tip:
+                    bad.append(f"{name}.{inp}: no tooltip")
+                elif MATHS.search(tip.split("(")[0]):
+                    bad.append(f"{name}.{inp}: {tip[:70]!r}")
+    assert not bad, "\n".join(bad)

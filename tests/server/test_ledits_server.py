@@ -67,7 +67,7 @@ def test_server_reports_sega_errors(comfy_server):
 @pytest.mark.slow
 def test_example_workflow_runs_on_server(comfy_server):
     """example_workflows/ledits.json (UI format, shapes demo model) converted the way the frontend does and run on the real
-    server: the edited 32x32 image differs from the scene but keeps most of it."""
+    server: one progress bar for the whole edit; the edited 32x32 image differs from the scene but keeps most of it."""
     import json
     from pathlib import Path
 
@@ -83,7 +83,12 @@ def test_example_workflow_runs_on_server(comfy_server):
     assert edit["inputs"]["steps"] == 20 and edit["inputs"]["skip"] == 2 and edit["inputs"]["mode"] == "SEGA"
     assert edit["inputs"]["concept_2"] and edit["inputs"]["direction_2"] == "remove"
     assert edit["inputs"]["target_cfg"] == edit["inputs"]["source_cfg"] == 3.5
-    comfy_server.run_prompt(prompt)
+    entry, msgs = comfy_server.run_prompt_messages(prompt)
+    assert entry.get("status", {}).get("status_str") == "success", entry.get("status")
+    # one progress bar for the whole edit (inversion + sampling), as the frontend receives it over the websocket
+    bar = [(m["data"]["value"], m["data"]["max"]) for m in msgs if m["type"] == "progress" and m["data"]["node"] == "6"]
+    total = 2 * (edit["inputs"]["steps"] - edit["inputs"]["skip"])
+    assert bar == [(v, total) for v in range(1, total + 1)], bar
     png = sorted((comfy_server.base / "output").glob("ledits*.png"))[-1]
     img = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
     sc = renderer.random_scene(4, two_p=0.0)

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from tools.support import sd_checkpoints
 from tools.support.comfy_server import ComfyServer
 from tools.support.workflow_api import ui_to_api
+from tools.sd_workflows import IMAGE
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,7 @@ FAST = {
     "DragEditDragDiffusion": {"steps": 4, "iterations": 2},
     "TrainLoraNode": {"steps": 2},
     "DragEditLEDITSEdit": {"steps": 4, "skip": 1, "warmup": 1},
+    "DragEditDDIMInversion": {"steps": 4},
 }
 ARCH = {"sd15": ("sd15", sd_checkpoints.SD15_NAME, "SD1ClipModel", "BaseModel"),
         "sdxl": ("sdxl", sd_checkpoints.SDXL_NAME, "SDXLClipModel", "SDXL")}
@@ -36,16 +38,9 @@ ARCH = {"sd15": ("sd15", sd_checkpoints.SD15_NAME, "SD1ClipModel", "BaseModel"),
 
 @pytest.fixture(scope="module")
 def sd_server(tmp_path_factory):
-    """A server of its own (the checkpoints take GBs of memory once loaded: they leave with it) with ComfyUI's
-    example.png stand-in (small) in input/; checkpoints are written on first use."""
+    """A server of its own (the checkpoints take GBs of memory once loaded: they leave with it) on a fresh base
+    folder: its input/ holds only what the pack puts there when it loads; checkpoints are written on first use."""
     base = tmp_path_factory.mktemp("sd-base")
-    (base / "input").mkdir()
-    img = Image.new("RGB", (96, 80), (90, 140, 230))
-    d = ImageDraw.Draw(img)
-    d.rectangle([0, 50, 96, 80], fill=(90, 230, 100))
-    d.ellipse([36, 10, 60, 34], fill=(245, 220, 110))
-    d.rectangle([40, 34, 56, 70], fill=(250, 170, 210))
-    img.save(base / "input" / "example.png")
     srv = ComfyServer(base=base, extra_nodes=False).start()
     srv.written = set()
     yield srv
@@ -69,9 +64,9 @@ def _prompt(srv: ComfyServer, name: str) -> dict:
 
 
 def _expected_outputs(name: str) -> int:
-    """One image; sd15_dragdiffusion on a host whose Train LoRA takes no list input (0.3.64) runs once per item of
+    """One image; the DragDiffusion workflows on a host whose Train LoRA takes no list input (0.3.64) runs once per item of
     the two-item list the workflow hands it (documented in the workflow's note), so it saves two."""
-    if name != "sd15_dragdiffusion":
+    if not name.endswith("_dragdiffusion"):
         return 1
     from tools.support.comfy_env import comfyui_path
     src = (comfyui_path() / "comfy_extras" / "nodes_train.py").read_text()
@@ -80,15 +75,16 @@ def _expected_outputs(name: str) -> int:
     return 1 if "is_input_list=True" in cls or "INPUT_IS_LIST = True" in cls else 2
 
 
-@pytest.mark.parametrize("name", ["sd15_regiondrag", "sd15_dragdiffusion", "sd15_ledits",
-                                  "sdxl_regiondrag", "sdxl_ledits"])
+@pytest.mark.parametrize("name", ["sd15_regiondrag", "sd15_dragdiffusion", "sd15_dragondiffusion", "sd15_ledits",
+                                  "sdxl_regiondrag", "sdxl_dragdiffusion", "sdxl_ledits"])
 def test_real_image_workflow_runs(sd_server, name):
     kind = name.split("_")[0]
     _checkpoint(sd_server, kind)
     prompt = _prompt(sd_server, name)
     ckpts = [n["inputs"]["ckpt_name"] for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple"]
     assert ckpts == [ARCH[kind][1]]
-    assert [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"] == ["example.png"]
+    assert [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"] == [IMAGE]
+    assert (sd_server.base / "input" / IMAGE).is_file()         # copied there by the pack when it loaded
     entry = sd_server.run_prompt(prompt, timeout=900)
     # ComfyUI's own detection (logged when Load Checkpoint first ran on the file; later runs use its cached output):
     # the text encoder it picked (SD1.5: CLIP-L alone; SDXL: CLIP-L + OpenCLIP bigG) and the UNet class.

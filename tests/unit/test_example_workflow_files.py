@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,54 @@ def test_same_type_nodes_are_told_apart_by_titles(path):
     for t, titles in by_type.items():
         if len(titles) > 1:
             assert None not in titles and len(set(titles)) == len(titles), f"{path.name}: {t} titles {titles}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_checkpoints_carry_download_metadata(path):
+    """Each Load Checkpoint lists its model as the frontend's missing-model panel reads it (node properties "models":
+    [{name, url, directory}], name = the widget value; a download is offered for huggingface.co .safetensors URLs)."""
+    for n in _load(path)["nodes"]:
+        if n["type"] != "CheckpointLoaderSimple":
+            continue
+        models = n.get("properties", {}).get("models") or []
+        assert [m["name"] for m in models] == [n["widgets_values"][0]], path.name
+        for m in models:
+            assert m["directory"] == "checkpoints", m
+            assert m["url"].startswith("https://huggingface.co/"), m
+            assert m["url"].split("?")[0].endswith("/" + m["name"]), m
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_input_images_ship_with_the_pack(path):
+    """Every Load Image names a picture the pack ships in demo/images (copied into ComfyUI's input on load)."""
+    for n in _load(path)["nodes"]:
+        if n["type"] == "LoadImage":
+            assert (ROOT / "demo" / "images" / n["widgets_values"][0]).is_file(), (path.name, n["widgets_values"][0])
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_opens_at_a_readable_zoom(path):
+    """The frontend opens a template fitted to the canvas (1.58: fitToBounds at 75 %); on a 1920 x 1080 screen that
+    zoom, and the stored view (extra.ds) for frontends that use it, stay where titles and widgets are drawn."""
+    from tools.support.workflow_layout import READABLE, fit_scale
+    wf = _load(path)
+    assert fit_scale(wf) >= READABLE, f"{path.name}: opens at {fit_scale(wf):.2f}"
+    assert wf["extra"]["ds"]["scale"] >= READABLE, wf["extra"]["ds"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_notes_show_all_text_or_say_they_scroll(path):
+    """A note whose text is longer than its box (workflow_layout.note_height) opens with a line saying it scrolls."""
+    from tools.support.workflow_layout import SCROLL_HINT, note_height
+    for n in _load(path)["nodes"]:
+        if n["type"] in NOTE_TYPES:
+            text = str(n["widgets_values"][0])
+            assert note_height(text, n["size"][0]) <= n["size"][1] or text.startswith(SCROLL_HINT), (path.name, n["id"])
+
+
+def test_real_image_notes_speak_of_drags_only_where_there_is_one():
+    """The LEDITS notes describe prompts and concepts: no drag coordinates."""
+    for path in FILES:
+        if "ledits" in path.stem:
+            notes = " ".join(str(n["widgets_values"][0]) for n in _load(path)["nodes"] if n["type"] in NOTE_TYPES)
+            assert not re.search(r"\bdrag\b", notes.lower()), path.name

@@ -191,6 +191,35 @@ class ComfyServer:
             time.sleep(0.2)
         raise TimeoutError(f"prompt {pid} did not finish in {timeout}s:\n{self.log()[-3000:]}")
 
+    def run_prompt_messages(self, graph: dict, timeout: float = 300.0) -> tuple[dict, list[dict]]:
+        """`run_prompt`, listening on the websocket as the frontend does: (history entry, the JSON messages the
+        server sent this client while the prompt ran: "progress", "progress_state", "executing", ...)."""
+        import asyncio
+
+        import aiohttp
+        cid = uuid.uuid4().hex
+
+        async def listen() -> tuple[str, list[dict]]:
+            msgs: list[dict] = []
+            async with aiohttp.ClientSession() as s:
+                async with s.ws_connect(f"ws://127.0.0.1:{self.port}/ws?clientId={cid}") as ws:
+                    pid = self.post("/prompt", {"prompt": graph, "client_id": cid})["prompt_id"]
+                    async for m in ws:
+                        if m.type != aiohttp.WSMsgType.TEXT:
+                            continue                       # binary frames: preview images
+                        d = json.loads(m.data)
+                        msgs.append(d)
+                        data = d.get("data") or {}
+                        if data.get("prompt_id") == pid and (
+                                (d["type"] == "executing" and data.get("node") is None)
+                                or d["type"] in ("execution_error", "execution_interrupted")):
+                            break
+            return pid, msgs
+
+        pid, msgs = asyncio.run(asyncio.wait_for(listen(), timeout))
+        entry = self.get(f"/history/{pid}").get(pid, {})
+        return entry, msgs
+
     def output_images(self, entry: dict) -> list[Path]:
         """Files written by output nodes of a finished prompt."""
         out = []

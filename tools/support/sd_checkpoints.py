@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-SD15_NAME = "v1-5-pruned-emaonly.safetensors"
+SD15_NAME = "v1-5-pruned-emaonly-fp16.safetensors"     # the name ComfyUI's own templates download
 SDXL_NAME = "sd_xl_base_1.0.safetensors"
 
 SD15_UNET = dict(

@@ -71,3 +71,59 @@ def inside(node: dict, group: dict, info: Optional[dict] = None) -> bool:
     x0, y0, x1, y1 = box(node, info)
     gx, gy, gw, gh = group["bounding"]
     return gx <= x0 and gy <= y0 and x1 <= gx + gw and y1 <= gy + gh
+
+
+# How the frontend opens a template (1.58: fitView -> DragAndScale.fitToBounds(bounds, zoom 0.75)): the graph's
+# bounds fill 75 % of the canvas. SCREEN is the canvas of a 1920 x 1080 screen (less the side bar and menus);
+# below READABLE the frontend draws nodes as blank boxes (MinFontSizeForLOD 8 px of a 14 px title: 0.57).
+FIT_ZOOM = 0.75
+SCREEN = (1850.0, 950.0)
+READABLE = 0.6
+
+
+def extent(workflow: dict, info: Optional[dict] = None) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) around every node (title bar included) and group."""
+    boxes = [box(n, info) for n in workflow.get("nodes", [])]
+    for g in workflow.get("groups") or []:
+        x, y, w, h = g["bounding"]
+        boxes.append((x, y, x + w, y + h))
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def fit_scale(workflow: dict, info: Optional[dict] = None, screen: tuple[float, float] = SCREEN) -> float:
+    """The zoom the frontend opens the workflow at on that canvas (fitToBounds with zoom FIT_ZOOM)."""
+    x0, y0, x1, y1 = extent(workflow, info)
+    return FIT_ZOOM * min(screen[0] / max(x1 - x0, 300.0), screen[1] / max(y1 - y0, 300.0))
+
+
+def view_ds(workflow: dict, info: Optional[dict] = None, screen: tuple[float, float] = SCREEN) -> dict:
+    """extra.ds for frontends that open a workflow at its stored view: the same fit, graph centred on the canvas."""
+    x0, y0, x1, y1 = extent(workflow, info)
+    s = round(fit_scale(workflow, info, screen), 3)
+    off = [round(screen[0] / 2 / s - (x0 + x1) / 2, 1), round(screen[1] / 2 / s - (y0 + y1) / 2, 1)]
+    return {"scale": s, "offset": off}
+
+
+def note_height(text: str, width: float) -> int:
+    """Height a Markdown note needs to show all of its text without scrolling: an estimate, a little generous, from
+    notes drawn by frontend 1.58 (about 5 px per character and 13 px per line of its note text, 10 px between
+    paragraphs, headings taller)."""
+    import math
+    per_line = max(int((width - 28) / 5.0), 10)
+    h = 40
+    for para in text.split("\n"):
+        if not para.strip():
+            h += 10
+            continue
+        lines = math.ceil(len(para) / per_line)
+        h += lines * (24 if para.startswith("#") else 13)
+    return int(h)
+
+
+SCROLL_HINT = "*(Longer than this box: scroll inside the note for the rest.)*\n\n"
+
+
+def with_scroll_hint(text: str, width: float, height: float) -> str:
+    """The note's text, opening with SCROLL_HINT when it does not fit its box (note_height), without it otherwise."""
+    body = text[len(SCROLL_HINT):] if text.startswith(SCROLL_HINT) else text
+    return SCROLL_HINT + body if note_height(body, width) > height else body
