@@ -119,7 +119,7 @@ class EditFriendlyFlowInversion:
                 "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
             },
             "optional": {"negative": ("CONDITIONING",)},
-        }, dict(_COMMON_TIPS, eta="Noise level η of the stochastic flow step (1 = fully stochastic).",
+        }, dict(_COMMON_TIPS, eta="How much fresh noise each step mixes in: 1 = fully stochastic, smaller keeps more of the inverted path (the noise level η of the stochastic flow step).",
                 seed="Seed of the independent noisy states the inversion draws."))
 
     RETURN_TYPES = ("NOISE", "SAMPLER", "INVERSION")
