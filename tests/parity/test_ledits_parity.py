@@ -28,7 +28,7 @@ def _sega_pipeline(model):
     from diffusers.pipelines.deprecated.semantic_stable_diffusion.pipeline_semantic_stable_diffusion import (
         SemanticStableDiffusionPipeline)
     from tools.support.diffusers_bridge import sd15_unet_twin
-    import test_sega_math as tsm
+    import test_sega_parity as tsm
     comps = tsm.tiny_sd_components()
     comps["unet"] = sd15_unet_twin(model)
     pipe = SemanticStableDiffusionPipeline(**comps)
@@ -106,7 +106,7 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
     intersected with the noise-quantile masks, no target CFG) vs SEGA Guidance (LEDITS++) + the Edit-friendly DDPM
     sampler on the same 3-level UNet, with diffusers' noise maps."""
     import comfy.samplers
-    import test_sega_math as tsm
+    import test_sega_parity as tsm
     model, pipe = _ledits_pp_twin()
     with torch.no_grad():
         pipe.invert(image=tsm._image(), source_prompt="a cat", source_guidance_scale=3.5, num_inversion_steps=10,
@@ -117,8 +117,13 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
     kw = dict(editing_prompt=["glasses", "snow"], reverse_editing_direction=[False, True],
               edit_guidance_scale=[6.0, 5.0], edit_threshold=[0.7, 0.8], edit_warmup_steps=[0, 2],
               use_cross_attn_mask=True, use_intersect_mask=True)
+    ref_states: list = []
+
+    def on_step(_pipe, _i, _t, tensors):
+        ref_states.append(tensors["latents"].clone())
+        return {}
     with torch.no_grad():
-        ref = pipe(output_type="latent", **kw).images
+        ref = pipe(output_type="latent", callback_on_step_end=on_step, **kw).images
     h.remove()
     e_u, *e_c = embs[0].chunk(3)
     ts, abar, sig = tsm.ddim_grid(pipe)
@@ -132,9 +137,17 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
                                mode="LEDITS++", cross_attention_mask=True)
     counted_model, counter = counted(edit_model)
     sampler = comfy.samplers.KSAMPLER(ef.make_sampler_fn(inv))
-    out = sample_custom(counted_model, [[e_u, {}]], [[e_u, {}]], 1.0, sampler, sig, inv.start / 0.18215)
+    states: list = []
+    out = sample_custom(counted_model, [[e_u, {}]], [[e_u, {}]], 1.0, sampler, sig, inv.start / 0.18215,
+                        callback=lambda i, _x0, x, _n: states.append(x.clone()))
     ours = out * 0.18215 * math.sqrt(abar[-1])
     torch.testing.assert_close(ours, ref, rtol=0, atol=2e-4)
+    # every step's state (the pack's own noise estimates: the t ≤ 800 mask switch, the LEDITS++ σ scaling), not
+    # the final latent alone: the sampler's state before step i+1 = diffusers' latents after step i
+    assert len(states) == len(ref_states) == len(ts)
+    for i in range(len(ts) - 1):
+        torch.testing.assert_close(states[i + 1] * math.sqrt(abar[i + 1]), ref_states[i], rtol=0, atol=2e-4,
+                                   msg=f"state after step {i}")
     # LEDITS++ evaluates uncond + concepts only (as diffusers), in one call per step
     assert counter.calls == [(3, [3, 2, 1])] * len(ts)
     # the attention masks matter: without them the result is another one
@@ -155,7 +168,7 @@ def test_ledits_pp_inversion_matches_diffusers_invert_with_its_empty_source_prom
     diffusers' LEditsPP `invert` with its default empty source prompt: same grid (diffusers N=10, skip 0.15 is
     steps 11, skip 1 here), same start latent and noise maps from the same seed (all but the last map: diffusers
     steps to ᾱ_0 = final_alpha_cumprod, the pack to σ = 0). Then scale 0 gives the input back, as in diffusers."""
-    import test_sega_math as tsm
+    import test_sega_parity as tsm
     model, pipe = _ledits_pp_twin()
     embs: list = []
     h = pipe.unet.register_forward_pre_hook(lambda mod, a, kw: embs.append(kw["encoder_hidden_states"].clone()),
@@ -201,7 +214,7 @@ def unet_twin(model, cfg):
 
 def _ledits_pp_twin():
     """A tiny SD1.5-shaped pack model and diffusers' LEDITS++ pipeline on its UNet twin."""
-    import test_sega_math as tsm
+    import test_sega_parity as tsm
     from diffusers import LEditsPPPipelineStableDiffusion
     model = host.build_model(tiny_models.SD15_3LEVEL, latent_format="sd15", prediction="eps", seed=0)
     comps = tsm.tiny_sd_components()
