@@ -4,8 +4,12 @@
 The reference is ported here (written for this test, not copied) onto a diffusers UNet2DConditionModel that carries
 the weights of the tiny SD1.5-shaped ComfyUI UNet (tools/support/diffusers_bridge.py): its DDIM inversion with the memory
 bank, its energies and the guidance gradient on the estimator's up-block features, the memory-bank self-attention
-(replace / concat / region mix) and the D+ sampler loop (sparsified guidance, regional SDE, time travel). The pack
-runs through ComfyUI on the same weights; the two agree step by step to float tolerance.
+(replace / concat / region mix, with the official nearest token selection, also for masks that do not align with
+the token grid), the official start-latent preprocessing (src/demo/model.py run_move / run_paste,
+src/utils/utils.py process_drag) and the D+ sampler loop (sparsified guidance, regional SDE with the mask the
+reference builds from its own masks, time travel). The reference builds every mask, start latent and layer choice
+itself; it is never handed the pack's intermediates. The pack runs through ComfyUI on the same weights; the two agree
+step by step to float tolerance. Layer identity on the real SD1.5 / SDXL layouts: test_feature_layers_parity.py.
 
 Chosen deviations, not exercised here (documented in the report / README):
 - the reference's DDIM treats the clean latent as sitting at ᾱ_0 = alphas_cumprod[0] (SD's scheduler config has
@@ -360,6 +364,53 @@ def _two_image_masks():
     return base, repl
 
 
+def ref_sde_mask(mode):
+    """Sampler.edit's regional-SDE mask, built from the reference's own masks: move = mask_x0 | mask_cur, drag =
+    mask_x0 (the user mask), appearance / paste = mask_base_cur."""
+    if mode == "move":
+        k = _move_kwargs(5, 3)
+        return k["mask_x0"] | k["mask_cur"]
+    if mode == "drag":
+        return _drag_kwargs()["mask_x0"]
+    return _two_image_masks()[0]
+
+
+LATENT_PX = 8      # image px per latent cell (SD's VAE); the energy grid has 2 cells per latent cell
+GRID_PX = 4
+
+
+def ref_start_latent(mode, z_T, z_T_repl):
+    """The official start-latent preprocessing, on the reference's own inverted z_T: run_move's mask roll and paste
+    (resize_scale 1; src/demo/model.py), process_drag's 3x3 patch copy from each handle to its target, in place and
+    in order (src/utils/utils.py), run_paste's composite of the rolled reference z_T inside mask_base_cur
+    (model.py); appearance starts from z_T unchanged."""
+    h, w = z_T.shape[-2:]
+    if mode == "move":
+        dx_px, dy_px = 5 * GRID_PX, 3 * GRID_PX
+        shift = (int(dy_px / (LATENT_PX * 16 / h)), int(dx_px / (LATENT_PX * 16 / w)))
+        mask_tmp = (F.interpolate(_obj().float()[None, None], (h, w)) > 0).float()
+        mask_tmp = torch.roll(mask_tmp, shift, (-2, -1))
+        latent_tmp = torch.roll(z_T, shift, (-2, -1))
+        return z_T * (1 - mask_tmp) + latent_tmp * mask_tmp
+    if mode == "drag":
+        lat = z_T.clone()
+        up = GRID[0] // h
+        for (hx, hy), (tx, ty) in DRAG_PAIRS:
+            yt, xt = int(min(max(hy // 1, 1), GRID[0] - 2)), int(min(max(hx // 1, 1), GRID[0] - 2))
+            yc, xc = int(min(max(ty // 1, 1), GRID[0] - 2)), int(min(max(tx // 1, 1), GRID[0] - 2))
+            lat[:, :, yc // up - 1:yc // up + 2, xc // up - 1:xc // up + 2] = \
+                lat[:, :, yt // up - 1:yt // up + 2, xt // up - 1:xt // up + 2]
+        return lat
+    if mode == "paste":
+        base, repl = _two_image_masks()
+        (yb, xb), (yr, xr) = base.nonzero().min(0).values.tolist(), repl.nonzero().min(0).values.tolist()
+        dy_px, dx_px = (yb - yr) * GRID_PX, (xb - xr) * GRID_PX
+        mask_tmp = (F.interpolate(base.float()[None, None], (h, w)) > 0).float()
+        latent_tmp = torch.roll(z_T_repl, (int(dy_px / LATENT_PX), int(dx_px / LATENT_PX)), (-2, -1))
+        return z_T * (1 - mask_tmp) + latent_tmp * mask_tmp
+    return z_T
+
+
 REF_SCALE = {"move": 0.5e3, "drag": 2e3, "appearance": 2e3, "paste": 1.5e3}   # the demo's energy_scale x 1e3
 
 
@@ -426,19 +477,21 @@ def test_energies_and_gradient_match_reference_on_the_same_features(setup):
 
 
 @pytest.mark.slow
-def test_inversion_and_memory_bank_attention_match_reference(setup):
+@pytest.mark.parametrize("masks", ["aligned", "unaligned"])
+def test_inversion_and_memory_bank_attention_match_reference(setup, masks):
     """The DDIM inversion latents (cond only, every step kept) and one CFG denoiser call with the memory bank
-    injected (move: replace, drag: concat, appearance / paste: the region mix) agree with the port."""
+    injected (move: replace, drag: concat, appearance / paste: the region mix) agree with the port; the region mix
+    also with masks whose edges fall inside the token cells (the official nearest token selection)."""
     model, twin, emb_c, emb_u = setup
     R, z0, z0r, ref_lat, ref_lat_r, bank, bank_r = _reference_inverted(twin, emb_c)
     inv, inv_r = _pack_invert(model, z0, emb_c), _pack_invert(model, z0r, emb_c)
     for j in range(STEPS + 1):
         s = float(inv.sigmas[j])
         torch.testing.assert_close(inv.latents[j] / math.sqrt(1 + s * s), ref_lat[-(j + 1)], rtol=1e-4, atol=2e-5)
-    base, repl = _two_image_masks()
+    base, repl = _two_image_masks() if masks == "aligned" else _unaligned_masks()
     R.ctl.update(ref_bank=bank_r, mask_base=base, mask_replace=repl)
     pos, neg = [[emb_c, {}]], [[emb_u, {}]]
-    for mode in ("move", "drag", "appearance", "paste"):
+    for mode in ("move", "drag", "appearance", "paste") if masks == "aligned" else ("appearance", "paste"):
         for i in (3, 12, 40):
             t = int(R.sch.timesteps[i])
             s = float(inv.sigmas[i])
@@ -483,11 +536,12 @@ def _record_pack(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["move", "drag", "paste"])   # appearance: energies and bank tested above
+@pytest.mark.parametrize("mode", ["move", "drag", "appearance", "paste"])
 def test_d_plus_edit_loop_matches_reference_step_by_step(setup, monkeypatch, mode):
-    """The all-in-one edit (memory bank, sparsified guidance, unguided direction, regional SDE with the same noise,
-    time travel) against the ported Sampler.edit (alg 'D+'), 50 steps from the full inversion, cfg 4: every
-    denoiser input, every guidance term and the final latent."""
+    """The all-in-one edit (start-latent init, memory bank, sparsified guidance, unguided direction, regional SDE
+    with the same noise and the reference's own SDE mask, time travel) against the ported official preprocessing +
+    Sampler.edit (alg 'D+'), 50 steps from the full inversion, cfg 4: every denoiser input, every guidance term and
+    the final latent."""
     model, twin, emb_c, emb_u = setup
     R, z0, z0r, ref_lat, ref_lat_r, bank, bank_r = _reference_inverted(twin, emb_c)
     base, repl = _two_image_masks()
@@ -496,13 +550,16 @@ def test_d_plus_edit_loop_matches_reference_step_by_step(setup, monkeypatch, mod
     spec = _spec(mode, es)
     gen = torch.Generator().manual_seed(7)
     rec: list = []
-    z_ref = ref_edit(R, ref_lat[-1], emb_c, emb_u, mode, 4.0, es * REF_SCALE[mode],
-                     _ref_guidance_fn(R, mode, emb_c, ref_lat, ref_lat_r, es * REF_SCALE[mode]), dd.sde_mask(spec),
+    z_start = ref_start_latent(mode, ref_lat[-1], ref_lat_r[-1])
+    if mode != "appearance":       # the preprocessing does change the start
+        assert float((z_start - ref_lat[-1]).abs().max()) > 0.1
+    z_ref = ref_edit(R, z_start, emb_c, emb_u, mode, 4.0, es * REF_SCALE[mode],
+                     _ref_guidance_fn(R, mode, emb_c, ref_lat, ref_lat_r, es * REF_SCALE[mode]), ref_sde_mask(mode),
                      lambda shape: torch.randn(shape, generator=gen), record=rec)
 
     inv, inv_r = _pack_invert(model, z0, emb_c), _pack_invert(model, z0r, emb_c)
     calls, guided = _record_pack(monkeypatch)
-    opts = dd.EditOptions(regional_sde=True, time_travel=True, seed=7, sde_strength=0.4)
+    opts = dd.EditOptions(regional_sde=True, time_travel=True, seed=7, sde_strength=0.4, init_paste=True)
     with torch.inference_mode():
         out = run_edit(model, [[emb_c, {}]], [[emb_u, {}]], 4.0, inv, spec, dd.feature_blocks(model),
                        de.mode_defaults(mode), opts, reference=inv_r if spec.needs_reference else None)
@@ -528,7 +585,7 @@ def test_d_plus_edit_loop_matches_reference_step_by_step(setup, monkeypatch, mod
     # the trajectories drift apart by float rounding of two UNet implementations (diffusers / ComfyUI), the more
     # the stronger the guidance; the same plain run (bank + CFG + SDE, no guidance) is printed for comparison
     gen = torch.Generator().manual_seed(7)
-    z_plain = ref_edit(R, ref_lat[-1], emb_c, emb_u, mode, 4.0, 0.0, None, dd.sde_mask(spec),
+    z_plain = ref_edit(R, z_start, emb_c, emb_u, mode, 4.0, 0.0, None, ref_sde_mask(mode),
                        lambda shape: torch.randn(shape, generator=gen))
     monkeypatch.undo()
     with torch.inference_mode():
@@ -569,3 +626,27 @@ def _reference_inverted(twin, emb_c):
     bank_r = R.take_bank()
     R.put_bank(bank)
     return R, z0, z0r, ref_lat, ref_lat_r, bank, bank_r
+
+
+def _unaligned_masks():
+    """Base / reference masks whose edges fall inside the coarse token cells (4 grid cells each at 8x8 tokens)."""
+    base = torch.zeros(GRID, dtype=torch.bool)
+    base[9:18, 14:23] = True
+    repl = torch.zeros(GRID, dtype=torch.bool)
+    repl[17:26, 3:12] = True
+    return base, repl
+
+
+def test_memory_bank_token_selection_is_the_official_nearest_resize():
+    """Appearance / paste K/V mix: the tokens taken from the bank (outside the base mask) and from the reference
+    (inside the reference mask) are the official AttnProcessor's: the mask nearest-resized to the layer's tokens,
+    > 0.5 / < 0.5, for masks that do not align with the token grid."""
+    base, repl = _unaligned_masks()
+    for tok in ((8, 8), (16, 16), (4, 4)):
+        fg = F.interpolate(repl.float()[None, None], tok)[0, 0].reshape(-1) > 0.5
+        bg = F.interpolate(base.float()[None, None], tok)[0, 0].reshape(-1) < 0.5
+        assert torch.equal(dd._token_cells(~base, tok), bg.nonzero().squeeze(1)), tok
+        assert torch.equal(dd._token_cells(repl, tok), fg.nonzero().squeeze(1)), tok
+        area = F.interpolate(repl.float()[None, None], tok, mode="area")[0, 0].reshape(-1) >= 0.5
+        if tok == (8, 8):       # the case does tell nearest from area coverage
+            assert not torch.equal(area, fg)
