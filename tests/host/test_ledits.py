@@ -249,6 +249,12 @@ def test_vpred_and_sdxl_edit(kind, mode):
     assert torch.isfinite(out).all() and (out - lat["samples"]).abs().max() > 1e-4
     rows = 2 if mode == "LEDITS++" else 3
     assert len(counter.calls) == 6 and all(n == rows for n, _ in counter.calls)
+    # the edit, not the sampling: scale 8 ends far from the same run at scale 0 (SEGA: the reconstruction)
+    zero = sample_custom(sega_node(model, tiny_models.conditioning(7, pooled=pooled), "add", 0.0, 0.8, warmup=1,
+                                   mode=mode), pos, neg, 2.0, sampler, sig, start["samples"])
+    if mode == "SEGA":
+        assert float((zero - lat["samples"]).abs().max()) < 1e-3
+    assert float((out - zero).abs().max()) > 0.05
 
 
 @pytest.mark.parametrize("start", [1, 0])
