@@ -4,13 +4,16 @@ Parameterisation (ComfyUI's sampler state, DEVELOPERS.md "Sampler state conventi
 ᾱ_t = 1/(1+σ_t²); the denoiser returns x̂0, so ε̂ = (x − x̂0)/σ. `sigmas` is a descending 1-D tensor, normally
 ending in 0 (a ComfyUI SIGMAS).
 
-One DDPM(η) reverse step of DDIM's posterior, z_{t−1} = sqrt(ᾱ_{t−1})·x̂0 + sqrt(1−ᾱ_{t−1}−s²)·ε̂ + s·n with
-s² = η²·(1−ᾱ_{t−1})/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_{t−1}), reads in x-form (divide by sqrt(ᾱ_{t−1})):
+One DDPM(η) reverse step as the official DDPM_inversion code takes it, z_{t−1} = sqrt(ᾱ_{t−1})·x̂0 +
+sqrt(1−ᾱ_{t−1}−η·var)·ε̂ + η·sqrt(var)·n with var = (1−ᾱ_{t−1})/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_{t−1}), reads in x-form (divide
+by sqrt(ᾱ_{t−1})):
 
-    x_{t−1} = x̂0 + σ_down·ε̂ + σ_up·n,   σ_up² = η²·σ_{t−1}²·(σ_t² − σ_{t−1}²)/σ_t²,   σ_down² = σ_{t−1}² − σ_up²
+    x_{t−1} = x̂0 + σ_down·ε̂ + σ_up·n,   v = σ_{t−1}²·(σ_t² − σ_{t−1}²)/σ_t²,   σ_up = η·sqrt(v),   σ_down² = σ_{t−1}² − η·v
 
-(ComfyUI's `get_ancestral_step`). The noise n is the same tensor in both forms, so the noise maps z_t stored here
-are the ones diffusers' LEDITS++ `invert` stores (same scale, N(0, I) for a perfect model).
+At η = 1 this is DDIM's posterior (ComfyUI's `get_ancestral_step`); at η < 1 the official code's direction term
+uses η·var where DDIM's posterior (and diffusers' LEDITS++) use η²·var (docs/ledits.md). The noise n is the
+same tensor in both forms, so the noise maps z_t stored here are the ones diffusers' LEDITS++ `invert` stores at
+η = 1 (same scale, N(0, I) for a perfect model).
 
 Inversion: x_t = x0 + σ_t·ε̃_t drawn independently per step (not chained); from the noisiest step down,
 z_t = (x_{t−1} − μ_t(x_t))/σ_up,t, and x_{t−1} is replaced by μ_t + σ_up,t·z_t computed by the very same
@@ -43,15 +46,19 @@ _SIGMA_ATOL = 1e-6
 
 def ancestral_sigmas(sigma: float | torch.Tensor, sigma_next: float | torch.Tensor, eta: float = 1.0
                      ) -> tuple[float, float]:
-    """(σ_down, σ_up) of one DDPM(η) step σ_t -> σ_{t−1} in x-form; σ_up = η·σ_{t−1}·sqrt(σ_t²−σ_{t−1}²)/σ_t, capped
-    at σ_{t−1} (η > 1); (0, 0) for a step to σ = 0."""
+    """(σ_down, σ_up) of one DDPM(η) step σ_t -> σ_{t−1} in x-form, as the official DDPM_inversion code
+    (reverse_step / inversion_forward_process): with v = σ_{t−1}²·(σ_t²−σ_{t−1}²)/σ_t² (the posterior variance at
+    η = 1), σ_up = η·sqrt(v) and σ_down = sqrt(σ_{t−1}² − η·v), i.e. the direction coefficient
+    sqrt(1 − ᾱ_{t−1} − η·var) in z-form (diffusers' LEDITS++ uses η²·var; the two agree at η = 1). Both capped at
+    σ_{t−1} (η > 1); (0, 0) for a step to σ = 0."""
     s, sn = float(sigma), float(sigma_next)
     if sn <= 0.0:
         return 0.0, 0.0
     if eta == 0.0:
         return sn, 0.0
-    up = min(sn, float(eta) * math.sqrt(max(sn * sn * (s * s - sn * sn) / (s * s), 0.0)))
-    down = math.sqrt(max(sn * sn - up * up, 0.0))
+    v = max(sn * sn * (s * s - sn * sn) / (s * s), 0.0)
+    up = min(sn, float(eta) * math.sqrt(v))
+    down = math.sqrt(max(sn * sn - float(eta) * v, 0.0))
     return down, up
 
 

@@ -141,25 +141,44 @@ def vacated_cells(spec: EditSpec, hw: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def start_latent(x: torch.Tensor, spec: EditSpec, opts: EditOptions, sigma: float) -> torch.Tensor:
-    """The loop's start latent at σ: with opts.init_paste, init_latent, then the vacated cells re-noised with
-    opts.vacate_noise (RegionDrag's z ← sqrt(1−α²)·z + α·n, seeded from opts.seed); else x unchanged."""
+def start_latent(x: torch.Tensor, spec: EditSpec, opts: EditOptions, sigma: float,
+                 reference: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The loop's start latent at σ: with opts.init_paste, init_latent (paste: from the reference's start latent),
+    then the vacated cells re-noised with opts.vacate_noise (RegionDrag's z ← sqrt(1−α²)·z + α·n, seeded from
+    opts.seed); else x unchanged."""
     if not opts.init_paste:
         return x
-    out = init_latent(x, spec)
+    out = init_latent(x, spec, reference)
     if opts.vacate_noise > 0:
         gen = seeds.generator(opts.seed, 1)
         out = regiondrag.renoise(out, vacated_cells(spec, out.shape[-2:]), float(opts.vacate_noise), float(sigma), gen)
     return out
 
 
-def init_latent(x: torch.Tensor, spec: EditSpec) -> torch.Tensor:
+def paste_offset(spec: EditSpec, hw: tuple[int, int]) -> tuple[int, int]:
+    """(dy, dx) latent cells from the reference mask to the base mask of a paste (their bounding boxes' corners on
+    the grid, truncated toward zero in latent cells as the official int(dy / (W / w)))."""
+    H, W = spec.grid
+    h, w = int(hw[0]), int(hw[1])
+    yb, xb = spec.base_mask.nonzero().min(0).values.tolist()
+    yr, xr = spec.ref_mask.nonzero().min(0).values.tolist()
+    return int((yb - yr) * h / H), int((xb - xr) * w / W)
+
+
+def init_latent(x: torch.Tensor, spec: EditSpec, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
     """DiffEditor's start-latent init: move pastes the object's start latent at its new place
-    and size; drag copies the 3x3 latent cells around each handle to its target. Other modes: unchanged."""
+    and size; drag copies the 3x3 latent cells around each handle to its target; paste composites the reference's
+    start latent, shifted by the masks' offset, inside the base mask (nearest-resized to the latent), as the
+    official run_paste. Appearance (and paste without a reference latent): unchanged."""
     h, w = int(x.shape[-2]), int(x.shape[-1])
     H, W = spec.grid
     ry, rx = H / h, W / w
     out = x.clone()
+    if spec.mode == "paste" and reference is not None and spec.base_mask is not None:
+        dy, dx = paste_offset(spec, (h, w))
+        moved = torch.roll(reference.to(x), (dy, dx), (-2, -1))
+        m = de.mask_to_latent(spec.base_mask, (h, w)).to(x)
+        return x * (1 - m) + moved * m
     if spec.mode == "move" and spec.geom is not None:
         g = spec.geom
         hr, wr = g.resized

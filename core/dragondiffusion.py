@@ -357,12 +357,13 @@ KV_MODES = {"move": "replace", "drag": "concat", "appearance": "mix", "paste": "
 
 
 def _token_cells(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Flat token indices of a bool mask resized (area, ≥ 0.5) to a layer's token grid; never empty for a
-    non-empty mask (falls back to the best-covered token)."""
-    cov = F.interpolate(mask.float()[None, None], size=hw, mode="area")[0, 0].reshape(-1)
-    idx = (cov >= 0.5).nonzero().squeeze(1)
-    if idx.numel() == 0 and float(cov.max()) > 0:
-        idx = cov.argmax().reshape(1)
+    """Flat token indices of a bool mask nearest-resized to a layer's token grid (the official AttnProcessor's
+    F.interpolate of the mask, > 0.5); never empty for a non-empty mask (then the best-covered token, where the
+    official code would select none)."""
+    m = mask.float()[None, None]
+    idx = (F.interpolate(m, size=hw, mode="nearest")[0, 0].reshape(-1) > 0.5).nonzero().squeeze(1)
+    if idx.numel() == 0 and bool(mask.any()):
+        idx = F.interpolate(m, size=hw, mode="area")[0, 0].reshape(-1).argmax().reshape(1)
     return idx
 
 
@@ -459,7 +460,9 @@ def run(model: Any, positive: Any, negative: Any, cfg: float, inv: DDIMInversion
     holder: dict = {}
 
     def loop(den: host.Denoiser, x: torch.Tensor, _sig: torch.Tensor) -> torch.Tensor:
-        x_start = start_latent(inv.start.to(device=x.device, dtype=x.dtype), spec, opts, float(inv.sigmas[0]))
+        ref_start = reference.start.to(device=x.device, dtype=x.dtype) if reference is not None else None
+        x_start = start_latent(inv.start.to(device=x.device, dtype=x.dtype), spec, opts, float(inv.sigmas[0]),
+                               ref_start)
         out = edit_loop(den, x_start, inv, guidance, defaults, opts, latent_mask=latent_mask, on_step=on_step)
         holder["calls"] = den.calls
         return out

@@ -298,9 +298,26 @@ def test_image_and_vae_input(sd15_model):
         def encode(self, pixels):
             p = pixels.movedim(-1, 1)
             return torch.nn.functional.avg_pool2d(torch.cat([p, p[:, :1]], 1), 8)
-    img = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
-    out, = _rd(sd15_model, latent=None, image=img, vae=HalfVAE(), drag_json=json.dumps({"regions": [RECT]}))
-    assert out["samples"].shape == (1, 4, 16, 16) and torch.isfinite(out["samples"]).all()
+    # a flat image with a 0/1 pattern in 8x8 px blocks on the RECT handle (px 8..40 = latent cells 1..4)
+    g = torch.Generator().manual_seed(0)
+    cells = torch.full((1, 3, 16, 16), 0.5)
+    cells[..., 1:5, 1:5] = (torch.rand(1, 3, 4, 4, generator=g) > 0.5).float()
+    img = torch.nn.functional.interpolate(cells, scale_factor=8).movedim(1, -1).contiguous()
+    s = HalfVAE().encode(img)
+    mask = torch.zeros(1, 16, 16)             # a latent-size mask: it does not depend on the image size
+    mask[:, :, :13] = 1
+    out, = _rd(sd15_model, latent=None, image=img, vae=HalfVAE(), drag_json=json.dumps({"regions": [RECT]}),
+               mask=mask, paste_every_step=True, noise_scale=1.0, steps=50)
+    o = out["samples"]
+    assert o.shape == (1, 4, 16, 16) and torch.isfinite(o).all()
+    # the image's pattern ends up on the target cells the image px of the drag name, the rest stays
+    # (up to the last step's σ_min noise on this 0/1 pattern: 0.29 measured)
+    err = float((o[..., 7:11, 8:12] - s[..., 1:5, 1:5]).abs().max())
+    assert err < 0.4, err
+    assert torch.equal(o[..., 13:], s[..., 13:])
+    win = torch.nn.functional.unfold(o, 4)
+    best = int(((win - s[..., 1:5, 1:5].reshape(1, -1, 1)) ** 2).sum(1).argmin())
+    assert divmod(best, 13) == (7, 8)
 
 
 # ---------------------------------------------------------------------------------------------- model shapes

@@ -266,8 +266,9 @@ def test_point_tracking_matches_reference():
         assert torch.equal(pack, _as_xy(ref))
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
-def test_optimisation_matches_reference_step_by_step(masked, monkeypatch):
+@pytest.mark.parametrize("masked,r_p,lr", [(False, 3, 0.05), (True, 3, 0.05), (False, 1, 0.2)],
+                         ids=["no_mask", "mask", "window_r_p1"])
+def test_optimisation_matches_reference_step_by_step(masked, r_p, lr, monkeypatch):
     """The whole latent optimisation on the tiny SD1.5 UNet (ComfyUI, the pack) and its diffusers twin (the
     reference port): per Adam step the tracked handles, the loss (motion supervision + λ mask term) and the gradient
     of z_t, and the final z_t, agree to float tolerance. Two handles, one diagonal (fractional direction); lr 0.05 so
@@ -279,12 +280,12 @@ def test_optimisation_matches_reference_step_by_step(masked, monkeypatch):
         mask_img = torch.zeros(1, IMAGE, IMAGE)
         mask_img[:, 16:48, 8:64] = 1.0
         mask_img[:, 64:104, 72:112] = 1.0
-    iters, lr = 6, 0.05
-    settings = dd.DragSettings(iterations=iters, lr=lr, truncate=not masked)
+    iters = 6
+    settings = dd.DragSettings(iterations=iters, lr=lr, r_p=r_p, truncate=not masked)
     z_pack, res, grads, grid = _pack(model, cond, z, sigmas, handles_px, targets_px, settings, mask_img, monkeypatch)
     assert grid.hw == (64, 64)                                     # = the reference's sup_res (IMAGE / 2)
 
-    args = RefArgs(lr=lr, n_pix_step=iters)
+    args = RefArgs(lr=lr, r_p=r_p, n_pix_step=iters)
     emb = cond[0][0]
     ref_mask = torch.zeros(1, 1, IMAGE, IMAGE) if mask_img is None else mask_img[None]
     ref_mask = F.interpolate(ref_mask, (args.sup_res_h, args.sup_res_w), mode="nearest")
@@ -314,3 +315,21 @@ def test_early_stop_matches_reference(monkeypatch):
                                                  torch.zeros(1, 1, 64, 64), args, acp)
     assert stopped and res.reached and record == [] and res.iterations == 0 and grads == []
     assert torch.allclose(z_pack, z_ref, atol=1e-5)
+
+
+def test_drag_of_exactly_the_threshold_runs_like_reference(monkeypatch):
+    """A handle exactly 2 supervision cells from its target: the official stop test is strict (2.0 < 2.0 is false),
+    so both sides run every Adam step, with the same losses, gradients and latent."""
+    model, unet, cond, t, sigmas, acp, z = _setup()
+    handles_px, targets_px = [(40.0, 40.0)], [(44.0, 40.0)]       # 2 supervision cells apart
+    iters = 2
+    settings = dd.DragSettings(iterations=iters, lr=0.01)
+    z_pack, res, grads, _ = _pack(model, cond, z, sigmas, handles_px, targets_px, settings, None, monkeypatch)
+    args = RefArgs(n_pix_step=iters)
+    h_ref, t_ref = ref_points(handles_px, IMAGE, 64), ref_points(targets_px, IMAGE, 64)
+    assert float((h_ref[0] - t_ref[0]).norm()) == 2.0
+    with torch.enable_grad():
+        z_ref, record, stopped = ref_drag_update(unet, z.clone(), cond[0][0], t, h_ref, t_ref,
+                                                 torch.zeros(1, 1, 64, 64), args, acp)
+    assert not stopped and len(record) == res.iterations == iters and res.history[0].tolist() == [[20.0, 20.0]]
+    _compare(record, z_ref, res, grads, z_pack)

@@ -116,8 +116,13 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
     kw = dict(editing_prompt=["glasses", "snow"], reverse_editing_direction=[False, True],
               edit_guidance_scale=[6.0, 5.0], edit_threshold=[0.7, 0.8], edit_warmup_steps=[0, 2],
               use_cross_attn_mask=True, use_intersect_mask=True)
+    ref_states: list = []
+
+    def on_step(_pipe, _i, _t, tensors):
+        ref_states.append(tensors["latents"].clone())
+        return {}
     with torch.no_grad():
-        ref = pipe(output_type="latent", **kw).images
+        ref = pipe(output_type="latent", callback_on_step_end=on_step, **kw).images
     h.remove()
     e_u, *e_c = embs[0].chunk(3)
     ts, abar, sig = dp.ddim_grid(pipe)
@@ -131,8 +136,16 @@ def test_ledits_pp_nodes_with_cross_attention_masks_match_diffusers():
                                mode="LEDITS++", cross_attention_mask=True)
     counted_model, counter = counted(edit_model)
     sampler = comfy.samplers.KSAMPLER(ef.make_sampler_fn(inv))
-    out = sample_custom(counted_model, [[e_u, {}]], [[e_u, {}]], 1.0, sampler, sig, inv.start / 0.18215)
+    states: list = []
+    out = sample_custom(counted_model, [[e_u, {}]], [[e_u, {}]], 1.0, sampler, sig, inv.start / 0.18215,
+                        callback=lambda i, _x0, x, _n: states.append(x.clone()))
     ours = out * 0.18215 * math.sqrt(abar[-1])
+    # every step's state (the pack's own noise estimates: the t ≤ 800 mask switch, the LEDITS++ σ scaling), not
+    # the final latent alone: the sampler's state before step i+1 = diffusers' latents after step i
+    assert len(states) == len(ref_states) == len(ts)
+    for i in range(len(ts) - 1):
+        torch.testing.assert_close(states[i + 1] * math.sqrt(abar[i + 1]), ref_states[i], rtol=0, atol=2e-4,
+                                   msg=f"state after step {i}")
     torch.testing.assert_close(ours, ref, rtol=0, atol=2e-4)
     # LEDITS++ evaluates uncond + concepts only (as diffusers), in one call per step
     assert counter.calls == [(3, [3, 2, 1])] * len(ts)

@@ -42,16 +42,17 @@ def latent(b=1, c=4, h=8, w=8, seed=3, dtype=torch.float32):
 # ---------------------------------------------------------------------------------------------- the step
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_ddpm_step_equals_ddim_posterior_in_z_form(eta):
-    """x-form step == z-form DDIM posterior z_{t−1} = √ᾱ' x̂0 + √(1−ᾱ'−s²) ε̂ + s n, divided by √ᾱ'."""
+def test_ddpm_step_equals_official_reverse_step_in_z_form(eta):
+    """x-form step == the official DDPM_inversion reverse_step z_{t−1} = √ᾱ' x̂0 + √(1−ᾱ'−η·var) ε̂ + η·√var n,
+    divided by √ᾱ' (at η = 1 DDIM's posterior)."""
     torch.manual_seed(0)
     x, x0h, n = (torch.randn(2, 4, 5, 5, dtype=torch.float64) for _ in range(3))
     for s, sn in [(14.6, 9.1), (3.0, 2.0), (0.5, 0.12), (0.05, 0.03)]:
         ab, abp = 1 / (1 + s * s), 1 / (1 + sn * sn)
-        var = eta ** 2 * (1 - abp) / (1 - ab) * (1 - ab / abp)
+        var = (1 - abp) / (1 - ab) * (1 - ab / abp)
         z = math.sqrt(ab) * x
         eps = (z - math.sqrt(ab) * x0h) / math.sqrt(1 - ab)
-        z_prev = math.sqrt(abp) * x0h + math.sqrt(1 - abp - var) * eps + math.sqrt(var) * n
+        z_prev = math.sqrt(abp) * x0h + math.sqrt(1 - abp - eta * var) * eps + eta * math.sqrt(var) * n
         got = ddpm.ddpm_step(x, x0h, s, sn, n, eta)
         torch.testing.assert_close(got, z_prev / math.sqrt(abp), rtol=1e-10, atol=1e-10)
         # ComfyUI's ancestral step (η=1): σ_up = σ'·sqrt(σ²−σ'²)/σ, σ_down = σ'²/σ
