@@ -12,7 +12,7 @@ setup:
 	@bash .ci/setup.sh
 
 demo: setup
-	$(PY) demo/run.py
+	$(PY) -m demo.run
 
 test: setup $(if $(FRONTEND),frontend)
 	DRAGEDIT_FRONTEND=$(FRONTEND) OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)

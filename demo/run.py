@@ -1,5 +1,7 @@
 """The main job (`make demo`): run the example workflows through the real ComfyUI executor (server + POST
-/prompt) on the bundled shapes model, and write before / after images with the drag arrows drawn to out/demo/."""
+/prompt) on the bundled shapes model, and write before / after images with the drag arrows drawn and a caption
+of what the picture shows (measured by demo/measure.py) to out/demo/, then the sheet docs/demo_results.png
+(tools/demo_sheet.py) when every demo ran."""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +12,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from demo import measure  # noqa: E402
 from tools.support.comfy_server import ComfyServer  # noqa: E402
 from tools.support.workflow_api import ui_to_api  # noqa: E402
 
 DEMOS = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits"]
 SCALE = 8
+TITLES = {"regiondrag": "RegionDrag", "dragdiffusion": "DragDiffusion", "dragdiffusion_lora": "DragDiffusion + LoRA",
+          "dragondiffusion_move": "DragonDiffusion move", "dragondiffusion_drag": "DragonDiffusion drag",
+          "ledits": "LEDITS"}
+# The plain statement a caption prints when a method cannot keep the rest (>= 30 dB outside the edit) on the demo model.
+LIMITS: dict[str, str] = {}
 
 
 def _arrows(drag: dict) -> list[tuple[tuple[float, float], tuple[float, float]]]:
@@ -30,9 +38,18 @@ def _arrows(drag: dict) -> list[tuple[tuple[float, float], tuple[float, float]]]
     return out
 
 
-def _draw(before: Path, after: Path, arrows, dest: Path) -> None:
-    """Side-by-side before | after, upscaled, arrows on the before image."""
-    from PIL import Image, ImageDraw
+def _image(path: Path):
+    """A PNG as a float [3, H, W] tensor in [0, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _draw(before: Path, after: Path, arrows, dest: Path, lines: list[str] = ()) -> None:
+    """Side-by-side before | after, upscaled, arrows on the before image, caption lines below."""
+    from PIL import Image, ImageDraw, ImageFont
     a, b = Image.open(before).convert("RGB"), Image.open(after).convert("RGB")
     w, h = a.size
     a = a.resize((w * SCALE, h * SCALE), Image.NEAREST)
@@ -47,9 +64,14 @@ def _draw(before: Path, after: Path, arrows, dest: Path) -> None:
         ux, uy = vx / n, vy / n
         d.polygon([p1, (p1[0] - 12 * ux + 6 * uy, p1[1] - 12 * uy - 6 * ux),
                    (p1[0] - 12 * ux - 6 * uy, p1[1] - 12 * uy + 6 * ux)], fill=(255, 255, 0))
-    canvas = Image.new("RGB", (a.width * 2 + 8, a.height), (30, 30, 30))
+    font = ImageFont.load_default(size=15)
+    line_h = 20
+    canvas = Image.new("RGB", (a.width * 2 + 8, a.height + 8 + line_h * len(lines)), (30, 30, 30))
     canvas.paste(a, (0, 0))
     canvas.paste(b, (a.width + 8, 0))
+    d = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        d.text((6, a.height + 6 + i * line_h), line, fill=(235, 235, 235), font=font)
     canvas.save(dest)
 
 
@@ -77,15 +99,18 @@ def run_demo(server: ComfyServer, name: str, out: Path, info: dict) -> dict:
         shutil.copy(f, dst)
         res["files"].append(str(dst.relative_to(ROOT)))
     if before and afters:
-        arrows = []
+        arrows, drag_json = [], None
         if drag is not None:
             text = drag["inputs"].get("drag_data") or "{}"
             try:
-                arrows = _arrows(json.loads(text)) if text.strip().startswith("{") else []
+                drag_json = json.loads(text) if text.strip().startswith("{") else None
             except ValueError:
-                arrows = []
+                drag_json = None
+            arrows = _arrows(drag_json) if drag_json else []
+        m = measure.measure(prompt, _image(before), _image(afters[-1]), drag_json)
+        res["measured"] = m
         cmp = out / f"{name}_before_after.png"
-        _draw(before, afters[-1], arrows, cmp)
+        _draw(before, afters[-1], arrows, cmp, measure.caption(TITLES.get(name, name), m, LIMITS.get(name, "")))
         res["files"].append(str(cmp.relative_to(ROOT)))
     return res
 
@@ -111,6 +136,9 @@ def main() -> None:
     finally:
         server.stop()
     print(f"[demo] done: images in {out}")
+    if all((out / f"{n}_before_after.png").exists() for n in DEMOS) and set(DEMOS) <= set(a.workflows):
+        from tools import demo_sheet
+        demo_sheet.main([])
 
 
 if __name__ == "__main__":
