@@ -73,6 +73,20 @@ def print_summary(rows: Sequence[dict]) -> None:
         print(" | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols), flush=True)
 
 
+def markdown(rows: Sequence[dict]) -> str:
+    """The summary rows as a markdown table (medians with the 25-75 % range of PSNR outside)."""
+    def f(v: Any, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+    out = ["| settings | method | kind | seed | n | success | PSNR out median (p25-p75) | ghost median / mean "
+           "| centroid err median | moved < 2 px |", "|" + "---|" * 10]
+    for r in rows:
+        out.append(f"| {r['config']} | {r['method']} | {r['kind']} | {r['seed']} | {r['n']} "
+                   f"| {f(r.get('success'), '.0%')} | {f(r['psnr_out_med'], '.1f')} ({f(r['psnr_out_p25'], '.1f')}-"
+                   f"{f(r['psnr_out_p75'], '.1f')}) | {f(r['ghost_med'], '.2f')} / {f(r['ghost_mean'], '.2f')} "
+                   f"| {f(r.get('cen_err_med'), '.2f')} | {f(r.get('moved_lt2px'), '.0%')} |")
+    return "\n".join(out)
+
+
 def parse_config(text: str) -> tuple[str, list[str]]:
     """'NAME:method.key=value,...' -> (NAME, ['method.key=value', ...])."""
     name, _, sets = text.partition(":")
@@ -84,9 +98,10 @@ def parse_config(text: str) -> tuple[str, list[str]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--seeds", required=True, help="comma list of case-set seeds")
-    ap.add_argument("--methods", required=True, help="comma list of ShapesBench methods")
-    ap.add_argument("--kinds", required=True, help="comma list of case kinds")
+    ap.add_argument("--seeds", default="", help="comma list of case-set seeds")
+    ap.add_argument("--methods", default="", help="comma list of ShapesBench methods")
+    ap.add_argument("--kinds", default="", help="comma list of case kinds")
+    ap.add_argument("--report", nargs="*", default=None, help="print the markdown table of these JSON files and stop")
     ap.add_argument("--cases", type=int, default=10, help="first N cases of each kind per seed")
     ap.add_argument("--config", action="append", default=[], help="NAME:method.key=value,... (repeatable)")
     ap.add_argument("--steps", action="append", default=[], help="as ShapesBench --steps, for every config")
@@ -95,6 +110,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--sheet", type=int, default=4, help="cases per kind in the contact sheets (0 = none)")
     ap.add_argument("--name", default="generalise")
     args = ap.parse_args(argv)
+    if args.report is not None:
+        for path in args.report:
+            print(markdown(json.loads(open(path).read())["summary"]))
+        return 0
+    if not (args.seeds and args.methods and args.kinds):
+        ap.error("--seeds, --methods and --kinds are required for a run")
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
@@ -113,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     out = _util.OUT / f"{args.name}.json"
     recs: list[dict] = []
-    server = ComfyServer(extra_nodes=False).start()
+    server = ComfyServer(extra_nodes=False).start(timeout=900)
     t0 = time.perf_counter()
     try:
         first = S.build_cases(seeds[0])[0]

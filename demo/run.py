@@ -22,7 +22,18 @@ TITLES = {"regiondrag": "RegionDrag", "dragdiffusion": "DragDiffusion", "dragdif
           "dragondiffusion_move": "DragonDiffusion move", "dragondiffusion_drag": "DragonDiffusion drag",
           "ledits": "LEDITS"}
 # The plain statement a caption prints when a method cannot keep the rest (>= 30 dB outside the edit) on the demo model.
-LIMITS: dict[str, str] = {}
+LIMITS: dict[str, str] = {
+    "dragdiffusion": "DragDiffusion cannot move objects the full way on the demo model: the latent optimisation "
+                     "moves features, the decoded object follows only part of the drag (README).",
+    "dragdiffusion_lora": "DragDiffusion cannot move objects the full way on the demo model, with or without the "
+                          "identity LoRA (the model already reconstructs the scene; README).",
+    "dragondiffusion_move": "DragonDiffusion move cannot keep the background at 30 dB on the demo model: its "
+                            "guidance leaves a noise texture and shifts the background colour (README).",
+    "dragondiffusion_drag": "DragonDiffusion drag mode cannot move a whole object on the demo model: it pulls part of "
+                            "it toward the target (use move mode with a mask for objects; README).",
+    "ledits": "LEDITS cannot recolour without changing the rest on the demo model: SEGA guidance tints the "
+              "background (README).",
+}
 
 
 def _arrows(drag: dict) -> list[tuple[tuple[float, float], tuple[float, float]]]:
@@ -64,8 +75,10 @@ def _draw(before: Path, after: Path, arrows, dest: Path, lines: list[str] = ()) 
         ux, uy = vx / n, vy / n
         d.polygon([p1, (p1[0] - 12 * ux + 6 * uy, p1[1] - 12 * uy - 6 * ux),
                    (p1[0] - 12 * ux - 6 * uy, p1[1] - 12 * uy + 6 * ux)], fill=(255, 255, 0))
+    import textwrap
     font = ImageFont.load_default(size=15)
     line_h = 20
+    lines = [part for line in lines for part in textwrap.wrap(line, 64)]
     canvas = Image.new("RGB", (a.width * 2 + 8, a.height + 8 + line_h * len(lines)), (30, 30, 30))
     canvas.paste(a, (0, 0))
     canvas.paste(b, (a.width + 8, 0))
@@ -121,7 +134,7 @@ def main() -> None:
     a = ap.parse_args()
     out = ROOT / "out" / "demo"
     out.mkdir(parents=True, exist_ok=True)
-    server = ComfyServer(base=ROOT / ".host" / "demo-base", extra_nodes=False).start()
+    server = ComfyServer(base=ROOT / ".host" / "demo-base", extra_nodes=False).start(timeout=600)
     try:
         info = server.get("/object_info")
         results = []

@@ -20,7 +20,8 @@ def test_nothing_moved_and_a_changed_background_are_reported():
     m = M.measure(MOVE, R.render(sc), R.render(sc) * 0.8, DRAG)
     assert abs(m["moved_px"]) < 0.5 and m["psnr_outside"] < 30 and not m["kept"]
     lines = M.caption("DragonDiffusion move", m, "It cannot on the demo model.")
-    assert "below 30 dB" in lines[1] and "cannot" in lines[1] and "0.0 of 10.8 px" in lines[0]
+    assert "below 30 dB" in lines[1] and "0.0 of 10.8 px" in lines[0] and lines[2] == "It cannot on the demo model."
+    assert len(M.caption("RegionDrag", M.measure(MOVE, R.render(sc), R.render(sc.moved(0, 9.0, 6.0)), DRAG))) == 2
 
 
 def test_a_recolour_names_the_new_colour_and_a_failed_one_does_not():
