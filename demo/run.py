@@ -100,7 +100,7 @@ def run_demo(server: ComfyServer, name: str, out: Path, info: dict) -> dict:
     if scene is not None:
         prompt["before"] = {"class_type": "SaveImage", "inputs": {"images": [scene, 0], "filename_prefix": f"demo_{name}_before"}}
     t0 = time.time()
-    entry = server.run_prompt(prompt, timeout=600)
+    entry = server.run_prompt(prompt, timeout=3600)   # a loaded CPU: LoRA training alone can take half an hour
     secs = time.time() - t0
     files = server.output_images(entry)
     before = next((f for f in files if f.name.startswith(f"demo_{name}_before")), None)
@@ -131,10 +131,13 @@ def run_demo(server: ComfyServer, name: str, out: Path, info: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("workflows", nargs="*", default=DEMOS)
+    ap.add_argument("--out", default=None, help="folder for the pictures (default out/demo; another folder gets its "
+                                                "own server base, so two runs can be compared)")
     a = ap.parse_args()
-    out = ROOT / "out" / "demo"
+    out = Path(a.out).resolve() if a.out else ROOT / "out" / "demo"
     out.mkdir(parents=True, exist_ok=True)
-    server = ComfyServer(base=ROOT / ".host" / "demo-base", extra_nodes=False).start(timeout=600)
+    base = ROOT / ".host" / "demo-base" if a.out is None else out / "comfy-base"
+    server = ComfyServer(base=base, extra_nodes=False).start(timeout=600)
     try:
         info = server.get("/object_info")
         results = []
@@ -149,7 +152,7 @@ def main() -> None:
     finally:
         server.stop()
     print(f"[demo] done: images in {out}")
-    if all((out / f"{n}_before_after.png").exists() for n in DEMOS) and set(DEMOS) <= set(a.workflows):
+    if a.out is None and set(DEMOS) <= set(a.workflows):
         from tools import demo_sheet
         demo_sheet.main([])
 
