@@ -49,6 +49,7 @@ def summary(recs: Sequence[dict]) -> list[dict]:
                                "err": len(rs) - len(ok)}
         if kind not in S.GEOMETRIC:
             row["success"] = sum(1 for r in ok if r.get("success")) / max(len(rs), 1)
+            row["success_28db"] = sum(1 for r in ok if r.get("success") and r["psnr_out"] >= 28.0) / max(len(rs), 1)
         row["psnr_out_med"] = _q(ps, 0.5)
         row["psnr_out_p25"] = _q(ps, 0.25)
         row["psnr_out_p75"] = _q(ps, 0.75)
@@ -77,11 +78,11 @@ def markdown(rows: Sequence[dict]) -> str:
     """The summary rows as a markdown table (medians with the 25-75 % range of PSNR outside)."""
     def f(v: Any, fmt: str) -> str:
         return "" if v is None else format(v, fmt)
-    out = ["| settings | method | kind | seed | n | success | PSNR out median (p25-p75) | ghost median / mean "
-           "| centroid err median | moved < 2 px |", "|" + "---|" * 10]
+    out = ["| settings | method | kind | seed | n | success | success and >= 28 dB | PSNR out median (p25-p75) "
+           "| ghost median / mean | centroid err median | within 2 px |", "|" + "---|" * 11]
     for r in rows:
         out.append(f"| {r['config']} | {r['method']} | {r['kind']} | {r['seed']} | {r['n']} "
-                   f"| {f(r.get('success'), '.0%')} | {f(r['psnr_out_med'], '.1f')} ({f(r['psnr_out_p25'], '.1f')}-"
+                   f"| {f(r.get('success'), '.0%')} | {f(r.get('success_28db'), '.0%')} | {f(r['psnr_out_med'], '.1f')} ({f(r['psnr_out_p25'], '.1f')}-"
                    f"{f(r['psnr_out_p75'], '.1f')}) | {f(r['ghost_med'], '.2f')} / {f(r['ghost_mean'], '.2f')} "
                    f"| {f(r.get('cen_err_med'), '.2f')} | {f(r.get('moved_lt2px'), '.0%')} |")
     return "\n".join(out)
@@ -111,8 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--name", default="generalise")
     args = ap.parse_args(argv)
     if args.report is not None:
+        _util.setup()
         for path in args.report:
-            print(markdown(json.loads(open(path).read())["summary"]))
+            print(markdown(summary(json.loads(open(path).read())["records"])))
         return 0
     if not (args.seeds and args.methods and args.kinds):
         ap.error("--seeds, --methods and --kinds are required for a run")

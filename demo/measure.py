@@ -15,6 +15,21 @@ KEPT_DB = 30.0       # dB outside the edit region: the rest of the picture count
 EDIT_DILATE = 2      # px the edit region is grown by (bench/shapes_cases.py EDIT_DILATE)
 
 
+def prompt_of_ui(workflow: dict) -> dict:
+    """The parts of a UI-format workflow that `measure` reads (Shapes Scene seed / shapes, prompt texts, drag
+    JSON) in API form, without a server's /object_info: for redrawing saved demo pictures."""
+    out = {}
+    for n in workflow.get("nodes", []):
+        w = n.get("widgets_values") or []
+        if n["type"] == "DragEditShapesScene":
+            out[str(n["id"])] = {"class_type": n["type"], "inputs": {"seed": w[0], "shapes": w[2]}}
+        elif n["type"] == "CLIPTextEncode":
+            out[str(n["id"])] = {"class_type": n["type"], "inputs": {"text": w[0] if w else ""}}
+        elif n["type"] == "DragInstructions":
+            out[str(n["id"])] = {"class_type": n["type"], "inputs": {"drag_data": w[0] if w else "{}"}}
+    return out
+
+
 def scene_of(prompt: dict) -> Optional[R.Scene]:
     """The scene the API prompt's Shapes Scene node draws (None without one)."""
     node = next((v for v in prompt.values() if v["class_type"] == "DragEditShapesScene"), None)
@@ -87,8 +102,10 @@ def measure(prompt: dict, before: torch.Tensor, after: torch.Tensor, drag: Optio
         for colour in ([new] if new in R.PALETTE else []) + [s.colour]:
             found = R.classify(after, colour)
             c = R.centroid(after, colour)
-            if found is not None and c is not None and math.hypot(c[0] - s.x * size / 32, c[1] - s.y * size / 32) < 4:
+            if found is not None and c is not None:
+                off = math.hypot(c[0] - s.x * size / 32, c[1] - s.y * size / 32)
                 res["now"] = f"{colour} {found[0]}"
+                res["off_px"] = round(off, 1)
                 break
     outside = ~_dilate(region, EDIT_DILATE)
     res["psnr_outside"] = round(_psnr(after.float(), before.float(), outside), 1)
@@ -101,7 +118,7 @@ def edit_reached(m: dict) -> bool:
     the asked colour and kind at the object's place."""
     if "asked_px" in m:
         return m["moved_px"] is not None and m["moved_px"] >= 0.5 * m["asked_px"]
-    return m.get("asked") is not None and m.get("now") == m["asked"]
+    return m.get("asked") is not None and m.get("now") == m["asked"] and m.get("off_px", 0.0) < 2.0
 
 
 def caption(title: str, m: Optional[dict], limit: str = "") -> list[str]:
@@ -115,6 +132,8 @@ def caption(title: str, m: Optional[dict], limit: str = "") -> list[str]:
         what = f"{m['object']} moved {moved}"
     else:
         what = f"{m['object']} -> {m.get('asked') or '?'}: now {m['now'] or 'no clear object'}"
+        if m["now"] and m.get("off_px", 0.0) >= 2.0:
+            what += f", {m['off_px']:.1f} px off its place"
     rest = f"outside the edit {m['psnr_outside']:.1f} dB"
     rest += f" (>= {KEPT_DB:.0f} dB: rest kept)" if m["kept"] else f": below {KEPT_DB:.0f} dB, the rest changes"
     lines = [f"{title}: {what}", rest]

@@ -9,6 +9,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +32,8 @@ LIMITS: dict[str, str] = {
                             "guidance leaves a noise texture and shifts the background colour (README).",
     "dragondiffusion_drag": "DragonDiffusion drag mode cannot move a whole object on the demo model: it pulls part of "
                             "it toward the target (use move mode with a mask for objects; README).",
-    "ledits": "LEDITS cannot recolour without changing the rest on the demo model: SEGA guidance tints the "
-              "background (README).",
+    "ledits": "LEDITS cannot recolour cleanly on the demo model: the guidance also shifts the object and tints the "
+              "background (about 6 in 10 recolours succeed; README).",
 }
 
 
@@ -112,20 +113,40 @@ def run_demo(server: ComfyServer, name: str, out: Path, info: dict) -> dict:
         shutil.copy(f, dst)
         res["files"].append(str(dst.relative_to(ROOT)))
     if before and afters:
-        arrows, drag_json = [], None
-        if drag is not None:
-            text = drag["inputs"].get("drag_data") or "{}"
-            try:
-                drag_json = json.loads(text) if text.strip().startswith("{") else None
-            except ValueError:
-                drag_json = None
-            arrows = _arrows(drag_json) if drag_json else []
-        m = measure.measure(prompt, _image(before), _image(afters[-1]), drag_json)
-        res["measured"] = m
-        cmp = out / f"{name}_before_after.png"
-        _draw(before, afters[-1], arrows, cmp, measure.caption(TITLES.get(name, name), m, LIMITS.get(name, "")))
-        res["files"].append(str(cmp.relative_to(ROOT)))
+        res["measured"] = compare(name, prompt, before, afters[-1], out)
+        res["files"].append(str((out / f"{name}_before_after.png").relative_to(ROOT)))
     return res
+
+
+def compare(name: str, prompt: dict, before: Path, after: Path, out: Path) -> Optional[dict]:
+    """Measure one demo (demo/measure.py) and draw out/<name>_before_after.png with the arrows and the caption."""
+    drag = next((v for v in prompt.values() if v["class_type"] == "DragInstructions"), None)
+    drag_json = None
+    if drag is not None:
+        text = drag["inputs"].get("drag_data") or "{}"
+        try:
+            drag_json = json.loads(text) if text.strip().startswith("{") else None
+        except ValueError:
+            drag_json = None
+    m = measure.measure(prompt, _image(before), _image(after), drag_json)
+    _draw(before, after, _arrows(drag_json) if drag_json else [], out / f"{name}_before_after.png",
+          measure.caption(TITLES.get(name, name), m, LIMITS.get(name, "")))
+    return m
+
+
+def redraw(names: list[str], out: Path) -> list[dict]:
+    """Re-measure and redraw saved pictures (out/<name>_before.png, _after.png) without running ComfyUI."""
+    results = []
+    for name in names:
+        before, after = out / f"{name}_before.png", out / f"{name}_after.png"
+        if not (before.exists() and after.exists()):
+            print(f"[demo] {name}: no saved pictures in {out}, skipped")
+            continue
+        wf = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+        m = compare(name, measure.prompt_of_ui(wf), before, after, out)
+        results.append({"workflow": name, "measured": m})
+        print(f"[demo] {name}: {m}")
+    return results
 
 
 def main() -> None:
@@ -133,9 +154,17 @@ def main() -> None:
     ap.add_argument("workflows", nargs="*", default=DEMOS)
     ap.add_argument("--out", default=None, help="folder for the pictures (default out/demo; another folder gets its "
                                                 "own server base, so two runs can be compared)")
+    ap.add_argument("--redraw", action="store_true", help="only re-measure and redraw the saved pictures")
     a = ap.parse_args()
     out = Path(a.out).resolve() if a.out else ROOT / "out" / "demo"
     out.mkdir(parents=True, exist_ok=True)
+    if a.redraw:
+        results = redraw(a.workflows, out)
+        (out / "demo.json").write_text(json.dumps(results, indent=2))
+        if a.out is None and set(DEMOS) <= set(a.workflows):
+            from tools import demo_sheet
+            demo_sheet.main([])
+        return
     base = ROOT / ".host" / "demo-base" if a.out is None else out / "comfy-base"
     server = ComfyServer(base=base, extra_nodes=False).start(timeout=600)
     try:

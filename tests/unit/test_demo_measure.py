@@ -30,3 +30,10 @@ def test_a_recolour_names_the_new_colour_and_a_failed_one_does_not():
     assert good["now"] == "blue square" and good["kept"]
     bad = M.measure(LEDITS, R.render(sc), R.render(sc), None)
     assert bad["now"] == "red square"
+
+
+def test_a_recolour_that_also_moves_the_object_is_not_a_clean_edit():
+    sc = M.scene_of(LEDITS)
+    m = M.measure(LEDITS, R.render(sc), R.render(sc.recoloured(0, "blue").moved(0, 5.0, 0.0)), None)
+    assert m["now"] == "blue square" and m["off_px"] > 4.0 and not M.edit_reached(m)
+    assert "px off its place" in M.caption("LEDITS", m)[0]
