@@ -14,6 +14,8 @@ contact sheets out/bench/shapesbench/<method>.png (input | ground truth | output
     python -m bench.shapesbench                       # full run (108 cases, every method; ~12 min, 1 CPU thread)
     python -m bench.shapesbench --cases 14 --methods regiondrag,ledits
     python -m bench.shapesbench --steps 10 --steps dragondiffusion=12 --set dragdiffusion.iterations=20
+    python -m bench.shapesbench --seed 101 --methods ledits --kinds concept_recolour,concept_remove --cases 20
+                                                      # another drawn case set (generalisation: docs/generalisation.md)
 """
 from __future__ import annotations
 
@@ -494,6 +496,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the bench process and the server")
     ap.add_argument("--name", default=NAME, help="output name under out/bench/")
     ap.add_argument("--sheet", type=int, default=3, help="cases per kind in the contact sheets (0 = none)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the drawn case set (default: the public seed, bench/shapes_cases.py SEED)")
     args = ap.parse_args(argv)
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -519,7 +523,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bad = [k for k in kinds if k not in S.KINDS]
     if bad:
         ap.error(f"unknown kind(s) {bad}; known: {list(S.KINDS)}")
-    all_cases = S.build_cases()
+    seed = S.SEED if args.seed is None else args.seed
+    all_cases = S.build_cases(seed)
     cases = select_cases(all_cases, args.cases, kinds)
 
     weights = weights_info()          # before the server loads them (another job may replace the file later)
@@ -545,7 +550,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extra = {
         "device": _util.device_name(),
         "weights": weights,
-        "cases": f"{len(cases)} of {len(all_cases)} (case set {S.fingerprint(all_cases)}, seed {S.SEED})",
+        "cases": f"{len(cases)} of {len(all_cases)} (case set {S.fingerprint(all_cases)}, seed {seed})",
         "missing": facts["missing"] or "none",
         "vae_roundtrip (LoadImage -> VAE Encode -> VAE Decode -> SaveImage)": facts.get("vae_roundtrip"),
         "total_s": round(total, 1),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 from PIL import Image
 
@@ -10,8 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits"]
 
 
-def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "demo_results.png"
+def main(argv: Optional[list[str]] = None) -> None:
+    """Stack out/demo/<name>_before_after.png into docs/demo_results.png (or the path given); `make demo` calls it."""
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(argv[0]) if argv else ROOT / "docs" / "demo_results.png"
     ims = [Image.open(ROOT / "out" / "demo" / f"{n}_before_after.png").convert("RGB") for n in NAMES]
     w, gap = max(i.width for i in ims), 8
     sheet = Image.new("RGB", (w, sum(i.height for i in ims) + gap * (len(ims) - 1)), (30, 30, 30))
@@ -19,7 +22,7 @@ def main() -> None:
     for im in ims:
         sheet.paste(im, (0, y))
         y += im.height + gap
-    sheet.resize((sheet.width // 2, sheet.height // 2), Image.LANCZOS).save(out)
+    sheet.save(out)   # full size: the captions stay readable
     print(f"wrote {out}")
 
 

@@ -386,6 +386,7 @@ def test_ledits_edit_node_on_the_shapes_model():
     # on ShapesBench case concept_recolour-02 (public seed) with the bench's LEDITS++ settings: the purple square
     # turns green, the rest of the scene stays (measured: classified green square, 32.9 dB outside the edit region)
     from bench import shapes_cases as S
+    from bench import shapes_scoring as M
     case = [c for c in S.build_cases() if c.id == "concept_recolour-02"][0]
     src = S.input_image(case)
     (new, _), (old, _) = case.concepts
@@ -396,9 +397,9 @@ def test_ledits_edit_node_on_the_shapes_model():
                          concept_1=enc(new), scale_1=15.0, concept_2=enc(old), direction_2="remove", scale_2=15.0)
     got = image2[0].permute(2, 0, 1)
     others = [s for j, s in enumerate(case.scene.shapes) if j != case.obj]
-    assert S.classify_object(src, S.object_region(case.shape, others))[0] == "purple"
-    assert S.classify_object(got, S.object_region(case.shape, others)) == ("green", "square")
-    assert S.psnr(got, src, ~S.edit_region(case)) > 30.0
+    assert M.classify_object(src, M.object_region(case.shape, others))[0] == "purple"
+    assert M.classify_object(got, M.object_region(case.shape, others)) == ("green", "square")
+    assert M.psnr(got, src, ~M.edit_region(case)) > 30.0
 
 
 @pytest.mark.slow

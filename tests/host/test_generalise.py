@@ -1,0 +1,26 @@
+"""ShapesBench case sets by seed and the generalisation summary (bench/generalise.py), without a server."""
+from bench import generalise as G
+from bench import shapes_cases as S
+from bench import shapes_scoring as M
+
+
+def test_a_seed_draws_its_own_case_set_and_always_the_same_one():
+    a, b = S.build_cases(101), S.build_cases(202)
+    assert S.fingerprint(a) == S.fingerprint(S.build_cases(101))
+    assert S.fingerprint(a) != S.fingerprint(b) != S.fingerprint(S.build_cases())
+    assert [c.kind for c in a] == [c.kind for c in b]          # same stratified order, other scenes
+
+
+def test_summary_counts_success_only_at_28_db_and_reports_the_moved_share():
+    case = next(c for c in S.build_cases(101) if c.kind == "move")
+    gt = S.gt_image(case)
+    m = M.case_metrics(case, gt)                                  # a perfect edit: moved 100 %
+    recs = [{"config": "x", "method": "m", "kind": "move", "seed": 101, "case": case.id, "status": "ok",
+             "seconds": 1.0, **m}]
+    recs += [{"config": "x", "method": "l", "kind": "concept_recolour", "seed": 101, "case": f"c{i}", "status": "ok",
+              "seconds": 1.0, "psnr_out": p, "ghost": 0.0, "success": ok}
+             for i, (p, ok) in enumerate([(30.0, True), (25.0, True), (35.0, False), (29.0, True)])]
+    rows = {r["method"]: r for r in G.summary(recs)}
+    assert rows["l"]["success"] == 0.75 and rows["l"]["success_28db"] == 0.5
+    assert abs(rows["m"]["moved_med"] - 1.0) < 0.1 and rows["m"]["moved_lt2px"] == 1.0
+    assert "| x | l | concept_recolour | 101 | 4 | 75% | 50% |" in G.markdown(G.summary(recs))
