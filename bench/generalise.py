@@ -59,7 +59,6 @@ def summary(recs: Sequence[dict]) -> list[dict]:
     """Rows (config, method, kind, seed): n, errors, success share (concept kinds), median PSNR outside with its
     25-75% range, median / mean ghost, median centroid error and the share under 2 px (geometric kinds)."""
     from bench import shapes_cases as S
-    from bench import shapes_scoring as M
     keys = list(dict.fromkeys((r["config"], r["method"], r["kind"], r["seed"]) for r in recs))
     rows = []
     for cfg, method, kind, seed in keys:
@@ -148,7 +147,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     _util.setup()
     from bench import shapes_cases as S
-    from bench import shapes_scoring as M
     from bench import shapesbench as SB
     from tools.support.comfy_server import ComfyServer
 
