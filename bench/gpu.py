@@ -31,7 +31,7 @@ from typing import Any, Callable
 from bench import _util  # noqa: E402
 
 FAMILIES = {"sd15": 64, "sdxl": 128}          # latent side: 512x512 and 1024x1024 images
-TINY_LATENT = 8
+TINY_LATENT = 16
 PLACEMENTS = ("offload", "pinned", "gpu")
 
 
