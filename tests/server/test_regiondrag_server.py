@@ -27,11 +27,11 @@ def test_region_drag_prompt_through_server(comfy_server):
         "4": {"class_type": "DragEditRegionDrag", "inputs": {
             "model": ["1", 0], "positive": ["2", 0], "latent": ["3", 0], "drag_json": _json(regions=[RECT]),
             "steps": 10, "strength": 0.5, "noise_scale": 0.6, "seed": 42}},
-        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "regiondrag"}},
+        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "server_test_regiondrag_prompt"}},
     }
     comfy_server.run_prompt(g)
     import safetensors.torch
-    out = sorted((comfy_server.base / "output").glob("regiondrag*.latent"))[-1]
+    out = sorted((comfy_server.base / "output").glob("server_test_regiondrag_prompt*.latent"))[-1]
     t = safetensors.torch.load_file(out)["latent_tensor"]
     assert t.shape == (1, 4, 16, 16) and torch.isfinite(t).all()
     info = comfy_server.get("/object_info/DragEditRegionDrag")["DragEditRegionDrag"]
