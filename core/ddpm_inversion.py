@@ -31,6 +31,7 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 
 from . import seeds
+from .noise_map_states import NoiseMapStates
 
 __all__ = [
     "DenoiseFn", "Inversion", "ancestral_sigmas", "ddpm_step", "check_sigmas", "invert_edit_friendly",
@@ -93,7 +94,7 @@ def check_sigmas(sigmas: torch.Tensor, what: str = "sigmas") -> torch.Tensor:
 
 
 @dataclass
-class Inversion:
+class Inversion(NoiseMapStates):
     """Result of an edit-friendly inversion (owned by one INVERSION object; immutable by convention).
 
     sigmas: (S+1,) descending grid this inversion covers (after any skip); xts: (S+1, B, C, H, W) sampler states,
@@ -115,34 +116,7 @@ class Inversion:
     residual: Optional[torch.Tensor] = None
     skipped: int = 0
 
-    @property
-    def steps(self) -> int:
-        """Number of reverse steps S."""
-        return int(self.sigmas.numel()) - 1
-
-    @property
-    def start(self) -> torch.Tensor:
-        """The start latent x_{T−skip} (= xts[0]) in sampler units."""
-        return self.xts[0]
-
-    @property
-    def num_latents(self) -> int:
-        return int(self.xts.shape[0]) if self.xts.numel() else 0
-
-    def latent(self, i: int) -> torch.Tensor:
-        """The state xts[i] at sigmas[i]."""
-        return self.xts[i]
-
-    @property
-    def noise_maps(self) -> "Inversion":
-        return self
-
-    def release(self) -> None:
-        """Release the cached tensors (states, noise maps, residual)."""
-        empty = self.xts.new_zeros((0,))
-        self.xts, self.zs, self.residual = empty, empty, None
-
-    free = release
+    free = NoiseMapStates.release
 
     def skip(self, n: int) -> "Inversion":
         """Drop the first n noisiest steps: start from xts[n] and use only the matching noise maps."""

@@ -25,6 +25,7 @@ import torch
 
 from . import host
 from .ddpm_inversion import _fit, _make_generator, check_sigmas
+from .noise_map_states import NoiseMapStates
 from .schedule import flow_step, flow_step_terms
 
 SOLVERS = ("euler", "rf_solver", "fireflow")
@@ -108,7 +109,7 @@ class FlowInversion:
 # --------------------------------------------------------------------------------------------------------------
 
 @dataclass
-class EditFriendlyFlowInversion:
+class EditFriendlyFlowInversion(NoiseMapStates):
     """Result of an edit-friendly flow inversion (an INVERSION that is its own noise maps, no K/V).
     sigmas: (S+1,) descending grid; xts: (S+1, B, C, H, W) states, xts[0] the start, xts[S] the clean latent;
     zs: (S, B, C, H, W) noise maps (zero for the step to σ = 0); residual: x0 − x̂0 of the last step; eta: η."""
@@ -120,29 +121,6 @@ class EditFriendlyFlowInversion:
     eta: float
     residual: Optional[torch.Tensor] = None
     model_id: int = 0
-
-    @property
-    def steps(self) -> int:
-        return int(self.sigmas.numel()) - 1
-
-    @property
-    def start(self) -> torch.Tensor:
-        return self.xts[0]
-
-    @property
-    def num_latents(self) -> int:
-        return int(self.xts.shape[0]) if self.xts.numel() else 0
-
-    def latent(self, i: int) -> torch.Tensor:
-        return self.xts[i]
-
-    @property
-    def noise_maps(self) -> "EditFriendlyFlowInversion":
-        return self
-
-    def release(self) -> None:
-        empty = self.xts.new_zeros((0,))
-        self.xts, self.zs, self.residual = empty, empty, None
 
     def match_sigmas(self, sigmas: torch.Tensor) -> int:
         """Offset k with `sigmas` = this inversion's sigmas[k : k+len]; ValueError naming both grids otherwise."""
