@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from PIL import Image
 
 from tools.support import browser_util as bu
@@ -54,7 +55,11 @@ def _load_inverted(cp: bu.ComfyPage, drag_type: str, drag_data: str = "") -> bu.
     assert not res["unknown"] and not res["missing"], res
     cp.show_node(2, scale=0.9)
     cp.page.wait_for_timeout(500)
-    return cp.editor(2)
+    ed = cp.editor(2)
+    if cp.vue_nodes and "Nodes 2.0" in ed.host_note():
+        # Frontend 1.27.x: its Nodes 2.0 renderer mounts no DOM widgets; the node shows a note instead.
+        pytest.skip(f"frontend {bu.frontend_version()}: its Nodes 2.0 renderer shows no DOM widgets")
+    return ed
 
 
 def _points(ed: bu.EditorHandle) -> list:
@@ -150,12 +155,17 @@ def _hint_fits_and_what_it_says_works(cp: bu.ComfyPage, drag_type: str) -> None:
     box = cp.node_box(2)
     cp.page.mouse.click(box["x"] + box["width"] / 2, box["y"] + 12)
     before = set(cp.server.get("/history?max_items=1000"))
-    play = cp.page.wait_for_function(
-        """([x0, x1, top]) => Array.from(document.querySelectorAll("button:has(i[class*='lucide--play'])")).find(b => {
-             const r = b.getBoundingClientRect();
-             return r.width > 0 && r.bottom <= top + 5 && r.top >= top - 120 && r.left >= x0 - 40 && r.right <= x1 + 40; })""",
-        arg=[box["x"], box["x"] + box["width"], box["y"]], timeout=5_000).as_element()
-    play.click()
+    try:
+        play = cp.page.wait_for_function(
+            """([x0, x1, top]) => Array.from(document.querySelectorAll("button:has(i[class*='lucide--play'])")).find(b => {
+                 const r = b.getBoundingClientRect();
+                 return r.width > 0 && r.bottom <= top + 5 && r.top >= top - 120 && r.left >= x0 - 40 && r.right <= x1 + 40; })""",
+            arg=[box["x"], box["x"] + box["width"], box["y"]], timeout=5_000).as_element()
+        play.click()
+    except PlaywrightTimeout:
+        # frontends without the selection toolbar (1.27, ComfyUI 0.3.64): the hint's other name, the canvas menu's
+        # "Queue Selected Output Nodes" command
+        cp.page.evaluate("() => app.extensionManager.command.execute('Comfy.QueueSelectedOutputNodes')")
     entry = _wait_new_entry(cp, before)
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert set(entry["outputs"]) == {"2"}, entry["outputs"]            # the editor's branch only
