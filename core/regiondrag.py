@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from . import ddpm_inversion as ef
-from . import host, seeds
+from . import host, schedule, seeds
 from .drag_schema import DragInstructions
 from .geometry import CellPairs, GeometryError, Grid, correspondences, idw, region_outline
 from .inversion import Inversion, kv_estimate
@@ -444,24 +444,18 @@ def copy_paste_sampler_fn(inner: Callable[..., torch.Tensor], inversion: Any, pl
     inversion's. Multistep samplers run as their one-step form (their history restarts after each paste)."""
     sig_inv, state_at = cached_states(inversion)
 
-    def index_of(s: float) -> Optional[int]:
-        d = (sig_inv - s).abs()
-        k = int(torch.argmin(d))
-        return k if float(d[k]) <= SIGMA_RTOL * max(abs(s), 1e-3) + 1e-6 else None
-
     def sample_copy_paste(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
                           extra_args: Optional[dict] = None, callback: Optional[Callable[[dict], Any]] = None,
                           disable: Optional[bool] = None, **kw: Any) -> torch.Tensor:
         extra_args = {} if extra_args is None else extra_args
         s_run = sigmas.detach().to("cpu", torch.float64).reshape(-1)
         n = s_run.numel() - 1
-        idx = [index_of(float(s)) for s in s_run]
-        missing = [i for i, k in enumerate(idx) if k is None]
-        if missing:
+        idx = schedule.match_indices(s_run, sig_inv, SIGMA_RTOL)
+        if idx is None:   # the node checks this first with the user-facing message (nodes/_inputs.check_schedule)
             raise RegionDragError("sigmas", "Latent Copy-Paste: the sampler's sigmas "
-                                            f"{[round(float(s), 4) for s in s_run[:6]]}... are not the INVERSION's "
-                                            f"{[round(float(s), 4) for s in sig_inv[:6]]}... (step {missing[0]} has "
-                                            "no cached latent); feed the inversion's SIGMAS to SamplerCustom")
+                                            f"{[round(float(s), 4) for s in s_run[:6]]}... are not among the "
+                                            f"INVERSION's {[round(float(s), 4) for s in sig_inv[:6]]}... in order; "
+                                            "feed the inversion's SIGMAS to SamplerCustom")
         if tuple(x.shape[-2:]) != tuple(plan.latent_hw):
             raise RegionDragError("drag", f"the drag is for a {plan.latent_hw[1]}x{plan.latent_hw[0]} latent but the "
                                           f"sampler's latent is {x.shape[-1]}x{x.shape[-2]}")

@@ -84,10 +84,9 @@ def flow_step_terms(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float, sigma_n
     return mu, up
 
 
-def match_run(run: torch.Tensor, grid: torch.Tensor, contiguous: bool = False, rtol: float = 1e-4) -> int | None:
-    """Index in `grid` (descending sigmas) of the first sigma of `run` when every sigma of `run` is one of the
-    grid's, in order (`contiguous`: a contiguous run grid[k:k+len(run)], e.g. a SplitSigmas part); else None.
-    Sigmas match within rtol·max(σ, 1e-3) + 1e-6."""
+def match_indices(run: torch.Tensor, grid: torch.Tensor, rtol: float = 1e-4) -> list[int] | None:
+    """For each sigma of `run`, its index in `grid` (descending sigmas), when every one is among the grid's and
+    they come in the grid's order; else None. Sigmas match within rtol·max(σ, 1e-3) + 1e-6."""
     r = torch.as_tensor(run, dtype=torch.float64).reshape(-1)
     g = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
     if r.numel() == 0 or g.numel() == 0 or not bool(torch.isfinite(r).all()):
@@ -101,6 +100,13 @@ def match_run(run: torch.Tensor, grid: torch.Tensor, contiguous: bool = False, r
         idx.append(k)
     if any(b <= a for a, b in zip(idx, idx[1:])):
         return None
-    if contiguous and any(b != a + 1 for a, b in zip(idx, idx[1:])):
+    return idx
+
+
+def match_run(run: torch.Tensor, grid: torch.Tensor, contiguous: bool = False, rtol: float = 1e-4) -> int | None:
+    """Index in `grid` (descending sigmas) of the first sigma of `run` when every sigma of `run` is one of the
+    grid's, in order (`contiguous`: a contiguous run grid[k:k+len(run)], e.g. a SplitSigmas part); else None."""
+    idx = match_indices(run, grid, rtol)
+    if idx is None or (contiguous and any(b != a + 1 for a, b in zip(idx, idx[1:]))):
         return None
     return idx[0]

@@ -90,8 +90,11 @@ class ComfyServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> "ComfyServer":
-        """Lay out the base directory, start main.py and wait until it answers."""
+    def start(self, timeout: float | None = None) -> "ComfyServer":
+        """Lay out the base directory, start main.py and wait until it answers (up to `timeout` s; default
+        $DRAGEDIT_SERVER_START_TIMEOUT or 300: a loaded 2-core machine takes minutes to import ComfyUI)."""
+        if timeout is None:
+            timeout = float(os.environ.get("DRAGEDIT_SERVER_START_TIMEOUT", "300"))
         cn = self.base / "custom_nodes"
         cn.mkdir(parents=True, exist_ok=True)
         for d in ("input", "output", "temp", "user"):
