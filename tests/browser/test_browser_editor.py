@@ -157,15 +157,17 @@ def _hint_fits_and_what_it_says_works(cp: bu.ComfyPage, drag_type: str) -> None:
     before = set(cp.server.get("/history?max_items=1000"))
     try:
         play = cp.page.wait_for_function(
-            """([x0, x1, top]) => Array.from(document.querySelectorAll("button:has(i[class*='lucide--play'])")).find(b => {
+            """([x0, x1, top]) => Array.from(document.querySelectorAll(".selection-toolbox button:has(i[class*='lucide--play'])")).find(b => {
                  const r = b.getBoundingClientRect();
                  return r.width > 0 && r.bottom <= top + 5 && r.top >= top - 120 && r.left >= x0 - 40 && r.right <= x1 + 40; })""",
             arg=[box["x"], box["x"] + box["width"], box["y"]], timeout=5_000).as_element()
         play.click()
     except PlaywrightTimeout:
         # frontends without the selection toolbar (1.27, ComfyUI 0.3.64): the hint's other name, the canvas menu's
-        # "Queue Selected Output Nodes" command
-        cp.page.evaluate("() => app.extensionManager.command.execute('Comfy.QueueSelectedOutputNodes')")
+        # "Queue Selected Output Nodes" command, with the editor node selected as the click above would
+        cp.page.evaluate("""() => { const n = app.graph.getNodeById(2); app.canvas.deselectAllNodes?.();
+                                   app.canvas.selectNode(n);
+                                   return app.extensionManager.command.execute('Comfy.QueueSelectedOutputNodes'); }""")
     entry = _wait_new_entry(cp, before)
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert set(entry["outputs"]) == {"2"}, entry["outputs"]            # the editor's branch only
