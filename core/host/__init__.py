@@ -13,6 +13,7 @@ Modules, by concern:
   features    decoder feature capture
   session     a method's loop inside ComfyUI's sampling (Denoiser), differentiable calls, stock sampling
   guidance    post-CFG guidance (DragonDiffusion) and cond guidance (SEGA / LEDITS++)
+  guider      GUIDERs whose denoiser is a method of this pack (FlowEdit), CFGGuider subclasses as ComfyUI's own
   internals   every reach past ComfyUI's public patch mechanisms, one documented function each
 A model family other than the UNet adds its own module beside unet.py and registers it in `families.families()`.
 
@@ -21,7 +22,8 @@ holds a handle that `ModelPatcher.clone()` passes on without copying. Every patc
 Importing this package does not import ComfyUI; the first host call does.
 """
 from ..schedule import alpha_bar
-from . import build, dit, dit_build, dit_grad, dit_kv, facts, families, features, guidance, internals, kv, session, unet
+from . import (build, dit, dit_build, dit_grad, dit_kv, facts, families, features, guidance, guider, internals, kv, session,
+               unet)
 from .build import build_model, init_weights_
 from .errors import HostError, KVBudgetError
 from .families import check_supported, conditioning_family_check, family_of
@@ -40,7 +42,8 @@ from .unet import (AttnLayer, DecoderBlock, attention_layers, decoder_blocks,
                    diffusion_model, min_latent_side, select_layers, up_block_outputs)
 
 __all__ = [
-    "build", "dit", "dit_build", "dit_grad", "dit_kv", "facts", "families", "features", "guidance", "internals", "kv", "session", "unet",
+    "build", "dit", "dit_build", "dit_grad", "dit_kv", "facts", "families", "features", "guidance", "guider", "internals",
+    "kv", "session", "unet",
     "alpha_bar", "build_model", "init_weights_", "HostError", "KVBudgetError",
     "base_model", "check_supported", "family_of", "concept_token_range", "ddim_sigmas", "is_flow", "latent_format", "model_sampling",
     "process_in", "process_out", "scheduler_sigmas", "text_start_tokens", "timestep_of",
