@@ -1,0 +1,92 @@
+"""Bench: LEDITS Edit on the trained shapes demo DiT (the flow path: edit-friendly flow inversion + SEGA concepts on the
+velocity), on ShapesBench's concept_recolour cases (concepts "new-colour kind" add, "old-colour kind" remove),
+scored as ShapesBench scores them (bench/shapes_scoring.case_metrics: success = the new colour and kind found at the
+object, the other shapes intact; PSNR outside the edit region against the ground truth). Runs in-process (the demo
+DiT loaded directly, not through the server), one row per setting, plus the no-edit baseline. Writes
+out/bench/ledits_flow.json and a contact sheet per setting (input | ground truth | edit) in out/bench/ledits_flow/.
+
+usage: python -m bench.ledits_flow [--cases 12] [--seed 20261125] [--set steps=20,skip=2,cfg=1,scale=10 ...]"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from bench import _util
+
+DEFAULT = dict(steps=20, skip=2, cfg=1.0, scale=10.0, threshold=0.95, warmup=2, mode="SEGA")
+
+
+def parse_set(text: str) -> dict:
+    s = dict(DEFAULT)
+    for kv in filter(None, text.split(",")):
+        k, v = kv.split("=")
+        s[k] = v if k == "mode" else (int(v) if k in ("steps", "skip", "warmup") else float(v))
+    return s
+
+
+def edit(model, encoder, vae, case, s: dict):
+    """The edited image [3, 32, 32] of one case with setting s."""
+    from tools.support.node_calls import run_node
+    from bench import shapes_cases as sc
+    from dragedit.demo.shapes import dit
+    from dragedit.nodes.sega import LEDITSEdit
+    img = sc.input_image(case).permute(1, 2, 0).unsqueeze(0)
+    cond = lambda t: dit.conditioning(encoder, [t])                       # noqa: E731
+    inputs = dict(model=model, vae=vae, source=cond(case.prompt), negative=cond(""), steps=s["steps"],
+                  skip=s["skip"], source_cfg=s["cfg"], target_cfg=s["cfg"], mode=s["mode"], seed=0,
+                  threshold=s["threshold"], warmup=s["warmup"], momentum_scale=0.1, momentum_beta=0.4, image=img)
+    for i, (words, direction) in enumerate(case.concepts[:3], 1):
+        inputs[f"concept_{i}"], inputs[f"direction_{i}"], inputs[f"scale_{i}"] = cond(words), direction, s["scale"]
+    out, _lat = run_node(LEDITSEdit, **inputs)
+    return out[0].permute(2, 0, 1).clamp(0, 1)
+
+
+def sheet(rows, path: Path) -> None:
+    """A contact sheet: one line per case, input | ground truth | edit, 8x nearest."""
+    import torch
+    from PIL import Image
+    lines = [torch.cat([a, b, c], dim=2) for a, b, c in rows]
+    grid = torch.cat(lines, dim=1)
+    grid = torch.nn.functional.interpolate(grid[None], scale_factor=4, mode="nearest")[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--set", dest="sets", nargs="*", default=[""])
+    a = ap.parse_args()
+    _util.setup()
+    import torch
+    torch.set_num_threads(1)
+    from bench import shapes_cases as sc
+    from bench import shapes_scoring as S
+    from dragedit.demo.shapes import dit
+    model, clip, vae = dit.load(_util.ROOT / "demo" / "shapes" / "weights" / "shapes_dit-p2.safetensors")
+    cases = [c for c in sc.build_cases(**({"seed": a.seed} if a.seed is not None else {}))
+             if c.kind == "concept_recolour"][:a.cases]
+    rows = []
+    base = [S.case_metrics(c, sc.input_image(c)) for c in cases]
+    rows.append({"setting": "no edit", "cases": len(cases), "success": statistics.mean(m["success"] for m in base),
+                 "psnr_out_median": statistics.median(m["psnr_out"] for m in base)})
+    for text in a.sets:
+        s = parse_set(text)
+        ms, pics = [], []
+        for c in cases:
+            out = edit(model, clip.encoder, vae, c, s)
+            ms.append(S.case_metrics(c, out))
+            pics.append((sc.input_image(c), sc.gt_image(c), out))
+        name = ",".join(f"{k}={v}" for k, v in s.items())
+        sheet(pics, _util.OUT / "ledits_flow" / f"{name.replace('=', '').replace(',', '_')}.png")
+        dbs = [m["psnr_out"] for m in ms]
+        rows.append({"setting": name, "cases": len(cases), "success": statistics.mean(m["success"] for m in ms),
+                     "psnr_out_median": statistics.median(dbs), "psnr_out_min": min(dbs), "psnr_out_max": max(dbs)})
+    _util.report("ledits_flow", rows, {"model": "demo/shapes/weights/shapes_dit-p2.safetensors",
+                                       "cases": "ShapesBench concept_recolour (bench/shapes_cases.build_cases)"})
+
+
+if __name__ == "__main__":
+    main()
