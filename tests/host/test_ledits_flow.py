@@ -119,3 +119,28 @@ def test_flowedit_refusals_name_node_and_input(flux, sd15_model):
         _flowedit(flux, src, tar, sig, sampler="heun")
     with pytest.raises(NodeInputError, match=r"\[FlowEdit\] input 'sigmas'.*end at 0"):
         _flowedit(flux, src, tar, sig[:-1])
+
+
+def test_sega_and_flowedit_on_qwen_image_5d_latents():
+    """Qwen-Image's 5-D latents [B, C, T, H, W]: SEGA's per-token threshold and FlowEdit run on them."""
+    q = tiny_models.qwen_image()
+    lat = {"samples": tiny_models.dit_latent(size=8)["samples"].unsqueeze(2)}
+    pos = [[tiny_models.dit_conditioning(0)[0][0], {}]]
+    con = [[tiny_models.dit_conditioning(5)[0][0], {}]]
+    sig = scheduler_sigmas(q, 4)
+    z0 = host.process_in(q, lat["samples"])
+    noise, sampler, _ = run_node(EditFriendlyFlowInversion, model=q, latent=lat, positive=pos, sigmas=sig, eta=1.0,
+                                 seed=1, cfg=1.0)
+    dbs = []
+    for scale in (0.0, 5.0):
+        m, = run_node(SEGAGuidance, model=q, concept=con, scale=scale, mode="SEGA", **SEGA)
+        dbs.append(psnr(host.process_in(q, sampler_custom_advanced(m, noise, sampler, sig, lat, pos)), z0))
+    assert dbs[0] >= 60.0 and dbs[1] < 40.0
+    from comfy_extras.nodes_custom_sampler import KSamplerSelect, RandomNoise, SamplerCustomAdvanced
+    for target, lo, hi in ((pos, 60.0, float("inf")), (con, 0.0, 50.0)):
+        g, = run_node(FlowEdit, model=q, source=pos, target=target, source_cfg=1.0, target_cfg=1.0, n_avg=1, seed=0)
+        with torch.inference_mode():
+            out = _call(SamplerCustomAdvanced, noise=_call(RandomNoise, noise_seed=1)[0], guider=g,
+                        sampler=_call(KSamplerSelect, sampler_name="euler")[0], sigmas=sig,
+                        latent_image=lat)[0]["samples"]
+        assert lo <= psnr(host.process_in(q, out), z0) < hi
