@@ -115,10 +115,11 @@ def check_flow_ledits_inputs(model, samples, source, negative, steps, skip, sour
 
 class SEGAGuidance:
     DESCRIPTION = ("Semantic guidance (SEGA, LEDITS, LEDITS++): adds an edit concept to the MODEL. Every sampler then "
-                   "evaluates the concept in the same batched UNet call as the prompt and the negative and steers "
+                   "evaluates the concept in the same batched model call as the prompt and the negative and steers "
                    "towards (add) or away from (remove) it where the concept's guidance is strongest. Chain nodes "
-                   "for more concepts. Needs a negative (empty) prompt on the sampler. Pair with DDPM Inversion + "
-                   "the Edit-friendly DDPM sampler to edit a real image.")
+                   "for more concepts. Needs a negative (empty) prompt on the sampler (a flow DiT at cfg 1 does "
+                   "without: simple SEGA). Pair with DDPM Inversion + the Edit-friendly DDPM sampler (UNets) or "
+                   "Edit-friendly Flow Inversion and its sampler (FLUX, SD3, Qwen-Image) to edit a real image.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -159,9 +160,10 @@ class SEGAGuidance:
 
 class LEDITSEdit:
     DESCRIPTION = ("Add or remove concepts in a real image (LEDITS / LEDITS++): inverts the image with edit-friendly "
-                   "DDPM inversion, adds up to three SEGA concepts and samples it back with the inversion's noise "
-                   "maps, so what no concept touches stays as it was. Built from DDPM Inversion (edit-friendly), "
-                   "SEGA Guidance and the Edit-friendly DDPM sampler.")
+                   "DDPM inversion (edit-friendly flow inversion on FLUX / SD3 / Qwen-Image), adds up to three SEGA "
+                   "concepts and samples it back with the inversion's noise maps, so what no concept touches stays as "
+                   "it was. Built from DDPM Inversion (edit-friendly), SEGA Guidance and the Edit-friendly DDPM "
+                   "sampler (their flow counterparts on a DiT).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -199,7 +201,8 @@ class LEDITSEdit:
                       "with the negative at cfg 1 instead (as diffusers' LEDITS++ with its empty source prompt), "
                       "because it samples without any prompt: that is what makes scale 0 give the input back.",
             "negative": "Unconditional prompt (an empty CLIP Text Encode): needed by CFG and by the concepts.",
-            "steps": "Steps of the DDIM grid (LEDITS: 100; fewer is faster).",
+            "steps": "Steps of the DDIM grid (LEDITS: 100; fewer is faster); on a flow DiT, of the model's 'simple' "
+                     "schedule (FLUX: 28).",
             "skip": "Noisiest steps to drop (LEDITS: 36 of 100): more skip keeps more of the image, but the edit "
                     "must start before the model has fixed what it changes (the shapes model fixes colours in its "
                     "first 2-3 of 20 steps: recolour at skip 2, remove by target prompt at skip 1).",
