@@ -25,6 +25,7 @@ import torch
 
 from . import host
 from .ddpm_inversion import _fit, _make_generator, check_sigmas
+from .inversion import LatentListStates
 from .noise_map_states import NoiseMapStates
 from .schedule import flow_step, flow_step_terms
 
@@ -76,7 +77,7 @@ def ode_solve(x0_fn: X0Fn, x: torch.Tensor, sigmas: list[float], solver: str, in
 
 
 @dataclass
-class FlowInversion:
+class FlowInversion(LatentListStates):
     """The INVERSION of a deterministic flow inversion (core.inversion.Inversion): sigmas descending from the start to
     0, latents[i] the state at sigmas[i] (latents[0] = start, latents[-1] = the clean latent), the solver that made
     it (its SAMPLER undoes it), the base model's id."""
@@ -88,17 +89,6 @@ class FlowInversion:
 
     kv: ClassVar[None] = None
     noise_maps: ClassVar[None] = None
-
-    @property
-    def num_latents(self) -> int:
-        return len(self.latents)
-
-    def latent(self, i: int) -> torch.Tensor:
-        return self.latents[i]
-
-    @property
-    def start(self) -> torch.Tensor:
-        return self.latents[0]
 
     def release(self) -> None:
         self.latents.clear()

@@ -56,20 +56,11 @@ def latent_hw(inv: Inversion) -> tuple[int, int]:
     return int(x.shape[-2]), int(x.shape[-1])
 
 
-@dataclass
-class DDIMInversion:
-    """The INVERSION of DDIM Inversion: sampling sigmas (descending from the start step to 0), the latents x_i in
-    sampler space at each of those sigmas (latents[0] = start, latents[-1] = clean), the optional self-attention
-    K/V recorded at each step, and what produced it (steps of the full grid, cfg, the base model's id)."""
-    sigmas: torch.Tensor
-    latents: list[torch.Tensor]
-    kv: Optional[host.KVStore] = None
-    steps: int = 0
-    cfg: float = 1.0
-    model_id: int = 0
-    extras: dict = field(default_factory=dict)
+class LatentListStates:
+    """Mixin for the deterministic inversions (DDIM, flow ODE) that store one latent per sigma in `latents`
+    (latents[0] the start, latents[-1] the clean latent): num_latents, latent(i), start."""
 
-    noise_maps = None        # deterministic: no noise maps
+    latents: list[torch.Tensor]
 
     @property
     def num_latents(self) -> int:
@@ -83,6 +74,22 @@ class DDIMInversion:
     def start(self) -> torch.Tensor:
         """x at the start sigma (sampler space)."""
         return self.latents[0]
+
+
+@dataclass
+class DDIMInversion(LatentListStates):
+    """The INVERSION of DDIM Inversion: sampling sigmas (descending from the start step to 0), the latents x_i in
+    sampler space at each of those sigmas (latents[0] = start, latents[-1] = clean), the optional self-attention
+    K/V recorded at each step, and what produced it (steps of the full grid, cfg, the base model's id)."""
+    sigmas: torch.Tensor
+    latents: list[torch.Tensor]
+    kv: Optional[host.KVStore] = None
+    steps: int = 0
+    cfg: float = 1.0
+    model_id: int = 0
+    extras: dict = field(default_factory=dict)
+
+    noise_maps = None        # deterministic: no noise maps
 
     def latent_at(self, sigma: float) -> torch.Tensor:
         """The stored latent nearest sigma (the guidance branch z_t^gud of DragonDiffusion)."""

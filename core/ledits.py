@@ -6,6 +6,12 @@ concepts' predictions come from the same batched UNet call as cond and uncond, a
 the CFG step. Chaining builds a new `SegaPatch` with one more concept and installs it on the next clone, so the
 upstream MODEL keeps its own list. The momentum ν and the attention maps live in the host's per-run state dict.
 `run` is the whole LEDITS / LEDITS++ edit (inversion, concepts, the Edit-friendly DDPM sampler) of LEDITS Edit.
+
+Flow-matching DiTs (FLUX, SD3, Qwen-Image) take the same patch and run: the concepts act on the velocity v (ComfyUI's
+cfg "noise" of a CONST model is σ·v) with the FLUX semantic guidance pipeline's formula (core/sega_flow.py: simple
+SEGA without a negative or at cfg 1, true CFG otherwise; per-token thresholds), LEDITS++ mode without
+cross-attention masks (a DiT has no cross-attention), and `run` inverts with the edit-friendly flow inversion
+(core/flow_inversion.py) on the model's "simple" schedule.
 """
 from __future__ import annotations
 
@@ -15,8 +21,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import ddpm_inversion as ef
+from . import flow_inversion as fi
 from . import host
 from . import sega
+from . import sega_flow
 
 KEY = "dragedit_sega"
 MODES = ("SEGA", "LEDITS++")
@@ -69,7 +77,11 @@ def run(model: Any, samples: torch.Tensor, source: Any, negative: Any, patch: Op
     SEGA concepts of `patch` (None: the prompt switch to `target` alone) on the model, and the Edit-friendly DDPM
     sampler replaying the inversion's noise maps. LEDITS++ samples with ε_u + concept terms only, so it inverts with
     the same prediction: the negative at cfg 1 (diffusers' LEditsPP invert with its default empty source prompt);
-    SEGA inverts with the source at source_cfg. Returns the edited LATENT samples."""
+    SEGA inverts with the source at source_cfg. A flow model goes through `run_flow`. Returns the edited LATENT
+    samples."""
+    if host.is_flow(model):
+        return run_flow(model, samples, source, negative, patch, mode=mode, steps=steps, skip=skip,
+                        source_cfg=source_cfg, target_cfg=target_cfg, seed=seed, target=target, on_step=on_step)
     pp = mode == "LEDITS++"
     start, inv = invert_start(model, samples, negative if pp else source, negative, 1.0 if pp else source_cfg,
                               steps, skip=skip, eta=1.0, seed=seed, on_step=on_step)
@@ -78,6 +90,24 @@ def run(model: Any, samples: torch.Tensor, source: Any, negative: Any, patch: Op
     cb = (lambda *a: on_step(0, inv.steps)) if on_step is not None else None
     return host.sample_with_sampler(edit_model, target if target is not None else source, negative, float(target_cfg),
                                     sampler, inv.sigmas.clone(), start, seed=int(seed), callback=cb)
+
+
+def run_flow(model: Any, samples: torch.Tensor, source: Any, negative: Any, patch: Optional["SegaPatch"], *, mode: str,
+             steps: int, skip: int, source_cfg: float, target_cfg: float, seed: int, target: Any = None,
+             on_step: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """LEDITS on a flow-matching DiT: edit-friendly flow inversion of LATENT `samples` on the model's "simple" grid of
+    `steps` (first `skip` dropped), then the Edit-friendly Flow sampler replaying its noise maps on the model with
+    the SEGA concepts of `patch`, started from the inverted state (InvertedNoise). Prompts and cfg as `run`."""
+    pp = mode == "LEDITS++"
+    sigmas = host.scheduler_sigmas(model, int(steps))[int(skip):]
+    inv = fi.run_edit_friendly(model, samples, negative if pp else source, negative, 1.0 if pp else source_cfg,
+                               sigmas, eta=1.0, seed=seed, on_step=on_step)
+    edit_model = apply(model, patch) if patch is not None else model
+    sampler = host.ksampler(fi.make_edit_friendly_sampler_fn(inv))
+    noise = fi.InvertedNoise(model, inv.start, float(sigmas[0]), seed=int(seed)).generate_noise({"samples": samples})
+    cb = (lambda *a: on_step(0, inv.steps)) if on_step is not None else None
+    return host.sample_with_sampler(edit_model, target if target is not None else source, negative, float(target_cfg),
+                                    sampler, inv.sigmas.clone(), samples, seed=int(seed), callback=cb, noise=noise)
 
 
 # ---------------------------------------------------------------------------------------------------- SEGA patch
@@ -97,12 +127,16 @@ class ConceptEntry:
 class SegaPatch:
     """Concepts and settings of the SEGA / LEDITS++ guidance on one MODEL (immutable; chaining makes a new one).
     mode "SEGA": ε̃ = CFG + γ (thresholds, warm-up, momentum); "LEDITS++": ε̃ = ε_u + Σ_c M_c ⊙ ψ_c (no
-    target-prompt CFG, the positive is not evaluated), M from the noise quantile and optionally cross-attention."""
+    target-prompt CFG, the positive is not evaluated), M from the noise quantile and optionally cross-attention.
+    flow (set by `apply` for a flow-matching DiT): the same on the velocity, SEGA by the FLUX pipeline's formula
+    (core/sega_flow.py) with per-token thresholds over `patch` × `patch` latent cells."""
     entries: tuple[ConceptEntry, ...] = ()
     momentum_scale: float = 0.1
     momentum_beta: float = 0.4
     mode: str = "SEGA"
     cross_attention_mask: bool = True
+    flow: bool = False
+    patch: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -116,8 +150,8 @@ class SegaPatch:
 
     @property
     def uses_attention(self) -> bool:
-        """True when the LEDITS++ cross-attention masks are recorded."""
-        return self.mode == "LEDITS++" and self.cross_attention_mask
+        """True when the LEDITS++ cross-attention masks are recorded (never on a flow DiT: no cross-attention)."""
+        return self.mode == "LEDITS++" and self.cross_attention_mask and not self.flow
 
     def with_concept(self, entry: ConceptEntry, **settings: Any) -> "SegaPatch":
         """A new patch with one more concept (settings given here replace the chain's)."""
@@ -144,6 +178,11 @@ class SegaPatch:
         state = call.run.get("sega_state")
         if state is None:
             state = call.run["sega_state"] = sega.SegaState()
+        if self.flow:     # FLUX semantic guidance: simple SEGA (no negative / cfg 1) or true CFG, on the velocity
+            ref = eps_u if (call.has_uncond and call.cond_scale > 1.0) else call.noise_cond / s
+            term = sega_flow.flow_sega_term(call.step, call.steps, ref, eps_c, self.concepts, state,
+                                            self.momentum_scale, self.momentum_beta, self.patch)
+            return call.cfg() + term * s
         gamma = sega.sega_term(call.step, eps_u, eps_c, self.concepts, state, self.momentum_scale, self.momentum_beta)
         return call.cfg() + gamma * s
 
@@ -164,6 +203,11 @@ def apply(model: Any, patch: SegaPatch) -> Any:
     """A clone of `model` carrying `patch` (replacing an upstream SEGA patch)."""
     if not patch.entries:
         raise ValueError("SEGA needs at least one concept")
+    flow = host.is_flow(model)
+    if flow and patch.mode == "LEDITS++" and patch.cross_attention_mask:
+        raise host.HostError("a flow-matching DiT has no cross-attention layers for LEDITS++'s attention masks: set "
+                             "cross_attention_mask to false (the concepts are then masked by their noise quantile)")
+    patch = replace(patch, flow=flow, patch=host.dit.patch_size(model) if flow else 1)
     run = host.clone(model)
     layers = attention_layers(model) if patch.uses_attention else None
     if patch.uses_attention and not layers:
@@ -171,5 +215,6 @@ def apply(model: Any, patch: SegaPatch) -> Any:
                              "LEDITS++ reads its attention masks")
     host.patch_cond_guidance(run, KEY, [e.conditioning for e in patch.entries], patch.combine, payload=patch,
                              drop_positive=patch.mode == "LEDITS++", attn_layers=layers,
-                             attn_tokens=[e.tokens for e in patch.entries] if layers else None)
+                             attn_tokens=[e.tokens for e in patch.entries] if layers else None,
+                             uncond_optional=flow and patch.mode == "SEGA")
     return run

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -164,9 +164,11 @@ def _psi(eps_c: torch.Tensor, eps_uncond: torch.Tensor, concept: SegaConcept) ->
 
 def sega_term(step: int, eps_uncond: torch.Tensor, eps_concepts: Sequence[torch.Tensor],
               concepts: Sequence[SegaConcept], state: SegaState, momentum_scale: float = 0.1,
-              momentum_beta: float = 0.4) -> torch.Tensor:
+              momentum_beta: float = 0.4,
+              threshold_fn: Callable[[torch.Tensor, float], torch.Tensor] = quantile_threshold) -> torch.Tensor:
     """SEGA's edit term γ at step i, added to the CFG estimate (diffusers' warm-up, momentum, renormalisation
-    and cool-down semantics, see the module docstring); updates `state`."""
+    and cool-down semantics, see the module docstring); updates `state`. `threshold_fn(ψ, λ)` keeps the strongest
+    part of ψ (per channel over positions here; per image token for FLUX: core/sega_flow.py)."""
     _check_eps(eps_uncond, eps_concepts, concepts)
     n = len(concepts)
     if n == 0:
@@ -182,7 +184,7 @@ def sega_term(step: int, eps_uncond: torch.Tensor, eps_concepts: Sequence[torch.
             psis.append(torch.zeros_like(eps_uncond))
             weights.append(0.0)
             continue
-        psis.append(quantile_threshold(_psi(eps_c, eps_uncond, cc), cc.threshold))
+        psis.append(threshold_fn(_psi(eps_c, eps_uncond, cc), cc.threshold))
         weights.append(max(float(cc.weight), 0.0))
 
     applied = torch.zeros_like(eps_uncond)

@@ -7,6 +7,7 @@ from ..core import ledits
 from ._errors import node_entry, require
 from ._inputs import (check_cond_fits, check_ddpm_inversion, check_latent, check_range, check_schedule, guard_sampler,
                       supported_model)
+from ._inversion_spec import inversion_inputs
 from ._ui import CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
 NODE = "DDPM Inversion (edit-friendly)"
@@ -52,21 +53,13 @@ class DDPMInversion:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return tooltips({
-            "required": {
-                "model": ("MODEL",),
-                "latent": ("LATENT",),
-                "positive": ("CONDITIONING",),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
-                "skip": ("INT", {"default": 15, "min": 0, "max": 999}),
-                "source_cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1}),
-                "eta": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
-            },
-            "optional": {
-                "negative": ("CONDITIONING",),
-            },
-        }, {
+        return inversion_inputs({
+            "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
+            "skip": ("INT", {"default": 15, "min": 0, "max": 999}),
+            "source_cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1}),
+            "eta": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
+        }, {}, {
             "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL), without SEGA Guidance.",
             "latent": "The image to invert, as a latent (VAE Encode).",
             "positive": "Source prompt describing the image (sample with the same one to reconstruct it).",

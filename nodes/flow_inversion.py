@@ -7,6 +7,7 @@ from ..core import flow_inversion as fi
 from ..core import host
 from ._errors import NodeInputError, node_entry, require
 from ._inputs import check_conditioning, check_latent, check_range, guard_sampler, supported_model
+from ._inversion_spec import inversion_inputs
 from ._ui import CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
 NODE_ODE = "Flow Inversion"
@@ -69,17 +70,11 @@ class FlowInversion:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return tooltips({
-            "required": {
-                "model": ("MODEL",),
-                "latent": ("LATENT",),
-                "positive": ("CONDITIONING",),
-                "sigmas": ("SIGMAS",),
-                "solver": (list(fi.SOLVERS), {"default": "fireflow"}),
-                "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
-            },
-            "optional": {"negative": ("CONDITIONING",)},
-        }, dict(_COMMON_TIPS, solver="euler: 1 call a step, 1st order; rf_solver: midpoint, 2 calls a step; "
+        return inversion_inputs({
+            "sigmas": ("SIGMAS",),
+            "solver": (list(fi.SOLVERS), {"default": "fireflow"}),
+            "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
+        }, {}, dict(_COMMON_TIPS, solver="euler: 1 call a step, 1st order; rf_solver: midpoint, 2 calls a step; "
                                      "fireflow: midpoint reusing the last velocity, 1 call a step."))
 
     RETURN_TYPES = ("NOISE", "SAMPLER", "INVERSION")
@@ -108,18 +103,12 @@ class EditFriendlyFlowInversion:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return tooltips({
-            "required": {
-                "model": ("MODEL",),
-                "latent": ("LATENT",),
-                "positive": ("CONDITIONING",),
-                "sigmas": ("SIGMAS",),
-                "eta": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
-                "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
-            },
-            "optional": {"negative": ("CONDITIONING",)},
-        }, dict(_COMMON_TIPS, eta="How much fresh noise each step mixes in: 1 = fully stochastic, smaller keeps more of the inverted path (the noise level η of the stochastic flow step).",
+        return inversion_inputs({
+            "sigmas": ("SIGMAS",),
+            "eta": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX}),
+            "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
+        }, {}, dict(_COMMON_TIPS, eta="How much fresh noise each step mixes in: 1 = fully stochastic, smaller keeps more of the inverted path (the noise level η of the stochastic flow step).",
                 seed="Seed of the independent noisy states the inversion draws."))
 
     RETURN_TYPES = ("NOISE", "SAMPLER", "INVERSION")

@@ -7,7 +7,8 @@ from ..core import host
 from ..core import inversion as inv
 from ._errors import NodeInputError, node_entry, require
 from ._inputs import KV_DTYPES, check_cond_fits, check_latent, check_range, kv_budget, supported_model
-from ._ui import CATEGORY_BLOCKS, Progress, tooltips
+from ._inversion_spec import inversion_inputs
+from ._ui import CATEGORY_BLOCKS, Progress
 
 NODE = "DDIM Inversion"
 
@@ -19,21 +20,14 @@ class DDIMInversion:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return tooltips({
-            "required": {
-                "model": ("MODEL",),
-                "latent": ("LATENT",),
-                "positive": ("CONDITIONING",),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
-                "strength": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01}),
-                "record_kv": ("BOOLEAN", {"default": False}),
-            },
-            "optional": {
-                "negative": ("CONDITIONING",),
-                "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
-                "kv_dtype": (list(KV_DTYPES), {"default": "float16"}),
-                "kv_max_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5}),
-            },
+        return inversion_inputs({
+            "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
+            "strength": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01}),
+            "record_kv": ("BOOLEAN", {"default": False}),
+        }, {
+            "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1}),
+            "kv_dtype": (list(KV_DTYPES), {"default": "float16"}),
+            "kv_max_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5}),
         }, {
             "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL).",
             "latent": "The image to invert, as a latent (VAE Encode). One image (batch 1).",

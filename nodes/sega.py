@@ -19,7 +19,8 @@ DIRECTIONS = ["add", "remove"]
 MODES = list(ledits.MODES)
 
 TIPS = {
-    "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL); chain SEGA Guidance nodes to add concepts.",
+    "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL, or a flow-matching DiT: FLUX, SD3 / SD3.5, "
+             "Qwen-Image); chain SEGA Guidance nodes to add concepts.",
     "concept": "The edit concept as a prompt (CLIP Text Encode), e.g. 'glasses' or 'snow'.",
     "direction": "add: steer towards the concept; remove: steer away from it.",
     "scale": "How strongly the concept is added or removed: higher changes more (SEGA default 5; 3-10 typical) "
@@ -38,9 +39,13 @@ TIPS = {
     "mode": "SEGA: CFG on the sampler's prompt + concept terms with momentum. LEDITS++: no prompt CFG (the "
             "positive is not evaluated), each concept masked by its noise quantile and, optionally, its "
             "cross-attention map. One mode per chain. To edit a real image in LEDITS++ mode, invert with the empty "
-            "prompt at cfg 1 (DDPM Inversion: positive = the negative, source_cfg 1), so that scale 0 reconstructs.",
+            "prompt at cfg 1 (DDPM Inversion: positive = the negative, source_cfg 1), so that scale 0 reconstructs. "
+            "On a flow DiT SEGA acts on the velocity as diffusers' FLUX semantic guidance: with cfg 1 or no negative "
+            "(FLUX-dev) each concept pulls away from the prompt's velocity ('simple SEGA'), with cfg > 1 and a "
+            "negative from the negative's; thresholds count per image token.",
     "cross_attention_mask": "LEDITS++: also mask each concept by its own cross-attention map (layers at 1/4 of the "
-                            "latent resolution), intersected with the noise-quantile mask. Shared by the chain.",
+                            "latent resolution), intersected with the noise-quantile mask. Shared by the chain. "
+                            "UNets only: set it to false for a flow DiT (no cross-attention).",
     "concept_tokens": "LEDITS++ cross-attention mask: number of the concept prompt's first tokens (words / "
                       "sub-words, counted after the start token when the text encoder has one, as CLIP does) whose "
                       "attention makes the mask; 0 = all tokens but the start token and the last one, padding "
@@ -92,15 +97,29 @@ def apply_patch(model: Any, patch: ledits.SegaPatch) -> Any:
     try:
         return ledits.apply(model, patch)
     except host.HostError as e:
-        raise NodeInputError("cross_attention_mask" if patch.uses_attention else "model", f"{e}.") from None
+        attn = patch.mode == "LEDITS++" and patch.cross_attention_mask
+        raise NodeInputError("cross_attention_mask" if attn else "model", f"{e}.") from None
+
+
+def check_flow_ledits_inputs(model, samples, source, negative, steps, skip, source_cfg):
+    """LEDITS Edit's inversion checks for a flow-matching DiT (edit-friendly flow inversion on the model's schedule)."""
+    require(ledits.sega_patch_of(model) is None, "model",
+            "carries SEGA concepts: use the model from before SEGA Guidance (the concepts are for sampling).")
+    check_cond_fits(model, source, "source")
+    if negative is not None:
+        check_cond_fits(model, negative, "negative")
+    require(int(steps) >= 1, "steps", f"must be at least 1, got {steps}.")
+    require(0 <= int(skip) < int(steps), "skip", f"must be between 0 and steps - 1 = {int(steps) - 1}, got {skip}.")
+    check_range(float(source_cfg), 1.0, 100.0, "source_cfg")
 
 
 class SEGAGuidance:
     DESCRIPTION = ("Semantic guidance (SEGA, LEDITS, LEDITS++): adds an edit concept to the MODEL. Every sampler then "
-                   "evaluates the concept in the same batched UNet call as the prompt and the negative and steers "
+                   "evaluates the concept in the same batched model call as the prompt and the negative and steers "
                    "towards (add) or away from (remove) it where the concept's guidance is strongest. Chain nodes "
-                   "for more concepts. Needs a negative (empty) prompt on the sampler. Pair with DDPM Inversion + "
-                   "the Edit-friendly DDPM sampler to edit a real image.")
+                   "for more concepts. Needs a negative (empty) prompt on the sampler (a flow DiT at cfg 1 does "
+                   "without: simple SEGA). Pair with DDPM Inversion + the Edit-friendly DDPM sampler (UNets) or "
+                   "Edit-friendly Flow Inversion and its sampler (FLUX, SD3, Qwen-Image) to edit a real image.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -132,7 +151,7 @@ class SEGAGuidance:
     @node_entry(NODE)
     def patch(self, model, concept, direction, scale, threshold, warmup, cooldown, weight, momentum_scale,
               momentum_beta, mode, cross_attention_mask=True, concept_tokens=0):
-        supported_model(model)
+        supported_model(model, flow=True)
         entry = concept_entry(model, concept, direction, scale, threshold, warmup, cooldown, weight, concept_tokens)
         prev = ledits.sega_patch_of(model)
         settings = chain_settings(prev, concept, momentum_scale, momentum_beta, mode, cross_attention_mask)
@@ -141,9 +160,10 @@ class SEGAGuidance:
 
 class LEDITSEdit:
     DESCRIPTION = ("Add or remove concepts in a real image (LEDITS / LEDITS++): inverts the image with edit-friendly "
-                   "DDPM inversion, adds up to three SEGA concepts and samples it back with the inversion's noise "
-                   "maps, so what no concept touches stays as it was. Built from DDPM Inversion (edit-friendly), "
-                   "SEGA Guidance and the Edit-friendly DDPM sampler.")
+                   "DDPM inversion (edit-friendly flow inversion on FLUX / SD3 / Qwen-Image), adds up to three SEGA "
+                   "concepts and samples it back with the inversion's noise maps, so what no concept touches stays as "
+                   "it was. Built from DDPM Inversion (edit-friendly), SEGA Guidance and the Edit-friendly DDPM "
+                   "sampler (their flow counterparts on a DiT).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -172,13 +192,17 @@ class LEDITSEdit:
         for i in (1, 2, 3):
             opt[f"concept_{i}"] = ("CONDITIONING",)
         tips = {
-            "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL).",
+            "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL), or a flow-matching DiT (FLUX, "
+                     "SD3 / SD3.5, Qwen-Image): then the inversion is the edit-friendly flow inversion on the model's "
+                     "'simple' schedule and the concepts act on the velocity (FLUX semantic guidance; LEDITS++ mode "
+                     "without cross-attention masks).",
             "vae": "The model's VAE: encodes the image and decodes the edit.",
             "source": "Prompt describing the input image: the inversion's prompt in SEGA mode. LEDITS++ mode inverts "
                       "with the negative at cfg 1 instead (as diffusers' LEDITS++ with its empty source prompt), "
                       "because it samples without any prompt: that is what makes scale 0 give the input back.",
             "negative": "Unconditional prompt (an empty CLIP Text Encode): needed by CFG and by the concepts.",
-            "steps": "Steps of the DDIM grid (LEDITS: 100; fewer is faster).",
+            "steps": "Steps of the DDIM grid (LEDITS: 100; fewer is faster); on a flow DiT, of the model's 'simple' "
+                     "schedule (FLUX: 28).",
             "skip": "Noisiest steps to drop (LEDITS: 36 of 100): more skip keeps more of the image, but the edit "
                     "must start before the model has fixed what it changes (the shapes model fixes colours in its "
                     "first 2-3 of 20 steps: recolour at skip 2, remove by target prompt at skip 1).",
@@ -227,22 +251,25 @@ class LEDITSEdit:
                 + (" (LEDITS++ has no prompt CFG, so a target prompt alone edits nothing)." if mode == "LEDITS++"
                    else ", or a target prompt (the edit by prompt switch alone)."))
         require(vae is not None, "vae", "is missing: connect the model's VAE.")
-        supported_model(model)
+        flow = supported_model(model, flow=True) == "flow"
         samples, _size = image_or_latent(model, image, vae, latent, allow_batch=True, vae_always=True)
         check_cond_fits(model, negative, "negative")
         if target is not None:
             check_cond_fits(model, target, "target")
         pp = mode == "LEDITS++"
-        with node_errors(EDIT, rename={"latent": "latent" if latent is not None else "image",
-                                       "positive": "negative" if pp else "source"}):
-            check_inversion_inputs(model, {"samples": samples}, negative if pp else source, steps, skip,
-                                   1.0 if pp else source_cfg, 1.0, negative)
+        if flow:
+            check_flow_ledits_inputs(model, samples, source, negative, steps, skip, source_cfg)
+        else:
+            with node_errors(EDIT, rename={"latent": "latent" if latent is not None else "image",
+                                           "positive": "negative" if pp else "source"}):
+                check_inversion_inputs(model, {"samples": samples}, negative if pp else source, steps, skip,
+                                       1.0 if pp else source_cfg, 1.0, negative)
         patch = None
         for i, c, d, s in concepts:
             with node_errors(EDIT, rename={"concept": f"concept_{i}", "direction": f"direction_{i}",
                                            "scale": f"scale_{i}"}):
                 entry = concept_entry(model, c, d, s, threshold, warmup, 0, 1.0, 0)
-                settings = chain_settings(patch, c, momentum_scale, momentum_beta, mode, True)
+                settings = chain_settings(patch, c, momentum_scale, momentum_beta, mode, not flow)
             patch = (patch or ledits.SegaPatch()).with_concept(entry, **settings)
         require(mode in MODES, "mode", f"must be one of {MODES}, got {mode!r}.")
         if patch is not None:

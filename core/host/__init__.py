@@ -13,6 +13,7 @@ Modules, by concern:
   features    decoder feature capture
   session     a method's loop inside ComfyUI's sampling (Denoiser), differentiable calls, stock sampling
   guidance    post-CFG guidance (DragonDiffusion) and cond guidance (SEGA / LEDITS++)
+  guider      GUIDERs whose denoiser is a method of this pack (FlowEdit), CFGGuider subclasses as ComfyUI's own
   internals   every reach past ComfyUI's public patch mechanisms, one documented function each
 A model family other than the UNet adds its own module beside unet.py and registers it in `families.families()`.
 
@@ -21,12 +22,13 @@ holds a handle that `ModelPatcher.clone()` passes on without copying. Every patc
 Importing this package does not import ComfyUI; the first host call does.
 """
 from ..schedule import alpha_bar
-from . import build, dit, dit_build, dit_grad, dit_kv, facts, families, features, guidance, internals, kv, session, unet
+from . import (build, dit, dit_build, dit_grad, dit_kv, facts, families, features, guidance, guider, internals, kv, session,
+               unet)
 from .build import build_model, init_weights_
 from .errors import HostError, KVBudgetError
-from .families import check_supported, family_of
+from .families import check_supported, conditioning_family_check, family_of
 from .facts import (base_model, concept_token_range, ddim_sigmas, is_flow, latent_format,
-                    model_sampling, process_in, process_out, text_start_tokens, timestep_of)
+                    model_sampling, process_in, process_out, scheduler_sigmas, text_start_tokens, timestep_of)
 from .features import FeatureStore, patch_feature_capture
 from .guidance import (CondGuidanceCall, GuidanceCall, cond_guidance_patch, cond_guidance_payload, patch_cond_guidance,
                        patch_post_cfg_guidance)
@@ -36,14 +38,15 @@ from .kv import placement as kv_placement
 from .session import (Denoiser, clone, grad_enabled, grad_input, ksampler, patch_sampling_check,
                       sample_with_sampler, session)
 from .internals import added_noise
-from .unet import (AttnLayer, DecoderBlock, attention_layers, conditioning_family_check, decoder_blocks,
+from .unet import (AttnLayer, DecoderBlock, attention_layers, decoder_blocks,
                    diffusion_model, min_latent_side, select_layers, up_block_outputs)
 
 __all__ = [
-    "build", "dit", "dit_build", "dit_grad", "dit_kv", "facts", "families", "features", "guidance", "internals", "kv", "session", "unet",
+    "build", "dit", "dit_build", "dit_grad", "dit_kv", "facts", "families", "features", "guidance", "guider", "internals",
+    "kv", "session", "unet",
     "alpha_bar", "build_model", "init_weights_", "HostError", "KVBudgetError",
     "base_model", "check_supported", "family_of", "concept_token_range", "ddim_sigmas", "is_flow", "latent_format", "model_sampling",
-    "process_in", "process_out", "text_start_tokens", "timestep_of",
+    "process_in", "process_out", "scheduler_sigmas", "text_start_tokens", "timestep_of",
     "FeatureStore", "patch_feature_capture",
     "CondGuidanceCall", "GuidanceCall", "cond_guidance_patch", "cond_guidance_payload", "patch_cond_guidance",
     "patch_post_cfg_guidance",

@@ -71,6 +71,16 @@ def ddim_sigmas(model: Any, steps: int) -> torch.Tensor:
     return torch.cat([sig, sig.new_zeros(1)])
 
 
+def scheduler_sigmas(model: Any, steps: int, scheduler: str = "simple") -> torch.Tensor:
+    """Descending SIGMAS of ComfyUI's scheduler `scheduler` for `steps` steps (BasicScheduler at denoise 1), ending
+    in 0: the grid LEDITS Edit runs a flow model on."""
+    import comfy.samplers
+    if int(steps) < 1:
+        raise HostError(f"steps must be at least 1, got {steps}")
+    return comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, int(steps)).detach().to("cpu",
+                                                                                                  torch.float32)
+
+
 def latent_format(model: Any) -> Any:
     """The model's latent format (scale factor, channels)."""
     return base_model(model).latent_format

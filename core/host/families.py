@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import Any, Optional
 
 from . import dit, unet
 from .errors import HostError
@@ -28,3 +28,12 @@ def family_of(model: Any) -> ModuleType:
 def check_supported(model: Any) -> str:
     """The prediction type of a model this pack runs ('eps' or 'v' for a UNet, 'flow' for a DiT), else HostError."""
     return family_of(model).check_supported(model)
+
+
+def conditioning_family_check(model: Any, cond: Any) -> Optional[str]:
+    """A message when a CONDITIONING does not fit the model's text input (conditioning of another model family),
+    else None: the UNet's cross-attention width or the DiT's text-input width."""
+    for fam in families():
+        if fam.is_family(model):
+            return (dit.conditioning_check if fam is dit else unet.conditioning_family_check)(model, cond)
+    return None

@@ -140,10 +140,12 @@ def patch_post_cfg_guidance(model: Any, fn: Callable[[GuidanceCall], Optional[to
 class CondGuidanceCall:
     """One denoiser call as a cond-guidance combine function sees it. Noise tensors are ComfyUI's cfg "noise"
     x − x̂0 = σ·ε̂ (batch B); `noise_extra[j]` belongs to extra conditioning j; `attn_maps[j]` is its cross-attention
-    map [B, h, w] (probabilities summed over its tokens, averaged over heads and probed layers) or None."""
+    map [B, h, w] (probabilities summed over its tokens, averaged over heads and probed layers) or None; `steps` is
+    the run's step count; `has_uncond` is False when no negative was connected (noise_uncond is then noise_cond)."""
 
     def __init__(self, args: dict, noise_extra: list[torch.Tensor], run: dict, step: int, timestep: float,
-                 attn_maps: list[Optional[torch.Tensor]], prev_cfg: Optional[Callable[[dict], torch.Tensor]]):
+                 attn_maps: list[Optional[torch.Tensor]], prev_cfg: Optional[Callable[[dict], torch.Tensor]],
+                 steps: int = 0, has_uncond: bool = True):
         self._args, self._prev_cfg = args, prev_cfg
         self.x: torch.Tensor = args["input"]
         self.sigma: torch.Tensor = torch.as_tensor(args["sigma"]).reshape(-1)
@@ -155,6 +157,8 @@ class CondGuidanceCall:
         self.step = int(step)
         self.timestep = float(timestep)
         self.attn_maps = attn_maps
+        self.steps = int(steps)
+        self.has_uncond = bool(has_uncond)
 
     def cfg(self) -> torch.Tensor:
         """The CFG noise the model would use without this guidance (a cfg function patched in before, or plain
@@ -171,9 +175,10 @@ class _CondGuidancePatch(SharedHandle):
 
     def __init__(self, key: str, conds: Sequence[Any], combine: Callable[[CondGuidanceCall], torch.Tensor], payload: Any,
                  drop_positive: bool, attn_tokens: Optional[Sequence[int]], prev_cfg: Optional[Callable],
-                 prev_calc: Optional[Callable], attn_start: int = 1):
+                 prev_calc: Optional[Callable], attn_start: int = 1, uncond_optional: bool = False):
         self.key, self.conds, self.combine, self.payload = key, list(conds), combine, payload
         self.drop_positive = bool(drop_positive)
+        self.uncond_optional = bool(uncond_optional) and not self.drop_positive
         self.attn_tokens = list(attn_tokens) if attn_tokens is not None else None
         self.attn_start = int(attn_start)   # where the concept's words begin in its context
         self.ctx_lens = [int(c[0][0].shape[1]) if c and c[0][0] is not None and c[0][0].ndim == 3 else 0
@@ -211,7 +216,8 @@ class _CondGuidancePatch(SharedHandle):
             for j, (s, n) in rec.items():
                 if j < len(maps) and n > 0:
                     maps[j] = s / n
-        call = CondGuidanceCall(args, [x - e for e in extra_x0], run, step, ts, maps, self.prev_cfg)
+        call = CondGuidanceCall(args, [x - e for e in extra_x0], run, step, ts, maps, self.prev_cfg,
+                                steps=int(g.numel()) - 1, has_uncond=run.get("has_uncond", True))
         return self.combine(call)
 
 
@@ -245,7 +251,11 @@ class _Calc(SharedHandle):
         p = self.owner
         run = p._state()
         conds = list(args["conds"])
-        if len(conds) < 2 or not conds[1]:
+        has_uncond = len(conds) >= 2 and bool(conds[1])
+        run["has_uncond"] = has_uncond
+        if not has_uncond and p.uncond_optional:
+            conds = [conds[0], conds[0]]          # no negative: the positive stands in for it
+        elif not has_uncond:
             raise HostError("edit concepts need the negative (unconditional) conditioning: connect a negative prompt "
                             "(an empty CLIP Text Encode) to the sampler or guider")
         extra = internals.guider_conds(run["guider"], run["keys"])
@@ -332,14 +342,15 @@ def cond_guidance_payload(model: Any, key: str) -> Any:
 def patch_cond_guidance(model: Any, key: str, conds: Sequence[Any], combine: Callable[[CondGuidanceCall], torch.Tensor],
                         *, payload: Any = None, drop_positive: bool = False,
                         attn_layers: Optional[Sequence[AttnLayer]] = None,
-                        attn_tokens: Optional[Sequence[int]] = None) -> Any:
+                        attn_tokens: Optional[Sequence[int]] = None, uncond_optional: bool = False) -> Any:
     """Make every sampler of `model` (a clone) evaluate the extra CONDITIONINGs `conds` in the same batched UNet
     call as cond and uncond and return combine(CondGuidanceCall) (a cfg "noise" x − x̂0) as the CFG result. A guidance
     already installed under `key` is replaced (chained cfg / calc functions of others are kept). drop_positive:
     the positive is not evaluated (cond := uncond). attn_layers + attn_tokens: record the extra conds' cross-attention
     maps on those layers, summed over each one's first attn_tokens[j] tokens after the start token, if the encoder
     has one (`text_start_tokens`; 0 = all but the start token and the last, as diffusers' LEDITS++ does: its token
-    count includes the padding; `concept_token_range`)."""
+    count includes the padding; `concept_token_range`). uncond_optional: a run without a negative evaluates the
+    positive in its place (CondGuidanceCall.has_uncond False) instead of failing (simple SEGA on FLUX)."""
     import comfy.patcher_extension as pe
     old = cond_guidance_patch(model, key)
     prev_cfg = internals.model_function(model.model_options, "sampler_cfg_function")
@@ -351,7 +362,8 @@ def patch_cond_guidance(model: Any, key: str, conds: Sequence[Any], combine: Cal
     if attn_layers and attn_tokens is None:
         attn_tokens = [0] * len(conds)
     patch = _CondGuidancePatch(key, conds, combine, payload, drop_positive, attn_tokens if attn_layers else None,
-                               prev_cfg, prev_calc, attn_start=text_start_tokens(model))
+                               prev_cfg, prev_calc, attn_start=text_start_tokens(model),
+                               uncond_optional=uncond_optional)
     model.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, _outer_key(key))
     model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, _outer_key(key), patch.outer)
     model.set_model_sampler_calc_cond_batch_function(patch.calc)

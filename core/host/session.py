@@ -103,11 +103,12 @@ def session(model: Any, positive: Any, negative: Any, cfg: float, samples: torch
 
 def sample_with_sampler(model: Any, positive: Any, negative: Any, cfg: float, sampler: Any, sigmas: torch.Tensor,
                         samples: torch.Tensor, seed: int = 0,
-                        callback: Optional[Callable[[int, torch.Tensor, torch.Tensor, int], None]] = None) -> torch.Tensor:
-    """Stock SamplerCustom without added noise: sample LATENT `samples` with a SAMPLER on `sigmas`; returns LATENT
-    samples. callback(step, x̂0, x, total) per step."""
+                        callback: Optional[Callable[[int, torch.Tensor, torch.Tensor, int], None]] = None,
+                        noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Stock SamplerCustom without added noise (or with `noise`, e.g. a flow inversion's InvertedNoise): sample
+    LATENT `samples` with a SAMPLER on `sigmas`; returns LATENT samples. callback(step, x̂0, x, total) per step."""
     import comfy.sample
-    noise = torch.zeros_like(samples)
+    noise = torch.zeros_like(samples) if noise is None else noise
     negative = negative if negative is not None else []
     return comfy.sample.sample_custom(model, noise, float(cfg), sampler, sigmas, positive, negative, samples,
                                       noise_mask=None, callback=callback, disable_pbar=True, seed=seed)

@@ -1,0 +1,146 @@
+"""LEDITS on flow models and FlowEdit, in-process on real tiny DiTs: SEGA Guidance and LEDITS Edit on a tiny FLUX,
+a tiny SD3 through comfy.sd.load_diffusion_model and the shapes demo DiT; the FlowEdit GUIDER with stock
+SamplerCustomAdvanced; their refusals name node and input."""
+import pytest
+import torch
+
+from tools.support import tiny_models
+from tools.support.flow_calls import _call, psnr, sampler_custom_advanced, scheduler_sigmas
+from tools.support.node_calls import run_node
+from dragedit.core import host
+from dragedit.nodes._errors import NodeInputError
+from dragedit.nodes.flow_inversion import EditFriendlyFlowInversion
+from dragedit.nodes.flowedit import FlowEdit
+from dragedit.nodes.sega import LEDITSEdit, SEGAGuidance
+
+SEGA = dict(direction="add", threshold=0.9, warmup=0, cooldown=0, weight=1.0, momentum_scale=0.1, momentum_beta=0.4)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tiny_models.flux()
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    return tiny_models.sd3(tmp_path_factory.mktemp("sd3") / "tiny_sd3.safetensors")
+
+
+@pytest.fixture(scope="module")
+def shapes_dit():
+    from dragedit.demo.shapes import dit
+    from pathlib import Path
+    import dragedit
+    model, clip, vae = dit.load(Path(dragedit.__file__).parent / "demo/shapes/weights/shapes_dit-p2.safetensors")
+    return model, clip.encoder, vae
+
+
+def _sega_edit(model, scale, negative=None, cfg=1.0, mode="SEGA", **kw):
+    """Edit-friendly flow inversion + SEGA Guidance + the inversion's sampler in SamplerCustomAdvanced; PSNR (dB)
+    of the result against the input latent."""
+    lat = tiny_models.dit_latent(size=8)
+    pos = tiny_models.dit_conditioning()
+    sig = scheduler_sigmas(model, 6)
+    noise, sampler, _ = run_node(EditFriendlyFlowInversion, model=model, latent=lat, positive=pos, sigmas=sig,
+                                 eta=1.0, seed=1, cfg=cfg, negative=negative)
+    m, = run_node(SEGAGuidance, model=model, concept=tiny_models.dit_conditioning(5), scale=scale, mode=mode,
+                  **dict(SEGA, **kw))
+    out = sampler_custom_advanced(m, noise, sampler, sig, lat, pos, negative=negative, cfg=cfg)
+    return psnr(host.process_in(model, out), host.process_in(model, lat["samples"]))
+
+
+@pytest.mark.parametrize("which", ["flux", "sd3"])
+def test_sega_on_flow_scale_zero_reconstructs_and_a_concept_edits(which, request):
+    model = request.getfixturevalue(which)
+    assert _sega_edit(model, 0.0) >= 60.0                           # simple SEGA, no negative (BasicGuider)
+    assert _sega_edit(model, 5.0) < 40.0
+
+
+def test_sega_on_flow_true_cfg_and_ledits_pp(flux):
+    neg = tiny_models.dit_conditioning(9)
+    assert _sega_edit(flux, 0.0, negative=neg, cfg=2.0) >= 60.0
+    assert _sega_edit(flux, 5.0, negative=neg, cfg=2.0) < 40.0
+    assert _sega_edit(flux, 5.0, mode="LEDITS++", cross_attention_mask=False, negative=neg) < 60.0
+    with pytest.raises(NodeInputError, match=r"\[SEGA Guidance\] input 'cross_attention_mask'.*no cross-attention"):
+        _sega_edit(flux, 5.0, mode="LEDITS++", cross_attention_mask=True)
+
+
+def test_ledits_edit_on_the_shapes_dit(shapes_dit):
+    from dragedit.demo.shapes import dit
+    model, enc, vae = shapes_dit
+    z = tiny_models.dit_latent(seed=4, size=16, channels=12)
+    src, neg = dit.conditioning(enc, ["red circle"]), dit.conditioning(enc, [""])
+    blue = dit.conditioning(enc, ["blue"])
+    base = dict(model=model, vae=vae, source=src, negative=neg, steps=10, skip=2, source_cfg=1.0, target_cfg=1.0,
+                seed=0, latent=z, concept_1=blue)
+    for mode in ("SEGA", "LEDITS++"):
+        _img, out = run_node(LEDITSEdit, mode=mode, scale_1=0.0, **base)
+        assert psnr(out["samples"], z["samples"]) >= 60.0, mode
+    img, out = run_node(LEDITSEdit, mode="SEGA", scale_1=10.0, **base)
+    assert psnr(out["samples"], z["samples"]) < 50.0 and img.shape == (1, 32, 32, 3)
+    with pytest.raises(NodeInputError, match=r"\[LEDITS Edit\] input 'skip'"):
+        run_node(LEDITSEdit, mode="SEGA", **dict(base, skip=10))
+
+
+def _flowedit(model, source, target, sigmas, sampler="euler", **kw):
+    from comfy_extras.nodes_custom_sampler import KSamplerSelect, RandomNoise, SamplerCustomAdvanced
+    lat = tiny_models.dit_latent(seed=2, size=8)
+    g, = run_node(FlowEdit, model=model, source=source, target=target, **dict(dict(
+        source_cfg=1.0, target_cfg=1.0, n_avg=1, seed=0), **kw))
+    with torch.inference_mode():
+        s = _call(KSamplerSelect, sampler_name=sampler)[0]
+        out = _call(SamplerCustomAdvanced, noise=_call(RandomNoise, noise_seed=1)[0], guider=g, sampler=s,
+                    sigmas=sigmas, latent_image=lat)[0]["samples"]
+    return psnr(host.process_in(model, out), host.process_in(model, lat["samples"]))
+
+
+@pytest.mark.parametrize("which", ["flux", "sd3"])
+def test_flowedit_keeps_the_image_for_the_source_prompt_and_edits_for_another(which, request):
+    model = request.getfixturevalue(which)
+    src, tar, neg = (tiny_models.dit_conditioning(s) for s in (0, 7, 9))
+    sig = scheduler_sigmas(model, 8)
+    assert _flowedit(model, src, src, sig) >= 60.0
+    assert _flowedit(model, src, src, sig[2:], negative=neg, source_cfg=3.0, target_cfg=3.0) >= 60.0
+    assert _flowedit(model, src, tar, sig[2:], n_avg=2, n_min=1) < 40.0
+
+
+def test_flowedit_refusals_name_node_and_input(flux, sd15_model):
+    src, tar = tiny_models.dit_conditioning(0), tiny_models.dit_conditioning(7)
+    sig = scheduler_sigmas(flux, 4)
+    with pytest.raises(NodeInputError, match=r"\[FlowEdit\] input 'model'"):
+        run_node(FlowEdit, model=sd15_model, source=tiny_models.conditioning(), target=tiny_models.conditioning(),
+                 source_cfg=1.0, target_cfg=1.0, n_avg=1, seed=0)
+    with pytest.raises(NodeInputError, match=r"\[FlowEdit\] input 'target_cfg'.*no negative"):
+        run_node(FlowEdit, model=flux, source=src, target=tar, source_cfg=1.0, target_cfg=4.0, n_avg=1, seed=0)
+    with pytest.raises(NodeInputError, match=r"\[FlowEdit\] input 'target'.*width 8"):
+        run_node(FlowEdit, model=flux, source=src, target=tiny_models.dit_conditioning(width=8), source_cfg=1.0,
+                 target_cfg=1.0, n_avg=1, seed=0)
+    with pytest.raises(NodeInputError, match=r"\[FlowEdit\] input 'sampler'.*euler"):
+        _flowedit(flux, src, tar, sig, sampler="heun")
+    with pytest.raises(NodeInputError, match=r"\[FlowEdit\] input 'sigmas'.*end at 0"):
+        _flowedit(flux, src, tar, sig[:-1])
+
+
+def test_sega_and_flowedit_on_qwen_image_5d_latents():
+    """Qwen-Image's 5-D latents [B, C, T, H, W]: SEGA's per-token threshold and FlowEdit run on them."""
+    q = tiny_models.qwen_image()
+    lat = {"samples": tiny_models.dit_latent(size=8)["samples"].unsqueeze(2)}
+    pos = [[tiny_models.dit_conditioning(0)[0][0], {}]]
+    con = [[tiny_models.dit_conditioning(5)[0][0], {}]]
+    sig = scheduler_sigmas(q, 4)
+    z0 = host.process_in(q, lat["samples"])
+    noise, sampler, _ = run_node(EditFriendlyFlowInversion, model=q, latent=lat, positive=pos, sigmas=sig, eta=1.0,
+                                 seed=1, cfg=1.0)
+    dbs = []
+    for scale in (0.0, 5.0):
+        m, = run_node(SEGAGuidance, model=q, concept=con, scale=scale, mode="SEGA", **SEGA)
+        dbs.append(psnr(host.process_in(q, sampler_custom_advanced(m, noise, sampler, sig, lat, pos)), z0))
+    assert dbs[0] >= 60.0 and dbs[1] < 40.0
+    from comfy_extras.nodes_custom_sampler import KSamplerSelect, RandomNoise, SamplerCustomAdvanced
+    for target, lo, hi in ((pos, 60.0, float("inf")), (con, 0.0, 50.0)):
+        g, = run_node(FlowEdit, model=q, source=pos, target=target, source_cfg=1.0, target_cfg=1.0, n_avg=1, seed=0)
+        with torch.inference_mode():
+            out = _call(SamplerCustomAdvanced, noise=_call(RandomNoise, noise_seed=1)[0], guider=g,
+                        sampler=_call(KSamplerSelect, sampler_name="euler")[0], sigmas=sig,
+                        latent_image=lat)[0]["samples"]
+        assert lo <= psnr(host.process_in(q, out), z0) < hi
