@@ -146,3 +146,32 @@ def test_regiondrag_node_on_flux(flux):
 def test_building_blocks_refuse_dits_clearly(flux):
     with pytest.raises(NodeInputError, match=r"\[Attention K/V Swap\] input 'model'.*RegionDrag node"):
         run_node(AttentionKVSwap, model=flux, inversion=object(), layers="all", mode="replace")
+
+
+def test_shapes_demo_model_dit_choice_and_a_drag_on_it():
+    """The Shapes Demo Model's design widget: 'unet' (default, saved workflows) and 'dit' (the FLUX demo); RegionDrag
+    on the demo DiT moves the scene's shape towards its target."""
+    from dragedit.demo.shapes import renderer
+    from dragedit.nodes.shapes_demo import ShapesDemoModel, ShapesScene
+    spec = ShapesDemoModel.INPUT_TYPES()
+    assert spec["required"] == {} and list(spec["optional"]) == ["design"]
+    assert spec["optional"]["design"][1]["default"] == "unet"
+    model, clip, vae = run_node(ShapesDemoModel, design="dit")
+    assert host.dit.kind_of(model) == "flux" and host.is_flow(model)
+    with pytest.raises(NodeInputError, match=r"\[Shapes Demo Model\] input 'design'"):
+        run_node(ShapesDemoModel, design="vit")
+    img, prompt = run_node(ShapesScene, seed=2, shapes="1")
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+    scene = renderer.random_scene(2, two_p=0.0)
+    s = scene.shapes[0]
+    d = 7                                                                   # odd px: not a whole latent cell
+    e = s.extent + 1
+    box = [max(s.x - e, 0), max(s.y - e, 0), min(s.x + e, 32 - d), min(s.y + e, 32 - d)]
+    drag_json = json.dumps({"image_size": [32, 32], "regions": [
+        {"kind": "rect", "handle": [box[:2], box[2:]], "target": [[box[0] + d, box[1] + d], [box[2] + d, box[3] + d]]}]})
+    out = run_node(RegionDrag, model=model, positive=cond, steps=20, strength=0.5, noise_scale=1.0, seed=42,
+                   drag_json=drag_json, image=img, vae=vae)[0]["samples"]
+    pic = vae.decode(out)[0].permute(2, 0, 1)
+    got = renderer.centroid(pic, s.colour)
+    want = renderer.centroid(renderer.render(scene.moved(0, d, d)), s.colour)
+    assert got is not None and abs(got[0] - want[0]) < 2.5 and abs(got[1] - want[1]) < 2.5, (got, want)
