@@ -198,7 +198,8 @@ def make_plan(drag: DragInstructions, latent_hw: Sequence[int], mask: Optional[t
     """Drag instructions (image px, image_size set) + optional editable mask [H, W] at image size -> EditPlan on the
     latent grid. Without a mask the drag's own mask is used, else the whole image is editable (the reference UI).
     follow_nearest_handle (the DiT path, LazyDrag's correspondence map): with point pairs and a mask, every cell of
-    the mask moves with its nearest handle (`nearest_handle_pairs`) and the targets become editable too."""
+    the mask (one that leaves some cells out) moves with its nearest handle (`nearest_handle_pairs`) and the
+    targets become editable too."""
     if not math.isfinite(float(noise_scale)) or float(noise_scale) < 0:
         raise RegionDragError("noise_scale", f"must be 0 or more, got {noise_scale}")
     if not 0.0 <= float(paste_end) <= 1.0:
@@ -224,7 +225,7 @@ def make_plan(drag: DragInstructions, latent_hw: Sequence[int], mask: Optional[t
         if not bool((m > 0.5).any()):
             raise RegionDragError("mask", "is empty (all black), so nothing may change; paint the editable area")
         editable = (grid.coverage(m) >= 0.5).float()
-    if follow_nearest_handle and drag.points and m is not None:
+    if follow_nearest_handle and drag.points and not bool((editable > 0.5).all()):   # an all-ones mask = no mask
         region_pairs = [p for p in correspondences(drag, grid, point_radius)[len(drag.points):]]
         pairs = CellPairs.cat([nearest_handle_pairs(drag, grid, editable > 0.5)] + region_pairs, grid_hw=grid.hw)
         editable = torch.maximum(editable, pairs.dst_mask().float())

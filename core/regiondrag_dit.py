@@ -28,6 +28,7 @@ Text and Kontext reference tokens are never touched.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -94,6 +95,29 @@ def token_plan(model: Any, plan: rd.EditPlan) -> TokenPlan:
     free = touched | editable if user_mask else touched
     background = ~moved & ~free
     return TokenPlan(grid, moved.reshape(-1), index, background.reshape(-1))
+
+
+def with_edit_area(model: Any, plan: rd.EditPlan, grow_tokens: int = 1) -> rd.EditPlan:
+    """The plan with an editable area when it has none (no mask, or one covering the whole image): the cells that
+    receive, give up or are re-noised, grown by `grow_tokens` tokens and snapped to whole tokens. Outside it the
+    latent is the inversion's at every step and the tokens take their own cached K/V (KV-Edit keeps the background
+    latents and K/V of the inversion the same way), so the background ends as the input."""
+    if not bool((plan.editable > 0.5).all()) or len(plan.pairs) == 0:
+        return plan
+    p = host.dit.patch_size(model)
+    h, w = plan.latent_hw
+    grid = host.dit.image_grid(model, (h, w))
+    touched = (_pool(plan.pairs.dst_mask() | plan.pairs.src_mask() | plan.vacate, p, grid) > 0).float()
+    k = 2 * int(grow_tokens) + 1
+    grown = F.max_pool2d(touched[None, None], k, stride=1, padding=int(grow_tokens))[0, 0]
+    cells = grown.repeat_interleave(p, 0).repeat_interleave(p, 1)[:h, :w]
+    return dataclasses.replace(plan, editable=cells)
+
+
+def point_radius(model: Any, image_size: Sequence[int], latent_hw: Sequence[int]) -> float:
+    """Radius (image px) of the disc a point pair moves on a DiT without a mask: one token side (patch x VAE factor),
+    since K/V move by whole tokens."""
+    return float(host.dit.patch_size(model) * rd.infer_factor(image_size, latent_hw))
 
 
 # ====================================================================== blocks
@@ -251,6 +275,7 @@ def run(model: Any, positive: Any, samples: torch.Tensor, plan: rd.EditPlan, *, 
     if sigmas.numel() < 2:
         raise rd.RegionDragError("strength", f"is {strength}: with {steps} steps nothing is inverted; raise it")
     blocks = select_blocks(model, layers)
+    plan = with_edit_area(model, plan)
     latents, store, calls = invert(model, positive, samples, sigmas, blocks, kv_dtype, on_step)
     try:
         if stats is not None:

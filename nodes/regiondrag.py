@@ -265,8 +265,14 @@ class RegionDrag:
         samples, image_size = image_or_latent(model, image, vae, latent)
         d = read_drag(drag, drag_json=drag_json, json_input=True, image_size=image_size)
         lat_hw = tuple(samples.shape[-2:])
+        radius = None
+        if flow and d.image_size is not None:
+            try:
+                radius = rdd.point_radius(model, d.image_size, lat_hw)
+            except rd.RegionDragError:
+                radius = None                       # _plan names the size mismatch
         plan = _plan(d, lat_hw, read_mask(mask, latent_hw=lat_hw, image_size=d.image_size), drag_input_name(drag),
-                     require_moves=True, follow_nearest_handle=flow, **opts)
+                     require_moves=True, follow_nearest_handle=flow, point_radius=radius, **opts)
         if flow:
             try:
                 est = rdd.kv_bytes(model, lat_hw, n, KV_DTYPES[kv_dtype], dit_layers)
