@@ -468,6 +468,13 @@ region_drag = run      # the name bench/regiondrag.py calls
 
 
 # ====================================================================== copy-paste around any sampler
+def is_flow_inversion(inversion: Any) -> bool:
+    """True for the INVERSION of a flow inversion (core.flow_inversion): its sampler starts from the inverted NOISE
+    (SamplerCustomAdvanced), not from a noisy LATENT."""
+    from .flow_inversion import EditFriendlyFlowInversion, FlowInversion
+    return isinstance(inversion, (FlowInversion, EditFriendlyFlowInversion))
+
+
 def copy_paste_sampler_fn(inner: Callable[..., torch.Tensor], inversion: Any, plan: EditPlan
                           ) -> Callable[..., torch.Tensor]:
     """Wrap a KSAMPLER-contract sampler function so it runs one step at a time and, before each step, pastes the
@@ -476,7 +483,7 @@ def copy_paste_sampler_fn(inner: Callable[..., torch.Tensor], inversion: Any, pl
     inversion's. Multistep samplers run as their one-step form (their history restarts after each paste)."""
     sig_inv, state_at = cached_states(inversion)
     vacate_fn = renoise
-    if getattr(inversion, "kind", None) == "flow" or type(inversion).__name__ == "FlowInversion":
+    if is_flow_inversion(inversion):
         from .regiondrag_dit import renoise as vacate_fn      # a flow model's re-noise (unit-variance z)
 
     def index_of(s: float) -> Optional[int]:

@@ -49,8 +49,9 @@ _TIPS = {
     "kv_dtype": "Precision of the cached self-attention K/V (kept on the model's offload device).",
     "sampler": "The sampler to wrap (KSamplerSelect, Edit-friendly DDPM, ...). It is run one step at a time, so "
                "multistep samplers (DPM++ 2M, LMS, UniPC...) act as their one-step form.",
-    "inversion": "An INVERSION with per-step latents (DDIM Inversion, DDPM Inversion). The sampler's sigmas must "
-                 "be the inversion's (feed its SIGMAS to SamplerCustom).",
+    "inversion": "An INVERSION with per-step latents (DDIM Inversion, DDPM Inversion, or Flow Inversion for a DiT: "
+                 "then its NOISE goes to SamplerCustomAdvanced). The sampler's sigmas must be the inversion's (feed "
+                 "its SIGMAS to SamplerCustom).",
     "kv_inversion": "An INVERSION that carries self-attention K/V (DDIM Inversion with record_kv on).",
     "layers": "Which self-attention layers take the cached K/V: all (RegionDrag), the decoder, or the decoder's two "
               "highest resolutions (DragDiffusion's reference-latent control).",
@@ -148,11 +149,12 @@ class LatentCopyPaste:
         lat_hw = tuple(latent.shape[-2:])
         plan = _plan(d, lat_hw, read_mask(mask, latent_hw=lat_hw, image_size=d.image_size), drag_input_name(drag),
                      **opts)
-        src = "the inversion node (DDIM Inversion / DDPM Inversion)"
+        src = "the inversion node (DDIM Inversion / DDPM Inversion / Flow Inversion)"
+        flow = rd.is_flow_inversion(inversion)          # its NOISE output is the inverted state: noise is expected
         fn = guard_sampler(
             rd.copy_paste_sampler_fn(inner, inversion, plan), CP_NODE,
             lambda run_sig, shape, noise: check_schedule("inversion", run_sig, sig, source=src, latent_shape=shape,
-                                                         inv_latent_hw=lat_hw, noise=noise))
+                                                         inv_latent_hw=lat_hw, noise=None if flow else noise))
         return (host.ksampler(fn, sampler.extra_options, sampler.inpaint_options),)
 
 

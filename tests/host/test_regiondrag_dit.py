@@ -175,3 +175,27 @@ def test_shapes_demo_model_dit_choice_and_a_drag_on_it():
     got = renderer.centroid(pic, s.colour)
     want = renderer.centroid(renderer.render(scene.moved(0, d, d)), s.colour)
     assert got is not None and abs(got[0] - want[0]) < 2.5 and abs(got[1] - want[1]) < 2.5, (got, want)
+
+
+def test_latent_copy_paste_wraps_a_flow_inversion(flux):
+    """Latent Copy-Paste takes a Flow Inversion (FireFlow): its wrapped sampler in stock SamplerCustomAdvanced with
+    the inversion's NOISE pastes the handle cells onto the targets; without a drag it reproduces the inversion's run."""
+    import comfy.samplers
+    from tools.support.flow_calls import psnr, sampler_custom_advanced, scheduler_sigmas
+    from dragedit.nodes.flow_inversion import FlowInversion
+    lat = {"samples": _planted(6)}
+    cond = tiny_models.dit_conditioning()
+    sigmas = scheduler_sigmas(flux, 8)
+    noise, sampler, inv = run_node(FlowInversion, model=flux, latent=lat, positive=cond, sigmas=sigmas,
+                                   solver="fireflow", cfg=1.0)
+    euler = comfy.samplers.ksampler("euler")
+    mask = torch.zeros(SIZE, SIZE)
+    mask[0:112, 0:112] = 1.0
+    wrapped = run_node(LatentCopyPaste, sampler=euler, inversion=inv, noise_scale=1.0, seed=1, paste_end=0.2,
+                       paste_every_step=False, drag_json=json.dumps({"image_size": [SIZE, SIZE], "regions": [RECT]}),
+                       mask=mask[None])[0]
+    out = sampler_custom_advanced(flux, noise, wrapped, sigmas, lat, cond)
+    src = lat["samples"][..., 0:4, 0:4]
+    assert float((out[..., 8:12, 8:12] - src).abs().mean()) < float((lat["samples"][..., 8:12, 8:12] - src).abs().mean())
+    assert torch.allclose(out[..., 14:, :], lat["samples"][..., 14:, :].to(out), atol=1e-5)   # restored outside the mask
+    assert psnr(out[..., :8, 12:], lat["samples"][..., :8, 12:]) > 20.0
