@@ -199,3 +199,19 @@ def test_latent_copy_paste_wraps_a_flow_inversion(flux):
     assert float((out[..., 8:12, 8:12] - src).abs().mean()) < float((lat["samples"][..., 8:12, 8:12] - src).abs().mean())
     assert torch.allclose(out[..., 14:, :], lat["samples"][..., 14:, :].to(out), atol=1e-5)   # restored outside the mask
     assert psnr(out[..., :8, 12:], lat["samples"][..., :8, 12:]) > 20.0
+
+
+def test_qwen_image_core_run():
+    """Qwen-Image (5-D Wan latents, centred RoPE ids) in the core path: moved keys re-encoded, K/V found on every
+    recorded step (the node takes 4-D image latents only)."""
+    qwen = tiny_models.qwen_image()
+    samples = _planted(7)[:, :, None]                            # [1, 16, 1, 16, 16]
+    plan = rd.make_plan(_drag(regions=[RECT]), (16, 16), noise_scale=1.0)
+    _, mv = rdd.injections(qwen, host.KVStore(), rdd.token_plan(qwen, plan), (16, 16), plan,
+                           rdd.grid_sigmas(qwen, 6, 0.5))
+    assert mv.rope is not None and not mv.values_only
+    stats = {}
+    with torch.inference_mode():
+        out = rd.run(qwen, tiny_models.dit_conditioning(), samples, plan, steps=6, strength=0.5, stats=stats)
+    assert out.shape == samples.shape and torch.isfinite(out).all()
+    assert stats["kv_misses"] == 2 * len(host.dit.blocks(qwen)) and stats["kv_hits"] > 0
