@@ -16,6 +16,8 @@ contact sheets out/bench/shapesbench/<method>.png (input | ground truth | output
     python -m bench.shapesbench --steps 10 --steps dragondiffusion=12 --set dragdiffusion.iterations=20
     python -m bench.shapesbench --seed 101 --methods ledits --kinds concept_recolour,concept_remove --cases 20
                                                       # another drawn case set (generalisation: docs/generalisation.md)
+    python -m bench.shapesbench --model dit --methods regiondrag --set regiondrag.dit_layers=vital
+                                                      # the demo DiT (methods that take DiTs) -> shapesbench_dit.*
 """
 from __future__ import annotations
 
@@ -47,12 +49,15 @@ class Method:
     settings: dict
     build: Callable[..., dict] = field(repr=False)
     note: str = ""
+    models: tuple[str, ...] = ("unet",)          # Shapes Demo Model designs the method runs on (--model)
 
 
 def _base(case, files: dict) -> dict:
-    """Nodes every graph shares: the demo model, the scene image, the source prompt and an empty negative."""
+    """Nodes every graph shares: the demo model (design files["model"], default the UNet), the scene image, the
+    source prompt and an empty negative."""
+    design = files.get("model", "unet")
     return {
-        "model": {"class_type": "DragEditShapesDemoModel", "inputs": {}},
+        "model": {"class_type": "DragEditShapesDemoModel", "inputs": {"design": design} if design != "unet" else {}},
         "load": {"class_type": "LoadImage", "inputs": {"image": files["image"]}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": case.prompt, "clip": ["model", 1]}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["model", 1]}},
@@ -76,7 +81,8 @@ def _graph_regiondrag(case, how: str, s: dict, files: dict, prefix: str) -> dict
         "model": ["model", 0], "positive": ["pos", 0], "steps": s["steps"], "strength": s["strength"],
         "noise_scale": s["noise_scale"], "seed": s["seed"], "drag": ["drag", 0], "image": ["load", 0],
         "vae": ["model", 2], "mask": ["drag", 1], "paste_end": s["paste_end"],
-        "paste_every_step": s["paste_every_step"], "kv_dtype": s["kv_dtype"]}}
+        "paste_every_step": s["paste_every_step"], "kv_dtype": s["kv_dtype"], "dit_layers": s["dit_layers"],
+        "reencode_keys": s["reencode_keys"]}}
     return _decode_save(g, ["edit", 0], prefix)
 
 
@@ -198,8 +204,9 @@ def methods() -> list[Method]:
         Method("regiondrag", ("DragEditRegionDrag", "DragInstructions"),
                {"point_drag": "points", "region_drag": "region", "move": "region", "resize": "region"},
                dict(steps=20, strength=0.5, noise_scale=1.0, seed=42, paste_end=0.2, paste_every_step=False,
-                    kv_dtype="float16"), _graph_regiondrag,
-               "RegionDrag all-in-one; points move a disc of one latent cell"),
+                    kv_dtype="float16", dit_layers="all", reencode_keys=True), _graph_regiondrag,
+               "RegionDrag all-in-one; points move a disc of one latent cell; on the DiT: FireFlow inversion, "
+               "K/V of moved tokens re-encoded (dit_layers / reencode_keys: DiT only)", models=("unet", "dit")),
         Method("dragdiffusion", ("DragEditDragDiffusion", "DragInstructions"),
                {"point_drag": "points", "move": "points", "resize": "points"},
                dict(steps=50, strength=0.5, iterations=80, learning_rate=0.01, r_m=1, r_p=3, lam=0.1,
@@ -278,13 +285,14 @@ def _exec_seconds(entry: dict) -> Optional[float]:
     return None
 
 
-def write_inputs(server: Any, cases: Sequence, S: Any) -> dict:
-    """Save each case's scene (and recolour masks) into the server's input folder; {case id: {role: filename}}."""
+def write_inputs(server: Any, cases: Sequence, S: Any, model: str = "unet") -> dict:
+    """Save each case's scene (and recolour masks) into the server's input folder; {case id: {role: filename}},
+    with the demo model design under "model"."""
     import torch
     inp = Path(server.base) / "input"
     files = {}
     for c in cases:
-        f = {"image": f"shapesbench_{c.id}.png"}
+        f = {"image": f"shapesbench_{c.id}.png", "model": model}
         _png_write(inp / f["image"], S.to_uint8_hwc(S.input_image(c)))
         if c.kind == "recolour":
             for role, m in (("mask", c.handle_mask()), ("ref_mask", c.ref_mask())):
@@ -348,8 +356,8 @@ def run_baseline(name: str, case: Any, S: Any) -> dict:
 
 
 def run_bench(server: Any, cases: Sequence, ms: Sequence[Method], timeout: float = 600.0,
-              log: Callable[[str], None] = print, checkpoint: Optional[Callable[[list], None]] = None
-              ) -> tuple[list[dict], dict]:
+              log: Callable[[str], None] = print, checkpoint: Optional[Callable[[list], None]] = None,
+              model: str = "unet") -> tuple[list[dict], dict]:
     """Run the baselines and every method on every case it takes, on a started ComfyServer. Returns the per-case
     records (images under '_image') and facts {missing, vae_roundtrip, warmup_s}; checkpoint(records) is called
     after each method (partial results survive an interrupted run)."""
@@ -363,7 +371,7 @@ def run_bench(server: Any, cases: Sequence, ms: Sequence[Method], timeout: float
             facts["missing"][m.name] = f"node class(es) not registered: {', '.join(lacking)}"
         else:
             present.append(m)
-    files = write_inputs(server, cases, S)
+    files = write_inputs(server, cases, S, model)
     if "DragEditShapesDemoModel" in info and cases:
         facts.update(warmup(server, cases[0], files[cases[0].id], S))
     recs: list[dict] = []
@@ -465,10 +473,11 @@ def contact_sheets(recs: Sequence[dict], cases: Sequence, folder: Path, per_kind
 
 
 # ======================================================================================================== CLI
-def weights_info() -> dict:
-    """Which shapes weights the server loads (path, size, mtime, sha256 prefix)."""
+def weights_info(model: str = "unet") -> dict:
+    """Which shapes weights the server loads for the design `model` (path, size, mtime, sha256 prefix)."""
     from dragedit.demo.shapes import model as shapes_model
-    p = shapes_model.default_weights()
+    from dragedit.nodes import shapes_demo
+    p = shapes_model.default_weights() if model == "unet" else shapes_demo.DIT_WEIGHTS
     if not p.exists():
         return {"path": str(p), "present": False}
     h = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
@@ -494,7 +503,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--set", action="append", default=[], dest="sets", help="method.key=value; repeatable")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per prompt")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the bench process and the server")
-    ap.add_argument("--name", default=NAME, help="output name under out/bench/")
+    ap.add_argument("--model", choices=("unet", "dit"), default="unet",
+                    help="Shapes Demo Model design: unet (v1) or dit (the FLUX demo; methods that take DiTs only)")
+    ap.add_argument("--name", default=None, help="output name under out/bench/ (default shapesbench[_dit])")
     ap.add_argument("--sheet", type=int, default=3, help="cases per kind in the contact sheets (0 = none)")
     ap.add_argument("--seed", type=int, default=None,
                     help="seed of the drawn case set (default: the public seed, bench/shapes_cases.py SEED)")
@@ -507,13 +518,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from bench import shapes_cases as S
     from tools.support.comfy_server import ComfyServer
 
-    ms = methods()
+    ms = [m for m in methods() if args.model in m.models]
     known = [m.name for m in ms]
+    args.name = args.name or (NAME if args.model == "unet" else f"{NAME}_{args.model}")
     if args.methods:
         want = [w.strip() for w in args.methods.split(",") if w.strip() and w.strip() not in BASELINES]
         bad = [w for w in want if w not in known]
         if bad:
-            ap.error(f"unknown method(s) {bad}; known: {known} (baselines {list(BASELINES)} always run)")
+            ap.error(f"unknown method(s) {bad} for --model {args.model}; known: {known} (baselines "
+                     f"{list(BASELINES)} always run)")
         ms = [m for m in ms if m.name in want]
     try:
         apply_overrides(ms, args.steps, args.sets)
@@ -527,7 +540,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     all_cases = S.build_cases(seed)
     cases = select_cases(all_cases, args.cases, kinds)
 
-    weights = weights_info()          # before the server loads them (another job may replace the file later)
+    weights = weights_info(args.model)          # before the server loads them (another job may replace the file later)
     t0 = time.perf_counter()
     server = ComfyServer(extra_nodes=False).start()
     try:
@@ -539,7 +552,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           indent=1, default=str))
 
         recs, facts = run_bench(server, cases, ms, timeout=args.timeout, log=lambda s: print(s, flush=True),
-                                checkpoint=checkpoint)
+                                checkpoint=checkpoint, model=args.model)
     finally:
         server.cleanup()
     total = time.perf_counter() - t0
@@ -549,6 +562,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sheets = contact_sheets(recs, cases, _util.OUT / args.name, args.sheet) if args.sheet else []
     extra = {
         "device": _util.device_name(),
+        "model": args.model,
         "weights": weights,
         "cases": f"{len(cases)} of {len(all_cases)} (case set {S.fingerprint(all_cases)}, seed {seed})",
         "missing": facts["missing"] or "none",

@@ -193,9 +193,13 @@ def _check_region_targets(drag: DragInstructions, grid: Grid) -> None:
 
 def make_plan(drag: DragInstructions, latent_hw: Sequence[int], mask: Optional[torch.Tensor] = None, *,
               noise_scale: float = DEFAULT_NOISE_SCALE, paste_end: float = DEFAULT_PASTE_END,
-              paste_every_step: bool = False, seed: int = 0, point_radius: Optional[float] = None) -> EditPlan:
+              paste_every_step: bool = False, seed: int = 0, point_radius: Optional[float] = None,
+              follow_nearest_handle: bool = False) -> EditPlan:
     """Drag instructions (image px, image_size set) + optional editable mask [H, W] at image size -> EditPlan on the
-    latent grid. Without a mask the drag's own mask is used, else the whole image is editable (the reference UI)."""
+    latent grid. Without a mask the drag's own mask is used, else the whole image is editable (the reference UI).
+    follow_nearest_handle (the DiT path, LazyDrag's correspondence map): with point pairs and a mask, every cell of
+    the mask (one that leaves some cells out) moves with its nearest handle (`nearest_handle_pairs`) and the
+    targets become editable too."""
     if not math.isfinite(float(noise_scale)) or float(noise_scale) < 0:
         raise RegionDragError("noise_scale", f"must be 0 or more, got {noise_scale}")
     if not 0.0 <= float(paste_end) <= 1.0:
@@ -221,11 +225,33 @@ def make_plan(drag: DragInstructions, latent_hw: Sequence[int], mask: Optional[t
         if not bool((m > 0.5).any()):
             raise RegionDragError("mask", "is empty (all black), so nothing may change; paint the editable area")
         editable = (grid.coverage(m) >= 0.5).float()
+    if follow_nearest_handle and drag.points and not bool((editable > 0.5).all()):   # an all-ones mask = no mask
+        region_pairs = [p for p in correspondences(drag, grid, point_radius)[len(drag.points):]]
+        pairs = CellPairs.cat([nearest_handle_pairs(drag, grid, editable > 0.5)] + region_pairs, grid_hw=grid.hw)
+        editable = torch.maximum(editable, pairs.dst_mask().float())
     vacate = torch.zeros(h, w, dtype=torch.bool)
     if len(pairs):
         vacate = pairs.src_mask() & ~pairs.dst_mask() & (editable > 0.5)
     return EditPlan(pairs=pairs, editable=editable, vacate=vacate, noise_scale=float(noise_scale),
                     paste_end=float(paste_end), paste_every_step=bool(paste_every_step), seed=int(seed))
+
+
+def nearest_handle_pairs(drag: DragInstructions, grid: Grid, cells: torch.Tensor) -> CellPairs:
+    """LazyDrag's explicit correspondence map for point drags: every cell of `cells` (bool [h, w], the masked
+    object) moves by the displacement of its nearest handle (winner takes all); targets outside the grid are
+    dropped, and where two cells land on one target the later one (row-major) wins."""
+    h_px = torch.tensor([p[0] for p in drag.points], dtype=torch.float64).reshape(-1, 2)
+    t_px = torch.tensor([p[1] for p in drag.points], dtype=torch.float64).reshape(-1, 2)
+    yx = torch.nonzero(cells)
+    if yx.shape[0] == 0 or h_px.shape[0] == 0:
+        return CellPairs.cat([], grid_hw=grid.hw)
+    src = yx[:, [1, 0]]
+    centre = grid.cell_center(src)                                  # [N, 2] px
+    nearest = torch.cdist(centre, h_px).argmin(1)
+    moved = centre + (t_px - h_px)[nearest]
+    uv = torch.floor(grid.to_grid(moved)).long()
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < grid.hw[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < grid.hw[0])
+    return CellPairs(src[inside], uv[inside], grid.hw, "nearest handle").unique_targets()
 
 
 # ====================================================================== per-step operations
@@ -409,9 +435,15 @@ def denoise(model: Any, positive: Any, inversion: RegionInversion, plan: EditPla
 def run(model: Any, positive: Any, samples: torch.Tensor, plan: EditPlan, *, steps: int = DEFAULT_STEPS,
                 strength: float = DEFAULT_STRENGTH, seed: int = 0, kv_dtype: torch.dtype = torch.float16,
                 swap_kv: bool = True, on_step: Optional[Callable[[int, int], None]] = None,
-                stats: Optional[dict] = None) -> torch.Tensor:
+                stats: Optional[dict] = None, dit_layers: str = "all", reencode_keys: bool = True) -> torch.Tensor:
     """RegionDrag's whole run (what the RegionDrag node calls): inversion with K/V, the drag denoising pass, caches
-    freed. Returns LATENT samples."""
+    freed. Returns LATENT samples. A DiT (host.family_of) runs core.regiondrag_dit.run, which also takes the block
+    set `dit_layers` and whether moved keys are re-encoded at their new position (`reencode_keys`)."""
+    if host.family_of(model) is host.dit:
+        from . import regiondrag_dit
+        return regiondrag_dit.run(model, positive, samples, plan, steps=steps, strength=strength, seed=seed,
+                                  kv_dtype=kv_dtype, swap_kv=swap_kv, layers=dit_layers, reencode=reencode_keys,
+                                  on_step=on_step, stats=stats)
     sigmas = grid_sigmas(model, steps, strength)
     if sigmas.numel() < 2:
         raise RegionDragError("strength", f"is {strength}: with {steps} steps nothing is inverted; raise it")
@@ -436,6 +468,13 @@ region_drag = run      # the name bench/regiondrag.py calls
 
 
 # ====================================================================== copy-paste around any sampler
+def is_flow_inversion(inversion: Any) -> bool:
+    """True for the INVERSION of a flow inversion (core.flow_inversion): its sampler starts from the inverted NOISE
+    (SamplerCustomAdvanced), not from a noisy LATENT."""
+    from .flow_inversion import EditFriendlyFlowInversion, FlowInversion
+    return isinstance(inversion, (FlowInversion, EditFriendlyFlowInversion))
+
+
 def copy_paste_sampler_fn(inner: Callable[..., torch.Tensor], inversion: Any, plan: EditPlan
                           ) -> Callable[..., torch.Tensor]:
     """Wrap a KSAMPLER-contract sampler function so it runs one step at a time and, before each step, pastes the
@@ -443,6 +482,9 @@ def copy_paste_sampler_fn(inner: Callable[..., torch.Tensor], inversion: Any, pl
     vacated handle cells are re-noised before the first step. Every sigma of the run must be one of the
     inversion's. Multistep samplers run as their one-step form (their history restarts after each paste)."""
     sig_inv, state_at = cached_states(inversion)
+    vacate_fn = renoise
+    if is_flow_inversion(inversion):
+        from .regiondrag_dit import renoise as vacate_fn      # a flow model's re-noise (unit-variance z)
 
     def sample_copy_paste(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
                           extra_args: Optional[dict] = None, callback: Optional[Callable[[dict], Any]] = None,
@@ -459,7 +501,7 @@ def copy_paste_sampler_fn(inner: Callable[..., torch.Tensor], inversion: Any, pl
         if tuple(x.shape[-2:]) != tuple(plan.latent_hw):
             raise RegionDragError("drag", f"the drag is for a {plan.latent_hw[1]}x{plan.latent_hw[0]} latent but the "
                                           f"sampler's latent is {x.shape[-1]}x{x.shape[-2]}")
-        x = renoise(x, plan.vacate, plan.noise_scale, float(s_run[0]), _renoise_generator(plan.seed))
+        x = vacate_fn(x, plan.vacate, plan.noise_scale, float(s_run[0]), _renoise_generator(plan.seed))
         base_seed = extra_args.get("seed")
         for i in range(n):
             x = apply_step(x, state_at(idx[i]), plan, i, n)

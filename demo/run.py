@@ -17,11 +17,12 @@ from demo import measure  # noqa: E402
 from tools.support.comfy_server import ComfyServer  # noqa: E402
 from tools.support.workflow_api import ui_to_api  # noqa: E402
 
-DEMOS = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits"]
+DEMOS = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits",
+         "shapes_dit_regiondrag"]
 SCALE = 8
 TITLES = {"regiondrag": "RegionDrag", "dragdiffusion": "DragDiffusion", "dragdiffusion_lora": "DragDiffusion + LoRA",
           "dragondiffusion_move": "DragonDiffusion move", "dragondiffusion_drag": "DragonDiffusion drag",
-          "ledits": "LEDITS"}
+          "ledits": "LEDITS", "shapes_dit_regiondrag": "RegionDrag on the demo DiT"}
 # Workflows run in a server of their own: ComfyUI's LoRA trainer gives a slightly different LoRA after another
 # DragDiffusion run in the same process (its result differed in the 4th decimal of the loss), so the demo's
 # LoRA picture is reproducible only from a fresh server.

@@ -8,10 +8,11 @@ import torch
 
 from ..core import host
 from ..core import regiondrag as rd
+from ..core import regiondrag_dit as rdd
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import GeometryError
 from ._errors import NodeInputError, node_entry, require
-from ._inputs import (KV_DTYPES, check_cond_fits, check_range, check_schedule, drag_input_name, guard_sampler,
+from ._inputs import (KV_DTYPES, check_cond_fits, check_conditioning, check_range, check_schedule, drag_input_name, guard_sampler,
                       image_or_latent, kv_budget, read_drag, read_mask, supported_model)
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
@@ -21,8 +22,8 @@ RD_NODE = "RegionDrag"
 LAYER_CHOICES = ("all", "decoder", "decoder, two highest resolutions")
 
 _TIPS = {
-    "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL). Patches applied upstream (LoRA, "
-             "IP-Adapter...) are used as they are.",
+    "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL, or a flow-matching DiT: FLUX, SD3 / "
+             "SD3.5). Patches applied upstream (LoRA, IP-Adapter...) are used as they are.",
     "positive": "Prompt describing the image. RegionDrag runs without CFG (scale 1), like the paper.",
     "drag": "Region pairs, polygons or point pairs from 'Drag Instructions' (image pixels). Every target cell takes "
             "the content of one handle cell.",
@@ -48,12 +49,18 @@ _TIPS = {
     "kv_dtype": "Precision of the cached self-attention K/V (kept on the model's offload device).",
     "sampler": "The sampler to wrap (KSamplerSelect, Edit-friendly DDPM, ...). It is run one step at a time, so "
                "multistep samplers (DPM++ 2M, LMS, UniPC...) act as their one-step form.",
-    "inversion": "An INVERSION with per-step latents (DDIM Inversion, DDPM Inversion). The sampler's sigmas must "
-                 "be the inversion's (feed its SIGMAS to SamplerCustom).",
+    "inversion": "An INVERSION with per-step latents (DDIM Inversion, DDPM Inversion, or Flow Inversion for a DiT: "
+                 "then its NOISE goes to SamplerCustomAdvanced). The sampler's sigmas must be the inversion's (feed "
+                 "its SIGMAS to SamplerCustom).",
     "kv_inversion": "An INVERSION that carries self-attention K/V (DDIM Inversion with record_kv on).",
     "layers": "Which self-attention layers take the cached K/V: all (RegionDrag), the decoder, or the decoder's two "
               "highest resolutions (DragDiffusion's reference-latent control).",
     "mode": "replace: K,V := the cached ones (RegionDrag). concat: attend to own and cached tokens.",
+    "dit_layers": "DiTs only: which transformer blocks take the cached image K/V: all, the double (joint) blocks, "
+                  "FLUX's single blocks, or Stable Flow's 'vital' blocks (fewer blocks = less memory, looser "
+                  "background).",
+    "reencode_keys": "DiTs only: rotate each moved key to its new place (RoPE models: FLUX, Qwen-Image) so the "
+                     "moved content is attended to where it now is. Off: keys keep their old position.",
 }
 
 
@@ -142,11 +149,12 @@ class LatentCopyPaste:
         lat_hw = tuple(latent.shape[-2:])
         plan = _plan(d, lat_hw, read_mask(mask, latent_hw=lat_hw, image_size=d.image_size), drag_input_name(drag),
                      **opts)
-        src = "the inversion node (DDIM Inversion / DDPM Inversion)"
+        src = "the inversion node (DDIM Inversion / DDPM Inversion / Flow Inversion)"
+        flow = rd.is_flow_inversion(inversion)          # its NOISE output is the inverted state: noise is expected
         fn = guard_sampler(
             rd.copy_paste_sampler_fn(inner, inversion, plan), CP_NODE,
             lambda run_sig, shape, noise: check_schedule("inversion", run_sig, sig, source=src, latent_shape=shape,
-                                                         inv_latent_hw=lat_hw, noise=noise))
+                                                         inv_latent_hw=lat_hw, noise=None if flow else noise))
         return (host.ksampler(fn, sampler.extra_options, sampler.inpaint_options),)
 
 
@@ -177,6 +185,10 @@ class AttentionKVSwap:
 
     @node_entry(KV_NODE)
     def patch(self, model, inversion, layers="all", mode="replace"):
+        require(not host.dit.is_family(model), "model",
+                "is a flow-matching DiT (FLUX / SD3 / Qwen-Image): its image-token K/V are recorded and injected "
+                "inside the RegionDrag node, which takes DiTs; this node swaps the self-attention K/V of SD1.x / "
+                "SD2.x / SDXL UNets.")
         supported_model(model)
         kv = getattr(inversion, "kv", None)         # the INVERSION contract's optional K/V (None for other values)
         require(kv is not None and len(kv) > 0, "inversion",
@@ -220,6 +232,8 @@ class RegionDrag:
                 "mask": ("MASK",),
                 **_schedule_spec(),
                 "kv_dtype": (list(KV_DTYPES), {"default": "float16"}),
+                "dit_layers": (list(rdd.LAYER_SETS), {"default": "all"}),
+                "reencode_keys": ("BOOLEAN", {"default": True}),
             },
         }, _TIPS)
 
@@ -232,9 +246,17 @@ class RegionDrag:
     @node_entry(RD_NODE)
     def run(self, model, positive, steps=rd.DEFAULT_STEPS, strength=rd.DEFAULT_STRENGTH,
             noise_scale=rd.DEFAULT_NOISE_SCALE, seed=42, drag=None, drag_json=None, image=None, vae=None, latent=None,
-            mask=None, paste_end=rd.DEFAULT_PASTE_END, paste_every_step=False, kv_dtype="float16"):
-        supported_model(model)
-        check_cond_fits(model, positive, "positive")
+            mask=None, paste_end=rd.DEFAULT_PASTE_END, paste_every_step=False, kv_dtype="float16",
+            dit_layers="all", reencode_keys=True):
+        flow = supported_model(model, flow=True) == "flow"
+        if flow:
+            check_conditioning(positive, "positive")
+            msg = host.dit.conditioning_check(model, positive)
+            require(msg is None, "positive", f"{msg}.")
+        else:
+            check_cond_fits(model, positive, "positive")
+        require(dit_layers in rdd.LAYER_SETS, "dit_layers", f"must be one of {list(rdd.LAYER_SETS)}, got "
+                                                            f"{dit_layers!r}.")
         require(int(steps) >= 1, "steps", f"must be at least 1, got {steps}.")
         check_range(float(strength), 0.0, 1.0, "strength")
         n = int(round(float(strength) * int(steps)))
@@ -245,14 +267,27 @@ class RegionDrag:
         samples, image_size = image_or_latent(model, image, vae, latent)
         d = read_drag(drag, drag_json=drag_json, json_input=True, image_size=image_size)
         lat_hw = tuple(samples.shape[-2:])
+        radius = None
+        if flow and d.image_size is not None:
+            try:
+                radius = rdd.point_radius(model, d.image_size, lat_hw)
+            except rd.RegionDragError:
+                radius = None                       # _plan names the size mismatch
         plan = _plan(d, lat_hw, read_mask(mask, latent_hw=lat_hw, image_size=d.image_size), drag_input_name(drag),
-                     require_moves=True, **opts)
-        kv_budget("steps", host.kv.estimate_model_bytes(model, lat_hw, n, KV_DTYPES[kv_dtype]),
-                  what=f"{n} steps, {lat_hw[1]}x{lat_hw[0]} latent, {kv_dtype}")
+                     require_moves=True, follow_nearest_handle=flow, point_radius=radius, **opts)
+        if flow:
+            try:
+                est = rdd.kv_bytes(model, lat_hw, n, KV_DTYPES[kv_dtype], dit_layers)
+            except rd.RegionDragError as e:
+                raise NodeInputError(e.field, f"{e}.") from None
+        else:
+            est = host.kv.estimate_model_bytes(model, lat_hw, n, KV_DTYPES[kv_dtype])
+        kv_budget("steps", est, what=f"{n} steps, {lat_hw[1]}x{lat_hw[0]} latent, {kv_dtype}")
 
         bar = Progress(2 * n)
         out = rd.run(model, positive, samples, plan, steps=int(steps), strength=float(strength), seed=int(seed),
-                     kv_dtype=KV_DTYPES[kv_dtype], on_step=lambda i, total: bar.update(1))
+                     kv_dtype=KV_DTYPES[kv_dtype], on_step=lambda i, total: bar.update(1), dit_layers=dit_layers,
+                     reencode_keys=bool(reencode_keys))
         return ({"samples": out.to(samples.device)},)
 
 

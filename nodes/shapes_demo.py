@@ -2,6 +2,7 @@
 stock CLIP Text Encode) and "Shapes Scene" (a seeded procedural scene as IMAGE plus its prompt)."""
 from __future__ import annotations
 
+from ..demo.shapes import dit as shapes_dit
 from ..demo.shapes import model as shapes_model
 from ..demo.shapes import renderer
 from ..demo.shapes.prompt import COLOURS, KINDS
@@ -10,6 +11,8 @@ from ._ui import CATEGORY_DEMO, SEED_MAX, tooltips
 
 NODE_MODEL = "Shapes Demo Model"
 NODE_SCENE = "Shapes Scene"
+DESIGNS = ("unet", "dit")
+DIT_WEIGHTS = shapes_model.WEIGHTS.parent / "shapes_dit-p2.safetensors"
 
 
 class ShapesDemoModel:
@@ -19,7 +22,8 @@ class ShapesDemoModel:
                    "32x32 (Empty Latent Image 128x128 gives a 32x32 image, since that node assumes an 8x VAE); the VAE "
                    "is an exact 2x2 pixel-unshuffle, so VAE Encode -> VAE Decode returns the image unchanged.")
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    OUTPUT_TOOLTIPS = ("SD-style eps-prediction UNet (ComfyUI's own UNet class) with self- and cross-attention at every level.",
+    OUTPUT_TOOLTIPS = ("design unet: SD-style eps-prediction UNet (ComfyUI's own UNet class) with self- and "
+                       "cross-attention at every level; dit: ComfyUI's FLUX class with flow-matching sampling.",
                        "Tiny prompt encoder: connect it to CLIP Text Encode.",
                        "Exact pixel-unshuffle VAE (3x32x32 image <-> 12x16x16 latent).")
     FUNCTION = "load"
@@ -27,10 +31,17 @@ class ShapesDemoModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}}
+        return tooltips({"required": {}, "optional": {"design": (list(DESIGNS), {"default": "unet"})}}, {
+            "design": "unet: the SD-style UNet (every method). dit: a FLUX-architecture flow-matching transformer "
+                      "(2 double + 2 single blocks, 2x2 patches) for the methods that take DiTs (RegionDrag, the "
+                      "flow inversions); its shapes are still blobs, its colours are right."})
 
     @node_entry(NODE_MODEL)
-    def load(self):
+    def load(self, design: str = "unet"):
+        if design not in DESIGNS:
+            raise NodeInputError("design", f"must be one of {list(DESIGNS)}, got {design!r}.")
+        if design == "dit":
+            return self._load_dit()
         path = shapes_model.default_weights()
         try:
             model, clip, vae = shapes_model.load_demo(path, allow_random=False)
@@ -40,6 +51,17 @@ class ShapesDemoModel:
         except Exception as e:  # a damaged or foreign file
             raise NodeInputError("weights", f"could not load {path}: {e}") from None
         return (model, clip, vae)
+
+    @staticmethod
+    def _load_dit():
+        path = DIT_WEIGHTS
+        if not path.exists():
+            raise NodeInputError("design", f"the bundled DiT weights file is missing ({path}); reinstall the pack or "
+                                 "run `python -m tools.train_shapes_dit` in its folder to recreate it.")
+        try:
+            return tuple(shapes_dit.load(path))
+        except Exception as e:  # a damaged or foreign file
+            raise NodeInputError("design", f"could not load {path}: {e}") from None
 
 
 class ShapesScene:

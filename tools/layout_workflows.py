@@ -6,7 +6,8 @@ columns so that no two overlap, and groups frame the branches. The results are 3
 that size: each workflow also shows its result enlarged 8x (nearest neighbour, stock Upscale Image By -> Preview
 Image "Result, 8x for viewing"); Save Image keeps the 32 px file. The columns keep the graph compact enough that the
 frontend opens it at a zoom where titles and widgets render (workflow_layout.fit_scale), and extra.ds stores that
-view.
+view. shapes_dit_regiondrag.json (the same graph on the demo DiT: Shapes Demo Model design 'dit') is written here from
+regiondrag.json before it is laid out (`derive_dit_regiondrag`).
 """
 from __future__ import annotations
 
@@ -35,9 +36,44 @@ WHY_TWO = (
     "chain another edit before denoising. Both run on Queue; delete the group you do not need (the two results "
     "agree closely).")
 
+DIT_REGIONDRAG_NOTE = (
+    "RegionDrag on the bundled shapes **DiT** (Shapes Demo Model, design *dit*: ComfyUI's FLUX class, 2 double + 2 "
+    "single blocks, flow matching; runs on a CPU: about 1-4 s a run through the server on a 2-core machine shared "
+    "with other jobs).\n\n"
+    "1. Shapes Scene draws a 32x32 scene (seed 2: a blue triangle) and its prompt.\n"
+    "2. In Drag Instructions, the rect region pair moves the box around the triangle (handle) to the target box; the "
+    "painted mask limits what may change (outside it the image stays exactly as it was).\n"
+    "3. RegionDrag, the same node as for UNets: a FireFlow inversion (10 of 20 steps) records the image tokens' K/V "
+    "in every block; one pass pastes the handle cells onto the targets, the moved tokens take their source tokens' "
+    "K/V with the keys rotated to the new place (RoPE), and outside the mask every token takes its own cached K/V "
+    "(KV-Edit).\n\n"
+    "The DiT settings at the end of RegionDrag: dit_layers (all / double / single / vital blocks: fewer blocks, "
+    "less memory) and reencode_keys. The same node takes FLUX and SD3 / SD3.5 checkpoints (docs/regiondrag.md).")
+
+
+def derive_dit_regiondrag(wf: dict) -> dict:
+    """shapes_dit_regiondrag from the regiondrag workflow: the Shapes Demo Model on design 'dit', its own note and
+    file prefix; everything else (scene, drag, RegionDrag settings) as in regiondrag."""
+    wf = json.loads(json.dumps(wf))
+    for n in wf["nodes"]:
+        if n["type"] == "DragEditShapesDemoModel":
+            n["widgets_values"] = ["dit"]
+            n["title"] = "Shapes Demo Model (DiT)"
+        elif n["type"] in ("MarkdownNote", "Note"):
+            n["widgets_values"] = [DIT_REGIONDRAG_NOTE]
+        elif n["type"] == "SaveImage":
+            n["widgets_values"] = ["shapes_dit_regiondrag"]
+    return wf
+
+
 # name -> columns (node ids top to bottom), titles, groups (title, ids, colour), notes to add
 LAYOUTS = {
     "regiondrag": {
+        "columns": [[1, 2, 3, 9], [4, 10], [5, 6, "enlarge"], ["big", 7, 8]],
+        "titles": {3: "Prompt (from the scene)"},
+        "result": 6,
+    },
+    "shapes_dit_regiondrag": {
         "columns": [[1, 2, 3, 9], [4, 10], [5, 6, "enlarge"], ["big", 7, 8]],
         "titles": {3: "Prompt (from the scene)"},
         "result": 6,
@@ -250,13 +286,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--object-info", type=Path)
     ap.add_argument("names", nargs="*", default=["regiondrag", "dragdiffusion", "dragdiffusion_lora",
-                                                  "dragondiffusion_move", "dragondiffusion_drag", "ledits"])
+                                                  "dragondiffusion_move", "dragondiffusion_drag", "ledits",
+                                                  "shapes_dit_regiondrag"])
     a = ap.parse_args()
     from tools.support.comfy_server import object_info
     info = object_info(a.object_info)
     for name in a.names:
         path = WF / f"{name}.json"
-        text = path.read_text()
+        if name == "shapes_dit_regiondrag":               # written from regiondrag.json, then laid out
+            src = (WF / "regiondrag.json").read_text()
+            indent, tail = _fmt(src)
+            text = json.dumps(derive_dit_regiondrag(json.loads(src)), indent=indent) + tail
+        else:
+            text = path.read_text()
         indent, tail = _fmt(text)
         wf = layout(name, json.loads(text), info)
         path.write_text(json.dumps(wf, indent=indent) + tail)

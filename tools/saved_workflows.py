@@ -2,14 +2,16 @@
 copied from example_workflows/ at aff4d11) and api/<name>.json (their API-format conversion by workflow_api.ui_to_api
 against that code's /object_info). tests/server/test_saved_workflows.py checks that today's nodes still load and run them.
 
-They are written once (`python -m tools.saved_workflows`, which starts a server of its own) and never regenerated:
-a change that breaks them breaks users' saved workflows."""
+They are written once (`python -m tools.saved_workflows`, which starts a server of its own; `python -m
+tools.saved_workflows NAME...` freezes only newly added workflows) and never regenerated: a change that breaks them
+breaks users' saved workflows."""
 from __future__ import annotations
 
 import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 FROZEN = ROOT / "tests" / "data" / "saved_workflows"
@@ -25,18 +27,21 @@ def load(kind: Path, name: str) -> dict:
     return json.loads((kind / f"{name}.json").read_text())
 
 
-def main() -> None:  # pragma: no cover - run once by hand
+def main(new: Sequence[str] = ()) -> None:  # pragma: no cover - run once by hand
+    """Freeze every example workflow, or only the `new` ones (names given on the command line: a workflow added
+    later is frozen as it is first published; the others keep their frozen copies)."""
     from tools.support.comfy_server import ComfyServer
     from tools.support.workflow_api import ui_to_api
 
     UI.mkdir(parents=True, exist_ok=True)
     API.mkdir(parents=True, exist_ok=True)
     for p in sorted((ROOT / "example_workflows").glob("*.json")):
-        shutil.copyfile(p, UI / p.name)
+        if not new or p.stem in new:
+            shutil.copyfile(p, UI / p.name)
     srv = ComfyServer(extra_nodes=False).start()
     try:
         info = srv.get("/object_info")
-        for name in names():
+        for name in (list(new) or names()):
             api = ui_to_api(load(UI, name), info)
             (API / f"{name}.json").write_text(json.dumps(api, indent=1, sort_keys=True) + "\n")
     finally:
@@ -44,4 +49,4 @@ def main() -> None:  # pragma: no cover - run once by hand
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(sys.argv[1:])

@@ -190,6 +190,29 @@ def select_blocks(model: Any, kinds: Optional[Sequence[str]] = None, indices: Op
     return sel
 
 
+# Stable Flow (Avrahami et al., arXiv 2411.14430) found these "vital" layers of FLUX.1-dev (19 double + 38 single
+# blocks) by ablation: execution orders 0, 1, 17, 18, 25, 28, 53, 54, 56.
+FLUX_DEV_VITAL = (0, 1, 17, 18, 25, 28, 53, 54, 56)
+
+
+def vital_blocks(model: Any) -> list[DitBlock]:
+    """Stable Flow's "vital" blocks: its published list for a FLUX.1-dev-sized stack (57 blocks); for any other
+    depth the first and the last block (the ends of the stack, where its vital FLUX layers cluster)."""
+    bs = blocks(model)
+    orders = FLUX_DEV_VITAL if len(bs) == 57 else sorted({0, len(bs) - 1})
+    return [b for b in bs if b.order in set(orders)]
+
+
+def flow_sigmas(model: Any, steps: int) -> torch.Tensor:
+    """Descending sampling sigmas of `steps` steps ending in 0: ComfyUI's "simple" scheduler on the model's flow
+    sampling (the shift included), what BasicScheduler gives a DiT."""
+    import comfy.samplers
+    if int(steps) < 1:
+        raise HostError(f"steps must be at least 1, got {steps}")
+    return comfy.samplers.calculate_sigmas(model_sampling(model), "simple", int(steps)).detach().to("cpu",
+                                                                                                   torch.float32)
+
+
 def has_rope(model: Any) -> bool:
     """True when image keys carry a rotary position encoding (FLUX, Qwen-Image); SD3 adds an absolute one."""
     return kind_of(model) in (FLUX, QWEN)

@@ -195,15 +195,31 @@ class DitAttnOverride(SharedHandle):
             if inj.rope is not None and not inj.values_only:
                 kb = _from_bhnd(dit.reencode_keys(_to_bhnd(kb, heads, td), inj.rope.to(k.device)), kb, td)
             k_img, v_img = k_h.narrow(td, lo, hi - lo), v_h.narrow(td, lo, hi - lo)
-            if inj.mask is not None:
-                shape = [1] * k_img.ndim
-                shape[td] = hi - lo
-                m = inj.mask.to(k.device, torch.bool).reshape(shape)
-                kb, vb = torch.where(m, kb, k_img), torch.where(m, vb, v_img)
+            if inj.mask is not None:                 # SD3: k [B, N, H·D], v [B, N, H, D]: one shape each
+                kb = torch.where(_token_mask(inj.mask, k_img, td), kb, k_img)
+                vb = torch.where(_token_mask(inj.mask, v_img, td), vb, v_img)
             new_k = k_img if inj.values_only else kb
             ks.append(torch.cat([k_h.narrow(td, 0, lo), new_k, k_h.narrow(td, hi, k_h.shape[td] - hi)], td))
             vs.append(torch.cat([v_h.narrow(td, 0, lo), vb, v_h.narrow(td, hi, v_h.shape[td] - hi)], td))
         return torch.cat(ks, 0), torch.cat(vs, 0)
+
+
+def _token_mask(mask: torch.Tensor, like: torch.Tensor, td: int) -> torch.Tensor:
+    """A per-token bool mask shaped to broadcast over `like` with tokens on dim td."""
+    shape = [1] * like.ndim
+    shape[td] = like.shape[td]
+    return mask.to(like.device, torch.bool).reshape(shape)
+
+
+def estimate_bytes(model: Any, latent_hw: Sequence[int], calls: int, dtype: torch.dtype = torch.float16,
+                   blocks: Optional[Sequence[dit.DitBlock]] = None, halves: int = 1, batch: int = 1) -> int:
+    """Bytes of the image-token K/V of `blocks` (default all) recorded over `calls` model calls: per block and call
+    2 · image tokens · heads · head dim, in dtype."""
+    size = torch.empty((), dtype=dtype).element_size()
+    n_img = math.prod(dit.image_grid(model, latent_hw))
+    sel = dit.blocks(model) if blocks is None else blocks
+    per_call = sum(2 * n_img * b.heads * b.head_dim for b in sel)
+    return int(per_call * int(calls) * halves * batch * size)
 
 
 def attention_override(model: Any) -> Any:
