@@ -222,8 +222,9 @@ def _note_sd35_regiondrag() -> str:
             "it should go; paint a mask to limit what may change. The example moves the red ball to the right.\n\n"
             f"**Settings:** steps {SD35_STEPS}, strength 0.5, noise_scale 1.0, seed 42. SD3 has no rotary position "
             "encoding (an absolute position embedding is added at its input), so moved attention keys cannot be "
-            "re-encoded at their new position: the latent paste carries most of the move. No CFG: one model call "
-            "per step.")
+            "re-encoded at their new position: the latent paste carries most of the move. RegionDrag runs without "
+            "classifier-free guidance (cfg 1; SD3.5's usual guidance of 4-5 is for text-to-image), so one model call "
+            "per step; the checkpoint's own sampling shift (3.0) is used.")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -76,11 +76,24 @@ def _sd3_mmdit_meta(depth: int = SD3_DEPTH):
                  dtype=torch.float16, device="meta", operations=comfy.ops.disable_weight_init)
 
 
+def vae16_shapes() -> dict[str, tuple[torch.Size, torch.dtype]]:
+    """Key -> (shape, dtype) of a 16-channel KL VAE without quant convs: the layout of FLUX's ae.safetensors and of
+    SD3's VAE (the encoder / decoder config is fixed: 84 M parameters)."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    with torch.device("meta"):
+        vae = AutoencoderKL(ddconfig=dict(SD3_VAE_DDCONFIG), embed_dim=16)
+    return {k: (v.shape, v.dtype) for k, v in vae.state_dict().items() if "quant_conv" not in k}
+
+
+def write_flux_vae(path: Path, seed: int = 0) -> Path:
+    """Write a random-weight VAE in the layout of FLUX's ae.safetensors (Load VAE reads it as a 16-channel VAE)."""
+    return write_safetensors(path, vae16_shapes(), torch.float16, seed, note="random-weight 16-channel VAE")
+
+
 def sd3_checkpoint_shapes() -> dict[str, tuple[torch.Size, torch.dtype]]:
     """Key -> (shape, dtype) of the all-in-one SD3 checkpoint (tiny MMDiT + CLIP-L + 16-channel VAE), in the
     layout ComfyUI's own saving path writes (model_base.state_dict_for_saving, as CheckpointSave)."""
     import comfy.model_detection as md
-    from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.text_encoders import sd3_clip
     meta = torch.device("meta")
     unet_sd = _sd3_mmdit_meta().state_dict()
@@ -90,9 +103,8 @@ def sd3_checkpoint_shapes() -> dict[str, tuple[torch.Size, torch.dtype]]:
     mc.set_inference_dtype(torch.float16, None)
     model = mc.get_model({}, "", device=meta)
     clip = sd3_clip.SD3ClipModel(clip_l=True, clip_g=False, t5=False, device=meta, dtype=torch.float16)
-    with meta:
-        vae = AutoencoderKL(ddconfig=dict(SD3_VAE_DDCONFIG), embed_dim=16)
-    sd = model.state_dict_for_saving(clip.state_dict(), vae.state_dict())
+    vae = {k: torch.empty(s, dtype=dt, device=meta) for k, (s, dt) in vae16_shapes().items()}
+    sd = model.state_dict_for_saving(clip.state_dict(), vae)
     return {k: (v.shape, v.dtype) for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
