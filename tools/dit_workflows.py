@@ -145,6 +145,60 @@ def flux_ledits(info: dict, sizes: dict) -> dict:
     return g.workflow()
 
 
+FLOWEDIT = "DragEditFlowEdit"
+TARGET_PROMPT = PROMPT.replace("a red ball", "a blue ball")
+FLOWEDIT_N_MAX = 24              # FlowEdit's FLUX setting: edit the last 24 of 28 steps
+
+
+def flux_flowedit(info: dict, sizes: dict) -> dict:
+    """FlowEdit (inversion-free) on FLUX.1-dev: the FlowEdit GUIDER with stock SamplerCustomAdvanced."""
+    g = Graph(info, sizes)
+    unet, clip, vae = _flux_loaders(g)
+    img, sc = _image(g)
+    enc = g.add("VAEEncode")
+    g.link(sc, "IMAGE", enc, "pixels")
+    g.link(vae, "VAE", enc, "vae")
+    src = _text(g, clip, PROMPT, "Source prompt (describe the image)")
+    fgs = g.add("FluxGuidance", {"guidance": 1.5}, title="FluxGuidance (source 1.5)")
+    g.link(src, "CONDITIONING", fgs, "conditioning")
+    tgt = _text(g, clip, TARGET_PROMPT, "Target prompt (the edited image)")
+    fgt = g.add("FluxGuidance", {"guidance": 5.5}, title="FluxGuidance (target 5.5)")
+    g.link(tgt, "CONDITIONING", fgt, "conditioning")
+    fe = g.add(FLOWEDIT, {"source_cfg": 1.0, "target_cfg": 1.0, "n_avg": 1, "seed": 0}, width=320)
+    g.link(unet, "MODEL", fe, "model")
+    g.link(fgs, "CONDITIONING", fe, "source")
+    g.link(fgt, "CONDITIONING", fe, "target")
+    bs = g.add("BasicScheduler", {"scheduler": "simple", "steps": FLUX_STEPS, "denoise": 1.0})
+    g.link(unet, "MODEL", bs, "model")
+    sp = g.add("SplitSigmas", {"step": FLUX_STEPS - FLOWEDIT_N_MAX}, title=f"SplitSigmas (keep the last {FLOWEDIT_N_MAX})")
+    g.link(bs, "SIGMAS", sp, "sigmas")
+    ks = g.add("KSamplerSelect", {"sampler_name": "euler"})
+    rn = g.add("RandomNoise", {"noise_seed": 0}, title="RandomNoise (unused by FlowEdit)")
+    sca = g.add("SamplerCustomAdvanced", width=320)
+    g.link(rn, "NOISE", sca, "noise")
+    g.link(fe, "GUIDER", sca, "guider")
+    g.link(ks, "SAMPLER", sca, "sampler")
+    g.link(sp, "low_sigmas", sca, "sigmas")
+    g.link(enc, "LATENT", sca, "latent_image")
+    dec = g.add("VAEDecode")
+    g.link(sca, "output", dec, "samples")
+    g.link(vae, "VAE", dec, "vae")
+    _, save, prev = _save(g, vae, None, dec, "flowedit_flux1dev", sc)
+    note = g.note(_note_flux_flowedit(), width=380, height=700)
+    x = g.column(0, 0, [note])
+    g.column(x, 60, [unet, clip, vae])
+    x = g.column(x, 580, [img, sc])
+    x = g.column(x, 60, [enc, src, fgs, tgt, fgt])
+    x = g.column(x, 60, [fe, bs, sp, ks, rn])
+    g.column(x, 60, [sca, dec, save, prev])
+    g.group("1. Models", [unet, clip, vae])
+    g.group("2. Image", [img, sc])
+    g.group("3. Source and target prompts", [enc, src, fgs, tgt, fgt])
+    g.group("4. FlowEdit", [fe, bs, sp, ks, rn], color="#a1309b")
+    g.group("5. Result", [sca, dec, prev, save], color="#3f8f4f")
+    return g.workflow()
+
+
 def sd35_regiondrag(info: dict, sizes: dict) -> dict:
     g = Graph(info, sizes)
     ck = g.add("CheckpointLoaderSimple", {"ckpt_name": SD35_NAME}, title="Load Checkpoint (SD3.5 Medium)")
@@ -210,6 +264,18 @@ def _note_flux_ledits() -> str:
             "one extra model call per concept and step.")
 
 
+def _note_flux_flowedit() -> str:
+    return ("## FlowEdit on FLUX.1-dev (1024 px)\n\n" + _flux_files() +
+            "**Prompts:** the source prompt describes the image; the target prompt is the same sentence with the "
+            "edit (here the red ball becomes blue). FlowEdit needs no inversion: it moves the image along the "
+            "difference of the target's and the source's velocities.\n\n"
+            f"**Settings (FlowEdit's FLUX ones):** {FLUX_STEPS} steps of the simple schedule, of which the last "
+            f"{FLOWEDIT_N_MAX} are edited (*SplitSigmas* step {FLUX_STEPS - FLOWEDIT_N_MAX}: FlowEdit's n_max; keep "
+            "more for bigger changes), *FluxGuidance* 1.5 on the source and 5.5 on the target, cfg 1 (FLUX-dev's "
+            "guidance is in the conditioning), n_avg 1, *KSamplerSelect* euler (FlowEdit's steps are Euler steps). "
+            "The NOISE input is not used. Two model calls per step (source and target).")
+
+
 def _note_sd35_regiondrag() -> str:
     return ("## RegionDrag on SD3.5 Medium (1024 px)\n\n"
             f"**Made for:** `{SD35_NAME}` in `models/checkpoints` (*Load Checkpoint*): Comfy-Org's single file of "
@@ -235,6 +301,7 @@ CARDS = {
     "flux_regiondrag": ("RegionDrag", "FLUX.1-dev · 1024 px", FLUX_DEV_NAME),
     "flux_ledits": ("LEDITS: + \"snow\"", "FLUX.1-dev · 1024 px", FLUX_DEV_NAME),
     "sd35_regiondrag": ("RegionDrag", "SD3.5 Medium · 1024 px", "sd3.5_medium (all-in-one)"),
+    "flux_flowedit": ("FlowEdit: red → blue ball", "FLUX.1-dev · 1024 px", FLUX_DEV_NAME),
 }
 
 
@@ -252,22 +319,45 @@ def thumbnail(name: str, wf: dict):
 
 
 def build(info: dict, sizes: dict) -> dict[str, dict]:
-    return {"flux_regiondrag": flux_regiondrag(info, sizes), "flux_ledits": flux_ledits(info, sizes),
-            "sd35_regiondrag": sd35_regiondrag(info, sizes)}
+    """The workflows whose nodes the server knows (the FlowEdit one once its node is there)."""
+    out = {"flux_regiondrag": flux_regiondrag(info, sizes), "flux_ledits": flux_ledits(info, sizes),
+           "sd35_regiondrag": sd35_regiondrag(info, sizes)}
+    if FLOWEDIT in info:
+        out["flux_flowedit"] = flux_flowedit(info, sizes)
+    return out
+
+
+def freeze_new(name: str, info: dict) -> bool:
+    """Give a workflow that has no frozen copy yet its saved-workflow copies (tools/saved_workflows.py: UI copy and
+    its API conversion, kept from then on); True when written."""
+    import shutil
+    from tools import saved_workflows as sw
+    from tools.support.workflow_api import ui_to_api
+    if (sw.UI / f"{name}.json").exists():
+        return False
+    shutil.copyfile(OUT / f"{name}.json", sw.UI / f"{name}.json")
+    api = ui_to_api(sw.load(sw.UI, name), info)
+    (sw.API / f"{name}.json").write_text(json.dumps(api, indent=1, sort_keys=True) + "\n")
+    return True
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--object-info", type=Path, help="a saved /object_info (default: start a server and ask it)")
     ap.add_argument("--sizes", type=Path, help="measured node sizes {type: [w, h]}")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder to write to (default example_workflows/; another "
+                                                          "folder writes no frozen copies)")
     a = ap.parse_args(argv)
     from tools.support.comfy_server import object_info
     info = object_info(a.object_info)
     sizes = json.loads(a.sizes.read_text()) if a.sizes else {}
+    a.out.mkdir(parents=True, exist_ok=True)
     for name, wf in build(info, sizes).items():
-        (OUT / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
-        thumbnail(name, wf).save(OUT / f"{name}.jpg", quality=88, optimize=True)
-        print(f"wrote example_workflows/{name}.json ({len(wf['nodes'])} nodes) and {name}.jpg")
+        (a.out / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
+        thumbnail(name, wf).save(a.out / f"{name}.jpg", quality=88, optimize=True)
+        frozen = a.out.resolve() == OUT.resolve() and freeze_new(name, info)
+        print(f"wrote {a.out / name}.json ({len(wf['nodes'])} nodes) and {name}.jpg"
+              f"{' and its frozen copies' if frozen else ''}")
 
 
 if __name__ == "__main__":

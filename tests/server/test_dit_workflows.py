@@ -32,7 +32,9 @@ from tools.support.workflow_api import ui_to_api
 
 ROOT = Path(__file__).resolve().parents[2]
 WF = ROOT / "example_workflows"
-NAMES = ["sd35_regiondrag", "flux_regiondrag", "flux_ledits"]
+# flux_flowedit is written by tools/dit_workflows.py once the server knows the FlowEdit node
+NAMES = [n for n in ("sd35_regiondrag", "flux_regiondrag", "flux_ledits", "flux_flowedit")
+         if (WF / f"{n}.json").exists()]
 SIZE = 64                                     # test image side (px): 8 x 8 latents
 REFUSES_FLOW = "is a flow-matching DiT"       # nodes/_inputs.supported_model's refusal of a flow model
 
@@ -41,6 +43,8 @@ FAST = {
     "ImageScale": {"width": SIZE, "height": SIZE},
     "DragEditRegionDrag": {"steps": 4},
     "DragEditLEDITSEdit": {"steps": 4, "skip": 1, "warmup": 1},
+    "BasicScheduler": {"steps": 4},
+    "SplitSigmas": {"step": 1},
 }
 LOADER_DIRS = {"UNETLoader": "diffusion_models", "DualCLIPLoader": "text_encoders", "VAELoader": "vae",
                "CheckpointLoaderSimple": "checkpoints"}
