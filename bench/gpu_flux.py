@@ -35,15 +35,17 @@ GPU_GB = 78.0                           # the card the full run must fit (H100 8
 # model, inputs, layer sets
 # --------------------------------------------------------------------------------------------
 
-def dev_config() -> dict:
-    """comfy.ldm.flux.model.Flux keyword arguments of FLUX.1-dev (what ComfyUI detects from flux1-dev.safetensors)."""
+def dev_config(blocks: tuple[int, int] = DEV_BLOCKS) -> dict:
+    """comfy.ldm.flux.model.Flux keyword arguments of FLUX.1-dev (what ComfyUI detects from flux1-dev.safetensors;
+    `blocks` = double, single blocks)."""
     from tools.support.dit_checkpoints import flux_config
-    return flux_config(*DEV_BLOCKS, guidance=True)
+    return flux_config(*blocks, guidance=True)
 
 
-def build(tiny: bool) -> tuple[Any, dict]:
+def build(tiny: bool, blocks: tuple[int, int] = DEV_BLOCKS) -> tuple[Any, dict]:
     """A ModelPatcher of the FLUX transformer: FLUX.1-dev's config in bf16 (weights drawn on the load device, kept on
-    the offload device until ComfyUI loads them), or a tiny FLUX from config on the CPU."""
+    the offload device until ComfyUI loads them; `blocks` fewer for a CPU test of this path), or a tiny FLUX from
+    config on the CPU."""
     import torch
     if tiny:
         from dragedit.core.host import dit_build
@@ -52,7 +54,7 @@ def build(tiny: bool) -> tuple[Any, dict]:
     import comfy.model_detection as md
     import comfy.model_management as mm
     import comfy.model_patcher
-    cfg = dev_config()
+    cfg = dev_config(blocks)
     mc = md.model_config_from_unet_config(dict(cfg))
     if mc is None:
         raise RuntimeError("ComfyUI has no model class for the FLUX.1-dev config")
@@ -80,12 +82,12 @@ def init_(module: Any, seed: int, device: Any, std: float = 0.02) -> None:
                 p.copy_(torch.randn(p.shape, generator=g, device=device, dtype=torch.float32).mul_(std).to(p.dtype))
 
 
-def inputs(cfg: dict, tiny: bool) -> dict:
+def inputs(cfg: dict, tiny: bool, small: bool = False) -> dict:
     """Conditioning at the model's text widths (FLUX-dev: 512 T5 tokens, pooled CLIP-L, guidance 1.5 for
-    inversion) and a smooth latent with a bright blob where the moved region starts."""
+    inversion) and a smooth latent with a bright blob where the moved region starts (`small`: the tiny sizes)."""
     import torch
     g = torch.Generator().manual_seed(0)
-    n_txt, side = (TINY_TXT, TINY_LATENT) if tiny else (DEV_TXT, DEV_LATENT)
+    n_txt, side = (TINY_TXT, TINY_LATENT) if tiny or small else (DEV_TXT, DEV_LATENT)
     extra = {"pooled_output": torch.randn(1, cfg["vec_in_dim"], generator=g)}
     if cfg.get("guidance_embed"):
         extra["guidance"] = 1.5

@@ -138,3 +138,24 @@ def test_gpu_bench_tiny_flux_runs_every_layer_set(tmp_path):
     assert fam["layer_sets"]["all"]["kv_bytes_per_step"] == fam["kv_bytes_per_step_all"]
     assert fam["layer_sets"]["vital"]["layers"] < fam["layer_sets"]["all"]["layers"]
     assert not res["skipped"]
+
+
+@pytest.mark.slow
+def test_flux_dev_build_path_runs_on_the_cpu():
+    """The full run's own path, short of the GPU: FLUX.1-dev's detected config through ComfyUI's model class in bf16
+    (here 1 double + 0 single blocks: 404 M parameters), init_ drawing the weights, then one edit on a small latent:
+    K/V recorded and injected at every denoising call, a finite result."""
+    import comfy.model_management as mm
+    from bench import gpu_flux
+    from dragedit.core.host import dit
+    model, cfg = gpu_flux.build(False, blocks=(1, 0))
+    try:
+        dm = dit.diffusion_model(model)
+        assert dm.hidden_size == 3072 and dm.params.guidance_embed and next(dm.parameters()).dtype == torch.bfloat16
+        assert all(bool(torch.isfinite(p).all()) for p in dm.parameters())
+        x = gpu_flux.inputs(cfg, tiny=False, small=True)
+        res = gpu_flux.edit_fn(model, x, dit.blocks(model), 4, torch.bfloat16)()
+        assert res["finite"] and res["steps_recorded"] == 2
+        assert res["inject_hits"] == 2 and res["inject_misses"] == 0
+    finally:
+        mm.unload_all_models()
