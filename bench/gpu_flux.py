@@ -269,6 +269,6 @@ def print_section(f: dict, clock: str) -> None:
     print(f"full-size estimate: {e['params_B']:.2f} B params, weights {e['weights_GB']:.1f} GB, activations <= "
           f"{e['activations_GB']:.1f} GB; K/V per step " +
           ", ".join(f"{k} {v:.2f} GB" for k, v in e["kv_per_step_GB"].items()) + "; store for the inverted steps " +
-          ", ".join(f"{k} {v:.1f} GB" for k, v in e["kv_store_GB"].items()) + f"; peak with the store in VRAM " +
+          ", ".join(f"{k} {v:.1f} GB" for k, v in e["kv_store_GB"].items()) + "; peak with the store in VRAM " +
           ", ".join(f"{k} {v:.1f} GB" for k, v in e["peak_if_store_on_gpu_GB"].items()) +
           f" (card: {e['fits_gpu_GB']:.0f} GB; the pack's placement offloads a store that would not leave 20 % free)")

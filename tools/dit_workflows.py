@@ -170,7 +170,8 @@ def flux_flowedit(info: dict, sizes: dict) -> dict:
     g.link(fgt, "CONDITIONING", fe, "target")
     bs = g.add("BasicScheduler", {"scheduler": "simple", "steps": FLUX_STEPS, "denoise": 1.0})
     g.link(unet, "MODEL", bs, "model")
-    sp = g.add("SplitSigmas", {"step": FLUX_STEPS - FLOWEDIT_N_MAX}, title=f"SplitSigmas (keep the last {FLOWEDIT_N_MAX})")
+    sp = g.add("SplitSigmas", {"step": FLUX_STEPS - FLOWEDIT_N_MAX},
+               title=f"SplitSigmas (keep the last {FLOWEDIT_N_MAX})")
     g.link(bs, "SIGMAS", sp, "sigmas")
     ks = g.add("KSamplerSelect", {"sampler_name": "euler"})
     rn = g.add("RandomNoise", {"noise_seed": 0}, title="RandomNoise (unused by FlowEdit)")

@@ -205,7 +205,8 @@ def test_flux_single_file_through_the_executor(dit_server, capsys):
     with capsys.disabled():
         print(f"\nFLUX file ({dc.flux_params(1, 0) / 1e6:.0f} M params, "
               f"{(dit_server.base / 'models' / 'diffusion_models' / dc.FLUX_DEV_NAME).stat().st_size / 1e6:.0f} MB): "
-              f"write {t_write:.1f} s ({c_write:.1f} CPU s); load + 4-step FireFlow inversion + sampling {wall:.1f} s wall, "
+              f"write {t_write:.1f} s ({c_write:.1f} CPU s); load + 4-step FireFlow inversion + sampling "
+              f"{wall:.1f} s wall, "
               f"{cpu1 - cpu0:.1f} CPU s in the server; server peak RSS {rss:.2f} GB")
 
 

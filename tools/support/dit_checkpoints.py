@@ -43,7 +43,8 @@ def flux_config(depth: int = 1, depth_single: int = 0, guidance: bool = True) ->
     return dict(FLUX_FIXED, depth=int(depth), depth_single_blocks=int(depth_single), guidance_embed=bool(guidance))
 
 
-def flux_shapes(depth: int = 1, depth_single: int = 0, guidance: bool = True) -> dict[str, tuple[torch.Size, torch.dtype]]:
+def flux_shapes(depth: int = 1, depth_single: int = 0, guidance: bool = True
+                ) -> dict[str, tuple[torch.Size, torch.dtype]]:
     """Key -> (shape, dtype) of a FLUX.1 diffusion-model file (BFL layout, no prefix)."""
     import comfy.ops
     from comfy.ldm.flux.model import Flux
