@@ -121,13 +121,9 @@ _WIDGET_CHECK_JS = """() => {
   for (const n of app.graph.nodes) {
     const where = `node ${n.id} (${n.type})`;
     if (n.has_errors) out.push(`${where} has errors`);
-    // model files the node lists for download (properties.models): absent on the test server, offered by the
-    // frontend's missing-model panel (Load VAE still lists its built-in choices)
-    const listed = ((n.properties || {}).models || []).map(m => m.name);
     for (const w of n.widgets || []) {
       const o = w.options || {};
-      if (w.type === 'combo' && Array.isArray(o.values) && o.values.length && !o.values.includes(w.value)
-          && !listed.includes(w.value))
+      if (w.type === 'combo' && Array.isArray(o.values) && o.values.length && !o.values.includes(w.value))
         out.push(`${where}: widget ${w.name} = ${JSON.stringify(w.value)} is not one of its options`);
       if (typeof w.value === 'number') {
         if (!Number.isFinite(w.value)) out.push(`${where}: widget ${w.name} = ${w.value}`);
