@@ -54,6 +54,7 @@ bench: setup
 # seconds per edit, peak VRAM, K/V RAM and transfer time -> out/bench/gpu.json (within 8 minutes on one GPU).
 bench-gpu: setup
 	DRAGEDIT_COMFY_GPU=1 $(PY) -m bench.gpu
+	DRAGEDIT_COMFY_GPU=1 $(PY) -m bench.gpu --families flux --json gpu_flux.json
 
 # Shapes v2 (issue 12), one seeded command each. On the CPU (resumable: <out>/train_state.pt, or INIT=<weights> to
 # continue from committed fp16 EMA weights): about 0.6 s per step on one core.

@@ -1,7 +1,9 @@
 """GPU bench, one prepared command (`make bench-gpu`): seconds per edit, peak VRAM and UNet calls (counted) of every
 method at SD1.5 512x512 and SDXL 1024x1024, the K/V store's RAM and its per-step transfer time (pageable, pinned
-non-blocking, kept on the GPU), and RegionDrag end to end under each K/V placement. Prints tables, writes
-out/bench/gpu.json.
+non-blocking, kept on the GPU), and RegionDrag end to end under each K/V placement; then a FLUX.1-dev-sized
+transformer at 1024x1024: a RegionDrag-style edit (flow inversion + image-token K/V record / inject) per K/V layer set
+(all / single blocks / vital layers), its seconds, peak VRAM and K/V bytes per step (bench/gpu_flux.py). Prints
+tables, writes out/bench/gpu.json.
 
 The UNets are ComfyUI's own SD1.5 and SDXL architectures (comfy.model_detection's configs, built through
 comfy.supported_models' model classes) with random weights, initialised explicitly (timing needs no weights; no
@@ -9,6 +11,7 @@ download). ComfyUI starts with CUDA and its normal VRAM management ($DRAGEDIT_CO
 without a CUDA device the script stops with an error, it never falls back to the CPU.
 
 usage: python -m bench.gpu [--families sd15,sdxl] [--repeats 2] [--budget-s 420] [--out DIR]
+       python -m bench.gpu --families flux --json gpu_flux.json      (the FLUX section, `make bench-gpu`'s second run)
        python -m bench.gpu --tiny      (CPU, tiny versions of the same layouts, few steps: a smoke test of the script)
 
 Methods at their node defaults: RegionDrag (20 steps, strength 0.5), DragDiffusion (50 steps, strength 0.7, 80
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import _util  # noqa: E402
+from bench import _util, gpu_flux  # noqa: E402
 
 FAMILIES = {"sd15": 64, "sdxl": 128}          # latent side: 512x512 and 1024x1024 images
 TINY_LATENT = 16
@@ -230,7 +233,9 @@ def _timer() -> float:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny layouts, a few steps")
-    ap.add_argument("--families", default="sd15,sdxl")
+    ap.add_argument("--families", default="sd15,sdxl", help="any of sd15, sdxl, flux (`make bench-gpu` runs flux as a "
+                                                            "second command, with its own time budget)")
+    ap.add_argument("--json", default="gpu.json", help="file name of the result in --out")
     ap.add_argument("--methods", default="", help="comma-separated subset of the method names (default all)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="timed edits per method after the counted one (SDXL: one fewer, at least 1)")
@@ -266,6 +271,10 @@ def main(argv: list[str] | None = None) -> dict:
         result["comfy"]["attention"] = _attention_name()
     wanted = [m for m in a.methods.split(",") if m]
     for family in [f for f in a.families.split(",") if f]:
+        if family == "flux":
+            reps = a.repeats if a.tiny else max(1, a.repeats - 1)
+            result["families"]["flux"] = gpu_flux.run(a.tiny, reps, a.budget_s, t_start, result["skipped"])
+            continue
         size = TINY_LATENT if a.tiny else FAMILIES[family]
         t0 = time.perf_counter()
         model, cfg = build(family, a.tiny)
@@ -307,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     _print(result)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "gpu.json"
+    path = out / a.json
     path.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {path}")
     return result
@@ -349,7 +358,7 @@ def _print(r: dict) -> None:
     print(f"| model | method | {clock} per edit, median [min-max] | UNet calls | peak VRAM GiB |")
     print("|---|---|---|---|---|")
     for fam, f in r["families"].items():
-        for name, m in f["methods"].items():
+        for name, m in f.get("methods", {}).items():
             print(f"| {fam} {f['image'][0]}² | {name} | {_util.spread(m['s_per_edit'])} | {m['unet_calls']} | "
                   f"{m.get('peak_vram_GiB', float('nan')):.2f} |")
         for place, m in f.get("regiondrag_by_kv_placement", {}).items():
@@ -359,12 +368,16 @@ def _print(r: dict) -> None:
           "get ms/step |")
     print("|---|---|---|---|---|---|")
     for fam, f in r["families"].items():
+        if fam == "flux":
+            continue
         kv = f["kv"]
         st = " / ".join(f"{b / 1e9:.2f} GB" for b in kv["store_bytes_per_default_edit"].values())
         for place, t in kv["transfer"].items():
             print(f"| {fam} | {kv['bytes_per_step_fp16'] / 1e6:.1f} MB | {st} | {place} | {t['put_ms_per_step']:.2f} | "
                   f"{t['get_ms_per_step']:.2f} |")
         print(f"| {fam} | auto placement for RegionDrag: {kv['auto_placement_regiondrag']} | | | | |")
+    if "flux" in r["families"]:
+        gpu_flux.print_section(r["families"]["flux"], clock)
     if r["skipped"]:
         print("skipped:", r["skipped"])
     print(f"total {r['total_s']:.1f} s")

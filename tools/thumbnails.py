@@ -151,6 +151,9 @@ def real_thumbnail(name: str) -> Image.Image:
 def main() -> None:
     names = sys.argv[1:] or [p.stem for p in sorted(WF.glob("*.json"))]
     for name in names:
+        if name not in SHAPES and name not in REAL:
+            print(f"{name}: not written here (the DiT workflows' thumbnails come from tools.dit_workflows)")
+            continue
         img = shapes_thumbnail(name) if name in SHAPES else real_thumbnail(name)
         dest = WF / f"{name}.jpg"
         img.save(dest, quality=88, optimize=True)

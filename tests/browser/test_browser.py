@@ -33,13 +33,20 @@ def server(comfy_server):
     img.save(comfy_server.base / "input" / IMAGE_NAME)
     img.resize((2 * W, 2 * H)).save(comfy_server.base / "input" / IMAGE_2X)
     # The real-image example workflows name the pack's example picture (the pack copied it into input/ when the
-    # server loaded it) and the checkpoints they were made for: give the combos those names (nothing loads the
-    # placeholder checkpoints here).
+    # server loaded it) and the model files they were made for: give the combos those names (nothing loads the
+    # placeholder files here): the SD checkpoints and every file a workflow's loader lists for download
+    # (properties.models: name, directory).
     from tools.support import sd_checkpoints
     ckpts = comfy_server.base / "models" / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
     for name in (sd_checkpoints.SD15_NAME, sd_checkpoints.SDXL_NAME):
         (ckpts / name).touch()
+    for path in sorted(WORKFLOWS.glob("*.json")) if WORKFLOWS.is_dir() else []:
+        for node in json.loads(path.read_text()).get("nodes", []):
+            for m in (node.get("properties") or {}).get("models") or []:
+                folder = comfy_server.base / "models" / m["directory"]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / m["name"]).touch()
     return comfy_server
 
 

@@ -155,7 +155,7 @@ def _check_readable_zoom(pages, vue: bool) -> None:
                                "low: !!app.canvas.low_quality}; }")
         if got["scale"] < READABLE or got["low"]:
             problems.append(f"{path.name}: opens at zoom {got['scale']:.2f} (low quality {got['low']})")
-        if not path.stem.startswith(("sd15_", "sdxl_")):
+        if not path.stem.startswith(("sd15_", "sdxl_", "sd35_", "flux_")):          # real-image workflows
             ups = [n for n in wf["nodes"] if n["type"] == "ImageScaleBy"]
             if not ups or ups[0]["widgets_values"][1] < 8:
                 problems.append(f"{path.name}: no 8x enlargement of the 32 px result")

@@ -82,3 +82,80 @@ def test_kv_placement_is_the_offload_device_without_cuda(monkeypatch):
     assert host.kv_placement(model, 10 ** 9) == (torch.device("cpu"), False)
     monkeypatch.setenv(host.KV_PLACEMENT_ENV, "gpu")               # a CPU model ignores a GPU placement
     assert host.kv_placement(model, 10 ** 9) == (torch.device("cpu"), False)
+
+
+# ---------------------------------------------------------------------- FLUX (bench/gpu_flux.py)
+def _flux_dev_meta():
+    """FLUX.1-dev's transformer (ComfyUI's Flux class, the detected config) on the meta device, as a MODEL stand-in."""
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+    from bench import gpu_flux
+    m = Flux(**gpu_flux.dev_config(), dtype=torch.bfloat16, device="meta", operations=comfy.ops.disable_weight_init)
+    return SimpleNamespace(diffusion_model=m)
+
+
+def test_flux_dev_layer_sets_and_kv_bytes_at_the_real_shapes():
+    """FLUX.1-dev: 19 double + 38 single blocks; Stable Flow's vital layers are doubles 0, 1, 17, 18 and singles 6, 9,
+    34, 35, 37 (25, 28, 53, 54, 56 in its 0..56 numbering); image-token K + V at 1024² in bf16 is 50.3 MB per layer
+    per step: 2.87 GB for all 57 layers, 1.91 GB for the single blocks, 0.45 GB for the vital ones."""
+    from bench import gpu_flux
+    model = _flux_dev_meta()
+    sets = gpu_flux.layer_sets(model, tiny=False)
+    assert [len(v) for v in sets.values()] == [57, 38, 9]
+    assert [(b.kind, b.index) for b in sets["vital"]] == [("double", i) for i in (0, 1, 17, 18)] + [
+        ("single", i) for i in (6, 9, 34, 35, 37)]
+    assert [b.order for b in sets["vital"]] == [0, 1, 17, 18, 25, 28, 53, 54, 56]
+    per_layer = 2 * 64 * 64 * 3072 * 2
+    got = {k: gpu_flux.kv_bytes_per_step(model, v, gpu_flux.DEV_LATENT) for k, v in sets.items()}
+    assert got == {"all": 57 * per_layer, "single": 38 * per_layer, "vital": 9 * per_layer}
+
+
+def test_flux_dev_memory_estimate_fits_an_80_gb_card():
+    """The full run's estimate: 11.9 B parameters (23.8 GB of bf16 weights); the 14 inverted steps' K/V of all layers
+    (40.2 GB) would still leave the card's 78 GB, and the vital set's (6.3 GB) fits beside the weights easily."""
+    from bench import gpu_flux
+    e = gpu_flux.estimate_gb()
+    assert 11.8 < e["params_B"] < 12.0 and 23.6 < e["weights_GB"] < 24.0
+    assert abs(e["kv_store_GB"]["all"] - 57 * 14 * 2 * 4096 * 3072 * 2 / 1e9) < 1e-9
+    assert max(e["peak_if_store_on_gpu_GB"].values()) < e["fits_gpu_GB"]
+
+
+def test_gpu_bench_tiny_flux_runs_every_layer_set(tmp_path):
+    """--tiny --families flux: the FLUX section's code on a tiny FLUX on the CPU: each layer set records the K/V bytes
+    the shapes say, injects them at every denoising call, and the edit stays finite."""
+    res = gpu.main(["--tiny", "--families", "flux", "--repeats", "1", "--out", str(tmp_path), "--json", "g.json"])
+    saved = json.loads((tmp_path / "g.json").read_text())
+    fam = res["families"]["flux"]
+    assert saved["families"]["flux"]["blocks"] == fam["blocks"] == {"double": 2, "single": 4}
+    assert set(fam["layer_sets"]) == {"all", "single", "vital"}
+    for name, r in fam["layer_sets"].items():
+        assert r["finite"], name
+        assert r["model_calls"] == 4                         # 4-step grid at strength 0.5: 2 inversion + 2 denoising
+        assert r["steps_recorded"] == 2
+        assert r["kv_bytes_per_step_measured"] == r["kv_bytes_per_step"] > 0
+        assert r["inject_hits"] == 2 * r["layers"] and r["inject_misses"] == 0
+        assert r["s_per_edit"]["n"] == 1
+    assert fam["layer_sets"]["all"]["kv_bytes_per_step"] == fam["kv_bytes_per_step_all"]
+    assert fam["layer_sets"]["vital"]["layers"] < fam["layer_sets"]["all"]["layers"]
+    assert not res["skipped"]
+
+
+@pytest.mark.slow
+def test_flux_dev_build_path_runs_on_the_cpu():
+    """The full run's own path, short of the GPU: FLUX.1-dev's detected config through ComfyUI's model class in bf16
+    (here 1 double + 0 single blocks: 404 M parameters), init_ drawing the weights, then one edit on a small latent:
+    K/V recorded and injected at every denoising call, a finite result."""
+    import comfy.model_management as mm
+    from bench import gpu_flux
+    from dragedit.core.host import dit
+    model, cfg = gpu_flux.build(False, blocks=(1, 0))
+    try:
+        dm = dit.diffusion_model(model)
+        assert dm.hidden_size == 3072 and dm.params.guidance_embed and next(dm.parameters()).dtype == torch.bfloat16
+        assert all(bool(torch.isfinite(p).all()) for p in dm.parameters())
+        x = gpu_flux.inputs(cfg, tiny=False, small=True)
+        res = gpu_flux.edit_fn(model, x, dit.blocks(model), 4, torch.bfloat16)()
+        assert res["finite"] and res["steps_recorded"] == 2
+        assert res["inject_hits"] == 2 and res["inject_misses"] == 0
+    finally:
+        mm.unload_all_models()

@@ -9,7 +9,9 @@ from tools import saved_workflows as sw
 from tools.support.workflow_api import ui_to_api
 
 NAMES = sw.names()
-NEEDS_CHECKPOINT = {n for n in NAMES if any(v["class_type"] == "CheckpointLoaderSimple"
+MODEL_FILE_LOADERS = {"CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader", "CLIPLoader",
+                      "VAELoader"}
+NEEDS_CHECKPOINT = {n for n in NAMES if any(v["class_type"] in MODEL_FILE_LOADERS
                                             for v in sw.load(sw.API, n).values())}
 
 
@@ -40,9 +42,10 @@ def test_frozen_workflow_converts_as_saved(name, object_info):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(NAMES) - NEEDS_CHECKPOINT))
 def test_frozen_workflow_runs(name, comfy_server):
-    """The frozen API prompt runs through the real executor (the Shapes Demo Model workflows; the SD1.5 / SDXL ones
-    need checkpoints: tests/test_sd_workflows.py runs them on random-weight ones). The LoRA workflow trains 3 steps
-    and drags with 3 iterations: this checks that it loads and runs, not its quality."""
+    """The frozen API prompt runs through the real executor (the Shapes Demo Model workflows; the SD1.5 / SDXL / FLUX /
+    SD3.5 ones need model files: tests/server/test_sd_workflows.py and test_dit_workflows.py run them on random-weight
+    ones). The LoRA workflow trains 3 steps and drags with 3 iterations: this checks that it loads and runs, not its
+    quality."""
     prompt = sw.load(sw.API, name)
     for node in prompt.values():
         if node["class_type"] == "TrainLoraNode":

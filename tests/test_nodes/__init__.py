@@ -106,3 +106,24 @@ class GradProbe:
 
 
 NODE_CLASS_MAPPINGS["DragEditTestGradProbe"] = GradProbe
+
+
+class DiTConditioning:
+    """A CONDITIONING at a real DiT's text widths (FLUX: T5-XXL context 4096, CLIP-L pooled 768), for tests of the
+    real-size FLUX files, whose T5-XXL text encoder (4.7 B parameters, fixed config) cannot be made small."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 1}), "width": ("INT", {"default": 4096}),
+                             "pooled_width": ("INT", {"default": 768}), "tokens": ("INT", {"default": 8})}}
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "DragEdit/testing"
+
+    def make(self, seed, width, pooled_width, tokens):
+        g = torch.Generator().manual_seed(seed)
+        return ([[torch.randn(1, tokens, width, generator=g),
+                  {"pooled_output": torch.randn(1, pooled_width, generator=g)}]],)
+
+
+NODE_CLASS_MAPPINGS["DragEditTestDiTConditioning"] = DiTConditioning
