@@ -219,18 +219,33 @@ def drag_input_name(drag: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- INVERSION
-def check_inversion(inv: Any, input_name: str = "inversion", *, need_kv: bool = False) -> Any:
+# How far (relative RMS) the latent a node or sampler starts from may be from the INVERSION's own start latent: the
+# LATENT output of the inversion node after process_out / process_in (float rounding, ~1e-7) or a float16 round trip
+# (~5e-4) pass; the start latent of another image, or of the same image inverted with other settings, is ~0.3-1.
+START_TOLERANCE = 1e-2
+
+
+def check_inversion_steps(inv: Any, input_name: str = "inversion") -> None:
+    """The one "nothing was inverted" rule: an INVERSION made at strength 0 (its sigmas are just [0]), or freed, has
+    no inverted step and no noisy start latent; every node that samples from one refuses it."""
+    sig = inv.sigmas
+    require(len(sig) > 1 and float(sig[0]) > 0 and inv.num_latents == len(sig), input_name,
+            "has no steps: it was made with strength 0 (nothing inverted) or freed; invert with strength > 0.")
+
+
+def check_inversion(inv: Any, input_name: str = "inversion", *, need_kv: bool = False, model: Any = None) -> Any:
     """An INVERSION of DDIM Inversion (deterministic: no noise maps) with at least one step, and recorded K/V when
-    need_kv."""
+    need_kv; with a model, made by that model (check_same_model)."""
     from ..core.inversion import Inversion
     require(inv is not None, input_name, "is missing: connect the INVERSION output of DDIM Inversion.")
     require(isinstance(inv, Inversion) and inv.noise_maps is None, input_name,
             "expected an INVERSION from DDIM Inversion.")
-    require(len(inv.sigmas) > 1 and inv.num_latents == len(inv.sigmas), input_name,
-            "has no steps (strength 0 or freed): invert with strength > 0.")
+    check_inversion_steps(inv, input_name)
     if need_kv:
         require(inv.kv is not None and len(inv.kv) > 0, input_name,
                 "was made without K/V: switch record_kv on in DDIM Inversion.")
+    if model is not None:
+        check_same_model(model, inv, input_name)
     return inv
 
 
@@ -246,11 +261,32 @@ def check_ddpm_inversion(inv: Any, input_name: str = "inversion") -> Any:
 
 
 def check_same_model(model: Any, inv: Any, input_name: str = "inversion") -> None:
-    """The inversion must come from this model (same weights): its latents and K/V are that model's."""
+    """The one "made with another model" rule: an INVERSION's latents and K/V belong to the base model that made it
+    (its model_id; 0 = unknown, accepted). A clone of that model with patches or a LoRA on top is the same model;
+    another checkpoint, another family or the demo model is not, and its K/V or latents would be silently wrong or
+    crash inside the sampler."""
     from ..core import host
-    mid = inv.model_id
+    mid = getattr(inv, "model_id", 0)
     require(not mid or mid == id(host.base_model(model)), input_name,
             "was made with another model: invert the image with the same MODEL that edits it.")
+
+
+def check_start_latent(inv: Any, x: torch.Tensor, input_name: str, *, what: str, fix: str) -> None:
+    """The one "inversion of another image" rule: `x` (sampler space, what the graph actually passes) must be the
+    INVERSION's own start latent inv.latent(0), the same batch size and within START_TOLERANCE (relative RMS). The
+    inversion of image A with image B's latent otherwise runs silently and gives a wrong edit. `what` names x in the
+    message, `fix` says what to connect."""
+    ref = inv.latent(0).detach().to("cpu", torch.float32)
+    got = x.detach().to("cpu", torch.float32)
+    require(got.shape[0] == ref.shape[0], input_name,
+            f"{what} is a batch of {got.shape[0]} but the INVERSION holds {ref.shape[0]}: each INVERSION belongs to "
+            f"the latent batch it was made from. {fix}")
+    if got.shape != ref.shape:
+        return                                      # other sizes: the schedule rule's latent size check names them
+    rel = float((got - ref).norm() / ref.norm().clamp_min(1e-12))
+    require(rel <= START_TOLERANCE, input_name,
+            f"{what} is not the latent this INVERSION starts from (relative difference {rel:.3g}, more than "
+            f"{START_TOLERANCE:g}): the inversion was made from another image, or with other settings. {fix}")
 
 
 # ---------------------------------------------------------------------------------------------- schedule match
@@ -261,12 +297,16 @@ def _fmt_sigmas(s: torch.Tensor) -> str:
 
 def check_schedule(input_name: str, sigmas: Any, inv_sigmas: Any, *, source: str, rule: str = "grid",
                    latent_shape: Optional[Sequence[int]] = None, inv_latent_hw: Optional[Sequence[int]] = None,
-                   noise: Optional[torch.Tensor] = None) -> None:
+                   noise: Optional[torch.Tensor] = None, inv: Any = None, latent: Optional[torch.Tensor] = None,
+                   same_start: bool = True) -> None:
     """The schedule-match rule for everything sampled by a stock sampler node from an INVERSION. `rule`:
     "grid": every sigma of the sampler is one of the INVERSION's (what is stored per step, e.g. K/V, exists only
     there); "run": a contiguous run of them (a SplitSigmas part); "range": the sampler does not start above the
     INVERSION's first sigma (the patch interpolates between its steps, but nothing exists above its start).
-    Also: the sampler's latent has the inversion's size, and no noise is added (add_noise off), when given.
+    Also: the sampler's latent has the inversion's size, and no noise is added (add_noise off), when given. With the
+    INVERSION `inv` and the sampler's start `latent` (sampler space): the same batch size as the inversion's, and,
+    when the sampler starts at the inversion's first sigma and `same_start`, the inversion's own start latent
+    (check_start_latent; a sampler that starts later may be fed an earlier sampler's output).
     `source` names the node whose SIGMAS / LATENT outputs to connect."""
     from ..core import schedule
     run = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
@@ -293,35 +333,44 @@ def check_schedule(input_name: str, sigmas: Any, inv_sigmas: Any, *, source: str
         raise NodeInputError(input_name, f"the sampler node adds noise to the start latent {where}, but the "
                                          f"LATENT of {source} is already noisy: turn add_noise off in "
                                          f"SamplerCustom (or use DisableNoise with SamplerCustomAdvanced).")
+    if inv is not None and latent is not None and inv.num_latents > 0:
+        fix = f"Connect the LATENT output of {source} that made this INVERSION to the sampler node's latent_image."
+        n_inv = int(inv.latent(0).shape[0])
+        require(int(latent.shape[0]) == n_inv, input_name,
+                f"the sampler node's latent is a batch of {int(latent.shape[0])} but the INVERSION holds {n_inv} "
+                f"{where}: each INVERSION belongs to the latent batch it was made from. {fix}")
+        if same_start and abs(float(run[0]) - float(grid[0])) <= 1e-4 * max(float(grid[0]), 1e-6):
+            check_start_latent(inv, latent, input_name, what=f"the sampler node's latent {where}", fix=fix)
 
 
-ScheduleCheck = Callable[[Any, Sequence[int], Any], Any]
+ScheduleCheck = Callable[[Any, torch.Tensor, Any], Any]
 
 
 def guard_sampler(sampler_fn: Callable[..., torch.Tensor], node: str, check: ScheduleCheck
                   ) -> Callable[..., torch.Tensor]:
-    """Wrap a KSAMPLER sampler function so that `check(sigmas, latent_shape, noise)` (a check_schedule call) runs
-    before the first step, inside the stock sampler node; its errors name `node`."""
+    """Wrap a KSAMPLER sampler function so that `check(sigmas, x, noise)` (a check_schedule call; x the start latent
+    in sampler space, noise what the sampler node added to it) runs before the first step, inside the stock sampler
+    node; its errors name `node`."""
     from ..core import host
     from ._errors import node_errors
 
     @functools.wraps(sampler_fn)
     def guarded(model, x, sigmas, *args, **kwargs):
         with node_errors(node):
-            check(sigmas, tuple(x.shape), host.added_noise(model, x, sigmas))
+            check(sigmas, x, host.added_noise(model, x, sigmas))
         return sampler_fn(model, x, sigmas, *args, **kwargs)
     return guarded
 
 
 def guard_model(model: Any, key: str, node: str, check: ScheduleCheck) -> Any:
-    """Make every sampler of `model` (a clone) run `check(sigmas, latent_shape, noise)` before sampling; its errors
-    name `node`."""
+    """Make every sampler of `model` (a clone) run `check(sigmas, x, None)` before sampling (x the sampler node's
+    latent_image in sampler space); its errors name `node`."""
     from ..core import host
     from ._errors import node_errors
 
     def run_check(sig, latent, noise):
         with node_errors(node):
-            check(sig, tuple(latent.shape), None)
+            check(sig, host.process_in(model, latent), None)
     return host.patch_sampling_check(model, key, run_check)
 
 

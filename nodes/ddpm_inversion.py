@@ -38,9 +38,9 @@ def edit_friendly_sampler(inversion, exact_last_step: bool = True):
     lat_hw = tuple(inv.xts.shape[-2:])
 
     def guard(fn):
-        return guard_sampler(fn, SAMPLER_NODE, lambda sig, shape, noise: check_schedule(
-            "inversion", sig, inv.sigmas, source=NODE, rule="run", latent_shape=shape, inv_latent_hw=lat_hw,
-            noise=noise))
+        return guard_sampler(fn, SAMPLER_NODE, lambda sig, x, noise: check_schedule(
+            "inversion", sig, inv.sigmas, source=NODE, rule="run", latent_shape=x.shape, inv_latent_hw=lat_hw,
+            noise=noise, inv=inv, latent=x))
     return ledits.edit_friendly_sampler(inv, bool(exact_last_step), wrap=guard)
 
 

@@ -14,7 +14,7 @@ from ..core import host
 from ..core.geometry import Grid, GeometryError
 from ..core.inversion import DDIMInversion, latent_hw
 from ._errors import NodeInputError, node_entry, require
-from ._inputs import (check_cond_fits, check_inversion, check_mask, check_range, check_same_model, check_schedule,
+from ._inputs import (check_cond_fits, check_inversion, check_mask, check_range, check_schedule,
                       guard_model, read_drag, supported_model)
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
@@ -141,7 +141,7 @@ def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, m
         else:
             require(reference is not None, "reference",
                     f"{mode} mode needs the second image: connect its INVERSION (DDIM Inversion of the reference).")
-            check_inversion(reference, "reference")
+            check_inversion(reference, "reference", model=model)
             require(latent_hw(reference) == lat_hw, "reference",
                     f"the reference latent is {latent_hw(reference)[1]}x{latent_hw(reference)[0]} but the edited "
                     f"image's is {lat_hw[1]}x{lat_hw[0]}: resize the reference to the same size.")
@@ -165,9 +165,7 @@ def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, m
 def _check_model_inputs(model: Any, inversion: Any, need_kv: bool = False) -> DDIMInversion:
     """Supported model, a usable INVERSION made by that model (with K/V when needed)."""
     supported_model(model)
-    inv = check_inversion(inversion, need_kv=need_kv)
-    check_same_model(model, inv)
-    return inv
+    return check_inversion(inversion, need_kv=need_kv, model=model)
 
 
 def _percent_window(model: Any, start: float, end: float):
@@ -183,7 +181,7 @@ def _check_bank(model: Any, inv: DDIMInversion, mode: str, reference: Optional[D
     paste have the reference image's INVERSION with K/V."""
     if mode in ("appearance", "paste"):
         require(reference is not None, "reference", f"{mode} mode needs the reference image's INVERSION.")
-        check_inversion(reference, "reference", need_kv=True)
+        check_inversion(reference, "reference", need_kv=True, model=model)
     try:
         dragon.check_bank_fits(inv.kv, host.select_layers(model, part="output"))
     except ValueError as e:
@@ -195,9 +193,9 @@ def _guard_schedule(model: Any, node: str, inv: DDIMInversion, rule: str) -> Non
     Memory Bank K/V "grid", K/V exist only at the inversion's steps; Feature Guidance "range", it interpolates the
     inverted latents between steps) or another latent size."""
     lat_hw = latent_hw(inv)
-    guard_model(model, f"{node}_{id(inv)}", node, lambda sig, shape, noise: check_schedule(
-        "inversion", sig, inv.sigmas, source="DDIM Inversion", rule=rule, latent_shape=shape,
-        inv_latent_hw=lat_hw))
+    guard_model(model, f"{node}_{id(inv)}", node, lambda sig, x, noise: check_schedule(
+        "inversion", sig, inv.sigmas, source="DDIM Inversion", rule=rule, latent_shape=x.shape,
+        inv_latent_hw=lat_hw, inv=inv, latent=x))
 
 
 # --------------------------------------------------------------------------------------------------------------
