@@ -49,6 +49,18 @@ def check_cond_fits(model: Any, cond: Any, input_name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- IMAGE / LATENT
+# The batch rule (docs/limits.md, "Batches"): DDPM Inversion, LEDITS Edit, SEGA Guidance, the Edit-friendly DDPM
+# sampler and Drag Preview take batches; every other node edits one image and refuses a batch with this one message;
+# a node sampled from an INVERSION refuses a sampler latent whose batch is not the inversion's (check_schedule).
+def check_batch(n: int, input_name: str, what: str = "latent") -> None:
+    """Refuse a batch of n > 1 images / latents / masks on a node that edits one image at a time."""
+    pick = {"image": "Pick one with 'Image From Batch' (length 1)",
+            "latent": "Pick one with 'Latent From Batch' (length 1)",
+            "mask": "Connect one mask"}.get(what, "Use a batch of 1")
+    lead = f"batch size {int(n)}" if what == "latent" else f"a batch of {int(n)} {what}s was given"
+    require(int(n) == 1, input_name, f"{lead}: this node edits one image at a time. {pick}.")
+
+
 def check_latent(latent: Any, input_name: str = "latent", allow_batch: bool = False, model: Any = None
                  ) -> torch.Tensor:
     """Return latent['samples'] after checking it is a non-empty 4-D (or 5-D) batch of one (unless allowed); with a
@@ -60,8 +72,7 @@ def check_latent(latent: Any, input_name: str = "latent", allow_batch: bool = Fa
             f"expected a latent tensor [B,C,H,W], got shape {tuple(getattr(s, 'shape', ()))}.")
     require(s.shape[0] >= 1, input_name, "the latent batch is empty.")
     if not allow_batch:
-        require(s.shape[0] == 1, input_name,
-                f"batch size {s.shape[0]} is not supported: this node edits one image at a time (use a batch of 1).")
+        check_batch(s.shape[0], input_name, "latent")
     if model is not None:
         check_latent_fits(model, s, input_name)
     return s
@@ -101,8 +112,7 @@ def check_single_image(image: Any, input_name: str) -> tuple[int, int]:
             f"expected an IMAGE tensor [B, H, W, C], got {_shape(image)}.")
     B, H, W, C = image.shape
     require(B >= 1 and H >= 1 and W >= 1, input_name, f"the image is empty ({_shape(image)}).")
-    require(B == 1, input_name, f"a batch of {B} images was given; drag instructions describe one image. "
-                                f"Pick one with 'Image From Batch' (batch_index, length 1).")
+    check_batch(B, input_name, "image")
     return int(W), int(H)
 
 
@@ -149,7 +159,7 @@ def check_mask(mask: Any, input_name: str, *, image_size: Optional[Sequence[int]
     require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), input_name,
             f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
     if mask.ndim == 3:
-        require(mask.shape[0] == 1, input_name, f"a batch of {mask.shape[0]} masks was given; connect one mask.")
+        check_batch(mask.shape[0], input_name, "mask")
         mask = mask[0]
     m = mask.detach().float().cpu()
     if not bool((m > 0).any()):

@@ -13,7 +13,7 @@ from ..core import inversion as inv
 from ..core.drag_schema import DragInstructions
 from ..core.geometry import GeometryError, Grid, point_tensors
 from ._errors import NodeInputError, node_entry, require
-from ._inputs import (check_cond_fits, check_inversion_steps, check_latent, check_mask, check_range, check_same_model,
+from ._inputs import (check_batch, check_cond_fits, check_inversion_steps, check_latent, check_mask, check_range, check_same_model,
                       check_schedule, check_start_latent, guard_model, image_or_latent, kv_budget, read_drag,
                       supported_model)
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, Progress, tooltips
@@ -211,7 +211,7 @@ class MotionSupervision:
                                                           "the INVERSION (or leave latent unconnected).")
         else:
             samples = host.process_out(model, inversion.latent(0).clone())
-            require(samples.shape[0] == 1, "inversion", "holds a batch; this node edits one image at a time.")
+            check_batch(samples.shape[0], "inversion", "inverted latent")
         kv = None
         if reference_kv:
             kv = inversion.kv if inversion is not None else None

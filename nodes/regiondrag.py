@@ -11,7 +11,7 @@ from ..core import regiondrag as rd
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import GeometryError
 from ._errors import NodeInputError, node_entry, require
-from ._inputs import (KV_DTYPES, check_cond_fits, check_inversion_steps, check_range, check_same_model,
+from ._inputs import (KV_DTYPES, check_batch, check_cond_fits, check_inversion_steps, check_range, check_same_model,
                       check_schedule, drag_input_name, guard_model, guard_sampler, image_or_latent, kv_budget,
                       read_drag, read_mask, supported_model)
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
@@ -137,8 +137,8 @@ class LatentCopyPaste:
             raise NodeInputError("inversion", f"{e}.") from None
         check_inversion_steps(inversion)
         latent = state_at(0)
-        require(latent.ndim == 4 and latent.shape[0] == 1, "inversion",
-                f"holds a latent of shape {tuple(latent.shape)}; this node edits one image (batch 1).")
+        require(latent.ndim == 4, "inversion", f"holds a latent of shape {tuple(latent.shape)}, not an image latent.")
+        check_batch(latent.shape[0], "inversion", "inverted latent")
         opts = _plan_options(noise_scale, paste_end, paste_every_step, seed)
         d = read_drag(drag, drag_json=drag_json, json_input=True)
         lat_hw = tuple(latent.shape[-2:])
