@@ -150,18 +150,24 @@ def image_or_latent(model: Any, image: Any, vae: Any, latent: Any, *, allow_batc
 
 
 # ---------------------------------------------------------------------------------------------- MASK
+def one_mask(mask: Any, input_name: str) -> torch.Tensor:
+    """A MASK input as one float [H, W] mask on the CPU: [H, W], or a batch of one; a batch of several is refused
+    (check_batch). The shape part of check_mask, for nodes that look at a mask before its size is known."""
+    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), input_name,
+            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
+    if mask.ndim == 3:
+        check_batch(mask.shape[0], input_name, "mask")
+        mask = mask[0]
+    return mask.detach().float().cpu()
+
+
 def check_mask(mask: Any, input_name: str, *, image_size: Optional[Sequence[int]] = None,
                latent_hw: Optional[Sequence[int]] = None) -> torch.Tensor:
     """The one mask rule of the pack: a single MASK ([H, W] or [1, H, W]) the size of the image (W x H) or of its
     latent (w x h). A latent-size mask is returned nearest-upscaled to the image size when that is known; when only
     the latent is known, any power-of-two multiple of it is accepted (the VAE factor). An all-black mask means "no
     mask" and is returned as it is, whatever its size. Returns float [H, W]."""
-    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), input_name,
-            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
-    if mask.ndim == 3:
-        check_batch(mask.shape[0], input_name, "mask")
-        mask = mask[0]
-    m = mask.detach().float().cpu()
+    m = one_mask(mask, input_name)
     if not bool((m > 0).any()):
         return m      # all black = no mask, whatever its size (Load Image gives a 64x64 one for images without alpha)
     H, W = int(m.shape[0]), int(m.shape[1])
@@ -356,11 +362,11 @@ def check_schedule(input_name: str, sigmas: Any, inv_sigmas: Any, *, source: str
 ScheduleCheck = Callable[[Any, torch.Tensor, Any], Any]
 
 
-def guard_sampler(sampler_fn: Callable[..., torch.Tensor], node: str, check: ScheduleCheck
-                  ) -> Callable[..., torch.Tensor]:
+def guard_sampler(sampler_fn: Callable[..., torch.Tensor], node: str, check: ScheduleCheck,
+                  after: Optional[Callable[[Any, torch.Tensor], Any]] = None) -> Callable[..., torch.Tensor]:
     """Wrap a KSAMPLER sampler function so that `check(sigmas, x, noise)` (a check_schedule call; x the start latent
     in sampler space, noise what the sampler node added to it) runs before the first step, inside the stock sampler
-    node; its errors name `node`."""
+    node, and `after(sigmas, result)` (sampler space) on what it returns; their errors name `node`."""
     from ..core import host
     from ._errors import node_errors
 
@@ -368,20 +374,61 @@ def guard_sampler(sampler_fn: Callable[..., torch.Tensor], node: str, check: Sch
     def guarded(model, x, sigmas, *args, **kwargs):
         with node_errors(node):
             check(sigmas, x, host.added_noise(model, x, sigmas))
-        return sampler_fn(model, x, sigmas, *args, **kwargs)
+        out = sampler_fn(model, x, sigmas, *args, **kwargs)
+        if after is not None:
+            with node_errors(node):
+                after(sigmas, out)
+        return out
     return guarded
 
 
-def guard_model(model: Any, key: str, node: str, check: ScheduleCheck) -> Any:
+def guard_model(model: Any, key: str, node: str, check: ScheduleCheck,
+                after: Optional[Callable[[torch.Tensor], Any]] = None) -> Any:
     """Make every sampler of `model` (a clone) run `check(sigmas, x, None)` before sampling (x the sampler node's
-    latent_image in sampler space); its errors name `node`."""
+    latent_image in sampler space) and `after(result)` on the LATENT samples it returns (check_result); their errors
+    name `node`."""
     from ..core import host
     from ._errors import node_errors
 
     def run_check(sig, latent, noise):
         with node_errors(node):
             check(sig, host.process_in(model, latent), None)
-    return host.patch_sampling_check(model, key, run_check)
+
+    def run_after(out):
+        with node_errors(node):
+            after(out)
+    return host.patch_sampling_check(model, key, run_check, run_after if after is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------- results
+# How far a method may spread the latent before its result counts as blown out (docs/limits.md, "Widget extremes"):
+# the RMS of the edited latent over the input image's. Measured on the demo model (bench/saturation.py): ordinary
+# edits stay within 0.9-1.9x; DragDiffusion learning_rate 0.5 gives 4.3x, 1.0 gives 7.6x; DragonDiffusion
+# energy_scale 300 gives 3.0x, 1000 gives 9.9x.
+SATURATION_RATIO = 3.0
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().float().pow(2).mean().sqrt())
+
+
+def check_result(out: torch.Tensor, ref: torch.Tensor, knobs: dict[str, Any], *, what: str = "the result",
+                 fix: str = "") -> None:
+    """The one "blown-out result" rule, run on a method's output before it is returned: a non-finite latent, or one
+    whose RMS is more than SATURATION_RATIO times the input image's (`ref`, the same space and scale), is refused
+    naming the first of `knobs` (input name -> value: the widgets that push the edit) and listing them all. Widget
+    ranges stay wide (saved workflows keep validating, and where a knob saturates depends on the model); what is
+    refused is the blown-out picture itself. `fix` replaces "Lower <knobs>" (a knob of another node)."""
+    name = next(iter(knobs))
+    listed = fix or "Lower " + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                         for k, v in knobs.items())
+    require(bool(torch.isfinite(out).all()), name,
+            f"{what} is not finite (NaN or infinity): the edit diverged. {listed}.")
+    base = max(_rms(ref), 1e-6)
+    ratio = _rms(out) / base
+    require(ratio <= SATURATION_RATIO, name,
+            f"{what} is blown out: its latent is {ratio:.1f}x as strong (RMS) as the input image's, more than "
+            f"{SATURATION_RATIO:g}x, so the picture would come out saturated or as noise. {listed}.")
 
 
 # ---------------------------------------------------------------------------------------------- K/V memory

@@ -13,9 +13,9 @@ from ..core import inversion as inv
 from ..core.drag_schema import DragInstructions
 from ..core.geometry import GeometryError, Grid, point_tensors
 from ._errors import NodeInputError, node_entry, require
-from ._inputs import (check_batch, check_cond_fits, check_inversion_steps, check_latent, check_mask, check_range, check_same_model,
-                      check_schedule, check_start_latent, guard_model, image_or_latent, kv_budget, read_drag,
-                      supported_model)
+from ._inputs import (check_batch, check_cond_fits, check_inversion_steps, check_latent, check_mask, check_range,
+                      check_result, check_same_model, check_schedule, check_start_latent, guard_model,
+                      image_or_latent, kv_budget, read_drag, supported_model)
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, Progress, tooltips
 
 MS_NODE = "Motion Supervision"
@@ -233,6 +233,7 @@ class MotionSupervision:
             "inversion" if inversion is not None else "steps", sig, sigmas, source=src,
             rule="grid" if kv is not None else "range", latent_shape=x.shape, inv_latent_hw=lat_hw,
             inv=inversion, latent=x, same_start=False))
+        check_result(out.samples, samples, {"learning_rate": float(learning_rate)}, what="the optimised latent")
         return ({"samples": out.samples}, _tracked(d, out.result.handles, out.grid), model_out)
 
 
@@ -305,6 +306,7 @@ class DragDiffusion:
                                 on_iteration=lambda k, p, loss: bar.update(1))
         except host.KVBudgetError as e:
             raise NodeInputError("reference_kv", f"{e}: lower steps or strength, or use a smaller image.") from None
+        check_result(final, samples, {"learning_rate": float(learning_rate), "cfg": float(cfg)}, what="the edit")
         return ({"samples": final}, _tracked(d, out.result.handles, out.grid))
 
 
