@@ -107,14 +107,15 @@ def main() -> None:
     if want("feature_guidance"):
         _, inv_fg, sig_fg = run_node(N["DragEditDDIMInversion"], model=model, latent=latent, positive=pos, steps=10,
                                      strength=1.0, record_kv=False)
-        from tools.support.node_calls import ksampler, stock_sampler_custom
+        import comfy.samplers
+        from tools.support.node_calls import stock_sampler_custom
         start = {"samples": __import__("dragedit.core.host", fromlist=["host"]).process_out(
             model, inv_fg.latent(0).clone())}
         for e in ([1, 1000] if args.quick else [1, 100, 300, 1000]):
             row("Feature Guidance energy_scale (SamplerCustom, ddim)", e, lambda e=e: stock_sampler_custom(
                 run_node(N["DragEditFeatureGuidance"], model=model, inversion=inv_fg, mode="drag", energy_scale=e,
                          start_percent=0.0, end_percent=0.6, resize_scale=1.0, drag=drag)[0],
-                pos, neg, 1.0, ksampler("ddim"), sig_fg, start))
+                pos, neg, 1.0, comfy.samplers.sampler_object("ddim"), sig_fg, start))
     if want("ledits_cfg"):
         for c in ([1, 30] if args.quick else [1, 3.5, 7.5, 15, 30]):
             row("LEDITS source_cfg = target_cfg", c, lambda c=c: ledits(10.0, 0.1, float(c)))

@@ -413,7 +413,7 @@ def _rms(t: torch.Tensor) -> float:
 
 
 def check_result(out: torch.Tensor, ref: torch.Tensor, knobs: dict[str, Any], *, what: str = "the result",
-                 fix: str = "") -> None:
+                 fix: str = "", ref_name: str = "the input image's") -> None:
     """The one "blown-out result" rule, run on a method's output before it is returned: a non-finite latent, or one
     whose RMS is more than SATURATION_RATIO times the input image's (`ref`, the same space and scale), is refused
     naming the first of `knobs` (input name -> value: the widgets that push the edit) and listing them all. Widget
@@ -427,7 +427,7 @@ def check_result(out: torch.Tensor, ref: torch.Tensor, knobs: dict[str, Any], *,
     base = max(_rms(ref), 1e-6)
     ratio = _rms(out) / base
     require(ratio <= SATURATION_RATIO, name,
-            f"{what} is blown out: its latent is {ratio:.1f}x as strong (RMS) as the input image's, more than "
+            f"{what} is blown out: its latent is {ratio:.1f}x as strong (RMS) as {ref_name}, more than "
             f"{SATURATION_RATIO:g}x, so the picture would come out saturated or as noise. {listed}.")
 
 

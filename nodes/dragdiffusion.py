@@ -233,7 +233,8 @@ class MotionSupervision:
             "inversion" if inversion is not None else "steps", sig, sigmas, source=src,
             rule="grid" if kv is not None else "range", latent_shape=x.shape, inv_latent_hw=lat_hw,
             inv=inversion, latent=x, same_start=False))
-        check_result(out.samples, samples, {"learning_rate": float(learning_rate)}, what="the optimised latent")
+        check_result(out.samples, samples, {"learning_rate": float(learning_rate)}, what="the optimised latent",
+                     ref_name="the inverted latent's")
         return ({"samples": out.samples}, _tracked(d, out.result.handles, out.grid), model_out)
 
 
