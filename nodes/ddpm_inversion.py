@@ -40,8 +40,8 @@ def edit_friendly_sampler(inversion, exact_last_step: bool = True):
     def after(sig, out):
         """The sampled state against the inversion's at the same sigma (the input image at the end)."""
         k = inv.match_sigmas(sig)
-        check_result(out, inv.xts[k + len(sig) - 1], {"inversion": "SEGA"}, what="the sampled result",
-                     ref_name="the inverted image's",
+        check_result(out, inv.xts[k + len(sig) - 1], {"inversion": None}, node=SAMPLER_NODE,
+                     what="the sampled result", ref_name="the inverted image's",
                      fix="Lower the scale or momentum_scale of SEGA Guidance on the model, or the sampler node's cfg")
 
     def guard(fn):

@@ -233,8 +233,8 @@ class MotionSupervision:
             "inversion" if inversion is not None else "steps", sig, sigmas, source=src,
             rule="grid" if kv is not None else "range", latent_shape=x.shape, inv_latent_hw=lat_hw,
             inv=inversion, latent=x, same_start=False))
-        check_result(out.samples, samples, {"learning_rate": float(learning_rate)}, what="the optimised latent",
-                     ref_name="the inverted latent's")
+        check_result(out.samples, samples, {"learning_rate": float(learning_rate)}, node=MS_NODE,
+                     what="the optimised latent", ref_name="the inverted latent's")
         return ({"samples": out.samples}, _tracked(d, out.result.handles, out.grid), model_out)
 
 
@@ -307,7 +307,8 @@ class DragDiffusion:
                                 on_iteration=lambda k, p, loss: bar.update(1))
         except host.KVBudgetError as e:
             raise NodeInputError("reference_kv", f"{e}: lower steps or strength, or use a smaller image.") from None
-        check_result(final, samples, {"learning_rate": float(learning_rate), "cfg": float(cfg)}, what="the edit")
+        check_result(final, samples, {"learning_rate": float(learning_rate), "cfg": float(cfg)}, node=DD_NODE,
+                     what="the edit")
         return ({"samples": final}, _tracked(d, out.result.handles, out.grid))
 
 

@@ -200,7 +200,7 @@ def _guard_schedule(model: Any, node: str, inv: DDIMInversion, rule: str, knobs:
     after = None
     if knobs:
         clean = host.process_out(model, inv.latent(inv.num_latents - 1).clone())
-        after = lambda out: check_result(out, clean, knobs, what="the sampler node's result")  # noqa: E731
+        after = lambda out: check_result(out, clean, knobs, node=node, what="the sampler node's result")  # noqa: E731
     guard_model(model, f"{node}_{id(inv)}", node, lambda sig, x, noise: check_schedule(
         "inversion", sig, inv.sigmas, source="DDIM Inversion", rule=rule, latent_shape=x.shape,
         inv_latent_hw=lat_hw, inv=inv, latent=x), after)
@@ -383,7 +383,7 @@ class DragonDiffusion:
         result = dragon.run(model, positive, negative, float(cfg), inv, spec, blocks, defaults, opts,
                         reference=reference if spec.needs_reference else None, on_step=lambda i, n: bar.update(1))
         check_result(result, host.process_out(model, inv.latent(inv.num_latents - 1).clone()),
-                     {"energy_scale": float(energy_scale), "cfg": float(cfg)}, what="the edit")
+                     {"energy_scale": float(energy_scale), "cfg": float(cfg)}, node=DD, what="the edit")
         return ({"samples": result},)
 
 

@@ -263,7 +263,7 @@ class LEDITSEdit:
                          on_step=lambda *a: bar.update(1))
         knobs = {f"scale_{i}": float(s) for i, _c, _d, s in concepts}
         knobs.update(momentum_scale=float(momentum_scale), **({} if pp else {"target_cfg": float(target_cfg)}))
-        check_result(out, samples, knobs, what="the edit")
+        check_result(out, samples, knobs, node=EDIT, what="the edit")
         return (vae.decode(out), {"samples": out})
 
 

@@ -1,5 +1,6 @@
 """Issue 23, class 7: widget extremes that saturated silently, through the real executor on the Shapes Demo Model.
-A blown-out result (latent RMS above 3x the input image's, or NaN: `_inputs.check_result`) is refused naming the knob;
+A blown-out result (latent RMS above 2x the input image's: `_inputs.check_result`) made with a knob beyond its
+ordinary value is refused naming the knob;
 SEGA's momentum_scale is declared below 1, where its momentum stops growing geometrically. Thresholds measured with
 bench/saturation.py (docs/limits.md, "Widget extremes")."""
 from __future__ import annotations
@@ -9,7 +10,7 @@ import pytest
 from tools.support.comfy_server import PromptError
 from test_bad_inputs_server import _base, _ddim, _fails, _ledits, _sampler_custom, _save
 
-BLOWN = r"is blown out: its latent is [\d.]+x as strong \(RMS\) as the input image's, more than 3x"
+BLOWN = r"is blown out: its latent is [\d.]+x as strong \(RMS\) as the input image's, more than 2x"
 
 
 def _dragdiffusion(lr: float) -> dict:
@@ -30,7 +31,7 @@ def test_dragdiffusion_learning_rate_blow_up(comfy_server):
 
 @pytest.mark.slow
 def test_dragondiffusion_energy_scale_blow_up(comfy_server):
-    """energy_scale 1000 gave 9.9x; refused naming energy_scale and listing cfg."""
+    """energy_scale 1000 gave 9.9x; refused naming energy_scale (cfg 1 is ordinary, so it is not listed)."""
     g = _base()
     g["10"] = _ddim(steps=10)
     g["11"] = {"class_type": "DragEditDragonDiffusion", "inputs": {
@@ -38,7 +39,7 @@ def test_dragondiffusion_energy_scale_blow_up(comfy_server):
         "cfg": 1.0, "energy_scale": 1000.0, "resize_scale": 1.0, "drag": ["6", 0]}}
     g["12"] = _save(("11", 0), "extreme_energy")
     _fails(comfy_server, g, r"\[DragonDiffusion\] input 'energy_scale': the edit " + BLOWN
-           + r".*Lower energy_scale 1000, cfg 1")
+           + r" Lower energy_scale 1000\.$")
 
 
 @pytest.mark.slow
