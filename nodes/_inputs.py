@@ -236,9 +236,9 @@ def drag_input_name(drag: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- INVERSION
-# How far (relative RMS) the latent a node or sampler starts from may be from the INVERSION's own start latent: the
-# LATENT output of the inversion node after process_out / process_in (float rounding, ~1e-7) or a float16 round trip
-# (~5e-4) pass; the start latent of another image, or of the same image inverted with other settings, is ~0.3-1.
+# How far (relative RMS) the latent a node or sampler starts from may be from the INVERSION's own start latent.
+# Measured on the demo model (10 steps, strength 0.5 / 1, three scenes): the inversion node's LATENT output after
+# process_out / process_in differs by 2e-8, a float16 round trip of it by 2e-4, another scene's start by 1.1-1.4.
 START_TOLERANCE = 1e-2
 
 
