@@ -101,13 +101,12 @@ class Inversion(NoiseMapStates):
     xts[0] = the start latent x_{T−skip}, xts[i] the state at sigmas[i] that the sampler will reach, xts[S] the
     reconstruction of x0; zs: (S, B, C, H, W) noise maps z_t (zero for a step ending at σ = 0); residual:
     x0 − x̂0 added at a final step to σ = 0 (None when the grid does not end in 0); eta: η; skipped: number of
-    noisiest steps of the original grid that were dropped.
+    noisiest steps of the original grid that were dropped; model_id: id of the base model that made it (0 = unknown).
 
     As an INVERSION (core.inversion.Inversion) it is its own noise_maps and carries no K/V."""
 
     kind: ClassVar[str] = "ddpm"
     kv: ClassVar[None] = None
-    model_id: ClassVar[int] = 0
 
     sigmas: torch.Tensor
     xts: torch.Tensor
@@ -115,6 +114,7 @@ class Inversion(NoiseMapStates):
     eta: float
     residual: Optional[torch.Tensor] = None
     skipped: int = 0
+    model_id: int = 0
 
     free = NoiseMapStates.release
 

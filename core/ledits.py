@@ -50,7 +50,7 @@ def invert(model: Any, samples: torch.Tensor, positive: Any, negative: Any, cfg:
                  seed=seed)
     inv = holder["inv"]
     off = getattr(model, "offload_device", None) or torch.device("cpu")
-    return replace(inv.to(device=off), sigmas=inv.sigmas.detach().cpu())
+    return replace(inv.to(device=off), sigmas=inv.sigmas.detach().cpu(), model_id=id(host.base_model(model)))
 
 
 def invert_start(model: Any, samples: torch.Tensor, positive: Any, negative: Any, cfg: float, steps: int, *,

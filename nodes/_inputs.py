@@ -4,6 +4,7 @@ NodeInputError naming the input; the node's `@node_entry` adds the node's name (
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -49,6 +50,18 @@ def check_cond_fits(model: Any, cond: Any, input_name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- IMAGE / LATENT
+# The batch rule (docs/limits.md, "Batches"): DDPM Inversion, LEDITS Edit, SEGA Guidance, the Edit-friendly DDPM
+# sampler and Drag Preview take batches; every other node edits one image and refuses a batch with this one message;
+# a node sampled from an INVERSION refuses a sampler latent whose batch is not the inversion's (check_schedule).
+def check_batch(n: int, input_name: str, what: str = "latent") -> None:
+    """Refuse a batch of n > 1 images / latents / masks on a node that edits one image at a time."""
+    pick = {"image": "Pick one with 'Image From Batch' (length 1)",
+            "latent": "Pick one with 'Latent From Batch' (length 1)",
+            "mask": "Connect one mask"}.get(what, "Use a batch of 1")
+    lead = f"batch size {int(n)}" if what == "latent" else f"a batch of {int(n)} {what}s was given"
+    require(int(n) == 1, input_name, f"{lead}: this node edits one image at a time. {pick}.")
+
+
 def check_latent(latent: Any, input_name: str = "latent", allow_batch: bool = False, model: Any = None
                  ) -> torch.Tensor:
     """Return latent['samples'] after checking it is a non-empty 4-D (or 5-D) batch of one (unless allowed); with a
@@ -60,8 +73,7 @@ def check_latent(latent: Any, input_name: str = "latent", allow_batch: bool = Fa
             f"expected a latent tensor [B,C,H,W], got shape {tuple(getattr(s, 'shape', ()))}.")
     require(s.shape[0] >= 1, input_name, "the latent batch is empty.")
     if not allow_batch:
-        require(s.shape[0] == 1, input_name,
-                f"batch size {s.shape[0]} is not supported: this node edits one image at a time (use a batch of 1).")
+        check_batch(s.shape[0], input_name, "latent")
     if model is not None:
         check_latent_fits(model, s, input_name)
     return s
@@ -101,8 +113,7 @@ def check_single_image(image: Any, input_name: str) -> tuple[int, int]:
             f"expected an IMAGE tensor [B, H, W, C], got {_shape(image)}.")
     B, H, W, C = image.shape
     require(B >= 1 and H >= 1 and W >= 1, input_name, f"the image is empty ({_shape(image)}).")
-    require(B == 1, input_name, f"a batch of {B} images was given; drag instructions describe one image. "
-                                f"Pick one with 'Image From Batch' (batch_index, length 1).")
+    check_batch(B, input_name, "image")
     return int(W), int(H)
 
 
@@ -140,18 +151,24 @@ def image_or_latent(model: Any, image: Any, vae: Any, latent: Any, *, allow_batc
 
 
 # ---------------------------------------------------------------------------------------------- MASK
+def one_mask(mask: Any, input_name: str) -> torch.Tensor:
+    """A MASK input as one float [H, W] mask on the CPU: [H, W], or a batch of one; a batch of several is refused
+    (check_batch). The shape part of check_mask, for nodes that look at a mask before its size is known."""
+    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), input_name,
+            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
+    if mask.ndim == 3:
+        check_batch(mask.shape[0], input_name, "mask")
+        mask = mask[0]
+    return mask.detach().float().cpu()
+
+
 def check_mask(mask: Any, input_name: str, *, image_size: Optional[Sequence[int]] = None,
                latent_hw: Optional[Sequence[int]] = None) -> torch.Tensor:
     """The one mask rule of the pack: a single MASK ([H, W] or [1, H, W]) the size of the image (W x H) or of its
     latent (w x h). A latent-size mask is returned nearest-upscaled to the image size when that is known; when only
     the latent is known, any power-of-two multiple of it is accepted (the VAE factor). An all-black mask means "no
     mask" and is returned as it is, whatever its size. Returns float [H, W]."""
-    require(isinstance(mask, torch.Tensor) and mask.ndim in (2, 3), input_name,
-            f"expected a MASK [H, W] or [1, H, W], got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}.")
-    if mask.ndim == 3:
-        require(mask.shape[0] == 1, input_name, f"a batch of {mask.shape[0]} masks was given; connect one mask.")
-        mask = mask[0]
-    m = mask.detach().float().cpu()
+    m = one_mask(mask, input_name)
     if not bool((m > 0).any()):
         return m      # all black = no mask, whatever its size (Load Image gives a 64x64 one for images without alpha)
     H, W = int(m.shape[0]), int(m.shape[1])
@@ -219,18 +236,33 @@ def drag_input_name(drag: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- INVERSION
-def check_inversion(inv: Any, input_name: str = "inversion", *, need_kv: bool = False) -> Any:
+# How far (relative RMS) the latent a node or sampler starts from may be from the INVERSION's own start latent.
+# Measured on the demo model (10 steps, strength 0.5 / 1, three scenes): the inversion node's LATENT output after
+# process_out / process_in differs by 2e-8, a float16 round trip of it by 2e-4, another scene's start by 1.1-1.4.
+START_TOLERANCE = 1e-2
+
+
+def check_inversion_steps(inv: Any, input_name: str = "inversion") -> None:
+    """The one "nothing was inverted" rule: an INVERSION made at strength 0 (its sigmas are just [0]), or freed, has
+    no inverted step and no noisy start latent; every node that samples from one refuses it."""
+    sig = inv.sigmas
+    require(len(sig) > 1 and float(sig[0]) > 0 and inv.num_latents == len(sig), input_name,
+            "has no steps: it was made with strength 0 (nothing inverted) or freed; invert with strength > 0.")
+
+
+def check_inversion(inv: Any, input_name: str = "inversion", *, need_kv: bool = False, model: Any = None) -> Any:
     """An INVERSION of DDIM Inversion (deterministic: no noise maps) with at least one step, and recorded K/V when
-    need_kv."""
+    need_kv; with a model, made by that model (check_same_model)."""
     from ..core.inversion import Inversion
     require(inv is not None, input_name, "is missing: connect the INVERSION output of DDIM Inversion.")
     require(isinstance(inv, Inversion) and inv.noise_maps is None, input_name,
             "expected an INVERSION from DDIM Inversion.")
-    require(len(inv.sigmas) > 1 and inv.num_latents == len(inv.sigmas), input_name,
-            "has no steps (strength 0 or freed): invert with strength > 0.")
+    check_inversion_steps(inv, input_name)
     if need_kv:
         require(inv.kv is not None and len(inv.kv) > 0, input_name,
                 "was made without K/V: switch record_kv on in DDIM Inversion.")
+    if model is not None:
+        check_same_model(model, inv, input_name)
     return inv
 
 
@@ -246,11 +278,32 @@ def check_ddpm_inversion(inv: Any, input_name: str = "inversion") -> Any:
 
 
 def check_same_model(model: Any, inv: Any, input_name: str = "inversion") -> None:
-    """The inversion must come from this model (same weights): its latents and K/V are that model's."""
+    """The one "made with another model" rule: an INVERSION's latents and K/V belong to the base model that made it
+    (its model_id; 0 = unknown, accepted). A clone of that model with patches or a LoRA on top is the same model;
+    another checkpoint, another family or the demo model is not, and its K/V or latents would be silently wrong or
+    crash inside the sampler."""
     from ..core import host
-    mid = inv.model_id
+    mid = getattr(inv, "model_id", 0)
     require(not mid or mid == id(host.base_model(model)), input_name,
             "was made with another model: invert the image with the same MODEL that edits it.")
+
+
+def check_start_latent(inv: Any, x: torch.Tensor, input_name: str, *, what: str, fix: str) -> None:
+    """The one "inversion of another image" rule: `x` (sampler space, what the graph actually passes) must be the
+    INVERSION's own start latent inv.latent(0), the same batch size and within START_TOLERANCE (relative RMS). The
+    inversion of image A with image B's latent otherwise runs silently and gives a wrong edit. `what` names x in the
+    message, `fix` says what to connect."""
+    ref = inv.latent(0).detach().to("cpu", torch.float32)
+    got = x.detach().to("cpu", torch.float32)
+    require(got.shape[0] == ref.shape[0], input_name,
+            f"{what} is a batch of {got.shape[0]} but the INVERSION holds {ref.shape[0]}: each INVERSION belongs to "
+            f"the latent batch it was made from. {fix}")
+    if got.shape != ref.shape:
+        return                                      # other sizes: the schedule rule's latent size check names them
+    rel = float((got - ref).norm() / ref.norm().clamp_min(1e-12))
+    require(rel <= START_TOLERANCE, input_name,
+            f"{what} is not the latent this INVERSION starts from (relative difference {rel:.3g}, more than "
+            f"{START_TOLERANCE:g}): the inversion was made from another image, or with other settings. {fix}")
 
 
 # ---------------------------------------------------------------------------------------------- schedule match
@@ -261,12 +314,16 @@ def _fmt_sigmas(s: torch.Tensor) -> str:
 
 def check_schedule(input_name: str, sigmas: Any, inv_sigmas: Any, *, source: str, rule: str = "grid",
                    latent_shape: Optional[Sequence[int]] = None, inv_latent_hw: Optional[Sequence[int]] = None,
-                   noise: Optional[torch.Tensor] = None) -> None:
+                   noise: Optional[torch.Tensor] = None, inv: Any = None, latent: Optional[torch.Tensor] = None,
+                   same_start: bool = True) -> None:
     """The schedule-match rule for everything sampled by a stock sampler node from an INVERSION. `rule`:
     "grid": every sigma of the sampler is one of the INVERSION's (what is stored per step, e.g. K/V, exists only
     there); "run": a contiguous run of them (a SplitSigmas part); "range": the sampler does not start above the
     INVERSION's first sigma (the patch interpolates between its steps, but nothing exists above its start).
-    Also: the sampler's latent has the inversion's size, and no noise is added (add_noise off), when given.
+    Also: the sampler's latent has the inversion's size, and no noise is added (add_noise off), when given. With the
+    INVERSION `inv` and the sampler's start `latent` (sampler space): the same batch size as the inversion's, and,
+    when the sampler starts at the inversion's first sigma and `same_start`, the inversion's own start latent
+    (check_start_latent; a sampler that starts later may be fed an earlier sampler's output).
     `source` names the node whose SIGMAS / LATENT outputs to connect."""
     from ..core import schedule
     run = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
@@ -293,36 +350,105 @@ def check_schedule(input_name: str, sigmas: Any, inv_sigmas: Any, *, source: str
         raise NodeInputError(input_name, f"the sampler node adds noise to the start latent {where}, but the "
                                          f"LATENT of {source} is already noisy: turn add_noise off in "
                                          f"SamplerCustom (or use DisableNoise with SamplerCustomAdvanced).")
+    if inv is not None and latent is not None and inv.num_latents > 0:
+        fix = f"Connect the LATENT output of {source} that made this INVERSION to the sampler node's latent_image."
+        n_inv = int(inv.latent(0).shape[0])
+        require(int(latent.shape[0]) == n_inv, input_name,
+                f"the sampler node's latent is a batch of {int(latent.shape[0])} but the INVERSION holds {n_inv} "
+                f"{where}: each INVERSION belongs to the latent batch it was made from. {fix}")
+        if same_start and abs(float(run[0]) - float(grid[0])) <= 1e-4 * max(float(grid[0]), 1e-6):
+            check_start_latent(inv, latent, input_name, what=f"the sampler node's latent {where}", fix=fix)
 
 
-ScheduleCheck = Callable[[Any, Sequence[int], Any], Any]
+ScheduleCheck = Callable[[Any, torch.Tensor, Any], Any]
 
 
-def guard_sampler(sampler_fn: Callable[..., torch.Tensor], node: str, check: ScheduleCheck
-                  ) -> Callable[..., torch.Tensor]:
-    """Wrap a KSAMPLER sampler function so that `check(sigmas, latent_shape, noise)` (a check_schedule call) runs
-    before the first step, inside the stock sampler node; its errors name `node`."""
+def guard_sampler(sampler_fn: Callable[..., torch.Tensor], node: str, check: ScheduleCheck,
+                  after: Optional[Callable[[Any, torch.Tensor], Any]] = None) -> Callable[..., torch.Tensor]:
+    """Wrap a KSAMPLER sampler function so that `check(sigmas, x, noise)` (a check_schedule call; x the start latent
+    in sampler space, noise what the sampler node added to it) runs before the first step, inside the stock sampler
+    node, and `after(sigmas, result)` (sampler space) on what it returns; their errors name `node`."""
     from ..core import host
     from ._errors import node_errors
 
     @functools.wraps(sampler_fn)
     def guarded(model, x, sigmas, *args, **kwargs):
         with node_errors(node):
-            check(sigmas, tuple(x.shape), host.added_noise(model, x, sigmas))
-        return sampler_fn(model, x, sigmas, *args, **kwargs)
+            check(sigmas, x, host.added_noise(model, x, sigmas))
+        out = sampler_fn(model, x, sigmas, *args, **kwargs)
+        if after is not None:
+            with node_errors(node):
+                after(sigmas, out)
+        return out
     return guarded
 
 
-def guard_model(model: Any, key: str, node: str, check: ScheduleCheck) -> Any:
-    """Make every sampler of `model` (a clone) run `check(sigmas, latent_shape, noise)` before sampling; its errors
+def guard_model(model: Any, key: str, node: str, check: ScheduleCheck,
+                after: Optional[Callable[[torch.Tensor], Any]] = None) -> Any:
+    """Make every sampler of `model` (a clone) run `check(sigmas, x, None)` before sampling (x the sampler node's
+    latent_image in sampler space) and `after(result)` on the LATENT samples it returns (check_result); their errors
     name `node`."""
     from ..core import host
     from ._errors import node_errors
 
     def run_check(sig, latent, noise):
         with node_errors(node):
-            check(sig, tuple(latent.shape), None)
-    return host.patch_sampling_check(model, key, run_check)
+            check(sig, host.process_in(model, latent), None)
+
+    def run_after(out):
+        with node_errors(node):
+            after(out)
+    return host.patch_sampling_check(model, key, run_check, run_after if after is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------- results
+# How far a method may spread the latent before its result counts as blown out (docs/limits.md, "Widget extremes"):
+# the RMS of the edited latent over the input image's. Measured on the demo model (bench/saturation.py and the
+# decoded pictures): ordinary settings stay within 0.95-1.3x, pictures that are still right reach 1.7x (LEDITS
+# momentum 0.99, DragonDiffusion cfg 30); DragDiffusion learning_rate 0.3 gives 2.0x (colour noise), 1.0 gives 7.6x;
+# DragonDiffusion energy_scale 200 gives 2.0x (colour blobs), 1000 gives 9.9x.
+SATURATION_RATIO = 2.0
+# The highest ordinary value of each knob that pushes an edit (the references' values and the examples', with a
+# margin; by input name, a trailing _1.._3 dropped). A blown-out result with a knob above these is the user's
+# extreme and is refused; at ordinary values it is the model's own behaviour (e.g. a random-weight test model at
+# cfg 4 gives 10-19x) and is logged as a warning.
+ORDINARY = {"learning_rate": 0.05, "energy_scale": 30.0, "cfg": 10.0, "target_cfg": 10.0, "scale": 30.0,
+            "momentum_scale": 0.5}
+log = logging.getLogger("dragedit")
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().float().pow(2).mean().sqrt())
+
+
+def _beyond_ordinary(name: str, value: Any) -> bool:
+    limit = ORDINARY.get(name.rstrip("0123456789").rstrip("_"))
+    return limit is not None and isinstance(value, (int, float)) and float(value) > limit
+
+
+def check_result(out: torch.Tensor, ref: torch.Tensor, knobs: dict[str, Any], *, node: str,
+                 what: str = "the result", fix: str = "", ref_name: str = "the input image's") -> None:
+    """The one "blown-out result" rule, run on a method's output before it is returned. A non-finite latent is
+    refused naming the first of `knobs` (input name -> value: the widgets that push the edit). A latent whose RMS is
+    more than SATURATION_RATIO times the input image's (`ref`, same space and scale) is refused naming the knobs set
+    beyond their ordinary value (ORDINARY); when none is, it is logged as a warning naming `node`. Widget ranges stay
+    wide (saved workflows keep validating, and where a knob saturates depends on the model); what is refused is a
+    blown-out picture made with an extreme value. `fix` replaces "Lower <knobs>" (a knob of another node)."""
+    def listed(names) -> str:
+        return fix or "Lower " + ", ".join(f"{k} {knobs[k]:g}" if isinstance(knobs[k], (int, float))
+                                           else f"{k} {knobs[k]}" for k in names)
+    first = next(iter(knobs))
+    require(bool(torch.isfinite(out).all()), first,
+            f"{what} is not finite (NaN or infinity): the edit diverged. {listed(knobs)}.")
+    ratio = _rms(out) / max(_rms(ref), 1e-6)
+    if ratio <= SATURATION_RATIO:
+        return
+    text = (f"{what} is blown out: its latent is {ratio:.1f}x as strong (RMS) as {ref_name}, more than "
+            f"{SATURATION_RATIO:g}x, so the picture would come out saturated or as noise.")
+    extreme = [k for k, v in knobs.items() if _beyond_ordinary(k, v)]
+    if extreme:
+        raise NodeInputError(extreme[0], f"{text} {listed(extreme)}.")
+    log.warning("[%s] %s %s.", node, text, listed(knobs))
 
 
 # ---------------------------------------------------------------------------------------------- K/V memory

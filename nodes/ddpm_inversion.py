@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ..core import ledits
 from ._errors import node_entry, require
-from ._inputs import (check_cond_fits, check_ddpm_inversion, check_latent, check_range, check_schedule, guard_sampler,
-                      supported_model)
+from ._inputs import (check_cond_fits, check_ddpm_inversion, check_latent, check_range, check_result, check_schedule,
+                      guard_sampler, supported_model)
 from ._inversion_spec import inversion_inputs
 from ._ui import CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
@@ -38,10 +38,17 @@ def edit_friendly_sampler(inversion, exact_last_step: bool = True):
     inv = check_ddpm_inversion(inversion)
     lat_hw = tuple(inv.xts.shape[-2:])
 
+    def after(sig, out):
+        """The sampled state against the inversion's at the same sigma (the input image at the end)."""
+        k = inv.match_sigmas(sig)
+        check_result(out, inv.xts[k + len(sig) - 1], {"inversion": None}, node=SAMPLER_NODE,
+                     what="the sampled result", ref_name="the inverted image's",
+                     fix="Lower the scale or momentum_scale of SEGA Guidance on the model, or the sampler node's cfg")
+
     def guard(fn):
-        return guard_sampler(fn, SAMPLER_NODE, lambda sig, shape, noise: check_schedule(
-            "inversion", sig, inv.sigmas, source=NODE, rule="run", latent_shape=shape, inv_latent_hw=lat_hw,
-            noise=noise))
+        return guard_sampler(fn, SAMPLER_NODE, lambda sig, x, noise: check_schedule(
+            "inversion", sig, inv.sigmas, source=NODE, rule="run", latent_shape=x.shape, inv_latent_hw=lat_hw,
+            noise=noise, inv=inv, latent=x), after)
     return ledits.edit_friendly_sampler(inv, bool(exact_last_step), wrap=guard)
 
 

@@ -13,7 +13,8 @@ from ..core import inversion as inv
 from ..core.drag_schema import DragInstructions
 from ..core.geometry import GeometryError, Grid, point_tensors
 from ._errors import NodeInputError, node_entry, require
-from ._inputs import (check_cond_fits, check_latent, check_mask, check_range, check_schedule, guard_model,
+from ._inputs import (check_batch, check_cond_fits, check_inversion_steps, check_latent, check_mask, check_range,
+                      check_result, check_same_model, check_schedule, check_start_latent, guard_model,
                       image_or_latent, kv_budget, read_drag, supported_model)
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, Progress, tooltips
 
@@ -191,9 +192,9 @@ class MotionSupervision:
         if inversion is not None:
             require(isinstance(inversion, inv.Inversion) and inversion.noise_maps is None, "inversion",
                     "expected an INVERSION from 'DDIM Inversion'.")
+            check_inversion_steps(inversion)
+            check_same_model(model, inversion)
             sigmas = inversion.sigmas
-            require(len(sigmas) >= 2 and float(sigmas[0]) > 0, "inversion",
-                    "was made with strength 0 (nothing inverted); raise its strength.")
         else:
             require(int(steps) >= 1, "steps", f"must be at least 1, got {steps}.")
             check_range(float(strength), 0.0, 1.0, "strength")
@@ -201,14 +202,16 @@ class MotionSupervision:
             require(len(sigmas) >= 2, "strength", f"is {strength}: no noise, so nothing to optimise; raise it.")
         if latent is not None:
             samples = check_latent(latent, model=model)
-            if inversion is not None and inversion.num_latents:
+            if inversion is not None:
                 inv_hw = inv.latent_hw(inversion)
                 require(tuple(samples.shape[-2:]) == inv_hw, "latent",
                         f"is {tuple(samples.shape[-2:])} but the inversion is {inv_hw}.")
+                check_start_latent(inversion, host.process_in(model, samples.clone()), "latent",
+                                   what="the latent", fix="Connect the LATENT output of the DDIM Inversion that made "
+                                                          "the INVERSION (or leave latent unconnected).")
         else:
-            require(inversion.num_latents > 0, "inversion", "holds no latents (was it freed?).")
             samples = host.process_out(model, inversion.latent(0).clone())
-            require(samples.shape[0] == 1, "inversion", "holds a batch; this node edits one image at a time.")
+            check_batch(samples.shape[0], "inversion", "inverted latent")
         kv = None
         if reference_kv:
             kv = inversion.kv if inversion is not None else None
@@ -226,9 +229,12 @@ class MotionSupervision:
         model_out = dd.reference_kv_model(model, kv) if kv is not None else host.clone(model)
         src = ("the DDIM Inversion that made the latent" if inversion is not None
                else "DDIM Inversion (same steps and strength)")
-        guard_model(model_out, f"ms_{id(out)}", MS_NODE, lambda sig, shape, noise: check_schedule(
+        guard_model(model_out, f"ms_{id(out)}", MS_NODE, lambda sig, x, noise: check_schedule(
             "inversion" if inversion is not None else "steps", sig, sigmas, source=src,
-            rule="grid" if kv is not None else "range", latent_shape=shape, inv_latent_hw=lat_hw))
+            rule="grid" if kv is not None else "range", latent_shape=x.shape, inv_latent_hw=lat_hw,
+            inv=inversion, latent=x, same_start=False))
+        check_result(out.samples, samples, {"learning_rate": float(learning_rate)}, node=MS_NODE,
+                     what="the optimised latent", ref_name="the inverted latent's")
         return ({"samples": out.samples}, _tracked(d, out.result.handles, out.grid), model_out)
 
 
@@ -301,6 +307,8 @@ class DragDiffusion:
                                 on_iteration=lambda k, p, loss: bar.update(1))
         except host.KVBudgetError as e:
             raise NodeInputError("reference_kv", f"{e}: lower steps or strength, or use a smaller image.") from None
+        check_result(final, samples, {"learning_rate": float(learning_rate), "cfg": float(cfg)}, node=DD_NODE,
+                     what="the edit")
         return ({"samples": final}, _tracked(d, out.result.handles, out.grid))
 
 

@@ -14,8 +14,8 @@ from ..core import host
 from ..core.geometry import Grid, GeometryError
 from ..core.inversion import DDIMInversion, latent_hw
 from ._errors import NodeInputError, node_entry, require
-from ._inputs import (check_cond_fits, check_inversion, check_mask, check_range, check_same_model, check_schedule,
-                      guard_model, read_drag, supported_model)
+from ._inputs import (check_cond_fits, check_inversion, check_mask, check_range, check_result, check_schedule,
+                      guard_model, one_mask, read_drag, supported_model)
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
 FG, MB, DD = "Feature Guidance", "Memory Bank K/V", "DragonDiffusion"
@@ -112,6 +112,9 @@ def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, m
     kw: dict = dict(energy_scale=float(energy_scale), w_edit=None if w_edit < 0 else float(w_edit),
                     w_content=None if w_content < 0 else float(w_content), center=bool(center))
     m = None
+    for name, value in (("mask", mask), ("ref_mask", ref_mask)):
+        if value is not None:
+            one_mask(value, name)        # the batch rule even where a mode ignores the mask
     if mask is not None and not (mode == "drag" and _is_full(mask)):
         m = mask_on_grid(mask, "mask", lat_hw, grid_hw, image_size)
     try:
@@ -141,7 +144,7 @@ def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, m
         else:
             require(reference is not None, "reference",
                     f"{mode} mode needs the second image: connect its INVERSION (DDIM Inversion of the reference).")
-            check_inversion(reference, "reference")
+            check_inversion(reference, "reference", model=model)
             require(latent_hw(reference) == lat_hw, "reference",
                     f"the reference latent is {latent_hw(reference)[1]}x{latent_hw(reference)[0]} but the edited "
                     f"image's is {lat_hw[1]}x{lat_hw[0]}: resize the reference to the same size.")
@@ -165,9 +168,7 @@ def build_spec(model: Any, inv: DDIMInversion, mode: str, *, drag: Any = None, m
 def _check_model_inputs(model: Any, inversion: Any, need_kv: bool = False) -> DDIMInversion:
     """Supported model, a usable INVERSION made by that model (with K/V when needed)."""
     supported_model(model)
-    inv = check_inversion(inversion, need_kv=need_kv)
-    check_same_model(model, inv)
-    return inv
+    return check_inversion(inversion, need_kv=need_kv, model=model)
 
 
 def _percent_window(model: Any, start: float, end: float):
@@ -183,21 +184,26 @@ def _check_bank(model: Any, inv: DDIMInversion, mode: str, reference: Optional[D
     paste have the reference image's INVERSION with K/V."""
     if mode in ("appearance", "paste"):
         require(reference is not None, "reference", f"{mode} mode needs the reference image's INVERSION.")
-        check_inversion(reference, "reference", need_kv=True)
+        check_inversion(reference, "reference", need_kv=True, model=model)
     try:
         dragon.check_bank_fits(inv.kv, host.select_layers(model, part="output"))
     except ValueError as e:
         raise NodeInputError("inversion", str(e)) from None
 
 
-def _guard_schedule(model: Any, node: str, inv: DDIMInversion, rule: str) -> None:
+def _guard_schedule(model: Any, node: str, inv: DDIMInversion, rule: str, knobs: Optional[dict] = None) -> None:
     """The patched model refuses (naming `node`) a sampler schedule the patch cannot follow (check_schedule's rule:
     Memory Bank K/V "grid", K/V exist only at the inversion's steps; Feature Guidance "range", it interpolates the
-    inverted latents between steps) or another latent size."""
+    inverted latents between steps) or another latent size; with `knobs`, a blown-out result (check_result against
+    the inverted image)."""
     lat_hw = latent_hw(inv)
-    guard_model(model, f"{node}_{id(inv)}", node, lambda sig, shape, noise: check_schedule(
-        "inversion", sig, inv.sigmas, source="DDIM Inversion", rule=rule, latent_shape=shape,
-        inv_latent_hw=lat_hw))
+    after = None
+    if knobs:
+        clean = host.process_out(model, inv.latent(inv.num_latents - 1).clone())
+        after = lambda out: check_result(out, clean, knobs, node=node, what="the sampler node's result")  # noqa: E731
+    guard_model(model, f"{node}_{id(inv)}", node, lambda sig, x, noise: check_schedule(
+        "inversion", sig, inv.sigmas, source="DDIM Inversion", rule=rule, latent_shape=x.shape,
+        inv_latent_hw=lat_hw, inv=inv, latent=x), after)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -251,7 +257,7 @@ class FeatureGuidance:
         guidance = dragon.FeatureGuidance(spec, inv, blocks, reference=reference if spec.needs_reference else None,
                                       active=when)
         dragon.patch_feature_guidance(m, guidance)
-        _guard_schedule(m, FG, inv, "range")
+        _guard_schedule(m, FG, inv, "range", {"energy_scale": float(energy_scale)})
         return (m,)
 
 
@@ -288,6 +294,9 @@ class MemoryBankKV:
     def patch(self, model, inversion, mode, start_percent, end_percent, mask=None, reference=None, ref_mask=None):
         inv = _check_model_inputs(model, inversion, need_kv=True)
         require(mode in MODES, "mode", f"must be one of {MODES}, got {mode!r}.")
+        for name, value in (("mask", mask), ("ref_mask", ref_mask)):
+            if value is not None:
+                one_mask(value, name)    # the batch rule even where a mode ignores the mask
         when = _percent_window(model, start_percent, end_percent)
         masks = (None, None)
         if mode in ("appearance", "paste"):
@@ -373,6 +382,8 @@ class DragonDiffusion:
         bar = Progress(len(inv.sigmas) - 1)
         result = dragon.run(model, positive, negative, float(cfg), inv, spec, blocks, defaults, opts,
                         reference=reference if spec.needs_reference else None, on_step=lambda i, n: bar.update(1))
+        check_result(result, host.process_out(model, inv.latent(inv.num_latents - 1).clone()),
+                     {"energy_scale": float(energy_scale), "cfg": float(cfg)}, node=DD, what="the edit")
         return ({"samples": result},)
 
 

@@ -21,7 +21,7 @@ USAGE = ("Wire SamplerCustomAdvanced with this NOISE, this SAMPLER, the same SIG
 def guarded_sampler(fn, node: str, grid, source: str):
     """A SAMPLER around a KSAMPLER function whose sigmas must be a run of the inversion's `grid`: other sigmas are
     refused inside SamplerCustomAdvanced with an error naming `node` and its sigmas."""
-    def check(sig, shape, noise):
+    def check(sig, x, noise):
         try:
             fi._match_run(sig, grid, f"{node} sampler")
         except (TypeError, ValueError) as e:

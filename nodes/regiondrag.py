@@ -12,8 +12,9 @@ from ..core import regiondrag_dit as rdd
 from ..core.drag_schema import DragInstructions, DragSchemaError
 from ..core.geometry import GeometryError
 from ._errors import NodeInputError, node_entry, require
-from ._inputs import (KV_DTYPES, check_cond_fits, check_conditioning, check_range, check_schedule, drag_input_name, guard_sampler,
-                      image_or_latent, kv_budget, read_drag, read_mask, supported_model)
+from ._inputs import (KV_DTYPES, check_batch, check_cond_fits, check_conditioning, check_inversion_steps, check_range,
+                      check_same_model, check_schedule, drag_input_name, guard_model, guard_sampler, image_or_latent,
+                      kv_budget, read_drag, read_mask, supported_model)
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 
 CP_NODE = "Latent Copy-Paste"
@@ -141,9 +142,10 @@ class LatentCopyPaste:
             sig, state_at = rd.cached_states(inversion)
         except rd.RegionDragError as e:
             raise NodeInputError("inversion", f"{e}.") from None
+        check_inversion_steps(inversion)
         latent = state_at(0)
-        require(latent.ndim == 4 and latent.shape[0] == 1, "inversion",
-                f"holds a latent of shape {tuple(latent.shape)}; this node edits one image (batch 1).")
+        require(latent.ndim == 4, "inversion", f"holds a latent of shape {tuple(latent.shape)}, not an image latent.")
+        check_batch(latent.shape[0], "inversion", "inverted latent")
         opts = _plan_options(noise_scale, paste_end, paste_every_step, seed)
         d = read_drag(drag, drag_json=drag_json, json_input=True)
         lat_hw = tuple(latent.shape[-2:])
@@ -153,8 +155,11 @@ class LatentCopyPaste:
         flow = rd.is_flow_inversion(inversion)          # its NOISE output is the inverted state: noise is expected
         fn = guard_sampler(
             rd.copy_paste_sampler_fn(inner, inversion, plan), CP_NODE,
-            lambda run_sig, shape, noise: check_schedule("inversion", run_sig, sig, source=src, latent_shape=shape,
-                                                         inv_latent_hw=lat_hw, noise=None if flow else noise))
+            # a flow inversion's NOISE output is the inverted state (noise is expected, and the sampler's start
+            # latent is mixed from it by the model sampling, so it is not compared with the inversion's)
+            lambda run_sig, x, noise: check_schedule("inversion", run_sig, sig, source=src, latent_shape=x.shape,
+                                                     inv_latent_hw=lat_hw, noise=None if flow else noise,
+                                                     inv=inversion, latent=None if flow else x))
         return (host.ksampler(fn, sampler.extra_options, sampler.inpaint_options),)
 
 
@@ -193,6 +198,7 @@ class AttentionKVSwap:
         kv = getattr(inversion, "kv", None)         # the INVERSION contract's optional K/V (None for other values)
         require(kv is not None and len(kv) > 0, "inversion",
                 "carries no self-attention K/V: turn record_kv on in 'DDIM Inversion' (or the inversion was freed).")
+        check_same_model(model, inversion)
         require(layers in LAYER_CHOICES, "layers", f"must be one of {list(LAYER_CHOICES)}, got {layers!r}.")
         require(mode in ("replace", "concat"), "mode", f"must be 'replace' or 'concat', got {mode!r}.")
         if layers == "all":
@@ -204,6 +210,13 @@ class AttentionKVSwap:
             sel = host.select_layers(model, part="output", levels=lv)
         require(len(sel) > 0, "layers", f"'{layers}' selects no self-attention layer in this model.")
         run, _inj = rd.kv_swap_model(model, kv, sel, mode)
+        if getattr(inversion, "num_latents", 0) > 0:
+            # K/V exist only at the inversion's steps and for its batch; the sampled latent may differ (an edited
+            # or optimised one: DragDiffusion's reference K/V), so its values are not compared.
+            lat_hw = tuple(inversion.latent(0).shape[-2:])
+            guard_model(run, f"kv_swap_{id(inversion)}", KV_NODE, lambda sig, x, noise: check_schedule(
+                "inversion", sig, inversion.sigmas, source="the inversion node (DDIM Inversion)", latent_shape=x.shape,
+                inv_latent_hw=lat_hw, inv=inversion, latent=x, same_start=False))
         return (run,)
 
 

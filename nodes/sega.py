@@ -9,7 +9,7 @@ from typing import Any, Optional
 from ..core import host, ledits
 from ..core import sega
 from ._errors import NodeInputError, node_entry, node_errors, require
-from ._inputs import check_cond_fits, check_range, image_or_latent, supported_model
+from ._inputs import check_cond_fits, check_range, check_result, image_or_latent, supported_model
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 from .ddpm_inversion import check_inversion_inputs
 
@@ -33,7 +33,8 @@ TIPS = {
     "cooldown": "Step from which the concept stops being applied (0 = never).",
     "weight": "Relative weight of this concept among the concepts of the chain (SEGA mode).",
     "momentum_scale": "How much the edit keeps building up over the steps, so it sets in earlier and firmer (0 = "
-                      "off); shared by the whole chain, the last node's value wins (SEGA momentum scale s_m).",
+                      "off; below 1, since from 1 up it grows without bound); shared by the whole chain, the last "
+                      "node's value wins (SEGA momentum scale s_m).",
     "momentum_beta": "How long that build-up remembers earlier steps: higher = smoother, slower to change; shared by "
                      "the chain (SEGA momentum β).",
     "mode": "SEGA: CFG on the sampler's prompt + concept terms with momentum. LEDITS++: no prompt CFG (the "
@@ -75,6 +76,9 @@ def concept_entry(model: Any, concept: Any, direction: str, scale: float, thresh
     return ledits.ConceptEntry(conditioning=concept, concept=c, tokens=int(tokens))
 
 
+MOMENTUM_MAX_EXCL = 1.0     # momentum_scale >= 1 makes SEGA's momentum grow geometrically (chain_settings)
+
+
 def chain_settings(prev: Optional[ledits.SegaPatch], concept: Any, momentum_scale: float, momentum_beta: float,
                    mode: str, cross_attention_mask: bool) -> dict:
     """Check the chain-wide settings against an upstream SEGA patch; the settings for SegaPatch.with_concept."""
@@ -82,6 +86,12 @@ def chain_settings(prev: Optional[ledits.SegaPatch], concept: Any, momentum_scal
     require(math.isfinite(float(momentum_scale)) and float(momentum_scale) >= 0.0, "momentum_scale",
             f"must be >= 0, got {momentum_scale}.")
     check_range(float(momentum_beta), 0.0, 1.0, "momentum_beta")
+    growth = float(momentum_beta) + (1.0 - float(momentum_beta)) * float(momentum_scale)
+    require(growth < 1.0 or float(momentum_beta) >= 1.0, "momentum_scale",
+            f"is {float(momentum_scale):g}: from 1 up the momentum grows at every step (it is multiplied by "
+            f"momentum_beta + (1 - momentum_beta) x momentum_scale = {growth:.2g} per step), so the edit blows up "
+            f"(a scale of 10 gave a latent 10^11 times the image's). Use a value below {MOMENTUM_MAX_EXCL:g} "
+            f"(SEGA: 0.1-0.5).")
     if prev is not None:
         require(prev.mode == mode, "mode",
                 f"is {mode} but the upstream SEGA Guidance node uses {prev.mode}: one mode per chain.")
@@ -133,7 +143,7 @@ class SEGAGuidance:
                 "warmup": ("INT", {"default": 10, "min": 0, "max": 10000}),
                 "cooldown": ("INT", {"default": 0, "min": 0, "max": 10000}),
                 "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05}),
-                "momentum_scale": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0, "step": 0.01}),
+                "momentum_scale": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.99, "step": 0.01}),
                 "momentum_beta": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01}),
                 "mode": (MODES, {"default": "SEGA"}),
             },
@@ -185,7 +195,7 @@ class LEDITSEdit:
         req.update({
             "threshold": ("FLOAT", {"default": 0.95, "min": 0.0, "max": 1.0, "step": 0.005}),
             "warmup": ("INT", {"default": 2, "min": 0, "max": 10000}),
-            "momentum_scale": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0, "step": 0.01}),
+            "momentum_scale": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.99, "step": 0.01}),
             "momentum_beta": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01}),
         })
         opt = {"image": ("IMAGE",), "latent": ("LATENT",), "target": ("CONDITIONING",)}
@@ -216,7 +226,7 @@ class LEDITSEdit:
             "threshold": TIPS["threshold"] + " Shared by the concepts.",
             "warmup": "Steps (from the first step run) before the concepts apply; their momentum builds up meanwhile.",
             "momentum_scale": "How much the edit keeps building up over the steps, so it sets in earlier and firmer "
-                              "(0 = off) (SEGA momentum scale s_m).",
+                              "(0 = off; below 1, since from 1 up it grows without bound) (SEGA momentum scale s_m).",
             "momentum_beta": "How long that build-up remembers earlier steps: higher = smoother, slower to change "
                              "(SEGA momentum β).",
             "image": "The image to edit (or connect a latent instead).",
@@ -278,6 +288,9 @@ class LEDITSEdit:
         out = ledits.run(model, samples, source, negative, patch, mode=mode, steps=int(steps), skip=int(skip),
                          source_cfg=float(source_cfg), target_cfg=float(target_cfg), seed=int(seed), target=target,
                          on_step=lambda *a: bar.update(1))
+        knobs = {f"scale_{i}": float(s) for i, _c, _d, s in concepts}
+        knobs.update(momentum_scale=float(momentum_scale), **({} if pp else {"target_cfg": float(target_cfg)}))
+        check_result(out, samples, knobs, node=EDIT, what="the edit")
         return (vae.decode(out), {"samples": out})
 
 

@@ -123,21 +123,29 @@ def ksampler(sampler_function: Callable[..., torch.Tensor], extra_options: Optio
 
 
 class _SamplingCheck(SharedHandle):
-    """OUTER_SAMPLE wrapper: check(sigmas, latent_image, noise) before a sampling run starts (raises to refuse)."""
+    """OUTER_SAMPLE wrapper: check(sigmas, latent_image, noise) before a sampling run starts, after(result) on the
+    LATENT samples it returns (either raises to refuse)."""
 
-    def __init__(self, check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]):
+    def __init__(self, check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any],
+                 after: Optional[Callable[[torch.Tensor], Any]] = None):
         self.check = check
+        self.after = after
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         self.check(sigmas, latent_image, noise)
-        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        out = executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        if self.after is not None and isinstance(out, torch.Tensor) and not out.is_nested:
+            self.after(out)
+        return out
 
 
-def patch_sampling_check(model: Any, key: str, check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> Any:
+def patch_sampling_check(model: Any, key: str, check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any],
+                         after: Optional[Callable[[torch.Tensor], Any]] = None) -> Any:
     """Make every sampler of `model` (a clone) call check(sigmas, latent_image, noise) before it samples (e.g. the
-    schedule-match rule of a patch that only works on an inversion's sigmas); replaces a check under the same key."""
+    schedule-match rule of a patch that only works on an inversion's sigmas) and, given, after(result) on the LATENT
+    samples it returns (e.g. a blown-out result); replaces a check under the same key."""
     import comfy.patcher_extension as pe
     wkey = f"dragedit_sampling_check_{key}"
     model.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey)
-    model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey, _SamplingCheck(check))
+    model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, wkey, _SamplingCheck(check, after))
     return model

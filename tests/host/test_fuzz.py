@@ -207,3 +207,56 @@ def test_fuzz_ledits(img, data):
     inputs = {"model": e["model"], "vae": e["vae"], "source": e["pos"], "negative": e["neg"], "image": img,
               "concept_1": e["pos"], **widgets}
     check("DragEditLEDITSEdit", inputs, widgets)
+
+
+# ============================================================================================== INVERSION consumers
+_INVERSIONS: dict = {}
+
+
+def inversion_of(which_model: str, seed: int, strength: float, record_kv: bool):
+    """A DDIM Inversion (3 steps) of scene `seed` on the demo model or on a second load of it ('other': the same
+    weights in another model object, which the "made with another model" rule counts as another model), cached."""
+    e = env()
+    if "other" not in e:
+        e["other"] = run_node(NODE_CLASS_MAPPINGS["DragEditShapesDemoModel"])[0]
+    key = (which_model, seed, strength, record_kv)
+    if key not in _INVERSIONS:
+        image = run_node(NODE_CLASS_MAPPINGS["DragEditShapesScene"], seed=seed, shapes="1")[0]
+        lat, inv, _sig = run_node(NODE_CLASS_MAPPINGS["DragEditDDIMInversion"],
+                                  model=e["model" if which_model == "same" else "other"], positive=e["pos"], steps=3,
+                                  strength=strength, record_kv=record_kv,
+                                  latent={"samples": e["vae"].encode(image[..., :3])})
+        _INVERSIONS[key] = (lat, inv)
+    return _INVERSIONS[key]
+
+
+CONSUMERS = ("DragEditAttentionKVSwap", "DragEditMotionSupervision", "DragEditMemoryBankKV", "DragEditFeatureGuidance",
+             "DragEditLatentCopyPaste")
+
+
+@fuzz_settings(20)
+@given(key=st.sampled_from(CONSUMERS), which_model=st.sampled_from(["same", "same", "other"]),
+       seed=st.sampled_from([1, 2]), latent_seed=st.sampled_from([1, 2]), strength=st.sampled_from([0.0, 0.5, 1.0]),
+       record_kv=st.booleans(), batch=st.integers(1, 3))
+def test_fuzz_inversion_consumers(key, which_model, seed, latent_seed, strength, record_kv, batch):
+    """Issue 23, classes 10-13 and 18: the nodes that read an INVERSION, given one from another model object, of
+    another image (Motion Supervision's latent), at strength 0, without K/V, or with a latent batch."""
+    import comfy.samplers
+    e = env()
+    _lat, inv = inversion_of(which_model, seed, strength, record_kv)
+    drag = DragInstructions.from_json("[[8, 16, 20, 16]]", image_size=(32, 32))
+    common = {"inversion": inv}
+    if key == "DragEditAttentionKVSwap":
+        inputs = {"model": e["model"], **common}
+    elif key == "DragEditMotionSupervision":
+        lat, _ = inversion_of("same", latent_seed, max(strength, 0.5), False)
+        inputs = {"model": e["model"], "positive": e["pos"], "drag": drag, "iterations": 1, **common,
+                  "latent": {"samples": lat["samples"].repeat(batch, 1, 1, 1)}}
+    elif key == "DragEditMemoryBankKV":
+        inputs = {"model": e["model"], "mode": "drag", "start_percent": 0.0, "end_percent": 1.0, **common}
+    elif key == "DragEditFeatureGuidance":
+        inputs = {"model": e["model"], "mode": "drag", "energy_scale": 1.0, "start_percent": 0.0, "end_percent": 0.6,
+                  "resize_scale": 1.0, "drag": drag, **common}
+    else:
+        inputs = {"sampler": comfy.samplers.sampler_object("euler"), "drag": drag, **common}
+    check(key, inputs)
