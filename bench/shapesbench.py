@@ -163,8 +163,9 @@ def _graph_dragondiffusion(case, how: str, s: dict, files: dict, prefix: str) ->
 
 
 def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
-    """how "words": the case's concepts (SEGA add / remove); "target": no concept, the target prompt is the scene
-    as it should become (removal by prompt switch: the remaining shapes' words), at skip `remove_skip`."""
+    """how "words": the case's concepts (SEGA add / remove), with concept_target also the target prompt (the scene
+    as it should become: LEDITS' prompt switch plus concepts); "target": no concept, the target prompt alone
+    (removal by prompt switch: the remaining shapes' words), at skip `remove_skip`."""
     g = _base(case, files)
     skip = s.get("remove_skip", s["skip"]) if how == "target" else s["skip"]
     inputs = {"model": ["model", 0], "vae": ["model", 2], "source": ["pos", 0], "negative": ["neg", 0],
@@ -173,7 +174,7 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
               "momentum_scale": s["momentum_scale"], "momentum_beta": s["momentum_beta"], "image": ["load", 0]}
     for i in (1, 2, 3):
         inputs[f"direction_{i}"], inputs[f"scale_{i}"] = "add", s["scale"]
-    if how == "target":
+    if how == "target" or (how == "words" and s.get("concept_target")):
         from dragedit.demo.shapes import renderer
         g["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": renderer.prompt(case.target),
                                                                "clip": ["model", 1]}}
@@ -191,7 +192,7 @@ def methods() -> list[Method]:
     """The method nodes under test with their default settings: those of the example workflows (workflows/*.json);
     a full run (108 cases) took 11.5 min on one thread of a shared 2-core CPU."""
     ledits = dict(steps=20, skip=2, source_cfg=3.5, target_cfg=3.5, seed=0, scale=10.0, threshold=0.95, warmup=2,
-                  momentum_scale=0.1, momentum_beta=0.4, remove_skip=1)
+                  momentum_scale=0.1, momentum_beta=0.4, remove_skip=1, concept_target=False)
     word_kinds = {"concept_recolour": "words", "concept_remove": "words", "recolour": "words"}
     target_kinds = dict(word_kinds, concept_remove="target")  # remove by the target prompt of what remains
     return [
