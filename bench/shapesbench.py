@@ -199,7 +199,7 @@ def methods() -> list[Method]:
     a full run (108 cases) took 11.5 min on one thread of a shared 2-core CPU."""
     ledits = dict(steps=20, skip=2, source_cfg=3.5, target_cfg=3.5, seed=0, scale=10.0, threshold=0.95, warmup=2,
                   momentum_scale=0.1, momentum_beta=0.4, remove_skip=1, concept_target=False,
-                  concept_words="object")
+                  concept_words="scene")
     word_kinds = {"concept_recolour": "words", "concept_remove": "words", "recolour": "words"}
     target_kinds = dict(word_kinds, concept_remove="target")  # remove by the target prompt of what remains
     return [
@@ -226,10 +226,12 @@ def methods() -> list[Method]:
                "DDIM Inversion (record_kv) + DragonDiffusion: drag mode for points, move mode (object mask + centre "
                "pair, resize_scale) for regions/moves/resizes, appearance mode (reference = same image) for recolour"),
         Method("ledits", ("DragEditLEDITSEdit",), target_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
-               "LEDITS Edit, SEGA mode: concepts add 'new-colour kind' + remove 'old-colour kind'; removal by the "
-               "target prompt of the remaining shapes (no concept)"),
+               "LEDITS Edit, SEGA mode: concepts add the scene as it should become + remove the scene as it is "
+               "('blue square and green circle' - 'red square and green circle'); removal by the target prompt of "
+               "the remaining shapes (no concept)"),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,
-               dict(ledits, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0), _graph_ledits,
+               dict(ledits, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0, concept_words="object"),
+               _graph_ledits,
                "LEDITS Edit, LEDITS++ mode (inverts with the empty prompt; masked concepts, no prompt CFG); removal "
                "by a 'remove' concept (a target prompt has no effect without prompt CFG)"),
     ]
