@@ -169,8 +169,11 @@ def _graph_dragondiffusion(case, how: str, s: dict, files: dict, prefix: str) ->
 
 
 def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
-    """how "words": the case's concepts (SEGA add / remove); "target": no concept, the target prompt is the scene
-    as it should become (removal by prompt switch: the remaining shapes' words), at skip `remove_skip`."""
+    """how "words": the case's concepts (SEGA add / remove); with concept_words "scene" the concepts are whole
+    scenes (add the target scene's words, remove the input scene's, so that what both share cancels); with
+    concept_target also the target prompt (the scene as it should become: LEDITS' prompt switch plus concepts).
+    how "target": no concept, the target prompt alone (removal by prompt switch: the remaining shapes' words), at
+    skip `remove_skip`."""
     g = _base(case, files)
     skip = s.get("remove_skip", s["skip"]) if how == "target" else s["skip"]
     inputs = {"model": ["model", 0], "vae": ["model", 2], "source": ["pos", 0], "negative": ["neg", 0],
@@ -179,12 +182,16 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
               "momentum_scale": s["momentum_scale"], "momentum_beta": s["momentum_beta"], "image": ["load", 0]}
     for i in (1, 2, 3):
         inputs[f"direction_{i}"], inputs[f"scale_{i}"] = "add", s["scale"]
-    if how == "target":
+    if how == "target" or (how == "words" and s.get("concept_target")):
         from dragedit.demo.shapes import renderer
         g["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": renderer.prompt(case.target),
                                                                "clip": ["model", 1]}}
         inputs["target"] = ["tgt", 0]
-    for i, (words, direction) in enumerate(case.concepts[:3] if how == "words" else (), 1):
+    concepts = case.concepts[:3] if how == "words" else ()
+    if how == "words" and s.get("concept_words") == "scene":   # whole scenes: add the target's, remove the input's
+        from dragedit.demo.shapes import renderer
+        concepts = ((renderer.prompt(case.target), "add"), (case.prompt, "remove"))
+    for i, (words, direction) in enumerate(concepts, 1):
         g[f"c{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": words, "clip": ["model", 1]}}
         inputs[f"concept_{i}"] = [f"c{i}", 0]
         inputs[f"direction_{i}"] = direction
@@ -197,7 +204,8 @@ def methods() -> list[Method]:
     """The method nodes under test with their default settings: those of the example workflows (workflows/*.json);
     a full run (108 cases) took 11.5 min on one thread of a shared 2-core CPU."""
     ledits = dict(steps=20, skip=2, source_cfg=3.5, target_cfg=3.5, seed=0, scale=10.0, threshold=0.95, warmup=2,
-                  momentum_scale=0.1, momentum_beta=0.4, remove_skip=1)
+                  momentum_scale=0.1, momentum_beta=0.4, remove_skip=1, concept_target=False,
+                  concept_words="scene")
     word_kinds = {"concept_recolour": "words", "concept_remove": "words", "recolour": "words"}
     target_kinds = dict(word_kinds, concept_remove="target")  # remove by the target prompt of what remains
     return [
@@ -225,10 +233,12 @@ def methods() -> list[Method]:
                "DDIM Inversion (record_kv) + DragonDiffusion: drag mode for points, move mode (object mask + centre "
                "pair, resize_scale) for regions/moves/resizes, appearance mode (reference = same image) for recolour"),
         Method("ledits", ("DragEditLEDITSEdit",), target_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
-               "LEDITS Edit, SEGA mode: concepts add 'new-colour kind' + remove 'old-colour kind'; removal by the "
-               "target prompt of the remaining shapes (no concept)"),
+               "LEDITS Edit, SEGA mode: concepts add the scene as it should become + remove the scene as it is "
+               "('blue square and green circle' - 'red square and green circle'); removal by the target prompt of "
+               "the remaining shapes (no concept)"),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,
-               dict(ledits, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0), _graph_ledits,
+               dict(ledits, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0, concept_words="object"),
+               _graph_ledits,
                "LEDITS Edit, LEDITS++ mode (inverts with the empty prompt; masked concepts, no prompt CFG); removal "
                "by a 'remove' concept (a target prompt has no effect without prompt CFG)"),
     ]
