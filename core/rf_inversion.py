@@ -7,8 +7,9 @@ velocity is v = (x − x̂0)/σ = dx/dσ. The paper's time t is σ (t = 0 the im
 
 - Controlled forward ODE (Algorithm 1, Eq. 8), ascending σ_0 = 0 < σ_1 < … < σ_n:
   x_{i+1} = x_i + (σ_{i+1} − σ_i)·[v(x_i, σ_i) + γ·(u(x_i | y1) − v(x_i, σ_i))],  u(x | y1) = (y1 − x)/(1 − σ_i).
-  The velocity is labelled with the step's start (explicit Euler, as in the paper), at least SIGMA_FLOOR: ComfyUI's
-  x̂0 at σ = 0 is x itself. γ = 0 is the explicit Euler inversion; γ = 1 lands on y1.
+  The step is labelled with its start t_i = σ_i (explicit Euler, as in the paper), at least SIGMA_FLOOR: ComfyUI's
+  x̂0 at σ = 0 is x itself, so the first step is labelled σ = 1e-3. γ = 0 is the explicit Euler inversion; γ = 1
+  lands on y1 (when the grid reaches σ = 1).
 - Controlled reverse ODE (Algorithm 2, Eq. 17 of the paper as the diffusers community pipeline implements it),
   descending sigmas: with the velocity towards the image −v and the conditional one (y0 − x)/σ_i,
   v̂ = −v + η_i·((y0 − x)/σ_i + v), x_{i+1} = x_i + (σ_i − σ_{i+1})·v̂ — the Euler step from the blended
@@ -47,9 +48,9 @@ def controlled_forward(x0_fn: X0Fn, y0: torch.Tensor, sigmas_up: list[float], ga
     x = y0
     for i in range(len(sigmas_up) - 1):
         s, sn = float(sigmas_up[i]), float(sigmas_up[i + 1])
-        t = max(s, SIGMA_FLOOR)
+        t = max(s, SIGMA_FLOOR)                                 # the step's label t_i
         u = (x - x0_fn(x, t)) / t                               # u_t(Y_t): the model's velocity
-        u_cond = (y1 - x) / (1.0 - s)                           # u_t(Y_t | y1): straight to y1
+        u_cond = (y1 - x) / (1.0 - t)                           # u_t(Y_t | y1): straight to y1
         x = x + (sn - s) * (u + gamma * (u_cond - u))
         out.append(x)
         if on_step is not None:
