@@ -26,7 +26,8 @@ def _rows(gammas):
         yield f"RF-Inversion gamma {g:g}, eta 0.9 first quarter", g, (0.9, 0.0, 0.25)
 
 
-EDIT = dict(steps=20, gamma=0.5, eta=0.9, start=0.0, stop=0.25, decay=0.0)
+EDIT = dict(steps=20, gamma=0.5, eta=0.9, start=0.0, stop=0.25, decay=0.0, cfg=1.0)
+"""An edit setting: the inversion's γ, the sampler's η window, and the target prompt's cfg (negative "")."""
 
 
 def rf_edit(model, encoder, vae, case, s: dict):
@@ -44,7 +45,8 @@ def rf_edit(model, encoder, vae, case, s: dict):
                              gamma=s["gamma"], seed=0, cfg=1.0)
     (sampler,) = run_node(RFInversionSampler, inversion=inv, eta=s["eta"], start=s["start"], stop=s["stop"],
                           decay_power=s["decay"])
-    out = sampler_custom_advanced(model, noise, sampler, sig, lat, cond(renderer.prompt(case.target)))
+    neg = cond("") if s["cfg"] != 1.0 else None
+    out = sampler_custom_advanced(model, noise, sampler, sig, lat, cond(renderer.prompt(case.target)), neg, s["cfg"])
     return vae.decode(out)[0].permute(2, 0, 1).clamp(0, 1)
 
 

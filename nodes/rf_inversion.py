@@ -5,8 +5,8 @@ from __future__ import annotations
 from ..core import flow_inversion as fi
 from ..core import host
 from ..core import rf_inversion as rf
-from ._errors import node_entry, require
-from ._inputs import check_range
+from ._errors import NodeInputError, node_entry, require
+from ._inputs import check_range, guard_sampler
 from ._inversion_spec import inversion_inputs
 from ._ui import CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 from .flow_inversion import _COMMON_TIPS, USAGE, check_flow_inputs
@@ -33,8 +33,21 @@ def _check_reverse(eta, start, stop, decay_power):
     check_range(float(decay_power), 0.0, 10.0, "decay_power")
 
 
-def _sampler(inv, eta, start, stop, decay_power):
-    return host.ksampler(rf.make_rf_sampler_fn(inv, float(eta), float(start), float(stop), float(decay_power)))
+def _sampler(inv, node, eta, start, stop, decay_power):
+    """The SAMPLER of the controlled reverse ODE; inside SamplerCustomAdvanced it refuses sigmas that are no flow
+    schedule and a latent of another shape than the inverted one, naming `node`."""
+    def check(sig, shape, noise):
+        try:
+            s = fi.check_sigmas(sig, f"sigmas given to the {node} sampler")
+        except (TypeError, ValueError) as e:
+            raise NodeInputError("sigmas", f"{e}.") from None
+        require(float(s[0]) <= 1.0, "sigmas", f"must start at or below 1 for a flow model, got {float(s[0]):.4g}.")
+        y0 = inv.latents[-1]
+        require(tuple(y0.shape[1:]) == tuple(shape[1:]) and y0.shape[0] in (1, shape[0]), "inversion",
+                f"holds latents of shape {tuple(y0.shape)} but SamplerCustomAdvanced samples {tuple(shape)}: give it "
+                "the LATENT that was inverted.")
+    fn = rf.make_rf_sampler_fn(inv, float(eta), float(start), float(stop), float(decay_power))
+    return host.ksampler(guard_sampler(fn, node, check))
 
 
 class RFInversion:
@@ -72,7 +85,7 @@ class RFInversion:
         inv = rf.run_rf_inversion(model, samples, positive, negative, float(cfg), sigmas, gamma=float(gamma),
                                   seed=int(seed), on_step=lambda i, n: bar.update(1))
         noise = fi.InvertedNoise(model, inv.start, float(sigmas[0]))
-        return (noise, _sampler(inv, rf.DEFAULT_ETA, rf.DEFAULT_START, rf.DEFAULT_STOP, 0.0), inv)
+        return (noise, _sampler(inv, NODE_INV, rf.DEFAULT_ETA, rf.DEFAULT_START, rf.DEFAULT_STOP, 0.0), inv)
 
 
 class RFInversionSampler:
@@ -103,7 +116,7 @@ class RFInversionSampler:
                 f"expected the INVERSION of RF-Inversion, got {type(inversion).__name__}.")
         require(len(inversion.latents) > 0, "inversion", "was released; run the inversion again.")
         _check_reverse(eta, start, stop, decay_power)
-        return (_sampler(inversion, eta, start, stop, decay_power),)
+        return (_sampler(inversion, NODE_SAMPLER, eta, start, stop, decay_power),)
 
 
 NODE_CLASS_MAPPINGS = {"DragEditRFInversion": RFInversion, "DragEditRFInversionSampler": RFInversionSampler}

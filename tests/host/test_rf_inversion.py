@@ -113,3 +113,15 @@ def test_bad_inputs_name_node_and_input(flux, sd15_model):
         run_node(RFInversionSampler, inversion=inv, eta=0.9, start=0.5, stop=0.25)
     with pytest.raises(NodeInputError, match=r"\[RF-Inversion Sampler\] input 'eta'"):
         run_node(RFInversionSampler, inversion=inv, eta=-0.1, start=0.0, stop=0.25)
+
+
+def test_sampler_refuses_another_latent_inside_sampler_custom_advanced(flux):
+    _, pos, sig, noise, sampler, inv = _invert(flux, steps=4)
+    (s2,) = run_node(RFInversionSampler, inversion=inv, eta=0.9, start=0.0, stop=0.25)
+    from comfy_extras.nodes_custom_sampler import RandomNoise
+    other = tiny_models.dit_latent(size=16)
+    with torch.inference_mode():
+        noise = _call(RandomNoise, noise_seed=0)[0]                # the inversion's NOISE has the inverted size
+    for smp, node in ((sampler, "RF-Inversion"), (s2, "RF-Inversion Sampler")):
+        with pytest.raises(NodeInputError, match=rf"\[{node}\] input 'inversion'.*the LATENT that was inverted"):
+            sampler_custom_advanced(flux, noise, smp, sig, other, pos)
