@@ -42,6 +42,7 @@ def _sampler(inv, node, eta, start, stop, decay_power):
         except (TypeError, ValueError) as e:
             raise NodeInputError("sigmas", f"{e}.") from None
         require(float(s[0]) <= 1.0, "sigmas", f"must start at or below 1 for a flow model, got {float(s[0]):.4g}.")
+        require(len(inv.latents) > 0, "inversion", "was released; run the inversion again.")
         y0 = inv.latents[-1]
         require(tuple(y0.shape[1:]) == tuple(shape[1:]) and y0.shape[0] in (1, shape[0]), "inversion",
                 f"holds latents of shape {tuple(y0.shape)} but SamplerCustomAdvanced samples {tuple(shape)}: give it "
