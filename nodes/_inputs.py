@@ -140,14 +140,22 @@ def image_or_latent(model: Any, image: Any, vae: Any, latent: Any, *, allow_batc
             size = (int(image.shape[2]), int(image.shape[1]))
         require(hasattr(vae, "encode"), "vae", f"expected a VAE, got {type(vae).__name__}.")
         samples = vae.encode(image[:, :, :, :3])
-        require(isinstance(samples, torch.Tensor) and samples.ndim == 4, "vae",
+        require(isinstance(samples, torch.Tensor) and _image_latent(model, samples), "vae",
                 f"encoded the image to shape {tuple(getattr(samples, 'shape', ()))}; expected an image VAE's "
                 f"[B, C, h, w] latent.")
     else:
         samples = check_latent(latent, allow_batch=allow_batch)
-        require(samples.ndim == 4, "latent", f"expected an image latent [B, C, h, w], got {tuple(samples.shape)}.")
+        require(_image_latent(model, samples), "latent",
+                f"expected an image latent [B, C, h, w], got {tuple(samples.shape)}.")
     check_latent_fits(model, samples, "vae" if have_image else "latent", "image" if have_image else "latent")
     return samples, size
+
+
+def _image_latent(model: Any, samples: torch.Tensor) -> bool:
+    """An image latent: [B, C, h, w], or for a flow DiT with video-VAE latents (Qwen-Image's Wan VAE) one frame
+    [B, C, 1, h, w]."""
+    from ..core import host
+    return samples.ndim == 4 or (samples.ndim == 5 and int(samples.shape[2]) == 1 and host.is_flow(model))
 
 
 # ---------------------------------------------------------------------------------------------- MASK

@@ -203,7 +203,7 @@ def test_latent_copy_paste_wraps_a_flow_inversion(flux):
 
 def test_qwen_image_core_run():
     """Qwen-Image (5-D Wan latents, centred RoPE ids) in the core path: moved keys re-encoded, K/V found on every
-    recorded step (the node takes 4-D image latents only)."""
+    recorded step; and through the RegionDrag node."""
     qwen = tiny_models.qwen_image()
     samples = _planted(7)[:, :, None]                            # [1, 16, 1, 16, 16]
     plan = rd.make_plan(_drag(regions=[RECT]), (16, 16), noise_scale=1.0)
@@ -215,3 +215,12 @@ def test_qwen_image_core_run():
         out = rd.run(qwen, tiny_models.dit_conditioning(), samples, plan, steps=6, strength=0.5, stats=stats)
     assert out.shape == samples.shape and torch.isfinite(out).all()
     assert stats["kv_misses"] == 2 * len(host.dit.blocks(qwen)) and stats["kv_hits"] > 0
+    # the node takes the same one-frame 5-D latent; several frames are refused by input name
+    node_out = run_node(RegionDrag, model=qwen, positive=tiny_models.dit_conditioning(), steps=6, strength=0.5,
+                        noise_scale=1.0, seed=1, drag_json=json.dumps({"image_size": [SIZE, SIZE], "regions": [RECT]}),
+                        latent={"samples": samples})
+    assert node_out[0]["samples"].shape == samples.shape and torch.isfinite(node_out[0]["samples"]).all()
+    with pytest.raises(NodeInputError, match=r"\[RegionDrag\] input 'latent'.*image latent"):
+        run_node(RegionDrag, model=qwen, positive=tiny_models.dit_conditioning(), steps=6, strength=0.5,
+                 drag_json=json.dumps({"image_size": [SIZE, SIZE], "regions": [RECT]}),
+                 latent={"samples": samples.expand(-1, -1, 2, -1, -1).clone()})
