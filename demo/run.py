@@ -14,6 +14,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 
 from demo import measure  # noqa: E402
+from tools.support import examples  # noqa: E402
 from tools.support.comfy_server import ComfyServer  # noqa: E402
 from tools.support.workflow_api import ui_to_api  # noqa: E402
 
@@ -94,8 +95,9 @@ def _draw(before: Path, after: Path, arrows, dest: Path, lines: list[str] = ()) 
 
 
 def run_demo(server: ComfyServer, name: str, out: Path, info: dict) -> dict:
-    """Run example_workflows/<name>.json, save the scene (before) and the result (after), draw the comparison."""
-    wf = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    """Run the example workflow `name` (its file: tools/support/examples.py), save the scene (before) and the
+    result (after), draw the comparison."""
+    wf = json.loads(examples.path(name).read_text())
     prompt = ui_to_api(wf, info)
     scene = next((k for k, v in prompt.items() if v["class_type"] == "DragEditShapesScene"), None)
     drag = next((v for v in prompt.values() if v["class_type"] == "DragInstructions"), None)
@@ -146,7 +148,7 @@ def redraw(names: list[str], out: Path) -> list[dict]:
         if not (before.exists() and after.exists()):
             print(f"[demo] {name}: no saved pictures in {out}, skipped")
             continue
-        wf = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+        wf = json.loads(examples.path(name).read_text())
         m = compare(name, measure.prompt_of_ui(wf), before, after, out)
         results.append({"workflow": name, "measured": m})
         print(f"[demo] {name}: {m}")
@@ -170,7 +172,7 @@ def main() -> None:
             demo_sheet.main([])
         return
     base = ROOT / ".host" / "demo-base" if a.out is None else out / "comfy-base"
-    names = [n for n in a.workflows if (ROOT / "example_workflows" / f"{n}.json").exists()]
+    names = [n for n in a.workflows if n in examples.EXAMPLES and examples.path(n).exists()]
     for n in sorted(set(a.workflows) - set(names)):
         print(f"[demo] {n}: no such workflow, skipped")
     # each FRESH_SERVER workflow gets a server of its own: its result must not depend on what ran before it
