@@ -21,8 +21,9 @@ CARD_JS = """(i) => {
     const area = (e) => { const r = e.getBoundingClientRect(); return r.width * r.height; };
     const img = Array.from(c.querySelectorAll('img')).sort((a, b) => area(b) - area(a))[0];   // the thumbnail
     const ir = img ? img.getBoundingClientRect() : null;
-    const badge = Array.from(c.querySelectorAll('*')).find(e => e.children.length <= 2 &&
-                   /^\\s*Node graph\\s*$/.test(e.textContent || '') && e.getClientRects().length);
+    const badge = Array.from(c.querySelectorAll('*')).filter(e =>            // the smallest box saying it
+                   /^\\s*Node graph\\s*$/.test(e.textContent || '') && e.getClientRects().length)
+                   .sort((a, b) => area(a) - area(b))[0];
     const br = badge ? badge.getBoundingClientRect() : null;
     return {name: c.dataset.testid.slice('template-workflow-'.length), text: c.innerText,
             img: img && img.complete ? {top: ir.top, height: ir.height, natural: img.naturalWidth} : null,
