@@ -23,9 +23,10 @@ SCALE = 8
 TITLES = {"regiondrag": "RegionDrag", "dragdiffusion": "DragDiffusion", "dragdiffusion_lora": "DragDiffusion + LoRA",
           "dragondiffusion_move": "DragonDiffusion move", "dragondiffusion_drag": "DragonDiffusion drag",
           "ledits": "LEDITS"}
-# Workflows run in a server of their own: ComfyUI's LoRA trainer gives a slightly different LoRA after another
-# DragDiffusion run in the same process (its result differed in the 4th decimal of the loss), so the demo's
-# LoRA picture is reproducible only from a fresh server.
+# Workflows run in a server of their own: ComfyUI's Train LoRA draws its training timesteps from the process's global
+# torch RNG (its seed input seeds only the LoRA init and the noise), which ComfyUI's own samplers reseed (the
+# DragDiffusion workflow's SamplerCustom branch), so the LoRA picture is reproducible only from a fresh server. The
+# pack's nodes leave the global RNG as they found it (tests/server/test_rng_state_server.py).
 FRESH_SERVER = ("dragdiffusion_lora",)
 # The plain statement a caption prints when a method cannot keep the rest (>= 30 dB outside the edit) on the demo model.
 LIMITS: dict[str, str] = {
