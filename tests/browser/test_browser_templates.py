@@ -37,8 +37,13 @@ def _open_pack_templates(cp: bu.ComfyPage) -> list[dict]:
     nav = cp.page.locator(".p-dialog:visible, [role=dialog]").get_by_text(PACK, exact=True)
     nav.first.wait_for(timeout=30_000)
     nav.first.click()
-    cp.page.wait_for_function(f"(n) => document.querySelectorAll('{CARD}').length >= n",
-                              arg=len(examples.EXAMPLES), timeout=30_000)
+    cp.page.locator(CARD).first.wait_for(timeout=30_000)
+    for _ in range(10):                              # some frontends (1.27) add cards as the grid scrolls
+        n = cp.page.locator(CARD).count()
+        if n >= len(examples.EXAMPLES):
+            break
+        cp.page.locator(CARD).nth(n - 1).scroll_into_view_if_needed()
+        cp.page.wait_for_timeout(700)
     cp.page.wait_for_timeout(500)
     bu.SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     cp.page.screenshot(path=str(bu.SCREENSHOTS / f"templates_{bu.frontend_version()}.png"))
