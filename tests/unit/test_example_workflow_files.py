@@ -35,14 +35,14 @@ def test_file_names_are_the_template_titles():
     """The template browser titles a custom node's template with its file name (issue 21 item 8): every file is one
     of tools/support/examples.py's readable names (no underscores, no file-system-unsafe characters), and in the
     alphabetical order the pack lists them (web/templates_order.js) the demo workflows, which need no download, come
-    first, then SD1.5, then SDXL."""
+    first (a new model family's prefix must sort after "Demo")."""
     assert sorted(p.name for p in FILES) == sorted(examples.file_name(k) for k in examples.EXAMPLES)
     titles = sorted((examples.EXAMPLES[k] for k in examples.EXAMPLES), key=str.casefold)
     for t in titles:
         assert "_" not in t and not re.search(r'[<>:"/\\|?*]', t), t
-    kinds = [t.split(" - ")[0] for t in titles]
-    assert kinds == sorted(kinds, key=["Demo", "SD1.5", "SDXL"].index), kinds
-    assert all(examples.is_demo(k) == (examples.EXAMPLES[k].split(" - ")[0] == "Demo") for k in examples.EXAMPLES)
+        assert re.fullmatch(r"[A-Za-z0-9.]+ - [A-Za-z0-9 +]+", t), t          # "<model> - <what it does>"
+    demo = [t.startswith(examples.DEMO_PREFIX) for t in titles]
+    assert demo == sorted(demo, reverse=True), titles                          # the demo ones first
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
