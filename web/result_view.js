@@ -2,7 +2,8 @@
 // an overlay with the image scaled to fit the window, whole-number steps and no smoothing for small images (the
 // shapes demo's 32 px results), the node's title and the image size. Click, Escape or the close button closes it;
 // the arrow keys step through a node's images. Classic (LiteGraph) rendering: a double-click on the node's images
-// (a double-click on a value widget goes to the widget, on the title to the title editor, as before).
+// (a double-click on a value widget goes to the widget, on the title to the title editor, as before); "Nodes 2.0":
+// a double-click on an image in a node.
 import { app } from "../../scripts/app.js";
 
 const OVERLAY_ID = "dragedit-result-view";
@@ -111,10 +112,29 @@ function onCanvasDblClick(e) {
   e.stopPropagation();
 }
 
+/** Double-click on an image inside a "Nodes 2.0" (Vue) node: the node's images are <img> elements there (some
+ * frontends lay a transparent element over them, so the image is found by the point, not by the event's target). */
+function onNodeImageDblClick(e) {
+  const nodeEl = e.target?.closest?.("[data-node-id]");
+  if (!nodeEl || e.target.closest?.(`#${OVERLAY_ID}`)) return;
+  const imgs = Array.from(nodeEl.querySelectorAll("img")).filter((im) => im.src && im.naturalWidth > 0);
+  const inside = (im) => {
+    const r = im.getBoundingClientRect();
+    return e.clientX >= r.left && e.clientX <= r.right && e.clientY >= r.top && e.clientY <= r.bottom;
+  };
+  const img = imgs.find(inside);
+  if (!img) return;
+  const node = app.graph?.getNodeById?.(nodeEl.dataset.nodeId);
+  openResultView(imgs, imgs.indexOf(img), node?.title || "");
+  e.preventDefault();
+  e.stopPropagation();
+}
+
 app.registerExtension({
   name: "DragEdit.ResultView",
   setup() {
     const el = app.canvas?.canvas ?? app.canvasEl;
     el?.addEventListener("dblclick", onCanvasDblClick);
+    document.addEventListener("dblclick", onNodeImageDblClick, true);
   },
 });
