@@ -21,7 +21,7 @@ SD15 = dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=[1, 
             use_temporal_attention=False, use_temporal_resblock=False, use_checkpoint=False, image_size=32,
             use_spatial_transformer=True, legacy=False)
 
-# UNet calls per method at the settings of example_workflows/sd15_*.json (cfg 1 unless said; a backward ~ 2 forwards)
+# UNet calls per method at the settings of the example workflows "SD1.5 - *.json" (cfg 1 unless said; a backward ~ 2 forwards)
 CALLS = {
     "RegionDrag (20 steps, strength 0.5)": 10 + 10,
     "LEDITS (50 steps, skip 15, 1 concept)": 35 * 2 + 35 * 3,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from tools.support import examples  # noqa: E402
 from tools.support.comfy_server import ComfyServer  # noqa: E402
 from tools.support.workflow_api import ui_to_api  # noqa: E402
 
@@ -36,7 +37,7 @@ def main() -> None:
     rows: dict = {n: {"wall_s": [], "cpu_s": []} for n in a.names}
     try:
         info = srv.get("/object_info")
-        prompts = {n: ui_to_api(json.loads((ROOT / "example_workflows" / f"{n}.json").read_text()), info)
+        prompts = {n: ui_to_api(json.loads(examples.path(n).read_text()), info)
                    for n in a.names}
         for r in range(a.reps):
             for n in a.names:

@@ -14,6 +14,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 
 from demo import measure  # noqa: E402
+from tools.support import examples  # noqa: E402
 from tools.support.comfy_server import ComfyServer  # noqa: E402
 from tools.support.workflow_api import ui_to_api  # noqa: E402
 
@@ -23,9 +24,10 @@ SCALE = 8
 TITLES = {"regiondrag": "RegionDrag", "dragdiffusion": "DragDiffusion", "dragdiffusion_lora": "DragDiffusion + LoRA",
           "dragondiffusion_move": "DragonDiffusion move", "dragondiffusion_drag": "DragonDiffusion drag",
           "ledits": "LEDITS", "shapes_dit_regiondrag": "RegionDrag on the demo DiT"}
-# Workflows run in a server of their own: ComfyUI's LoRA trainer gives a slightly different LoRA after another
-# DragDiffusion run in the same process (its result differed in the 4th decimal of the loss), so the demo's
-# LoRA picture is reproducible only from a fresh server.
+# Workflows run in a server of their own: ComfyUI's Train LoRA draws its training timesteps from the process's global
+# torch RNG (its seed input seeds only the LoRA init and the noise), which ComfyUI's own samplers reseed (the
+# DragDiffusion workflow's SamplerCustom branch), so the LoRA picture is reproducible only from a fresh server. The
+# pack's nodes leave the global RNG as they found it (tests/server/test_rng_state_server.py).
 FRESH_SERVER = ("dragdiffusion_lora",)
 # The plain statement a caption prints when a method cannot keep the rest (>= 30 dB outside the edit) on the demo model.
 LIMITS: dict[str, str] = {
@@ -95,8 +97,9 @@ def _draw(before: Path, after: Path, arrows, dest: Path, lines: list[str] = ()) 
 
 
 def run_demo(server: ComfyServer, name: str, out: Path, info: dict) -> dict:
-    """Run example_workflows/<name>.json, save the scene (before) and the result (after), draw the comparison."""
-    wf = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    """Run the example workflow `name` (its file: tools/support/examples.py), save the scene (before) and the
+    result (after), draw the comparison."""
+    wf = json.loads(examples.path(name).read_text())
     prompt = ui_to_api(wf, info)
     scene = next((k for k, v in prompt.items() if v["class_type"] == "DragEditShapesScene"), None)
     drag = next((v for v in prompt.values() if v["class_type"] == "DragInstructions"), None)
@@ -147,7 +150,7 @@ def redraw(names: list[str], out: Path) -> list[dict]:
         if not (before.exists() and after.exists()):
             print(f"[demo] {name}: no saved pictures in {out}, skipped")
             continue
-        wf = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+        wf = json.loads(examples.path(name).read_text())
         m = compare(name, measure.prompt_of_ui(wf), before, after, out)
         results.append({"workflow": name, "measured": m})
         print(f"[demo] {name}: {m}")
@@ -171,7 +174,7 @@ def main() -> None:
             demo_sheet.main([])
         return
     base = ROOT / ".host" / "demo-base" if a.out is None else out / "comfy-base"
-    names = [n for n in a.workflows if (ROOT / "example_workflows" / f"{n}.json").exists()]
+    names = [n for n in a.workflows if n in examples.EXAMPLES and examples.path(n).exists()]
     for n in sorted(set(a.workflows) - set(names)):
         print(f"[demo] {n}: no such workflow, skipped")
     # each FRESH_SERVER workflow gets a server of its own: its result must not depend on what ran before it

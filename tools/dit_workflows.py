@@ -16,9 +16,11 @@ from typing import Optional
 
 from tools import sd_workflows as sdw
 from tools.sd_workflows import IMAGE, PROMPT, Graph, _drag, _save
+from tools.support import examples
 from tools.support.dit_checkpoints import FLUX_DEV_NAME, SD35_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
+
 OUT = ROOT / "example_workflows"
 
 CLIP_L, T5 = "clip_l.safetensors", "t5xxl_fp16.safetensors"
@@ -336,7 +338,7 @@ def freeze_new(name: str, info: dict) -> bool:
     from tools.support.workflow_api import ui_to_api
     if (sw.UI / f"{name}.json").exists():
         return False
-    shutil.copyfile(OUT / f"{name}.json", sw.UI / f"{name}.json")
+    shutil.copyfile(examples.path(name, folder=OUT), sw.UI / f"{name}.json")
     api = ui_to_api(sw.load(sw.UI, name), info)
     (sw.API / f"{name}.json").write_text(json.dumps(api, indent=1, sort_keys=True) + "\n")
     return True
@@ -353,12 +355,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     info = object_info(a.object_info)
     sizes = json.loads(a.sizes.read_text()) if a.sizes else {}
     a.out.mkdir(parents=True, exist_ok=True)
-    for name, wf in build(info, sizes).items():
-        (a.out / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
-        thumbnail(name, wf).save(a.out / f"{name}.jpg", quality=88, optimize=True)
+    for name, wf in build(info, sizes).items():      # files named by tools/support/examples.py (template titles)
+        path = examples.path(name, folder=a.out)
+        path.write_text(json.dumps(wf, indent=2) + "\n")
+        thumbnail(name, wf).save(examples.path(name, ".jpg", folder=a.out), quality=88, optimize=True)
         frozen = a.out.resolve() == OUT.resolve() and freeze_new(name, info)
-        print(f"wrote {a.out / name}.json ({len(wf['nodes'])} nodes) and {name}.jpg"
-              f"{' and its frozen copies' if frozen else ''}")
+        print(f"wrote {path} ({len(wf['nodes'])} nodes) and its thumbnail{' and frozen copies' if frozen else ''}")
 
 
 if __name__ == "__main__":

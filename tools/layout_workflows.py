@@ -17,9 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from tools.support import examples  # noqa: E402
 from tools.support.workflow_layout import min_size, view_ds, with_scroll_hint  # noqa: E402
 
-WF = ROOT / "example_workflows"
 GAP, COL_GAP, TOP = 66, 50, 80      # GAP: Nodes 2.0 draws some nodes up to ~10 px taller than LiteGraph
 
 # the notes of the two DragonDiffusion workflows (used when a workflow has none yet)
@@ -66,7 +66,7 @@ def derive_dit_regiondrag(wf: dict) -> dict:
     return wf
 
 
-# name -> columns (node ids top to bottom), titles, groups (title, ids, colour), notes to add
+# key (tools/support/examples.py) -> columns (node ids top to bottom), titles, groups (title, ids, colour), notes to add
 LAYOUTS = {
     "regiondrag": {
         "columns": [[1, 2, 3, 9], [4, 10], [5, 6, "enlarge"], ["big", 7, 8]],
@@ -212,13 +212,15 @@ def _enlargement(wf: dict, result_id: int) -> tuple[dict, dict]:
 
 
 def _label_linked_text(wf: dict) -> None:
-    """A CLIP Text Encode whose text comes from Shapes Scene: its text input says so (the frontend hides the linked
-    text box and would draw an unnamed socket)."""
+    """A CLIP Text Encode whose text comes from Shapes Scene is drawn collapsed (its title says where the prompt comes
+    from): frontend 1.58 hides a linked text box and draws its socket without a name, which left an unnamed socket
+    over an empty body; the input's label is kept for the renderers that draw it (Nodes 2.0)."""
     for n in wf["nodes"]:
         if n["type"] == "CLIPTextEncode":
             for inp in n.get("inputs") or []:
                 if inp["name"] == "text" and inp.get("link") is not None:
                     inp["label"] = "text (the scene's prompt)"
+                    n["flags"] = {**(n.get("flags") or {}), "collapsed": True}
 
 
 def layout(name: str, wf: dict, info: dict) -> dict:
@@ -292,9 +294,9 @@ def main() -> None:
     from tools.support.comfy_server import object_info
     info = object_info(a.object_info)
     for name in a.names:
-        path = WF / f"{name}.json"
-        if name == "shapes_dit_regiondrag":               # written from regiondrag.json, then laid out
-            src = (WF / "regiondrag.json").read_text()
+        path = examples.path(name)
+        if name == "shapes_dit_regiondrag":               # written from the RegionDrag demo, then laid out
+            src = examples.path("regiondrag").read_text()
             indent, tail = _fmt(src)
             text = json.dumps(derive_dit_regiondrag(json.loads(src)), indent=indent) + tail
         else:

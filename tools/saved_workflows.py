@@ -1,5 +1,5 @@
-"""Frozen copies of the example workflows as users saved them: tests/data/saved_workflows/ui/<name>.json (UI format,
-copied from example_workflows/ at aff4d11) and api/<name>.json (their API-format conversion by workflow_api.ui_to_api
+"""Frozen copies of the example workflows as users saved them: tests/data/saved_workflows/ui/<key>.json (UI format,
+copied from example_workflows/ at aff4d11, under the short keys of tools/support/examples.py) and api/<name>.json (their API-format conversion by workflow_api.ui_to_api
 against that code's /object_info). tests/server/test_saved_workflows.py checks that today's nodes still load and run them.
 
 They are written once (`python -m tools.saved_workflows`, which starts a server of its own; `python -m
@@ -35,9 +35,10 @@ def main(new: Sequence[str] = ()) -> None:  # pragma: no cover - run once by han
 
     UI.mkdir(parents=True, exist_ok=True)
     API.mkdir(parents=True, exist_ok=True)
-    for p in sorted((ROOT / "example_workflows").glob("*.json")):
-        if not new or p.stem in new:
-            shutil.copyfile(p, UI / p.name)
+    from tools.support import examples
+    for key in examples.EXAMPLES:
+        if not new or key in new:
+            shutil.copyfile(examples.path(key), UI / f"{key}.json")
     srv = ComfyServer(extra_nodes=False).start()
     try:
         info = srv.get("/object_info")

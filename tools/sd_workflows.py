@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "example_workflows"
 
 from tools import example_image  # noqa: E402
+from tools.support import examples  # noqa: E402
 from tools.support.workflow_layout import note_height, view_ds, with_scroll_hint  # noqa: E402
 from tools.support.sd_checkpoints import SD15_NAME as SD15, SDXL_NAME as SDXL  # noqa: E402
 
@@ -449,8 +449,8 @@ def main() -> None:
     info = object_info(a.object_info)
     sizes = json.loads(a.sizes.read_text()) if a.sizes else {}
     for name, wf in build(info, sizes).items():
-        (OUT / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
-        print(f"wrote example_workflows/{name}.json ({len(wf['nodes'])} nodes)")
+        examples.path(name).write_text(json.dumps(wf, indent=2) + "\n")
+        print(f"wrote example_workflows/{examples.file_name(name)} ({len(wf['nodes'])} nodes)")
 
 
 if __name__ == "__main__":

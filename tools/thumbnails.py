@@ -1,5 +1,6 @@
-"""Template-browser thumbnails: example_workflows/<name>.jpg (the name the ComfyUI frontend asks for: it requests
-/api/workflow_templates/<pack folder>/<name>.jpg for every <name>.json a custom node's example_workflows/ holds).
+"""Template-browser thumbnails: example_workflows/<file>.jpg next to each <file>.json (the name the ComfyUI frontend
+asks for: it requests /api/workflow_templates/<pack folder>/<file>.jpg for every <file>.json a custom node's
+example_workflows/ holds; tools/support/examples.py maps the short keys used here to the file names).
 
 Shapes-model workflows: from real results, the before / after PNGs `demo/run.py` writes to out/demo/ (input with the
 drag arrows | result). Real-image (SD1.5 / SDXL) workflows: no weights exist here, so an illustrative card that says
@@ -8,7 +9,7 @@ the checkpoint and the resolution.
 
 The frontend lays a "Node graph" badge over the card's top-left corner (1.58), so the top band stays empty: the
 pictures come first, the title and subtitle below them.
-    .venv/bin/python -m demo.run && .venv/bin/python -m tools.thumbnails
+    .venv/bin/python -m demo.run && .venv/bin/python -m tools.thumbnails [keys...]
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WF = ROOT / "example_workflows"
+from tools.support import examples  # noqa: E402
+
 DEMO = ROOT / "out" / "demo"
 SIZE = 400
 BG = (30, 31, 38)
@@ -124,7 +126,7 @@ def shapes_thumbnail(name: str) -> Image.Image:
     after = DEMO / f"{name}_after.png"
     if not (before.exists() and after.exists()):
         raise FileNotFoundError(f"{before} / {after} missing: run .venv/bin/python -m demo.run {name} first")
-    wf = json.loads((WF / f"{name}.json").read_text())
+    wf = json.loads(examples.path(name).read_text())
     b = Image.open(before).convert("RGB").resize((256, 256), Image.NEAREST)
     drag = _drag_of(wf)
     if drag:
@@ -138,7 +140,7 @@ def shapes_thumbnail(name: str) -> Image.Image:
 def real_thumbnail(name: str) -> Image.Image:
     """An illustration, not a result: the example image with the workflow's drag, what it needs."""
     from tools.example_image import DEST
-    wf = json.loads((WF / f"{name}.json").read_text())
+    wf = json.loads(examples.path(name).read_text())
     src = Image.open(DEST).convert("RGB").resize((512, 512), Image.LANCZOS)
     drag = _drag_of(wf)
     img = _draw_drag(src, drag) if drag else src
@@ -149,13 +151,13 @@ def real_thumbnail(name: str) -> Image.Image:
 
 
 def main() -> None:
-    names = sys.argv[1:] or [p.stem for p in sorted(WF.glob("*.json"))]
+    names = sys.argv[1:] or list(examples.EXAMPLES)
     for name in names:
         if name not in SHAPES and name not in REAL:
             print(f"{name}: not written here (the DiT workflows' thumbnails come from tools.dit_workflows)")
             continue
         img = shapes_thumbnail(name) if name in SHAPES else real_thumbnail(name)
-        dest = WF / f"{name}.jpg"
+        dest = examples.path(name, ".jpg")
         img.save(dest, quality=88, optimize=True)
         print(f"{dest.relative_to(ROOT)} ({dest.stat().st_size // 1024} KB)")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tools.support import browser_util as bu  # noqa: E402
+from tools.support import browser_util as bu, examples  # noqa: E402
 from tools.support.comfy_server import ComfyServer  # noqa: E402
 
 FIT = """() => {
@@ -29,7 +29,7 @@ FIT = """() => {
 
 
 def main() -> None:
-    names = sys.argv[1:] or [p.stem for p in sorted((ROOT / "example_workflows").glob("*.json"))]
+    names = sys.argv[1:] or list(examples.EXAMPLES)
     out = ROOT / "out" / "screens"
     out.mkdir(parents=True, exist_ok=True)
     srv = ComfyServer(extra_nodes=False).start()
@@ -40,7 +40,7 @@ def main() -> None:
             cp = bu.ComfyPage(b, srv).open()
             cp.page.set_viewport_size({"width": 2400, "height": 1300})
             for name in names:
-                cp.load_workflow(json.loads((ROOT / "example_workflows" / f"{name}.json").read_text()))
+                cp.load_workflow(json.loads(examples.path(name).read_text()))
                 cp.page.wait_for_timeout(500)
                 cp.page.evaluate(FIT)
                 cp.page.wait_for_timeout(300)

@@ -131,7 +131,9 @@ def build(unet_sd: Optional[dict] = None, text_sd: Optional[dict] = None, seed: 
         unet_sd = {k: v.float() for k, v in unet_sd.items()}
     model = host.build_model(arch_of(arch).unet_config, latent_format=latent_format_class(arch), prediction="eps",
                              state_dict=unet_sd, seed=seed, text_start_tokens=0)  # word ids, no start token
-    with torch.inference_mode(False):
+    # the prompt encoder's random init from `seed` on a forked RNG: the process's global torch RNG is left as it was
+    # (a node that reseeds it changes what later nodes drawing from it get, e.g. ComfyUI's Train LoRA timesteps)
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc = PromptEncoder()
         if text_sd is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.support import browser_util as bu
+from tools.support import browser_util as bu, examples
 from test_browser import WORKFLOWS, drag_type, pages, server  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -50,6 +50,8 @@ def _check_example_workflows(pages, server, vue: bool) -> None:
         cp.page.wait_for_timeout(400)      # let editors load their images
         report = cp.page.evaluate(_WIDGET_CHECK_JS)
         problems += [f"{path.name}: {p}" for p in report]
+        if not vue:
+            problems += [f"{path.name}: {p}" for p in cp.page.evaluate(_UNNAMED_SOCKET_JS)]
         problems += [f"{path.name}: {p}" for p in _values_moved(wf, cp.page.evaluate(
             "() => app.graph.serialize().nodes.map(n => [n.id, n.widgets_values ?? null])"))]
         dialogs = cp.page.locator(".p-dialog:visible")
@@ -137,6 +139,23 @@ _WIDGET_CHECK_JS = """() => {
 }"""
 
 
+# Issue 21 item 14: classic rendering (1.58) hides a text box whose input is linked and draws that input's socket with
+# no name, so an expanded node fed that way shows an unnamed socket over an empty body.
+_UNNAMED_SOCKET_JS = """() => {
+  const out = [];
+  for (const n of app.graph.nodes) {
+    if (n.flags && n.flags.collapsed) continue;
+    for (const inp of n.inputs || []) {
+      if (!inp.widget || inp.link == null) continue;
+      const w = (n.widgets || []).find(w => w.name === inp.widget.name);
+      if (!w || w.hidden) out.push(`node ${n.id} (${n.title}): its linked input ${inp.name} shows as an unnamed socket ` +
+                           `(the frontend hides the ${inp.widget.name} box); collapse the node or feed it otherwise`);
+    }
+  }
+  return out;
+}"""
+
+
 def test_example_workflows_load_with_nodes2(pages, server):
     _check_example_workflows(pages, server, vue=True)
 
@@ -155,7 +174,7 @@ def _check_readable_zoom(pages, vue: bool) -> None:
                                "low: !!app.canvas.low_quality}; }")
         if got["scale"] < READABLE or got["low"]:
             problems.append(f"{path.name}: opens at zoom {got['scale']:.2f} (low quality {got['low']})")
-        if not path.stem.startswith(("sd15_", "sdxl_", "sd35_", "flux_")):          # real-image workflows
+        if examples.is_demo(examples.key_of(path)):
             ups = [n for n in wf["nodes"] if n["type"] == "ImageScaleBy"]
             if not ups or ups[0]["widgets_values"][1] < 8:
                 problems.append(f"{path.name}: no 8x enlargement of the 32 px result")

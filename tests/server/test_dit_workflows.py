@@ -27,6 +27,7 @@ from PIL import Image
 
 from tools import dit_workflows as dw
 from tools.support import dit_checkpoints as dc
+from tools.support import examples
 from tools.support.comfy_server import ComfyServer, PromptError
 from tools.support.workflow_api import ui_to_api
 
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WF = ROOT / "example_workflows"
 # flux_flowedit is written by tools/dit_workflows.py once the server knows the FlowEdit node
 NAMES = [n for n in ("sd35_regiondrag", "flux_regiondrag", "flux_ledits", "flux_flowedit")
-         if (WF / f"{n}.json").exists()]
+         if examples.path(n).exists()]
 SIZE = 64                                     # test image side (px): 8 x 8 latents
 REFUSES_FLOW = "is a flow-matching DiT"       # nodes/_inputs.supported_model's refusal of a flow model
 
@@ -51,7 +52,7 @@ LOADER_DIRS = {"UNETLoader": "diffusion_models", "DualCLIPLoader": "text_encoder
 
 
 def _workflow(name: str) -> dict:
-    return json.loads((WF / f"{name}.json").read_text())
+    return json.loads(examples.path(name).read_text())
 
 
 @pytest.fixture(scope="module")

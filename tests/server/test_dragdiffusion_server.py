@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from tools.support import examples
+
 
 def _server_graph(drag_json: str) -> dict:
     return {
@@ -60,18 +62,17 @@ def test_server_reports_bad_drag(comfy_server):
 
 @pytest.mark.slow
 def test_example_workflow_runs_on_server(comfy_server):
-    """example_workflows/dragdiffusion.json (UI format, shapes demo model) converted the way the frontend does and run on the
+    """The example workflow dragdiffusion (UI format, shapes demo model) converted the way the frontend does and run on the
     real server: the all-in-one and the modular chain both give a 32x32 image close to the scene (the drag is small
     on this model) with the blue triangle still there."""
     import json
-    from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
     from tools.support.workflow_api import ui_to_api
-    wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / "dragdiffusion.json").read_text())
+    wf = json.loads(examples.path("dragdiffusion").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["6"]["class_type"] == "DragEditDragDiffusion" and prompt["6"]["inputs"]["drag"] == ["5", 0]
     assert prompt["13"]["inputs"]["model"] == ["11", 2] and prompt["11"]["inputs"]["inversion"] == ["10", 1]
@@ -93,19 +94,18 @@ LORA_SHARE = 0.12       # measured 24% (1.9 of 8 px) with 3 LoRA steps; nothing 
 
 @pytest.mark.slow
 def test_lora_example_workflow_runs_on_server(comfy_server):
-    """example_workflows/dragdiffusion_lora.json: ComfyUI's own Train LoRA (a V3 node whose inputs all arrive as
+    """The example workflow dragdiffusion_lora: ComfyUI's own Train LoRA (a V3 node whose inputs all arrive as
     lists) on 4 copies of the scene's latent -> Load LoRA Model -> DragDiffusion with the workflow's mask, converted the
     way the frontend does and run on the real server (few LoRA steps, the workflow's edit settings); the image is
     the scene with the blue object moved toward the drag's target."""
     import json
-    from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
     from tools.support.workflow_api import ui_to_api
-    wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / "dragdiffusion_lora.json").read_text())
+    wf = json.loads(examples.path("dragdiffusion_lora").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     train, edit = prompt["7"], prompt["9"]
     assert train["class_type"] == "TrainLoraNode" and train["inputs"]["latents"] == ["14", 0]

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from tools.support import examples
 
 SIZE = 128  # image px of the 16x16 test latents (SD factor 8); energy grid 32x32 (4 px per cell)
 
@@ -74,18 +75,17 @@ def test_server_reports_resize_leaving_image(comfy_server):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["move", "drag"])
 def test_example_workflow_runs_on_server(comfy_server, mode):
-    """example_workflows/dragondiffusion_{mode}.json (UI format, shapes demo model, DiffEditor's start-latent paste on)
+    """The example workflow dragondiffusion_{mode} (UI format, shapes demo model, DiffEditor's start-latent paste on)
     converted the way the frontend does and run on the real server: a 32x32 image of the same scene whose white
     triangle has moved toward the target."""
     import json
-    from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
     from tools.support.workflow_api import ui_to_api
-    wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / f"dragondiffusion_{mode}.json").read_text())
+    wf = json.loads(examples.path(f"dragondiffusion_{mode}").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["8"]["class_type"] == "DragEditDragonDiffusion" and prompt["8"]["inputs"]["mode"] == mode
     assert prompt["8"]["inputs"]["inversion"] == ["7", 1] and prompt["8"]["inputs"]["drag"] == ["6", 0]

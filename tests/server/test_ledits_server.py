@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tools.support import examples
+
 
 def _graph():
     return {
@@ -66,17 +68,16 @@ def test_server_reports_sega_errors(comfy_server):
 
 @pytest.mark.slow
 def test_example_workflow_runs_on_server(comfy_server):
-    """example_workflows/ledits.json (UI format, shapes demo model) converted the way the frontend does and run on the real
+    """The example workflow ledits (UI format, shapes demo model) converted the way the frontend does and run on the real
     server: one progress bar for the whole edit; the edited 32x32 image differs from the scene but keeps most of it."""
     import json
-    from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
     from tools.support.workflow_api import ui_to_api
-    wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / "ledits.json").read_text())
+    wf = json.loads(examples.path("ledits").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     edit = prompt["6"]
     assert edit["class_type"] == "DragEditLEDITSEdit" and edit["inputs"]["concept_1"] == ["5", 0]

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from tools.support import examples
 
 SIZE = 128                                   # image px of tiny_models.latent(size=16): a 16x16 latent at factor 8
 
@@ -40,16 +41,14 @@ def test_region_drag_prompt_through_server(comfy_server):
 
 @pytest.mark.slow
 def test_example_workflow_runs_on_server(comfy_server):
-    """example_workflows/regiondrag.json (UI format) converted the way the frontend does, run on the real server: the blue
+    """The example workflow regiondrag (UI format) converted the way the frontend does, run on the real server: the blue
     triangle of the shapes scene ends up where the drag put it (cell-aligned +10, +10 px)."""
-    from pathlib import Path
-
     import numpy as np
     from PIL import Image
 
     from dragedit.demo.shapes import renderer
     from tools.support.workflow_api import ui_to_api
-    wf = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / "regiondrag.json").read_text())
+    wf = json.loads(examples.path("regiondrag").read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     assert prompt["5"]["class_type"] == "DragEditRegionDrag" and prompt["5"]["inputs"]["drag"] == ["4", 0]
     comfy_server.run_prompt(prompt)

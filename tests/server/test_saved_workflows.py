@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tools import saved_workflows as sw
+from tools.support import examples
 from tools.support.workflow_api import ui_to_api
 
 NAMES = sw.names()
@@ -21,8 +22,8 @@ def object_info(comfy_server):
 
 
 def test_every_example_is_frozen():
-    """Each example workflow has a frozen UI copy and its API conversion."""
-    assert {p.stem for p in (sw.ROOT / "example_workflows").glob("*.json")} <= set(NAMES)
+    """Each example workflow has a frozen UI copy and its API conversion (under its key, tools/support/examples.py)."""
+    assert {examples.key_of(p) for p in (sw.ROOT / "example_workflows").glob("*.json")} <= set(NAMES)
     assert NAMES == sorted(p.stem for p in sw.API.glob("*.json"))
 
 

@@ -1,4 +1,4 @@
-"""The real-image example workflows (example_workflows/sd15_*.json, sdxl_*.json) run through the real server and
+"""The real-image example workflows (example_workflows/SD1.5 - *.json, SDXL - *.json) run through the real server and
 executor on random-weight checkpoints written in the real single-file layout under the names the workflows ask for
 (v1-5-pruned-emaonly.safetensors, sd_xl_base_1.0.safetensors): their wiring, widget values and ComfyUI's model
 detection (SD1.5 / SDXL) are proven, not just their JSON. Only step counts and the image size are lowered for speed;
@@ -6,21 +6,18 @@ every other widget value is the workflow's own."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tools.support import sd_checkpoints
+from tools.support import examples, sd_checkpoints
 from tools.support.comfy_server import ComfyServer
 from tools.support.workflow_api import ui_to_api
 from tools.sd_workflows import IMAGE
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-WF = ROOT / "example_workflows"
 SIZE = 64                     # test image side (px): latents of 8 x 8
 
 # Lowered for speed only (class_type -> inputs); each key must exist in the converted workflow.
@@ -54,7 +51,7 @@ def _checkpoint(srv: ComfyServer, kind: str) -> None:
 
 
 def _prompt(srv: ComfyServer, name: str) -> dict:
-    wf = json.loads((WF / f"{name}.json").read_text())
+    wf = json.loads(examples.path(name).read_text())
     prompt = ui_to_api(wf, srv.get("/object_info"))
     for node in prompt.values():
         for key, value in FAST.get(node["class_type"], {}).items():
@@ -75,8 +72,15 @@ def _expected_outputs(name: str) -> int:
     return 1 if "is_input_list=True" in cls or "INPUT_IS_LIST = True" in cls else 2
 
 
-@pytest.mark.parametrize("name", ["sd15_regiondrag", "sd15_dragdiffusion", "sd15_dragondiffusion", "sd15_ledits",
-                                  "sdxl_regiondrag", "sdxl_dragdiffusion", "sdxl_ledits"])
+REAL = [k for k in examples.EXAMPLES if not examples.is_demo(k)]
+
+
+def test_real_image_workflows_are_the_sd15_and_sdxl_ones():
+    assert REAL == ["sd15_regiondrag", "sd15_dragdiffusion", "sd15_dragondiffusion", "sd15_ledits",
+                    "sdxl_regiondrag", "sdxl_dragdiffusion", "sdxl_ledits"]
+
+
+@pytest.mark.parametrize("name", REAL)
 def test_real_image_workflow_runs(sd_server, name):
     kind = name.split("_")[0]
     _checkpoint(sd_server, kind)
@@ -100,10 +104,11 @@ def test_real_image_workflow_runs(sd_server, name):
 
 def test_workflows_name_the_checkpoints_in_their_notes():
     """Each real-image workflow's note names the checkpoint it was made for and its resolution."""
-    for path in sorted(p for p in WF.glob("*.json") if p.name.startswith(("sd15_", "sdxl_"))):
+    for name in [k for k in REAL if k.startswith(("sd15_", "sdxl_"))]:
+        path = examples.path(name)
         wf = json.loads(path.read_text())
         notes = " ".join(str(v) for n in wf["nodes"] if n["type"] in ("MarkdownNote", "Note")
                          for v in n.get("widgets_values") or [])
-        ckpt = sd_checkpoints.SDXL_NAME if path.name.startswith("sdxl") else sd_checkpoints.SD15_NAME
-        size = "1024" if path.name.startswith("sdxl") else "512"
+        ckpt = sd_checkpoints.SDXL_NAME if name.startswith("sdxl") else sd_checkpoints.SD15_NAME
+        size = "1024" if name.startswith("sdxl") else "512"
         assert ckpt in notes and size in notes, path.name

@@ -127,3 +127,29 @@ class DiTConditioning:
 
 
 NODE_CLASS_MAPPINGS["DragEditTestDiTConditioning"] = DiTConditioning
+
+
+class RNGState:
+    """A digest of the process's global torch RNG state (CPU), taken after the node wired to `after` ran: for the
+    tests that nodes leave it as they found it (nothing of one prompt may change what the next one draws)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"nonce": ("INT", {"default": 0, "min": 0, "max": 2**31})},
+                "optional": {"after": ("*",)}}
+    RETURN_TYPES = ("STRING",)
+    OUTPUT_NODE = True
+    FUNCTION = "probe"
+    CATEGORY = "DragEdit/testing"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types=None, **_):
+        return True                                          # `after` takes any type
+
+    def probe(self, nonce, after=None):
+        import hashlib
+        digest = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16]
+        return {"ui": {"rng": [digest]}, "result": (digest,)}
+
+
+NODE_CLASS_MAPPINGS["DragEditTestRNGState"] = RNGState

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tools.support import examples
 from tools.support.workflow_layout import NOTE_TYPES
 
 
@@ -25,9 +26,23 @@ def _load(path: Path) -> dict:
 
 
 def test_there_are_example_workflows():
-    names = {p.stem for p in FILES}
+    names = {examples.key_of(p) for p in FILES}
     assert {"regiondrag", "dragdiffusion", "dragondiffusion_move", "dragondiffusion_drag", "ledits",
             "sd15_regiondrag", "sd15_dragdiffusion", "sd15_ledits", "sdxl_regiondrag", "sdxl_ledits"} <= names
+
+
+def test_file_names_are_the_template_titles():
+    """The template browser titles a custom node's template with its file name (issue 21 item 8): every file is one
+    of tools/support/examples.py's readable names (no underscores, no file-system-unsafe characters), and in the
+    alphabetical order the pack lists them (web/templates_order.js) the demo workflows, which need no download, come
+    first (a new model family's prefix must sort after "Demo")."""
+    assert sorted(p.name for p in FILES) == sorted(examples.file_name(k) for k in examples.EXAMPLES)
+    titles = sorted((examples.EXAMPLES[k] for k in examples.EXAMPLES), key=str.casefold)
+    for t in titles:
+        assert "_" not in t and not re.search(r'[<>:"/\\|?*]', t), t
+        assert re.fullmatch(r"[A-Za-z0-9.]+ - [A-Za-z0-9 +]+", t), t          # "<model> - <what it does>"
+    demo = [t.startswith(examples.DEMO_PREFIX) for t in titles]
+    assert demo == sorted(demo, reverse=True), titles                          # the demo ones first
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
@@ -107,6 +122,6 @@ def test_notes_show_all_text_or_say_they_scroll(path):
 def test_real_image_notes_speak_of_drags_only_where_there_is_one():
     """The LEDITS notes describe prompts and concepts: no drag coordinates."""
     for path in FILES:
-        if "ledits" in path.stem:
+        if "ledits" in examples.key_of(path):
             notes = " ".join(str(n["widgets_values"][0]) for n in _load(path)["nodes"] if n["type"] in NOTE_TYPES)
             assert not re.search(r"\bdrag\b", notes.lower()), path.name
