@@ -40,7 +40,7 @@ def test_file_names_are_the_template_titles():
     titles = sorted((examples.EXAMPLES[k] for k in examples.EXAMPLES), key=str.casefold)
     for t in titles:
         assert "_" not in t and not re.search(r'[<>:"/\\|?*]', t), t
-        assert re.fullmatch(r"[A-Za-z0-9.]+ - [A-Za-z0-9 +]+", t), t          # "<model> - <what it does>"
+        assert re.fullmatch(r"[A-Za-z0-9.-]+ - [A-Za-z0-9 +]+", t), t         # "<model> - <what it does>"
     demo = [t.startswith(examples.DEMO_PREFIX) for t in titles]
     assert demo == sorted(demo, reverse=True), titles                          # the demo ones first
 
