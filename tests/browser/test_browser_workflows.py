@@ -20,14 +20,26 @@ def _workflow_files() -> list[Path]:
     return sorted(WORKFLOWS.glob("*.json")) if WORKFLOWS.is_dir() else []
 
 
+@pytest.mark.parametrize("vue", [False, True], ids=["classic", "nodes2"])
+def test_a_workflow_opened_after_another_keeps_its_drawing(pages, server, vue):
+    """Opening the demo workflows after the real-image ones (same node ids, other images): each editor keeps its own
+    instructions, never rescaled to the previous workflow's image."""
+    files = _workflow_files()
+    real = [p for p in files if not examples.is_demo(examples.key_of(p))]
+    demo = [p for p in files if examples.is_demo(examples.key_of(p))]
+    if not real or not demo:
+        pytest.skip("needs both real-image and demo workflows")
+    _check_example_workflows(pages, server, vue=vue, files=sorted(real, reverse=True) + demo)
+
+
 def test_example_workflows_load_in_browser(pages, server):
     """Every example_workflows/*.json loads with all node types known, no error dialogs or console errors, combo values
     among their options, numbers within their limits and readable Drag Instructions data."""
     _check_example_workflows(pages, server, vue=False)
 
 
-def _check_example_workflows(pages, server, vue: bool) -> None:
-    files = _workflow_files()
+def _check_example_workflows(pages, server, vue: bool, files: list[Path] | None = None) -> None:
+    files = _workflow_files() if files is None else files
     if not files:
         pytest.skip("example_workflows/ holds no example workflow yet")
     cp = pages(vue)
