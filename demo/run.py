@@ -40,7 +40,7 @@ LIMITS: dict[str, str] = {
     "dragondiffusion_drag": "DragonDiffusion drag mode cannot move a whole object on the demo model: it pulls part of "
                             "it toward the target (use move mode with a mask for objects; README).",
     "ledits": "LEDITS cannot recolour cleanly on the demo model: the guidance also shifts the object and tints the "
-              "background (3-6 in 10 recolours succeed on ShapesBench; README).",
+              "background (3-7 in 10 recolours succeed on ShapesBench case sets; README).",
 }
 
 

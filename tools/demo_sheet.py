@@ -8,7 +8,8 @@ from typing import Optional
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits"]
+NAMES = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits",
+         "shapes_dit_regiondrag"]
 
 
 def main(argv: Optional[list[str]] = None) -> None:
