@@ -231,10 +231,14 @@ class InvertedNoise:
     """A NOISE for SamplerCustomAdvanced that makes CONST noise scaling start from the inverted state:
     σ0·n + (1 − σ0)·z = x_start for the LATENT z that is given as latent_image (n = (x_start − (1 − σ0)·z)/σ0)."""
 
-    def __init__(self, model: Any, start: torch.Tensor, sigma0: float, seed: int = 0):
+    def __init__(self, model: Any, start: torch.Tensor, sigma0: float, seed: int = 0,
+                 check: Optional[Callable[[torch.Tensor], Any]] = None):
         self.model, self.start, self.sigma0, self.seed = model, start, float(sigma0), int(seed)
+        self.check = check          # called with the given LATENT's samples first (the node's input rule)
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
+        if self.check is not None:
+            self.check(input_latent["samples"])
         z = host.process_in(self.model, input_latent["samples"]).to(self.start.device, self.start.dtype)
         if self.sigma0 >= 1.0:
             return self.start.clone()

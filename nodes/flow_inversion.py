@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..core import flow_inversion as fi
 from ..core import host
-from ._errors import NodeInputError, node_entry, require
+from ._errors import NodeInputError, node_entry, node_errors, require
 from ._inputs import check_conditioning, check_latent, check_range, guard_sampler, supported_model
 from ._inversion_spec import inversion_inputs
 from ._ui import CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
@@ -27,6 +27,20 @@ def guarded_sampler(fn, node: str, grid, source: str):
         except (TypeError, ValueError) as e:
             raise NodeInputError("sigmas", f"{e} (the SIGMAS given to {source}).") from None
     return host.ksampler(guard_sampler(fn, node, check))
+
+
+def inverted_noise(model, inv, sigma0: float, node: str, seed: int = 0) -> "fi.InvertedNoise":
+    """The NOISE of a flow inversion: inside SamplerCustomAdvanced it refuses a LATENT of another shape than the
+    inverted one (ComfyUI's noise scaling would otherwise fail with a raw size error), naming `node`."""
+    want = tuple(inv.start.shape)
+
+    def check(samples):
+        with node_errors(node):
+            got = tuple(getattr(samples, "shape", ()))
+            require(len(got) == len(want) and got[1:] == want[1:] and got[0] in (1, want[0]), "latent",
+                    f"SamplerCustomAdvanced's latent_image is {got} but this NOISE was inverted from a latent of "
+                    f"shape {want}: give it the same LATENT as the inversion.")
+    return fi.InvertedNoise(model, inv.start, float(sigma0), seed=int(seed), check=check)
 
 
 def check_flow_inputs(model, latent, positive, sigmas, cfg, negative):
@@ -92,7 +106,7 @@ class FlowInversion:
         bar = Progress(int(sigmas.numel()) - 1)
         inv = fi.run_ode(model, samples, positive, negative, float(cfg), sigmas, solver,
                          on_step=lambda i, n: bar.update(1))
-        noise = fi.InvertedNoise(model, inv.start, float(sigmas[0]))
+        noise = inverted_noise(model, inv, float(sigmas[0]), NODE_ODE)
         return (noise, guarded_sampler(fi.make_ode_sampler_fn(solver, inv), NODE_ODE, inv.sigmas, NODE_ODE), inv)
 
 
@@ -126,7 +140,7 @@ class EditFriendlyFlowInversion:
         bar = Progress(int(sigmas.numel()) - 1)
         inv = fi.run_edit_friendly(model, samples, positive, negative, float(cfg), sigmas, eta=float(eta),
                                    seed=int(seed), on_step=lambda i, n: bar.update(1))
-        noise = fi.InvertedNoise(model, inv.start, float(sigmas[0]), seed=int(seed))
+        noise = inverted_noise(model, inv, float(sigmas[0]), NODE_EF, seed=int(seed))
         return (noise, guarded_sampler(fi.make_edit_friendly_sampler_fn(inv), NODE_EF, inv.sigmas, NODE_EF), inv)
 
 

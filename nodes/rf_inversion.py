@@ -9,7 +9,7 @@ from ._errors import NodeInputError, node_entry, require
 from ._inputs import check_range, guard_sampler
 from ._inversion_spec import inversion_inputs
 from ._ui import CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
-from .flow_inversion import _COMMON_TIPS, USAGE, check_flow_inputs
+from .flow_inversion import _COMMON_TIPS, USAGE, check_flow_inputs, inverted_noise
 
 NODE_INV = "RF-Inversion"
 NODE_SAMPLER = "RF-Inversion Sampler"
@@ -36,7 +36,8 @@ def _check_reverse(eta, start, stop, decay_power):
 def _sampler(inv, node, eta, start, stop, decay_power):
     """The SAMPLER of the controlled reverse ODE; inside SamplerCustomAdvanced it refuses sigmas that are no flow
     schedule and a latent of another shape than the inverted one, naming `node`."""
-    def check(sig, shape, noise):
+    def check(sig, x, noise):
+        shape = tuple(x.shape)                    # guard_sampler hands the start latent itself
         try:
             s = fi.check_sigmas(sig, f"sigmas given to the {node} sampler")
         except (TypeError, ValueError) as e:
@@ -85,7 +86,7 @@ class RFInversion:
         bar = Progress(int(sigmas.numel()) - 1)
         inv = rf.run_rf_inversion(model, samples, positive, negative, float(cfg), sigmas, gamma=float(gamma),
                                   seed=int(seed), on_step=lambda i, n: bar.update(1))
-        noise = fi.InvertedNoise(model, inv.start, float(sigmas[0]))
+        noise = inverted_noise(model, inv, float(sigmas[0]), NODE_INV)
         return (noise, _sampler(inv, NODE_INV, rf.DEFAULT_ETA, rf.DEFAULT_START, rf.DEFAULT_STOP, 0.0), inv)
 
 

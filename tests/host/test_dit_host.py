@@ -8,16 +8,6 @@ from dragedit.core import host, schedule
 from dragedit.core.host import dit, facts, families
 
 
-@pytest.fixture(scope="module")
-def flux():
-    return tiny_models.flux()
-
-
-@pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    return tiny_models.sd3(tmp_path_factory.mktemp("sd3") / "tiny_sd3.safetensors")
-
-
 def test_families_and_supported_check(flux, sd3, sd15_model):
     assert families.family_of(flux) is dit and families.family_of(sd3) is dit and families.family_of(sd15_model) is not dit
     assert host.check_supported(flux) == "flow" and host.check_supported(sd3) == "flow"

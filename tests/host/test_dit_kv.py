@@ -8,11 +8,6 @@ from dragedit.core import host
 from dragedit.core.host import dit, dit_kv
 
 
-@pytest.fixture(scope="module")
-def flux():
-    return tiny_models.flux()
-
-
 def _call(model, lat, sigma=0.6, cond=None):
     """One model call at sigma through ComfyUI's sampling (one euler step from sigma), returns x̂0-step output."""
     import comfy.sample

@@ -13,16 +13,6 @@ from dragedit.nodes._errors import NodeInputError
 from dragedit.nodes.flow_inversion import EditFriendlyFlowInversion, EditFriendlyFlowSampler, FlowInversion
 
 
-@pytest.fixture(scope="module")
-def flux():
-    return tiny_models.flux()
-
-
-@pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    return tiny_models.sd3(tmp_path_factory.mktemp("sd3") / "tiny_sd3.safetensors")
-
-
 def _reconstruct(model, node, steps=8, positive=None, **kw):
     lat = tiny_models.dit_latent(size=8)
     pos = tiny_models.dit_conditioning()
@@ -98,3 +88,12 @@ def test_sampler_refuses_other_sigmas(flux):
     for sampler, node in ((s2, "Edit-friendly Flow"), (sampler, "Edit-friendly Flow Inversion")):
         with pytest.raises(NodeInputError, match=rf"\[{node}\] input 'sigmas'.*not a run of the inversion"):
             sampler_custom_advanced(flux, noise, sampler, scheduler_sigmas(flux, 5), lat, tiny_models.dit_conditioning())
+
+
+def test_noise_refuses_a_latent_of_another_size(flux):
+    """The inversion's NOISE given another latent_image: a clear error naming the inversion node and 'latent', not
+    ComfyUI's raw size mismatch in noise scaling."""
+    _, inv, (noise, sampler, sig, lat) = _reconstruct(flux, EditFriendlyFlowInversion, steps=4, eta=1.0, seed=0)
+    other = {"samples": torch.zeros(1, lat["samples"].shape[1], 16, 16)}
+    with pytest.raises(NodeInputError, match=r"\[Edit-friendly Flow Inversion\] input 'latent'.*same LATENT"):
+        sampler_custom_advanced(flux, noise, sampler, sig, other, tiny_models.dit_conditioning())

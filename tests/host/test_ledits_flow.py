@@ -17,16 +17,6 @@ SEGA = dict(direction="add", threshold=0.9, warmup=0, cooldown=0, weight=1.0, mo
 
 
 @pytest.fixture(scope="module")
-def flux():
-    return tiny_models.flux()
-
-
-@pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    return tiny_models.sd3(tmp_path_factory.mktemp("sd3") / "tiny_sd3.safetensors")
-
-
-@pytest.fixture(scope="module")
 def shapes_dit():
     from dragedit.demo.shapes import dit
     from pathlib import Path

@@ -20,16 +20,6 @@ SIZE = 128                       # image px of a 16 x 16 latent at factor 8
 RECT = {"kind": "rect", "handle": [[0, 0], [32, 32]], "target": [[64, 64], [96, 96]]}   # cells 0..3 -> 8..11
 
 
-@pytest.fixture(scope="module")
-def flux():
-    return tiny_models.flux()
-
-
-@pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    return tiny_models.sd3(tmp_path_factory.mktemp("sd3") / "tiny_sd3.safetensors")
-
-
 def _drag(**obj) -> DragInstructions:
     return DragInstructions.from_obj(obj, image_size=(SIZE, SIZE))
 

@@ -15,16 +15,6 @@ from dragedit.nodes.flow_inversion import FlowInversion
 from dragedit.nodes.rf_inversion import RFInversion, RFInversionSampler
 
 
-@pytest.fixture(scope="module")
-def flux():
-    return tiny_models.flux()
-
-
-@pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    return tiny_models.sd3(tmp_path_factory.mktemp("sd3") / "tiny_sd3.safetensors")
-
-
 def _invert(model, steps=8, gamma=0.5, seed=3):
     lat = tiny_models.dit_latent(size=8)
     pos = tiny_models.dit_conditioning()

@@ -42,3 +42,15 @@ def cond():
 def cond_xl():
     """Positive / negative CONDITIONING (with pooled output) for the SDXL-shaped model."""
     return tiny_models.conditioning(1, pooled=True), tiny_models.conditioning(2, pooled=True)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    """Tiny FLUX built from config (ComfyUI's Flux class, hidden 128, 2 + 2 blocks), one per test module."""
+    return tiny_models.flux()
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    """Tiny SD3 (depth 2) written in the real single-file layout and loaded by ComfyUI's loader, one per module."""
+    return tiny_models.sd3(tmp_path_factory.mktemp("sd3") / "tiny_sd3.safetensors")
