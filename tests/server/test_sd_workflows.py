@@ -72,7 +72,8 @@ def _expected_outputs(name: str) -> int:
     return 1 if "is_input_list=True" in cls or "INPUT_IS_LIST = True" in cls else 2
 
 
-REAL = [k for k in examples.EXAMPLES if not examples.is_demo(k)]
+# the real-image workflows on SD1.5 / SDXL checkpoints (the DiT ones: tests/server/test_dit_workflows.py)
+REAL = [k for k in examples.EXAMPLES if not examples.is_demo(k) and k.startswith(("sd15_", "sdxl_"))]
 
 
 def test_real_image_workflows_are_the_sd15_and_sdxl_ones():
@@ -104,7 +105,7 @@ def test_real_image_workflow_runs(sd_server, name):
 
 def test_workflows_name_the_checkpoints_in_their_notes():
     """Each real-image workflow's note names the checkpoint it was made for and its resolution."""
-    for name in [k for k in REAL if k.startswith(("sd15_", "sdxl_"))]:
+    for name in REAL:
         path = examples.path(name)
         wf = json.loads(path.read_text())
         notes = " ".join(str(v) for n in wf["nodes"] if n["type"] in ("MarkdownNote", "Note")
