@@ -133,6 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sheet", type=int, default=4, help="cases per kind in the contact sheets (0 = none)")
     ap.add_argument("--name", default="generalise")
+    ap.add_argument("--model", choices=("unet", "dit"), default="unet",
+                    help="Shapes Demo Model design (as ShapesBench --model): unet (v1) or dit (the FLUX demo)")
     args = ap.parse_args(argv)
     if args.report is not None:
         _util.setup()
@@ -154,8 +156,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     want = [w.strip() for w in args.methods.split(",") if w.strip()]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     configs = [parse_config(c) for c in (args.config or ["shipped:"])]
+
+    def chosen() -> list:
+        """The wanted methods at the design's settings (those that take the design)."""
+        return [m.for_design(args.model) for m in SB.methods() if m.name in want and args.model in m.models]
+
+    if not chosen():
+        ap.error(f"none of {want} runs on --model {args.model}")
     for _, sets in configs:           # fail on a bad override before the server starts
-        SB.apply_overrides([m for m in SB.methods() if m.name in want], args.steps, sets)
+        SB.apply_overrides(chosen(), args.steps, sets)
 
     out = _util.OUT / f"{args.name}.json"
     recs: list[dict] = []
@@ -163,15 +172,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     try:
         first = S.build_cases(seeds[0])[0]
-        SB.warmup(server, first, SB.write_inputs(server, [first], S)[first.id], S)   # loads the model once
+        SB.warmup(server, first, SB.write_inputs(server, [first], S, args.model)[first.id], S)   # loads the model once
         for cfg, sets in configs:
-            ms = [m for m in SB.methods() if m.name in want]
+            ms = chosen()
             SB.apply_overrides(ms, args.steps, sets)
             for seed in seeds:
                 cases = []
                 for k in kinds:
                     cases += [c for c in S.build_cases(seed) if c.kind == k][:args.cases]
-                files = SB.write_inputs(server, cases, S)
+                files = SB.write_inputs(server, cases, S, args.model)
                 seed_recs = []
                 for m in ms:
                     for c in [c for c in cases if c.kind in m.kinds]:
@@ -191,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps({"configs": {c: s for c, s in configs}, "seeds": seeds, "kinds": kinds,
                                            "cases_per_kind": args.cases, "steps": args.steps,
-                                           "weights": SB.weights_info(), "device": _util.device_name(),
+                                           "model": args.model, "weights": SB.weights_info(args.model), "device": _util.device_name(),
                                            "elapsed_s": round(time.perf_counter() - t0, 1), "summary": rows,
                                            "records": recs}, indent=1, default=str))
                 print_summary([r for r in rows if r["config"] == cfg and r["seed"] == seed])

@@ -24,8 +24,8 @@ SIZE = 64                     # test image side (px): latents of 8 x 8
 FAST = {
     "ImageScale": {"width": SIZE, "height": SIZE},
     "DragEditRegionDrag": {"steps": 4},
-    "DragEditDragDiffusion": {"steps": 4, "iterations": 2},
-    "TrainLoraNode": {"steps": 2},
+    "DragEditDragDiffusion": {"steps": 4, "iterations": 1},
+    "TrainLoraNode": {"steps": 1},
     "DragEditLEDITSEdit": {"steps": 4, "skip": 1, "warmup": 1},
     "DragEditDDIMInversion": {"steps": 4},
 }
