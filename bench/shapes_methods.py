@@ -151,8 +151,9 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
     skip `remove_skip`."""
     g = _base(case, files)
     skip = s.get("remove_skip", s["skip"]) if how == "target" else s["skip"]
+    steps = s.get("remove_steps", s["steps"]) if how == "target" else s["steps"]
     inputs = {"model": ["model", 0], "vae": ["model", 2], "source": ["pos", 0], "negative": ["neg", 0],
-              "steps": s["steps"], "skip": skip, "source_cfg": s["source_cfg"], "target_cfg": s["target_cfg"],
+              "steps": steps, "skip": skip, "source_cfg": s["source_cfg"], "target_cfg": s["target_cfg"],
               "mode": s["mode"], "seed": s["seed"], "threshold": s["threshold"], "warmup": s["warmup"],
               "momentum_scale": s["momentum_scale"], "momentum_beta": s["momentum_beta"], "image": ["load", 0]}
     for i in (1, 2, 3):
@@ -178,9 +179,10 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
 def methods() -> list[Method]:
     """The method nodes under test with their default settings: those of the example workflows (workflows/*.json);
     a full run (108 cases) took 11.5 min on one thread of a shared 2-core CPU."""
-    ledits = dict(steps=20, skip=2, source_cfg=3.5, target_cfg=3.5, seed=0, scale=10.0, threshold=0.95, warmup=2,
-                  momentum_scale=0.1, momentum_beta=0.4, remove_skip=1, concept_target=False,
+    ledits = dict(steps=40, skip=4, source_cfg=3.5, target_cfg=3.5, seed=0, scale=14.0, threshold=0.95, warmup=8,
+                  momentum_scale=0.1, momentum_beta=0.4, remove_steps=20, remove_skip=1, concept_target=False,
                   concept_words="scene")
+    ledits20 = dict(steps=20, scale=10.0, warmup=2)    # the demo DiT's (docs/flow.md)
     word_kinds = {"concept_recolour": "words", "concept_remove": "words", "recolour": "words"}
     target_kinds = dict(word_kinds, concept_remove="target")  # remove by the target prompt of what remains
     return [
@@ -212,9 +214,9 @@ def methods() -> list[Method]:
                "('blue square and green circle' - 'red square and green circle'); removal by the target prompt of "
                "the remaining shapes (no concept); on the DiT: the flow path (edit-friendly flow inversion, SEGA on "
                "the velocity) at docs/flow.md's settings", models=("unet", "dit"),
-               design_settings={"dit": dict(skip=4, source_cfg=1.0, target_cfg=1.0, remove_skip=4)}),
+               design_settings={"dit": dict(ledits20, skip=4, source_cfg=1.0, target_cfg=1.0, remove_skip=4)}),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,
-               dict(ledits, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0, concept_words="object"),
+               dict(ledits, steps=20, skip=2, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0, concept_words="object"),
                _graph_ledits,
                "LEDITS Edit, LEDITS++ mode (inverts with the empty prompt; masked concepts, no prompt CFG); removal "
                "by a 'remove' concept (a target prompt has no effect without prompt CFG)"),
@@ -240,6 +242,8 @@ def apply_overrides(ms: Sequence[Method], steps: Sequence[str] = (), sets: Seque
             raise ValueError(f"--steps {item}: expected N or method=N with a whole number N") from None
         for m in ([by[name]] if name else ms):
             m.settings["steps"] = n
+            if "remove_steps" in m.settings:
+                m.settings["remove_steps"] = n
     for item in sets:
         key, _, val = item.partition("=")
         name, _, k = key.partition(".")

@@ -81,7 +81,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     edit = prompt["6"]
     assert edit["class_type"] == "DragEditLEDITSEdit" and edit["inputs"]["concept_1"] == ["5", 0]
-    assert edit["inputs"]["steps"] == 20 and edit["inputs"]["skip"] == 2 and edit["inputs"]["mode"] == "SEGA"
+    assert edit["inputs"]["steps"] == 40 and edit["inputs"]["skip"] == 4 and edit["inputs"]["mode"] == "SEGA"
     assert edit["inputs"]["concept_2"] and edit["inputs"]["direction_2"] == "remove"
     assert edit["inputs"]["target_cfg"] == edit["inputs"]["source_cfg"] == 3.5
     entry, msgs = comfy_server.run_prompt_messages(prompt)
