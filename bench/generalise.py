@@ -200,7 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps({"configs": {c: s for c, s in configs}, "seeds": seeds, "kinds": kinds,
                                            "cases_per_kind": args.cases, "steps": args.steps,
-                                           "model": args.model, "weights": SB.weights_info(args.model), "device": _util.device_name(),
+                                           "model": args.model, "weights": SB.weights_info(args.model),
+                                           "device": _util.device_name(),
                                            "elapsed_s": round(time.perf_counter() - t0, 1), "summary": rows,
                                            "records": recs}, indent=1, default=str))
                 print_summary([r for r in rows if r["config"] == cfg and r["seed"] == seed])

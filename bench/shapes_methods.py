@@ -216,7 +216,8 @@ def methods() -> list[Method]:
                "the velocity) at docs/flow.md's settings", models=("unet", "dit"),
                design_settings={"dit": dict(ledits20, skip=4, source_cfg=1.0, target_cfg=1.0, remove_skip=4)}),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,
-               dict(ledits, steps=20, skip=2, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0, concept_words="object"),
+               dict(ledits, steps=20, skip=2, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0,
+                    concept_words="object"),
                _graph_ledits,
                "LEDITS Edit, LEDITS++ mode (inverts with the empty prompt; masked concepts, no prompt CFG); removal "
                "by a 'remove' concept (a target prompt has no effect without prompt CFG)"),

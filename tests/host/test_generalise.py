@@ -43,3 +43,20 @@ def test_ledits_concepts_are_whole_scenes_by_default_and_object_words_on_request
     assert texts(g) == list(case.concepts)
     g = SB._graph_ledits(case, "words", by["ledits++"].settings, {"image": "x.png"}, "p")
     assert texts(g) == list(case.concepts)
+
+
+def test_ledits_steps_per_path_and_design():
+    """The shipped LEDITS recolour runs 40 steps (skip 4); removal by the target prompt keeps 20 steps at skip 1, and
+    --steps sets both; the demo DiT and LEDITS++ mode keep their own 20-step settings (docs/generalisation.md)."""
+    from bench import shapesbench as SB
+    by = {m.name: m for m in SB.methods()}
+    recolour = next(c for c in S.build_cases(101) if c.kind == "concept_recolour")
+    remove = next(c for c in S.build_cases(101) if c.kind == "concept_remove")
+    edit = lambda m, c, how: SB._graph_ledits(c, how, m.settings, {"image": "x.png"}, "p")["edit"]["inputs"]  # noqa: E731
+    assert (edit(by["ledits"], recolour, "words")["steps"], edit(by["ledits"], recolour, "words")["skip"]) == (40, 4)
+    assert (edit(by["ledits"], remove, "target")["steps"], edit(by["ledits"], remove, "target")["skip"]) == (20, 1)
+    dit = by["ledits"].for_design("dit")
+    assert (dit.settings["steps"], dit.settings["skip"], dit.settings["scale"]) == (20, 4, 10.0)
+    assert by["ledits++"].settings["steps"] == 20 and by["ledits++"].settings["skip"] == 2
+    SB.apply_overrides([by["ledits"]], ["ledits=6"])
+    assert edit(by["ledits"], remove, "target")["steps"] == 6
