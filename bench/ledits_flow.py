@@ -7,7 +7,7 @@ object, the other shapes intact; PSNR outside the edit region against the ground
 DiT loaded directly, not through the server), one row per setting, plus the no-edit baseline. Writes
 out/bench/ledits_flow.json and a contact sheet per setting (input | ground truth | edit) in out/bench/ledits_flow/.
 
-usage: python -m bench.ledits_flow [--cases 12] [--seed 20261125] [--set steps=20,skip=2,cfg=1,scale=10 ...]
+usage: python -m bench.ledits_flow [--cases 12] [--seed 20261125] [--weights FILE] [--set steps=20,skip=2,cfg=1,scale=10 ...]
        (--set method=flowedit,steps=20,n_max=16,cfg=1,target_cfg=3.5,n_avg=1)"""
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from bench import _util
 
 DEFAULT = dict(steps=20, skip=2, cfg=1.0, scale=10.0, threshold=0.95, warmup=2, mode="SEGA")
 FLOWEDIT = dict(method="flowedit", steps=20, n_max=16, cfg=1.0, target_cfg=1.0, n_avg=1, n_min=0)
+WEIGHTS = _util.ROOT / "demo" / "shapes" / "weights" / "shapes_dit-p2.safetensors"
 INTS = ("steps", "skip", "warmup", "n_max", "n_avg", "n_min")
 
 
@@ -85,6 +86,8 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=12)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--set", dest="sets", nargs="*", default=[""])
+    ap.add_argument("--weights", default=str(WEIGHTS), help="a shapes DiT weights file (a training run's export)")
+    ap.add_argument("--name", default="ledits_flow", help="out/bench/<name>.json and out/bench/<name>/")
     a = ap.parse_args()
     _util.setup()
     import torch
@@ -92,7 +95,7 @@ def main() -> None:
     from bench import shapes_cases as sc
     from bench import shapes_scoring as S
     from dragedit.demo.shapes import dit
-    model, clip, vae = dit.load(_util.ROOT / "demo" / "shapes" / "weights" / "shapes_dit-p2.safetensors")
+    model, clip, vae = dit.load(Path(a.weights))
     cases = [c for c in sc.build_cases(**({"seed": a.seed} if a.seed is not None else {}))
              if c.kind == "concept_recolour"][:a.cases]
     rows = []
@@ -107,11 +110,11 @@ def main() -> None:
             ms.append(S.case_metrics(c, out))
             pics.append((sc.input_image(c), sc.gt_image(c), out))
         name = ",".join(f"{k}={v}" for k, v in s.items())
-        sheet(pics, _util.OUT / "ledits_flow" / f"{name.replace('=', '').replace(',', '_')}.png")
+        sheet(pics, _util.OUT / a.name / f"{name.replace('=', '').replace(',', '_')}.png")
         dbs = [m["psnr_out"] for m in ms]
         rows.append({"setting": name, "cases": len(cases), "success": statistics.mean(m["success"] for m in ms),
                      "psnr_out_median": statistics.median(dbs), "psnr_out_min": min(dbs), "psnr_out_max": max(dbs)})
-    _util.report("ledits_flow", rows, {"model": "demo/shapes/weights/shapes_dit-p2.safetensors",
+    _util.report(a.name, rows, {"model": a.weights, "seed": a.seed,
                                        "cases": "ShapesBench concept_recolour (bench/shapes_cases.build_cases)"})
 
 

@@ -145,7 +145,8 @@ def _graph_dragondiffusion(case, how: str, s: dict, files: dict, prefix: str) ->
 
 def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
     """how "words": the case's concepts (SEGA add / remove); with concept_words "scene" the concepts are whole
-    scenes (add the target scene's words, remove the input scene's, so that what both share cancels); with
+    scenes (add the target scene's words, remove the input scene's, so that what both share cancels); with "diff"
+    the input scene is the negative and the target scene the one concept (ε(target) − ε(input), thresholded once); with
     concept_target also the target prompt (the scene as it should become: LEDITS' prompt switch plus concepts).
     how "target": no concept, the target prompt alone (removal by prompt switch: the remaining shapes' words), at
     skip `remove_skip`."""
@@ -167,10 +168,16 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
     if how == "words" and s.get("concept_words") == "scene":   # whole scenes: add the target's, remove the input's
         from dragedit.demo.shapes import renderer
         concepts = ((renderer.prompt(case.target), "add"), (case.prompt, "remove"))
+    if how == "words" and s.get("concept_words") == "diff":    # the input scene as the negative, the target scene added
+        from dragedit.demo.shapes import renderer
+        g["neg"]["inputs"]["text"] = case.prompt
+        concepts = ((renderer.prompt(case.target), "add"),)
     for i, (words, direction) in enumerate(concepts, 1):
         g[f"c{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": words, "clip": ["model", 1]}}
         inputs[f"concept_{i}"] = [f"c{i}", 0]
         inputs[f"direction_{i}"] = direction
+        if direction == "remove" and s.get("remove_scale") is not None:
+            inputs[f"scale_{i}"] = float(s["remove_scale"])
     g["edit"] = {"class_type": "DragEditLEDITSEdit", "inputs": inputs}
     g["save"] = {"class_type": "SaveImage", "inputs": {"images": ["edit", 0], "filename_prefix": prefix}}
     return g
@@ -181,7 +188,7 @@ def methods() -> list[Method]:
     a full run (108 cases) took 11.5 min on one thread of a shared 2-core CPU."""
     ledits = dict(steps=40, skip=4, source_cfg=3.5, target_cfg=3.5, seed=0, scale=14.0, threshold=0.95, warmup=8,
                   momentum_scale=0.1, momentum_beta=0.4, remove_steps=20, remove_skip=1, concept_target=False,
-                  concept_words="scene")
+                  concept_words="scene", remove_scale=None)    # remove_scale None: the remove concept at `scale`
     ledits20 = dict(steps=20, scale=10.0, warmup=2)    # the demo DiT's (docs/flow.md)
     word_kinds = {"concept_recolour": "words", "concept_remove": "words", "recolour": "words"}
     target_kinds = dict(word_kinds, concept_remove="target")  # remove by the target prompt of what remains
