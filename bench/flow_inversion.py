@@ -84,7 +84,7 @@ def main() -> None:
         return build(), lambda s: tiny_inputs(s, size)
 
     def demo():
-        model, clip, vae = dit.load(_util.ROOT / "demo" / "shapes" / "weights" / "shapes_dit-p2.safetensors")
+        model, clip, vae = dit.load(dit.default_weights())
         return model, lambda s: shapes_inputs(s, clip.encoder, vae)
 
     models = {"flux": lambda: tiny(tiny_models.flux, 16),
@@ -101,7 +101,7 @@ def main() -> None:
                              "model_calls": res[0][1]})
     _util.report("flow_inversion", rows, {"seeds": a.seeds, "latent": "tiny_models.dit_latent(seed)",
                                           "weights": "random init (tiny_models.flux / tiny_models.sd3); dit: "
-                                                     "demo/shapes/weights/shapes_dit-p2.safetensors on ShapesBench "
+                                                     f"{dit.default_weights().name} on ShapesBench "
                                                      "concept_recolour scenes (seed = case index) with their prompts"})
 
 

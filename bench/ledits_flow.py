@@ -19,7 +19,6 @@ from bench import _util
 
 DEFAULT = dict(steps=20, skip=2, cfg=1.0, scale=10.0, threshold=0.95, warmup=2, mode="SEGA")
 FLOWEDIT = dict(method="flowedit", steps=20, n_max=16, cfg=1.0, target_cfg=1.0, n_avg=1, n_min=0)
-WEIGHTS = _util.ROOT / "demo" / "shapes" / "weights" / "shapes_dit-p2.safetensors"
 INTS = ("steps", "skip", "warmup", "n_max", "n_avg", "n_min")
 
 
@@ -86,7 +85,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=12)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--set", dest="sets", nargs="*", default=[""])
-    ap.add_argument("--weights", default=str(WEIGHTS), help="a shapes DiT weights file (a training run's export)")
+    ap.add_argument("--weights", default=None, help="a shapes DiT weights file (a training run's export)")
     ap.add_argument("--name", default="ledits_flow", help="out/bench/<name>.json and out/bench/<name>/")
     a = ap.parse_args()
     _util.setup()
@@ -95,6 +94,7 @@ def main() -> None:
     from bench import shapes_cases as sc
     from bench import shapes_scoring as S
     from dragedit.demo.shapes import dit
+    a.weights = a.weights or str(dit.default_weights())
     model, clip, vae = dit.load(Path(a.weights))
     cases = [c for c in sc.build_cases(**({"seed": a.seed} if a.seed is not None else {}))
              if c.kind == "concept_recolour"][:a.cases]

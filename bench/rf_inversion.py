@@ -56,7 +56,7 @@ def edits(settings: list[str], n_cases: int) -> None:
     from bench import shapes_scoring as S
     from bench.ledits_flow import sheet
     from dragedit.demo.shapes import dit
-    model, clip, vae = dit.load(_util.ROOT / "demo" / "shapes" / "weights" / "shapes_dit-p2.safetensors")
+    model, clip, vae = dit.load(dit.default_weights())
     cases = [c for c in sc.build_cases() if c.kind == "concept_recolour"][:n_cases]
     rows = []
     for text in settings:
@@ -74,7 +74,7 @@ def edits(settings: list[str], n_cases: int) -> None:
         dbs = [m["psnr_out"] for m in ms]
         rows.append({"setting": name, "cases": len(cases), "success": st.mean(m["success"] for m in ms),
                      "psnr_out_median": st.median(dbs), "psnr_out_min": min(dbs), "psnr_out_max": max(dbs)})
-    _util.report("rf_inversion_edit", rows, {"model": "demo/shapes/weights/shapes_dit-p2.safetensors",
+    _util.report("rf_inversion_edit", rows, {"model": dit.default_weights().name,
                                              "cases": "ShapesBench concept_recolour (bench/shapes_cases.build_cases)"})
 
 
@@ -101,7 +101,7 @@ def main() -> None:
     from dragedit.nodes.flow_inversion import FlowInversion
     from dragedit.nodes.rf_inversion import RFInversion, RFInversionSampler
     torch.set_num_threads(1)
-    model, clip, vae = dit.load(_util.ROOT / "demo" / "shapes" / "weights" / "shapes_dit-p2.safetensors")
+    model, clip, vae = dit.load(dit.default_weights())
     res: dict = {}
     strip = []
     for steps in a.steps:
@@ -131,8 +131,8 @@ def main() -> None:
     for (name, steps), dbs in res.items():
         rows.append({"method": name, "steps": steps, "psnr_db_median": statistics.median(dbs),
                      "psnr_min": min(dbs), "psnr_max": max(dbs)})
-    out = _util.report("rf_inversion", rows, {"seeds": a.seeds, "weights": "demo/shapes/weights/shapes_dit-p2."
-                                                                           "safetensors", "cfg": 1.0})
+    out = _util.report("rf_inversion", rows, {"seeds": a.seeds, "weights": dit.default_weights().name,
+                                                "cfg": 1.0})
     if strip:
         from PIL import Image
         img = torch.cat([s[0] for s in strip], dim=1).clamp(0, 1)

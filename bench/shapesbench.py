@@ -252,9 +252,9 @@ def contact_sheets(recs: Sequence[dict], cases: Sequence, folder: Path, per_kind
 # ======================================================================================================== CLI
 def weights_info(model: str = "unet") -> dict:
     """Which shapes weights the server loads for the design `model` (path, size, mtime, sha256 prefix)."""
+    from dragedit.demo.shapes import dit as shapes_dit
     from dragedit.demo.shapes import model as shapes_model
-    from dragedit.nodes import shapes_demo
-    p = shapes_model.default_weights() if model == "unet" else shapes_demo.DIT_WEIGHTS
+    p = shapes_model.default_weights() if model == "unet" else shapes_dit.default_weights()
     if not p.exists():
         return {"path": str(p), "present": False}
     h = hashlib.sha256(p.read_bytes()).hexdigest()[:16]

@@ -12,7 +12,6 @@ from ._ui import CATEGORY_DEMO, SEED_MAX, tooltips
 NODE_MODEL = "Shapes Demo Model"
 NODE_SCENE = "Shapes Scene"
 DESIGNS = ("unet", "dit")
-DIT_WEIGHTS = shapes_model.WEIGHTS.parent / "shapes_dit-p2.safetensors"
 
 
 class ShapesDemoModel:
@@ -54,7 +53,7 @@ class ShapesDemoModel:
 
     @staticmethod
     def _load_dit():
-        path = DIT_WEIGHTS
+        path = shapes_dit.default_weights()
         if not path.exists():
             raise NodeInputError("design", f"the bundled DiT weights file is missing ({path}); reinstall the pack or "
                                  "run `python -m tools.train_shapes_dit` in its folder to recreate it.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +29,7 @@ FORMAT = "dragedit-shapes-dit-v1"
 # ModelSamplingFlux's μ at 256 image tokens (FLUX's base_shift 0.5; ComfyUI's ModelSamplingFlux node gives 0.46 for a
 # 32 x 32 image): a 64-256 token model needs little shift towards high noise.
 DEFAULT_SHIFT = 0.5
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "shapes_dit-p2.safetensors"
 
 
 def flux_config(hidden: int = 128, heads: int = 4, depth: int = 2, depth_single: int = 2, patch: int = 1,
@@ -59,6 +61,12 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
     Design("dit-p1-d4", flux_config(patch=1, depth=4, depth_single=4),
            "hidden 128, 4 heads, 4 double + 4 single blocks, patch 1 (256 tokens)"),
 )}
+
+
+def default_weights() -> Path:
+    """The weights the Shapes Demo Model node loads for design "dit": the shipped file, or
+    $DRAGEDIT_SHAPES_DIT_WEIGHTS (a developer's candidate, e.g. a training run's export under ShapesBench)."""
+    return Path(os.environ.get("DRAGEDIT_SHAPES_DIT_WEIGHTS") or WEIGHTS)
 
 
 def design_of(name: str) -> Design:

@@ -19,9 +19,7 @@ SEGA = dict(direction="add", threshold=0.9, warmup=0, cooldown=0, weight=1.0, mo
 @pytest.fixture(scope="module")
 def shapes_dit():
     from dragedit.demo.shapes import dit
-    from pathlib import Path
-    import dragedit
-    model, clip, vae = dit.load(Path(dragedit.__file__).parent / "demo/shapes/weights/shapes_dit-p2.safetensors")
+    model, clip, vae = dit.load(dit.WEIGHTS)
     return model, clip.encoder, vae
 
 

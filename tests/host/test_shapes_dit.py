@@ -97,3 +97,13 @@ def test_trainer_is_reproducible_and_resumes_exactly(tmp_path):
     assert meta["steps"] == "3" and meta["sigma_sampling"] == "logit-normal" and float(meta["shift"]) == dit.DEFAULT_SHIFT
     st = torch.load(tmp_path / "c" / trainer.STATE, weights_only=True)
     assert st["step"] == 3
+
+
+def test_shipped_weights_and_the_developer_override(monkeypatch, tmp_path):
+    """The node loads the shipped file (present, in this format) unless $DRAGEDIT_SHAPES_DIT_WEIGHTS names a
+    candidate."""
+    monkeypatch.delenv("DRAGEDIT_SHAPES_DIT_WEIGHTS", raising=False)
+    assert dit.default_weights() == dit.WEIGHTS and dit.WEIGHTS.exists()
+    assert dit.read_meta(dit.WEIGHTS)["format"] == dit.FORMAT
+    monkeypatch.setenv("DRAGEDIT_SHAPES_DIT_WEIGHTS", str(tmp_path / "candidate.safetensors"))
+    assert dit.default_weights() == tmp_path / "candidate.safetensors"
