@@ -177,7 +177,7 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
         inputs[f"concept_{i}"] = [f"c{i}", 0]
         inputs[f"direction_{i}"] = direction
         if direction == "remove" and s.get("remove_scale") is not None:
-            inputs[f"scale_{i}"] = float(s["remove_scale"])
+            inputs[f"scale_{i}"] = s["remove_scale"]
     g["edit"] = {"class_type": "DragEditLEDITSEdit", "inputs": inputs}
     g["save"] = {"class_type": "SaveImage", "inputs": {"images": ["edit", 0], "filename_prefix": prefix}}
     return g
@@ -259,4 +259,5 @@ def apply_overrides(ms: Sequence[Method], steps: Sequence[str] = (), sets: Seque
             raise ValueError(f"--set {item}: expected method.key=value with a known method and setting")
         old = by[name].settings[k]
         by[name].settings[k] = (val.lower() in ("1", "true", "yes") if isinstance(old, bool)
-                                else type(old)(val) if isinstance(old, (int, float)) else val)
+                                else type(old)(val) if isinstance(old, (int, float))
+                                else float(val) if old is None else val)    # None: an optional number

@@ -60,3 +60,20 @@ def test_ledits_steps_per_path_and_design():
     assert by["ledits++"].settings["steps"] == 20 and by["ledits++"].settings["skip"] == 2
     SB.apply_overrides([by["ledits"]], ["ledits=6"])
     assert edit(by["ledits"], remove, "target")["steps"] == 6
+
+
+def test_ledits_recipe_options_tried_on_the_seeds_below_target():
+    """concept_words "diff": the input scene is the negative and the target scene the one added concept;
+    --set ledits.remove_scale=N sets the remove concept's scale alone (docs/generalisation.md)."""
+    from bench import shapesbench as SB
+    from dragedit.demo.shapes import renderer
+    case = next(c for c in S.build_cases(101) if c.kind == "concept_recolour")
+    by = {m.name: m for m in SB.methods()}
+    SB.apply_overrides([by["ledits"]], sets=["ledits.concept_words=diff"])
+    g = SB._graph_ledits(case, "words", by["ledits"].settings, {"image": "x.png"}, "p")
+    assert g["neg"]["inputs"]["text"] == case.prompt
+    assert g["c1"]["inputs"]["text"] == renderer.prompt(case.target) and "c2" not in g
+    by = {m.name: m for m in SB.methods()}
+    SB.apply_overrides([by["ledits"]], sets=["ledits.remove_scale=7"])
+    e = SB._graph_ledits(case, "words", by["ledits"].settings, {"image": "x.png"}, "p")["edit"]["inputs"]
+    assert (e["direction_1"], e["scale_1"], e["direction_2"], e["scale_2"]) == ("add", 14.0, "remove", 7.0)
