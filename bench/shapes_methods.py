@@ -178,6 +178,9 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
         inputs[f"direction_{i}"] = direction
         if direction == "remove" and s.get("remove_scale") is not None:
             inputs[f"scale_{i}"] = s["remove_scale"]
+    if how == "words" and s.get("user_mask") == "box" and "mask" in files:   # the object's box as the user's mask
+        g["umask"] = {"class_type": "LoadImageMask", "inputs": {"image": files["mask"], "channel": "red"}}
+        inputs["mask"] = ["umask", 0]
     g["edit"] = {"class_type": "DragEditLEDITSEdit", "inputs": inputs}
     g["save"] = {"class_type": "SaveImage", "inputs": {"images": ["edit", 0], "filename_prefix": prefix}}
     return g
@@ -188,7 +191,7 @@ def methods() -> list[Method]:
     a full run (108 cases) took 11.5 min on one thread of a shared 2-core CPU."""
     ledits = dict(steps=40, skip=4, source_cfg=3.5, target_cfg=3.5, seed=0, scale=14.0, threshold=0.95, warmup=8,
                   momentum_scale=0.1, momentum_beta=0.4, remove_steps=20, remove_skip=1, concept_target=False,
-                  concept_words="scene", remove_scale=None)    # remove_scale None: the remove concept at `scale`
+                  concept_words="scene", remove_scale=None, user_mask="none")    # remove_scale None: the remove concept at `scale`
     ledits20 = dict(steps=20, scale=10.0, warmup=2)    # the demo DiT's (docs/flow.md)
     word_kinds = {"concept_recolour": "words", "concept_remove": "words", "recolour": "words"}
     target_kinds = dict(word_kinds, concept_remove="target")  # remove by the target prompt of what remains
@@ -219,7 +222,7 @@ def methods() -> list[Method]:
         Method("ledits", ("DragEditLEDITSEdit",), target_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
                "LEDITS Edit, SEGA mode: concepts add the scene as it should become + remove the scene as it is "
                "('blue square and green circle' - 'red square and green circle'); removal by the target prompt of "
-               "the remaining shapes (no concept); on the DiT: the flow path (edit-friendly flow inversion, SEGA on "
+               "the remaining shapes (no concept); user_mask=box: LEDITS Edit's mask = the object's box; on the DiT: the flow path (edit-friendly flow inversion, SEGA on "
                "the velocity) at docs/flow.md's settings", models=("unet", "dit"),
                design_settings={"dit": dict(ledits20, skip=4, source_cfg=1.0, target_cfg=1.0, remove_skip=4)}),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,

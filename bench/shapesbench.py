@@ -71,8 +71,10 @@ def write_inputs(server: Any, cases: Sequence, S: Any, model: str = "unet") -> d
     for c in cases:
         f = {"image": f"shapesbench_{c.id}.png", "model": model}
         _png_write(inp / f["image"], S.to_uint8_hwc(S.input_image(c)))
-        if c.kind == "recolour":
-            for role, m in (("mask", c.handle_mask()), ("ref_mask", c.ref_mask())):
+        if c.kind in ("recolour", "concept_recolour"):   # concept_recolour: the object box for LEDITS' user mask
+            for role, m in (("mask", c.handle_mask()), ("ref_mask", c.ref_mask() if c.ref_box else None)):
+                if m is None:
+                    continue
                 f[role] = f"shapesbench_{c.id}_{role}.png"
                 _png_write(inp / f[role], S.to_uint8_hwc(m.float()[None].expand(3, -1, -1).contiguous()))
         files[c.id] = f

@@ -121,6 +121,9 @@ class ConceptEntry:
     conditioning: Any
     concept: sega.SegaConcept
     tokens: int = 0
+    mask: Optional[torch.Tensor] = None
+    """The user's mask [H, W] (1 = the concept may act there; any resolution with the image's aspect, area-resized
+    to the latent): diffusers LEDITS++'s `user_mask`, which multiplies the concept's guidance ψ_c. None = everywhere."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ class SegaPatch:
         s = sig.reshape(-1, *([1] * (x.ndim - 1))) if sig.numel() > 1 else sig.reshape(())
         eps_u = call.noise_uncond / s
         eps_c = [n / s for n in call.noise_extra]
+        ref = eps_u if not self.flow or (call.has_uncond and call.cond_scale > 1.0) else call.noise_cond / s
+        eps_c = [sega.masked_concept(e, ref, en.mask) for e, en in zip(eps_c, self.entries)]
         if self.mode == "LEDITS++":
             masks = None
             if self.uses_attention:
@@ -179,7 +184,6 @@ class SegaPatch:
         if state is None:
             state = call.run["sega_state"] = sega.SegaState()
         if self.flow:     # FLUX semantic guidance: simple SEGA (no negative / cfg 1) or true CFG, on the velocity
-            ref = eps_u if (call.has_uncond and call.cond_scale > 1.0) else call.noise_cond / s
             term = sega_flow.flow_sega_term(call.step, call.steps, ref, eps_c, self.concepts, state,
                                             self.momentum_scale, self.momentum_beta, self.patch)
             return call.cfg() + term * s

@@ -154,6 +154,24 @@ def _check_eps(eps_uncond: torch.Tensor, eps_concepts: Sequence[torch.Tensor], c
             raise ValueError(f"all ε predictions must share the shape {tuple(eps_uncond.shape)}, got {tuple(e.shape)}")
 
 
+def user_mask_at(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The user's mask [H, W] (or [1, H, W]) area-resized to the spatial size of `like` [B, C, h, w], as [1, 1, h, w]
+    in its dtype and device (a cell's value = the share of it that is masked)."""
+    m = mask.float().reshape(1, 1, *mask.shape[-2:])
+    hw = tuple(like.shape[-2:])
+    if tuple(m.shape[-2:]) != hw:
+        m = torch.nn.functional.interpolate(m, size=hw, mode="area")
+    return m.to(like.device, like.dtype)
+
+
+def masked_concept(eps_c: torch.Tensor, eps_ref: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """ε_c with the concept confined to the user's mask M: ε_ref + M ⊙ (ε_c − ε_ref), so that ψ_c = ±s_e·M ⊙ (ε_c − ε_ref)
+    before any threshold (diffusers LEDITS++'s `user_mask`); `mask` None gives ε_c back."""
+    if mask is None:
+        return eps_c
+    return eps_ref + user_mask_at(mask, eps_c) * (eps_c - eps_ref)
+
+
 def _psi(eps_c: torch.Tensor, eps_uncond: torch.Tensor, concept: SegaConcept) -> torch.Tensor:
     """ψ_c = ±s_e·(ε_c − ε_uncond) (negated for removal), before thresholding."""
     d = eps_c - eps_uncond

@@ -4,12 +4,13 @@ core/ledits.py, core/sega.py and core/ddpm_inversion.py."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Optional
 
 from ..core import host, ledits
 from ..core import sega
 from ._errors import NodeInputError, node_entry, node_errors, require
-from ._inputs import check_cond_fits, check_range, check_result, image_or_latent, supported_model
+from ._inputs import check_cond_fits, check_range, check_result, image_or_latent, read_mask, supported_model
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 from .ddpm_inversion import check_inversion_inputs
 
@@ -201,6 +202,7 @@ class LEDITSEdit:
         opt = {"image": ("IMAGE",), "latent": ("LATENT",), "target": ("CONDITIONING",)}
         for i in (1, 2, 3):
             opt[f"concept_{i}"] = ("CONDITIONING",)
+        opt["mask"] = ("MASK",)
         tips = {
             "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL), or a flow-matching DiT (FLUX, "
                      "SD3 / SD3.5, Qwen-Image): then the inversion is the edit-friendly flow inversion on the model's "
@@ -231,6 +233,10 @@ class LEDITSEdit:
                              "(SEGA momentum β).",
             "image": "The image to edit (or connect a latent instead).",
             "latent": "The latent to edit (instead of an image).",
+            "mask": "Where the concepts may act (white = edit here), e.g. painted roughly over the object to "
+                    "recolour: the concepts' guidance is multiplied by it (LEDITS++'s user mask), so a new colour "
+                    "cannot appear elsewhere. The image's size (or the latent's). Unconnected or all black: "
+                    "everywhere. A target prompt is not masked.",
             "target": "Target prompt while editing (default: the source prompt); SEGA mode only. With no concept "
                       "connected this is the plain prompt-switch edit: e.g. remove an object by giving the prompt "
                       "of what should remain.",
@@ -252,7 +258,7 @@ class LEDITSEdit:
     def edit(self, model, vae, source, negative, steps, skip, source_cfg, target_cfg, mode, seed,
              direction_1="add", scale_1=10.0, direction_2="add", scale_2=10.0, direction_3="add", scale_3=10.0,
              threshold=0.95, warmup=2, momentum_scale=0.1, momentum_beta=0.4, image=None, latent=None, target=None,
-             concept_1=None, concept_2=None, concept_3=None):
+             concept_1=None, concept_2=None, concept_3=None, mask=None):
         concepts = [(i, c, d, s) for i, (c, d, s) in enumerate(
             [(concept_1, direction_1, scale_1), (concept_2, direction_2, scale_2), (concept_3, direction_3, scale_3)], 1)
             if c is not None]
@@ -266,6 +272,9 @@ class LEDITSEdit:
         check_cond_fits(model, negative, "negative")
         if target is not None:
             check_cond_fits(model, target, "target")
+        user_mask = read_mask(mask, "mask", image_size=_size, latent_hw=tuple(samples.shape[-2:]))
+        require(user_mask is None or len(concepts) > 0, "mask",
+                "masks the concepts, but none is connected: connect a concept (a target prompt is not masked).")
         pp = mode == "LEDITS++"
         if flow:
             check_flow_ledits_inputs(model, samples, source, negative, steps, skip, source_cfg)
@@ -278,7 +287,7 @@ class LEDITSEdit:
         for i, c, d, s in concepts:
             with node_errors(EDIT, rename={"concept": f"concept_{i}", "direction": f"direction_{i}",
                                            "scale": f"scale_{i}"}):
-                entry = concept_entry(model, c, d, s, threshold, warmup, 0, 1.0, 0)
+                entry = replace(concept_entry(model, c, d, s, threshold, warmup, 0, 1.0, 0), mask=user_mask)
                 settings = chain_settings(patch, c, momentum_scale, momentum_beta, mode, not flow)
             patch = (patch or ledits.SegaPatch()).with_concept(entry, **settings)
         require(mode in MODES, "mode", f"must be one of {MODES}, got {mode!r}.")

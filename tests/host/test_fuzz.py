@@ -209,9 +209,10 @@ def test_fuzz_ledits(img, data):
     e = env()
     cls = NODE_CLASS_MAPPINGS["DragEditLEDITSEdit"]
     widgets = data.draw(fz.widget_values(cls, CAPS))
+    mask = data.draw(fz.mask_for(img.shape[1], img.shape[2]))
     inputs = {"model": e["model"], "vae": e["vae"], "source": e["pos"], "negative": e["neg"], "image": img,
-              "concept_1": e["pos"], **widgets}
-    check("DragEditLEDITSEdit", inputs, widgets)
+              "concept_1": e["pos"], **widgets, "mask": mask}
+    check("DragEditLEDITSEdit", {k: v for k, v in inputs.items() if v is not None}, widgets)
 
 
 # ============================================================================================== INVERSION consumers

@@ -134,3 +134,38 @@ def test_ledits_pp_edit_matches_diffusers_pipeline():
     for i, z in enumerate(states):
         torch.testing.assert_close(z, rec[i]["x"], rtol=1e-4, atol=1e-4, msg=lambda m, i=i: f"step {i}: {m}")
     torch.testing.assert_close(ours * math.sqrt(abar[-1]), edited, rtol=1e-4, atol=1e-4)
+
+
+def test_user_mask_matches_diffusers_ledits_pp_user_mask():
+    """LEDITS Edit's mask is diffusers LEDITS++'s `user_mask`: the concept's scaled guidance times the mask, before
+    the noise-quantile threshold. Replayed on the pipeline's recorded estimates with a soft latent-size mask; the
+    guidance without the mask differs (the test sees the mask)."""
+    pipe, _ = ledits_pp_inverted()
+    ts, _abar, _sig = ddim_grid(pipe)
+    rec: list = []
+
+    def hook(mod, args, kwargs, out):
+        rec.append(out.sample.clone())
+
+    handle = pipe.unet.register_forward_hook(hook, with_kwargs=True)
+    h, w = pipe.init_latents.shape[-2:]
+    mask = torch.zeros(h, w, dtype=pipe.init_latents.dtype)
+    mask[h // 4: 3 * h // 4, w // 3:] = 1.0
+    mask[0, 0] = 0.5                                                   # a soft value: multiplied, not thresholded
+    kw = dict(editing_prompt=["glasses", "snow"], reverse_editing_direction=[False, True],
+              edit_guidance_scale=[4.0, 3.0], edit_threshold=[0.8, 0.9], edit_warmup_steps=[0, 2],
+              use_cross_attn_mask=False, use_intersect_mask=False, user_mask=mask)
+    concepts = [Concept(scale=4.0, threshold=0.8, warmup=0), Concept(scale=3.0, threshold=0.9, reverse=True, warmup=2)]
+    with torch.no_grad():
+        pipe(output_type="latent", **kw)
+    handle.remove()
+    assert len(rec) == len(ts)
+    differs = 0.0
+    for i, eps in enumerate(rec):
+        eu, *ecs = eps.chunk(3)
+        got = sega.ledits_pp_term(i, eu, [sega.masked_concept(e, eu, mask) for e in ecs], concepts,
+                                  use_intersect_mask=False)
+        torch.testing.assert_close(got, pipe.sem_guidance[i], rtol=1e-5, atol=1e-6)
+        differs = max(differs, float((sega.ledits_pp_term(i, eu, ecs, concepts, use_intersect_mask=False)
+                                      - pipe.sem_guidance[i]).abs().max()))
+    assert differs > 1e-3

@@ -208,3 +208,19 @@ def test_ledits_pp_intersects_attention_and_noise_masks_only_when_active():
 # ------------------------------------------------------------- diffusers' LEDITS++ pipeline, replayed
 
 
+
+
+def test_user_mask_is_area_resized_and_confines_the_concept():
+    """A 4x4 mask onto a 2x2 latent: a cell's value is the share of it masked (hand-computed); ε_c outside the mask
+    becomes ε_ref, inside it stays; no mask gives ε_c back."""
+    S = sega
+    m = torch.zeros(4, 4)
+    m[:2, :2] = 1.0
+    m[3, 3] = 1.0
+    like = torch.zeros(1, 3, 2, 2)
+    assert torch.equal(S.user_mask_at(m, like), torch.tensor([[[[1.0, 0.0], [0.0, 0.25]]]]))
+    eps_c, ref = torch.full((1, 3, 2, 2), 2.0), torch.zeros(1, 3, 2, 2)
+    got = S.masked_concept(eps_c, ref, m)
+    assert torch.equal(got[0, :, 0, 0], torch.full((3,), 2.0)) and torch.equal(got[0, :, 0, 1], torch.zeros(3))
+    assert torch.equal(got[0, :, 1, 1], torch.full((3,), 0.5))
+    assert S.masked_concept(eps_c, ref, None) is eps_c
