@@ -222,8 +222,9 @@ def methods() -> list[Method]:
         Method("ledits", ("DragEditLEDITSEdit",), target_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
                "LEDITS Edit, SEGA mode: concepts add the scene as it should become + remove the scene as it is "
                "('blue square and green circle' - 'red square and green circle'); removal by the target prompt of "
-               "the remaining shapes (no concept); user_mask=box: LEDITS Edit's mask = the object's box; on the DiT: the flow path (edit-friendly flow inversion, SEGA on "
-               "the velocity) at docs/flow.md's settings", models=("unet", "dit"),
+               "the remaining shapes (no concept); user_mask=box: LEDITS Edit's mask = the object's box; on the "
+               "DiT: the flow path (edit-friendly flow inversion, SEGA on the velocity) at docs/flow.md's settings",
+               models=("unet", "dit"),
                design_settings={"dit": dict(ledits20, skip=4, source_cfg=1.0, target_cfg=1.0, remove_skip=4)}),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,
                dict(ledits, steps=20, skip=2, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0,
