@@ -10,7 +10,8 @@ from typing import Any, Optional
 from ..core import host, ledits
 from ..core import sega
 from ._errors import NodeInputError, node_entry, node_errors, require
-from ._inputs import check_cond_fits, check_range, check_result, image_or_latent, read_mask, supported_model
+from ._inputs import (check_cond_fits, check_mask, check_range, check_result, guard_model, image_or_latent, read_mask,
+                      supported_model)
 from ._ui import CATEGORY_ALL_IN_ONE, CATEGORY_BLOCKS, SEED_MAX, Progress, tooltips
 from .ddpm_inversion import check_inversion_inputs
 
@@ -124,6 +125,11 @@ def check_flow_ledits_inputs(model, samples, source, negative, steps, skip, sour
     check_range(float(source_cfg), 1.0, 100.0, "source_cfg")
 
 
+MASK_TIP = ("Where this concept may act (white = here), e.g. painted roughly over the object to recolour: the "
+            "concept's guidance is multiplied by it (LEDITS++'s user mask), so the edit cannot land elsewhere. "
+            "Unconnected or all black: everywhere.")
+
+
 class SEGAGuidance:
     DESCRIPTION = ("Semantic guidance (SEGA, LEDITS, LEDITS++): adds an edit concept to the MODEL. Every sampler then "
                    "evaluates the concept in the same batched model call as the prompt and the negative and steers "
@@ -151,8 +157,10 @@ class SEGAGuidance:
             "optional": {
                 "cross_attention_mask": ("BOOLEAN", {"default": True}),
                 "concept_tokens": ("INT", {"default": 0, "min": 0, "max": 1000}),
+                "mask": ("MASK",),
             },
-        }, TIPS)
+        }, dict(TIPS, mask=MASK_TIP + " The size of the image the sampler edits, or of its latent (checked when "
+                                      "sampling)."))
 
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The model with this concept (and those of upstream SEGA Guidance nodes).",)
@@ -161,12 +169,20 @@ class SEGAGuidance:
 
     @node_entry(NODE)
     def patch(self, model, concept, direction, scale, threshold, warmup, cooldown, weight, momentum_scale,
-              momentum_beta, mode, cross_attention_mask=True, concept_tokens=0):
+              momentum_beta, mode, cross_attention_mask=True, concept_tokens=0, mask=None):
         supported_model(model, flow=True)
         entry = concept_entry(model, concept, direction, scale, threshold, warmup, cooldown, weight, concept_tokens)
+        user_mask = read_mask(mask, "mask")
+        entry = replace(entry, mask=user_mask)
         prev = ledits.sega_patch_of(model)
         settings = chain_settings(prev, concept, momentum_scale, momentum_beta, mode, cross_attention_mask)
-        return (apply_patch(model, (prev or ledits.SegaPatch()).with_concept(entry, **settings)),)
+        patch = (prev or ledits.SegaPatch()).with_concept(entry, **settings)
+        out = apply_patch(model, patch)
+        if user_mask is not None:      # the latent is known only when sampling: check the mask fits it then
+            def fits(_sigmas, x, _noise):
+                check_mask(user_mask, "mask", latent_hw=tuple(x.shape[-2:]))
+            out = guard_model(out, f"dragedit_sega_mask_{len(patch.entries)}", NODE, fits)
+        return (out,)
 
 
 class LEDITSEdit:
@@ -233,10 +249,10 @@ class LEDITSEdit:
                              "(SEGA momentum β).",
             "image": "The image to edit (or connect a latent instead).",
             "latent": "The latent to edit (instead of an image).",
-            "mask": "Where the concepts may act (white = edit here), e.g. painted roughly over the object to "
-                    "recolour: the concepts' guidance is multiplied by it (LEDITS++'s user mask), so a new colour "
-                    "cannot appear elsewhere. The image's size (or the latent's). Unconnected or all black: "
-                    "everywhere. A target prompt is not masked.",
+            "mask": "Where the concepts may act (white = here), e.g. painted roughly over the object to recolour: "
+                    "their guidance is multiplied by it (LEDITS++'s user mask), so the edit cannot land elsewhere. "
+                    "The image's size (or the latent's). Unconnected or all black: everywhere. A target prompt is "
+                    "not masked.",
             "target": "Target prompt while editing (default: the source prompt); SEGA mode only. With no concept "
                       "connected this is the plain prompt-switch edit: e.g. remove an object by giving the prompt "
                       "of what should remain.",

@@ -441,6 +441,45 @@ def test_ledits_edit_user_mask_keeps_the_new_colour_on_the_object():
         run_node(LEDITSEdit, mask=box, target=enc(renderer.prompt(case.target)), **no_concepts)
 
 
+def test_sega_guidance_mask_equals_ledits_edit_mask_and_is_checked_when_sampling():
+    """SEGA Guidance takes the same mask per concept: DDPM Inversion + two masked SEGA Guidance nodes + the
+    Edit-friendly DDPM sampler in stock SamplerCustom give LEDITS Edit's masked result exactly. The latent is known
+    only when sampling, so a mask that fits neither the image nor the latent is refused there, naming SEGA Guidance's
+    'mask'; an all-black mask is no mask."""
+    from dragedit.demo.shapes import renderer
+    model, clip, vae = _shapes()
+
+    def enc(text):
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+    scene = renderer.random_scene(4, two_p=0.0)
+    img = renderer.render(scene).permute(1, 2, 0).unsqueeze(0).contiguous()
+    src, neg = enc(renderer.prompt(scene)), enc("")
+    add, rem = enc("blue square"), enc("red circle")
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 4:20, 8:30] = 1.0
+    set_ = dict(threshold=0.9, warmup=1, momentum_scale=0.1, momentum_beta=0.4)
+    want, want_lat = run_node(LEDITSEdit, model=model, vae=vae, source=src, negative=neg, steps=8, skip=2,
+                              source_cfg=3.5, target_cfg=3.5, mode="SEGA", seed=0, image=img, concept_1=add,
+                              scale_1=8.0, concept_2=rem, direction_2="remove", scale_2=8.0, mask=mask, **set_)
+    start, inv, sig = run_node(DDPMInversion, model=model, latent={"samples": vae.encode(img)}, positive=src,
+                               steps=8, skip=2, source_cfg=3.5, eta=1.0, seed=0, negative=neg)
+    (sampler,) = run_node(EditFriendlyDDPMSampler, inversion=inv)
+    m = sega_node(model, add, scale=8.0, mask=mask, **set_)
+    m = sega_node(m, rem, direction="remove", scale=8.0, mask=mask, **set_)
+    got = stock_sampler_custom(m, src, neg, 3.5, sampler, sig, start)
+    torch.testing.assert_close(got, want_lat["samples"], rtol=0, atol=1e-5)
+    unmasked = stock_sampler_custom(sega_node(model, add, scale=8.0, **set_), src, neg, 3.5, sampler, sig, start)
+    black = stock_sampler_custom(sega_node(model, add, scale=8.0, mask=torch.zeros(1, 40, 24), **set_), src, neg,
+                                 3.5, sampler, sig, start)
+    assert torch.equal(black, unmasked) and (unmasked - got).abs().max() > 1e-3
+    bad = sega_node(model, add, scale=8.0, mask=torch.ones(1, 20, 20), **set_)
+    with pytest.raises(NodeInputError, match=r"\[SEGA Guidance\] input 'mask'.*20x20.*16x16 latent"):
+        stock_sampler_custom(bad, src, neg, 3.5, sampler, sig, start)
+    with pytest.raises(NodeInputError, match=r"\[SEGA Guidance\] input 'mask'.*MASK"):
+        sega_node(model, add, mask=torch.ones(2, 3, 32, 32))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["SEGA", "LEDITS++"])
 def test_ledits_edit_at_scale_0_reconstructs_the_input(mode):

@@ -36,13 +36,14 @@ def ksampler(name):
 
 
 def sega_node(model, concept, direction="add", scale=5.0, threshold=0.9, warmup=0, cooldown=0, weight=1.0,
-              momentum_scale=0.1, momentum_beta=0.4, mode="SEGA", cross_attention_mask=True, concept_tokens=0):
+              momentum_scale=0.1, momentum_beta=0.4, mode="SEGA", cross_attention_mask=True, concept_tokens=0,
+              mask=None):
     """The patched MODEL of the SEGA Guidance node."""
     from dragedit.nodes.sega import SEGAGuidance
     return run_node(SEGAGuidance, model=model, concept=concept, direction=direction, scale=scale, threshold=threshold,
                     warmup=warmup, cooldown=cooldown, weight=weight, momentum_scale=momentum_scale,
                     momentum_beta=momentum_beta, mode=mode, cross_attention_mask=cross_attention_mask,
-                    concept_tokens=concept_tokens)[0]
+                    concept_tokens=concept_tokens, **({} if mask is None else {"mask": mask}))[0]
 
 
 class UNetCounter:
