@@ -125,9 +125,9 @@ def check_flow_ledits_inputs(model, samples, source, negative, steps, skip, sour
     check_range(float(source_cfg), 1.0, 100.0, "source_cfg")
 
 
-MASK_TIP = ("Where this concept may act (white = here), e.g. painted roughly over the object to recolour: the "
-            "concept's guidance is multiplied by it (LEDITS++'s user mask), so the edit cannot land elsewhere. "
-            "Unconnected or all black: everywhere.")
+MASK_TIP = ("Where this concept may act (white = here), e.g. painted roughly over the object to recolour (Load "
+            "Image's mask editor): the concept's guidance is multiplied by it (LEDITS++'s user mask), so the edit "
+            "cannot land elsewhere. Unconnected or all black: everywhere.")
 
 
 class SEGAGuidance:
@@ -249,8 +249,8 @@ class LEDITSEdit:
                              "(SEGA momentum β).",
             "image": "The image to edit (or connect a latent instead).",
             "latent": "The latent to edit (instead of an image).",
-            "mask": "Where the concepts may act (white = here), e.g. painted roughly over the object to recolour: "
-                    "their guidance is multiplied by it (LEDITS++'s user mask), so the edit cannot land elsewhere. "
+            "mask": "Where the concepts may act (white = here), e.g. painted roughly over the object to recolour "
+                    "(Load Image's mask editor): their guidance is multiplied by it (LEDITS++'s user mask), so the edit cannot land elsewhere. "
                     "The image's size (or the latent's). Unconnected or all black: everywhere. A target prompt is "
                     "not masked.",
             "target": "Target prompt while editing (default: the source prompt); SEGA mode only. With no concept "
