@@ -160,14 +160,24 @@ class SegaPatch:
         """A new patch with one more concept (settings given here replace the chain's)."""
         return replace(self, entries=self.entries + (entry,), **settings)
 
+    def _user_masks(self, call: host.CondGuidanceCall, like: torch.Tensor) -> list[Optional[torch.Tensor]]:
+        """Each concept's user mask resized to the latent `like` (None: none), once per run and latent shape (kept
+        in the per-run state)."""
+        key = ("user_masks", tuple(like.shape[-2:]), str(like.device), like.dtype)
+        got = call.run.get(key)
+        if got is None:
+            got = call.run[key] = [None if e.mask is None else sega.user_mask_at(e.mask, like) for e in self.entries]
+        return got
+
     def combine(self, call: host.CondGuidanceCall) -> torch.Tensor:
         """The guided cfg "noise" σ·ε̃ of one denoiser call (see the class docstring)."""
         x, sig = call.x, call.sigma.to(call.x.device, call.x.dtype)
         s = sig.reshape(-1, *([1] * (x.ndim - 1))) if sig.numel() > 1 else sig.reshape(())
         eps_u = call.noise_uncond / s
         eps_c = [n / s for n in call.noise_extra]
-        ref = eps_u if not self.flow or (call.has_uncond and call.cond_scale > 1.0) else call.noise_cond / s
-        eps_c = [sega.masked_concept(e, ref, en.mask) for e, en in zip(eps_c, self.entries)]
+        simple = self.flow and self.mode == "SEGA" and not (call.has_uncond and call.cond_scale > 1.0)
+        ref = call.noise_cond / s if simple else eps_u     # what the concept terms are taken against
+        eps_c = [sega.masked_concept(e, ref, m) for e, m in zip(eps_c, self._user_masks(call, x))]
         if self.mode == "LEDITS++":
             masks = None
             if self.uses_attention:

@@ -132,3 +132,34 @@ def test_sega_and_flowedit_on_qwen_image_5d_latents():
                         sampler=_call(KSamplerSelect, sampler_name="euler")[0], sigmas=sig,
                         latent_image=lat)[0]["samples"]
         assert lo <= psnr(host.process_in(q, out), z0) < hi
+
+
+@pytest.mark.parametrize("mode", ["SEGA", "LEDITS++"])
+def test_user_mask_on_flow_is_taken_against_the_concepts_reference(mode):
+    """On a flow DiT the user mask confines ψ_c against the reference the concept term uses: the velocity of the
+    prompt for simple SEGA (cfg 1), the unconditional one for LEDITS++ (which never uses the prompt). A zero mask
+    therefore leaves exactly the unguided prediction, a mask of ones exactly the unmasked one."""
+    from dragedit.core import ledits, sega
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    cond, uncond, extra = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
+    args = {"input": x, "sigma": torch.tensor([0.5]), "cond_scale": 1.0, "cond": cond, "uncond": uncond}
+
+    def combine(mask):
+        entry = ledits.ConceptEntry(conditioning=None, mask=mask,
+                                    concept=sega.SegaConcept(scale=5.0, threshold=0.5, warmup=0))
+        patch = ledits.SegaPatch(entries=(entry,), mode=mode, flow=True, patch=2, cross_attention_mask=False)
+        call = host.CondGuidanceCall(args, [extra], {}, step=3, timestep=500.0, attn_maps=[None], prev_cfg=None,
+                                     steps=10, has_uncond=True)
+        return patch.combine(call)
+
+    unguided = uncond if mode == "LEDITS++" else cond          # cfg 1: the prompt's prediction
+    torch.testing.assert_close(combine(torch.zeros(8, 8)), unguided, rtol=0, atol=1e-6)
+    torch.testing.assert_close(combine(torch.ones(16, 16)), combine(None), rtol=0, atol=1e-6)
+    assert (combine(None) - unguided).abs().max() > 1e-2
+    if mode == "SEGA":     # simple SEGA's term by hand: ψ against the prompt's velocity (the FLUX pipeline at cfg 1)
+        from dragedit.core import sega_flow
+        c = sega.SegaConcept(scale=5.0, threshold=0.5, warmup=0)
+        want = cond + sega_flow.flow_sega_term(3, 10, cond / 0.5, [extra / 0.5], [c], sega.SegaState(), 0.1, 0.4,
+                                               2) * 0.5
+        torch.testing.assert_close(combine(None), want, rtol=0, atol=1e-6)
