@@ -8,7 +8,7 @@ DiT loaded directly, not through the server), one row per setting, plus the no-e
 out/bench/ledits_flow.json and a contact sheet per setting (input | ground truth | edit) in out/bench/ledits_flow/.
 
 usage: python -m bench.ledits_flow [--cases 12] [--seed 20261125] [--weights FILE] [--set steps=20,skip=2,cfg=1,scale=10 ...]
-       (mask=1: LEDITS Edit's user mask = the object's box)
+       (mask=1: LEDITS Edit's user mask = the object's box; rscale: the remove concept's scale, default scale)
        (--set method=flowedit,steps=20,n_max=16,cfg=1,target_cfg=3.5,n_avg=1)"""
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def edit(model, encoder, vae, case, s: dict):
                   skip=s["skip"], source_cfg=s["cfg"], target_cfg=s["cfg"], mode=s["mode"], seed=0,
                   threshold=s["threshold"], warmup=s["warmup"], momentum_scale=0.1, momentum_beta=0.4, image=img)
     for i, (words, direction) in enumerate(case.concepts[:3], 1):
-        inputs[f"concept_{i}"], inputs[f"direction_{i}"], inputs[f"scale_{i}"] = cond(words), direction, s["scale"]
+        scale = s.get("rscale", s["scale"]) if direction == "remove" else s["scale"]
+        inputs[f"concept_{i}"], inputs[f"direction_{i}"], inputs[f"scale_{i}"] = cond(words), direction, scale
     if s.get("mask"):       # the object's box as the user's mask
         inputs["mask"] = case.handle_mask().float()[None]
     out, _lat = run_node(LEDITSEdit, **inputs)

@@ -189,9 +189,11 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
 def methods() -> list[Method]:
     """The method nodes under test with their default settings: those of the example workflows (workflows/*.json);
     a full run (108 cases) took 11.5 min on one thread of a shared 2-core CPU."""
-    ledits = dict(steps=40, skip=4, source_cfg=3.5, target_cfg=3.5, seed=0, scale=14.0, threshold=0.95, warmup=8,
+    # LEDITS recolour as the example workflow does it: the object's box as the mask, the object's words, threshold 0.9,
+    # warm-up 4 (unmasked, the earlier recipe: user_mask=none, concept_words=scene, threshold=0.95, warmup=8)
+    ledits = dict(steps=40, skip=4, source_cfg=3.5, target_cfg=3.5, seed=0, scale=14.0, threshold=0.9, warmup=4,
                   momentum_scale=0.1, momentum_beta=0.4, remove_steps=20, remove_skip=1, concept_target=False,
-                  concept_words="scene", remove_scale=None, user_mask="none")    # remove_scale None: the remove concept at `scale`
+                  concept_words="object", remove_scale=None, user_mask="box")    # remove_scale None: the remove concept at `scale`
     ledits20 = dict(steps=20, scale=10.0, warmup=2)    # the demo DiT's (docs/flow.md)
     word_kinds = {"concept_recolour": "words", "concept_remove": "words", "recolour": "words"}
     target_kinds = dict(word_kinds, concept_remove="target")  # remove by the target prompt of what remains
@@ -220,15 +222,16 @@ def methods() -> list[Method]:
                "DDIM Inversion (record_kv) + DragonDiffusion: drag mode for points, move mode (object mask + centre "
                "pair, resize_scale) for regions/moves/resizes, appearance mode (reference = same image) for recolour"),
         Method("ledits", ("DragEditLEDITSEdit",), target_kinds, dict(ledits, mode="SEGA"), _graph_ledits,
-               "LEDITS Edit, SEGA mode: concepts add the scene as it should become + remove the scene as it is "
-               "('blue square and green circle' - 'red square and green circle'); removal by the target prompt of "
-               "the remaining shapes (no concept); user_mask=box: LEDITS Edit's mask = the object's box; on the "
-               "DiT: the flow path (edit-friendly flow inversion, SEGA on the velocity) at docs/flow.md's settings",
-               models=("unet", "dit"),
-               design_settings={"dit": dict(ledits20, skip=4, source_cfg=1.0, target_cfg=1.0, remove_skip=4)}),
+               "LEDITS Edit, SEGA mode: LEDITS Edit's mask = the object's box (user_mask=box; the sampler keeps the "
+               "image outside it), concepts add the object as it should become + remove it as it is ('blue square' - "
+               "'red square'; concept_words=scene: whole scenes); removal by the target prompt of the remaining "
+               "shapes (no concept, no mask); on the DiT: the flow path (edit-friendly flow inversion, SEGA on the "
+               "velocity) at docs/flow.md's settings", models=("unet", "dit"),
+               design_settings={"dit": dict(ledits20, skip=4, source_cfg=1.0, target_cfg=1.0, remove_skip=4,
+                                            threshold=0.95)}),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,
                dict(ledits, steps=20, skip=2, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0,
-                    concept_words="object"),
+                    concept_words="object", user_mask="none"),
                _graph_ledits,
                "LEDITS Edit, LEDITS++ mode (inverts with the empty prompt; masked concepts, no prompt CFG); removal "
                "by a 'remove' concept (a target prompt has no effect without prompt CFG)"),

@@ -35,7 +35,7 @@ from .noise_map_states import NoiseMapStates
 
 __all__ = [
     "DenoiseFn", "Inversion", "ancestral_sigmas", "ddpm_step", "check_sigmas", "invert_edit_friendly",
-    "sample_edit_friendly", "make_sampler_fn",
+    "sample_edit_friendly", "make_sampler_fn", "keep_outside", "RegionFn",
 ]
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -233,10 +233,22 @@ def _fit(t: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
     return t.to(device=x.device, dtype=x.dtype)
 
 
+def keep_outside(x: torch.Tensor, region: Optional[torch.Tensor], inversion_state: torch.Tensor) -> torch.Tensor:
+    """x inside `region` (latent-sized, 1 = edited, soft values blend) and the inversion's own state outside it:
+    M ⊙ x + (1 − M) ⊙ x_t^inv (blended latent diffusion on the inversion's trajectory). region None: x."""
+    if region is None:
+        return x
+    m = region.to(device=x.device, dtype=x.dtype)
+    return m * x + (1.0 - m) * _fit(inversion_state, x, "states")
+
+
 def _reverse(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], inv: Inversion, x: torch.Tensor, offset: int,
-             steps: int, apply_residual: bool, report: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
-             ) -> torch.Tensor:
-    """The DDPM(η) reverse loop over inv's steps offset..offset+steps−1 with the stored noise maps."""
+             steps: int, apply_residual: bool, report: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]],
+             region: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The DDPM(η) reverse loop over inv's steps offset..offset+steps−1 with the stored noise maps; with `region`,
+    each new state outside it is the inversion's state xts[k+1] (`keep_outside`)."""
+    if region is not None and not (inv.xts.ndim > 1 and inv.xts.shape[0] > offset + steps):
+        raise ValueError("this INVERSION does not hold its states, so the image outside the mask cannot be kept")
     s64 = inv.sigmas.detach().to("cpu", torch.float64)
     for i in range(steps):
         k = offset + i
@@ -251,6 +263,7 @@ def _reverse(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], inv: Inversion,
                 x = x0_hat
         else:
             x = ddpm_step(x, x0_hat, s, sn, _fit(inv.zs[k], x, "noise maps"), inv.eta)
+        x = keep_outside(x, region, inv.xts[k + 1]) if region is not None else x
     return x
 
 
@@ -264,9 +277,16 @@ def sample_edit_friendly(denoise: DenoiseFn, inversion: Inversion, x_start: Opti
     return _reverse(lambda xx, i: denoise(xx, sig[i]), inversion, x, 0, inversion.steps, apply_residual, callback)
 
 
-def make_sampler_fn(inversion: Inversion, apply_residual: bool = True) -> Callable[..., torch.Tensor]:
+RegionFn = Callable[[dict, torch.Tensor], Optional[torch.Tensor]]
+"""region(extra_args, x): the latent region [1 or B, 1, h, w] a sampler may change (outside it the inversion's own
+states are kept), read from what is being sampled (the model options in extra_args); None = everywhere."""
+
+
+def make_sampler_fn(inversion: Inversion, apply_residual: bool = True, region: Optional[RegionFn] = None
+                    ) -> Callable[..., torch.Tensor]:
     """A KSAMPLER-contract function fn(model, x, sigmas, extra_args, callback, disable) that runs DDPM(η) with
-    the inversion's noise maps; `sigmas` must be its grid or a contiguous run of it (ValueError otherwise)."""
+    the inversion's noise maps; `sigmas` must be its grid or a contiguous run of it (ValueError otherwise). `region`
+    (a RegionFn): outside the region it gives, each state is the inversion's own (`keep_outside`)."""
 
     def sample_edit_friendly_ddpm(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
                                   extra_args: Optional[dict] = None, callback: Optional[Callable[[dict], Any]] = None,
@@ -290,6 +310,7 @@ def make_sampler_fn(inversion: Inversion, apply_residual: bool = True) -> Callab
             if callback is not None:
                 callback({"x": xx, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": den})
 
-        return _reverse(x0_fn, inversion, x, offset, steps, apply_residual, report)
+        reg = region(extra_args, x) if region is not None else None
+        return _reverse(x0_fn, inversion, x, offset, steps, apply_residual, report, reg)
 
     return sample_edit_friendly_ddpm

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 
 from . import host
-from .ddpm_inversion import _fit, _make_generator, check_sigmas
+from .ddpm_inversion import RegionFn, _fit, _make_generator, check_sigmas, keep_outside
 from .inversion import LatentListStates
 from .noise_map_states import NoiseMapStates
 from .schedule import flow_step, flow_step_terms
@@ -196,16 +196,18 @@ def make_ode_sampler_fn(solver: str, inversion: Optional[FlowInversion] = None) 
     return sample_flow_ode
 
 
-def make_edit_friendly_sampler_fn(inversion: EditFriendlyFlowInversion, exact_last_step: bool = True
-                                  ) -> Callable[..., torch.Tensor]:
+def make_edit_friendly_sampler_fn(inversion: EditFriendlyFlowInversion, exact_last_step: bool = True,
+                                  region: Optional[RegionFn] = None) -> Callable[..., torch.Tensor]:
     """A KSAMPLER function running the stochastic flow steps with the inversion's noise maps (and the last step's
-    residual when exact_last_step); `sigmas` must be its grid or a contiguous run of it."""
+    residual when exact_last_step); `sigmas` must be its grid or a contiguous run of it. `region` (a RegionFn):
+    outside the region it gives, each state is the inversion's own (`keep_outside`)."""
 
     def sample_edit_friendly_flow(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         extra_args = extra_args or {}
         off = inversion.match_sigmas(sigmas)
         x = _snap(x, inversion.xts[off])
         x0_fn = _x0_fn(model, extra_args, x)
+        reg = region(extra_args, x) if region is not None else None
         s64 = inversion.sigmas.detach().to("cpu", torch.float64)
         for i in range(int(sigmas.numel()) - 1):
             k = off + i
@@ -218,6 +220,7 @@ def make_edit_friendly_sampler_fn(inversion: EditFriendlyFlowInversion, exact_la
                               is not None else 0.0)
             else:
                 x = flow_step(x, x0_hat, s, sn, _fit(inversion.zs[k], x, "noise maps"), inversion.eta)
+            x = keep_outside(x, reg, inversion.xts[k + 1]) if reg is not None else x
         return x
 
     return sample_edit_friendly_flow

@@ -61,12 +61,23 @@ def invert_start(model: Any, samples: torch.Tensor, positive: Any, negative: Any
     return host.process_out(model, inv.start.clone()), inv
 
 
+def mask_region(extra_args: dict, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The region an edit-friendly sampler may change on the model it samples (an `ef.RegionFn`): the union (max)
+    of the SEGA concepts' user masks, area-resized to the latent x, when every concept has one; None (everywhere)
+    when a concept has none or no SEGA patch is on the model. Outside it the sampler keeps the inversion's own
+    states, so the image there is the reconstruction."""
+    patch = host.cond_guidance_payload_in((extra_args or {}).get("model_options", {}), KEY)
+    if not isinstance(patch, SegaPatch) or not patch.entries or any(e.mask is None for e in patch.entries):
+        return None
+    return torch.stack([sega.user_mask_at(e.mask, x) for e in patch.entries]).amax(0)
+
+
 def edit_friendly_sampler(inv: ef.Inversion, apply_residual: bool = True,
                           wrap: Optional[Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]] = None
                           ) -> Any:
-    """The SAMPLER (a KSAMPLER) that replays the inversion's noise maps; `wrap` may wrap its sampler function (the
-    node's schedule check)."""
-    fn = ef.make_sampler_fn(inv, apply_residual=apply_residual)
+    """The SAMPLER (a KSAMPLER) that replays the inversion's noise maps, keeping the image outside the SEGA
+    concepts' masks (`mask_region`); `wrap` may wrap its sampler function (the node's schedule check)."""
+    fn = ef.make_sampler_fn(inv, apply_residual=apply_residual, region=mask_region)
     return host.ksampler(wrap(fn) if wrap is not None else fn)
 
 
@@ -103,7 +114,7 @@ def run_flow(model: Any, samples: torch.Tensor, source: Any, negative: Any, patc
     inv = fi.run_edit_friendly(model, samples, negative if pp else source, negative, 1.0 if pp else source_cfg,
                                sigmas, eta=1.0, seed=seed, on_step=on_step)
     edit_model = apply(model, patch) if patch is not None else model
-    sampler = host.ksampler(fi.make_edit_friendly_sampler_fn(inv))
+    sampler = host.ksampler(fi.make_edit_friendly_sampler_fn(inv, region=mask_region))
     noise = fi.InvertedNoise(model, inv.start, float(sigmas[0]), seed=int(seed)).generate_noise({"samples": samples})
     cb = (lambda *a: on_step(0, inv.steps)) if on_step is not None else None
     return host.sample_with_sampler(edit_model, target if target is not None else source, negative, float(target_cfg),

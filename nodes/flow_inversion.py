@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..core import flow_inversion as fi
 from ..core import host
+from ..core import ledits
 from ._errors import NodeInputError, node_entry, node_errors, require
 from ._inputs import check_conditioning, check_latent, check_range, guard_sampler, supported_model
 from ._inversion_spec import inversion_inputs
@@ -141,7 +142,8 @@ class EditFriendlyFlowInversion:
         inv = fi.run_edit_friendly(model, samples, positive, negative, float(cfg), sigmas, eta=float(eta),
                                    seed=int(seed), on_step=lambda i, n: bar.update(1))
         noise = inverted_noise(model, inv, float(sigmas[0]), NODE_EF, seed=int(seed))
-        return (noise, guarded_sampler(fi.make_edit_friendly_sampler_fn(inv), NODE_EF, inv.sigmas, NODE_EF), inv)
+        fn = fi.make_edit_friendly_sampler_fn(inv, region=ledits.mask_region)
+        return (noise, guarded_sampler(fn, NODE_EF, inv.sigmas, NODE_EF), inv)
 
 
 class EditFriendlyFlowSampler:
@@ -167,8 +169,8 @@ class EditFriendlyFlowSampler:
         require(isinstance(inversion, fi.EditFriendlyFlowInversion), "inversion",
                 f"expected the INVERSION of Edit-friendly Flow Inversion, got {type(inversion).__name__}.")
         require(inversion.xts.numel() > 0, "inversion", "was released; run the inversion again.")
-        return (guarded_sampler(fi.make_edit_friendly_sampler_fn(inversion, bool(exact_last_step)), NODE_SAMPLER,
-                                inversion.sigmas, NODE_EF),)
+        fn = fi.make_edit_friendly_sampler_fn(inversion, bool(exact_last_step), ledits.mask_region)
+        return (guarded_sampler(fn, NODE_SAMPLER, inversion.sigmas, NODE_EF),)
 
 
 NODE_CLASS_MAPPINGS = {"DragEditFlowInversion": FlowInversion,

@@ -126,8 +126,9 @@ def check_flow_ledits_inputs(model, samples, source, negative, steps, skip, sour
 
 
 MASK_TIP = ("Where this concept may act (white = here), e.g. painted roughly over the object to recolour (Load "
-            "Image's mask editor): the concept's guidance is multiplied by it (LEDITS++'s user mask), so the edit "
-            "cannot land elsewhere. Unconnected or all black: everywhere.")
+            "Image's mask editor): the concept's guidance is multiplied by it (LEDITS++'s user mask), and when every "
+            "concept has a mask the edit-friendly sampler keeps the image outside them exactly as it was. "
+            "Unconnected or all black: everywhere.")
 
 
 class SEGAGuidance:

@@ -79,8 +79,8 @@ LAYOUTS = {
         "result": 6,
     },
     "ledits": {
-        "columns": [[1, 2, 9], [3, 4, 5, 10], [6, "enlarge"], ["big", 7, 8]],
-        "titles": {},
+        "columns": [[1, 2, 9], [3, 4, 5, 10], [13, 14, 15], [6, "enlarge"], ["big", 7, 8]],
+        "titles": {13: "Mask: black 32x32", 14: "Mask: white 10x11 box", 15: "Mask: the box at x 12, y 6"},
         "result": 6,
         "sizes": {9: [300, 560]},
     },

@@ -30,8 +30,8 @@ from .families import check_supported, conditioning_family_check, family_of
 from .facts import (base_model, concept_token_range, ddim_sigmas, is_flow, latent_format,
                     model_sampling, process_in, process_out, scheduler_sigmas, text_start_tokens, timestep_of)
 from .features import FeatureStore, patch_feature_capture
-from .guidance import (CondGuidanceCall, GuidanceCall, cond_guidance_patch, cond_guidance_payload, patch_cond_guidance,
-                       patch_post_cfg_guidance)
+from .guidance import (CondGuidanceCall, GuidanceCall, cond_guidance_patch, cond_guidance_payload,
+                       cond_guidance_payload_in, patch_cond_guidance, patch_post_cfg_guidance)
 from .kv import (KV_PLACEMENT_ENV, KVInjection, KVStore, MixFn, available_memory, masked_mix, patch_kv_inject,
                  patch_kv_record, release_pinned_memory)
 from .kv import placement as kv_placement
@@ -48,7 +48,8 @@ __all__ = [
     "base_model", "check_supported", "family_of", "concept_token_range", "ddim_sigmas", "is_flow", "latent_format", "model_sampling",
     "process_in", "process_out", "scheduler_sigmas", "text_start_tokens", "timestep_of",
     "FeatureStore", "patch_feature_capture",
-    "CondGuidanceCall", "GuidanceCall", "cond_guidance_patch", "cond_guidance_payload", "patch_cond_guidance",
+    "CondGuidanceCall", "GuidanceCall", "cond_guidance_patch", "cond_guidance_payload", "cond_guidance_payload_in",
+    "patch_cond_guidance",
     "patch_post_cfg_guidance",
     "KV_PLACEMENT_ENV", "KVInjection", "KVStore", "MixFn", "available_memory", "masked_mix", "patch_kv_inject",
     "patch_kv_record", "release_pinned_memory", "kv_placement",

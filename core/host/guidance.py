@@ -339,6 +339,20 @@ def cond_guidance_payload(model: Any, key: str) -> Any:
     return None if p is None else p.payload
 
 
+def cond_guidance_payload_in(model_options: dict, key: str) -> Any:
+    """The payload of the cond guidance under `key` in the model options a sampler is given (a KSAMPLER function's
+    extra_args["model_options"]), or None: how a SAMPLER reads the guidance of the model it samples. ComfyUI merges
+    the patcher's wrappers into those options when it prepares sampling (sampler_helpers.prepare_model_patcher, 0.3.64
+    and 0.3.75); tests/host/test_ledits.py::test_mask_region_is_the_union_of_the_concepts_masks_read_from_the_sampled_model
+    fails if that changes."""
+    import comfy.patcher_extension as pe
+    for w in pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, _outer_key(key), model_options or {},
+                                      is_model_options=True):
+        if isinstance(w, _Outer):
+            return w.owner.payload
+    return None
+
+
 def patch_cond_guidance(model: Any, key: str, conds: Sequence[Any], combine: Callable[[CondGuidanceCall], torch.Tensor],
                         *, payload: Any = None, drop_positive: bool = False,
                         attn_layers: Optional[Sequence[AttnLayer]] = None,

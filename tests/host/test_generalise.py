@@ -26,23 +26,30 @@ def test_summary_counts_success_only_at_28_db_and_reports_the_moved_share():
     assert "| x | l | concept_recolour | 101 | 4 | 75% | 50% |" in G.markdown(G.summary(recs))
 
 
-def test_ledits_concepts_are_whole_scenes_by_default_and_object_words_on_request():
-    """ShapesBench's LEDITS graph of a two-object recolour: add the target scene's words, remove the input scene's
-    (the shipped recipe); concept_words "object" gives the case's own object words; LEDITS++ keeps object words."""
+def test_ledits_recolour_is_masked_with_object_words_by_default_and_whole_scenes_on_request():
+    """ShapesBench's LEDITS graph of a two-object recolour, as the example workflow does it: the object's box as LEDITS
+    Edit's mask and the case's own object words; concept_words "scene" adds the target scene's words and removes the
+    input scene's (the unmasked recipe); LEDITS++ keeps object words without a mask; removal has no mask."""
     from bench import shapesbench as SB
     from dragedit.demo.shapes import renderer
     case = next(c for c in S.build_cases(101) if c.kind == "concept_recolour" and len(c.scene.shapes) == 2)
     by = {m.name: m for m in SB.methods()}
     texts = lambda g: [(g[k]["inputs"]["text"], g["edit"]["inputs"][f"direction_{k[1]}"])  # noqa: E731
                        for k in ("c1", "c2", "c3") if k in g]
-    g = SB._graph_ledits(case, "words", by["ledits"].settings, {"image": "x.png"}, "p")
-    assert texts(g) == [(renderer.prompt(case.target), "add"), (case.prompt, "remove")]
-    assert " and " in texts(g)[0][0] and texts(g)[0][0] != texts(g)[1][0]
+    files = {"image": "x.png", "mask": "m.png"}
+    g = SB._graph_ledits(case, "words", by["ledits"].settings, files, "p")
+    assert texts(g) == list(case.concepts)
+    assert g["edit"]["inputs"]["mask"] == ["umask", 0] and g["umask"]["inputs"]["image"] == "m.png"
+    assert (g["edit"]["inputs"]["threshold"], g["edit"]["inputs"]["warmup"]) == (0.9, 4)
     assert "target" not in g["edit"]["inputs"]
-    g = SB._graph_ledits(case, "words", dict(by["ledits"].settings, concept_words="object"), {"image": "x.png"}, "p")
-    assert texts(g) == list(case.concepts)
-    g = SB._graph_ledits(case, "words", by["ledits++"].settings, {"image": "x.png"}, "p")
-    assert texts(g) == list(case.concepts)
+    g = SB._graph_ledits(case, "words", dict(by["ledits"].settings, concept_words="scene", user_mask="none"), files,
+                         "p")
+    assert texts(g) == [(renderer.prompt(case.target), "add"), (case.prompt, "remove")]
+    assert " and " in texts(g)[0][0] and texts(g)[0][0] != texts(g)[1][0] and "mask" not in g["edit"]["inputs"]
+    g = SB._graph_ledits(case, "words", by["ledits++"].settings, files, "p")
+    assert texts(g) == list(case.concepts) and "mask" not in g["edit"]["inputs"]
+    remove = next(c for c in S.build_cases(101) if c.kind == "concept_remove")
+    assert "mask" not in SB._graph_ledits(remove, "target", by["ledits"].settings, files, "p")["edit"]["inputs"]
 
 
 def test_ledits_steps_per_path_and_design():

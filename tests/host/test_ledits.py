@@ -406,7 +406,8 @@ def test_ledits_edit_user_mask_keeps_the_new_colour_on_the_object():
     """LEDITS Edit's mask confines the concepts (LEDITS++'s user mask). ShapesBench seed 202 concept_recolour-01, at
     the shipped settings (scene concepts, 40 steps, skip 4, scale 14, warm-up 8, threshold 0.95): unmasked, the
     green circle stays green and the scene around it changes (bench: 21 dB outside); with the object's box as the
-    mask it turns red in place (bench: 38 dB outside). An all-black mask is no mask; a mask of another size, or a mask with no concept, is refused."""
+    mask it turns red in place, and outside the mask the latent is the input's own (the sampler keeps the
+    inversion's states there). An all-black mask is no mask; a mask of another size, or a mask with no concept, is refused."""
     from bench import shapes_cases as SC
     from bench import shapes_scoring as M
     from dragedit.demo.shapes import renderer
@@ -425,13 +426,17 @@ def test_ledits_edit_user_mask_keeps_the_new_colour_on_the_object():
               direction_2="remove", scale_2=14.0)
     box = case.handle_mask().float()[None]
     plain, _ = run_node(LEDITSEdit, **kw)
-    masked, _ = run_node(LEDITSEdit, mask=box, **kw)
+    masked, masked_lat = run_node(LEDITSEdit, mask=box, **kw)
     region = M.object_region(case.shape, others)
     assert M.classify_object(src, region)[0] == "green"
     assert M.classify_object(plain[0].permute(2, 0, 1), region)[0] != "red"
     got = masked[0].permute(2, 0, 1)
     assert M.classify_object(got, region) == ("red", "circle")
-    assert M.psnr(got, src, ~M.edit_region(case)) > 33.0
+    assert M.psnr(got, src, ~M.edit_region(case)) > 50.0     # unmasked concepts: 21 dB, masked alone: 38 dB
+    z = vae.encode(kw["image"])                       # outside the mask the latent is the input's own
+    outside = (S.user_mask_at(box[0], z) == 0).expand_as(z)
+    assert outside.float().mean() > 0.5
+    torch.testing.assert_close(masked_lat["samples"][outside], z[outside], rtol=0, atol=1e-5)
     black, _ = run_node(LEDITSEdit, mask=torch.zeros_like(box), **kw)
     assert torch.equal(black, plain)
     with pytest.raises(NodeInputError, match=r"\[LEDITS Edit\] input 'mask'.*20x20 but the image is 32x32"):
@@ -443,7 +448,8 @@ def test_ledits_edit_user_mask_keeps_the_new_colour_on_the_object():
 
 def test_sega_guidance_mask_equals_ledits_edit_mask_and_is_checked_when_sampling():
     """SEGA Guidance takes the same mask per concept: DDPM Inversion + two masked SEGA Guidance nodes + the
-    Edit-friendly DDPM sampler in stock SamplerCustom give LEDITS Edit's masked result exactly. The latent is known
+    Edit-friendly DDPM sampler in stock SamplerCustom give LEDITS Edit's masked result exactly, the input kept
+    outside the masks (the sampler reads them from the model it samples). The latent is known
     only when sampling, so a mask that fits neither the image nor the latent is refused there, naming SEGA Guidance's
     'mask'; an all-black mask is no mask."""
     from dragedit.demo.shapes import renderer
@@ -469,6 +475,10 @@ def test_sega_guidance_mask_equals_ledits_edit_mask_and_is_checked_when_sampling
     m = sega_node(m, rem, direction="remove", scale=8.0, mask=mask, **set_)
     got = stock_sampler_custom(m, src, neg, 3.5, sampler, sig, start)
     torch.testing.assert_close(got, want_lat["samples"], rtol=0, atol=1e-5)
+    z = vae.encode(img)                                # the sampler keeps the input outside the masks' union
+    outside = (S.user_mask_at(mask[0], z) == 0).expand_as(z)
+    torch.testing.assert_close(got[outside], z[outside], rtol=0, atol=1e-5)
+    assert (got - z)[~outside].abs().max() > 1e-2
     unmasked = stock_sampler_custom(sega_node(model, add, scale=8.0, **set_), src, neg, 3.5, sampler, sig, start)
     black = stock_sampler_custom(sega_node(model, add, scale=8.0, mask=torch.zeros(1, 40, 24), **set_), src, neg,
                                  3.5, sampler, sig, start)
@@ -478,6 +488,38 @@ def test_sega_guidance_mask_equals_ledits_edit_mask_and_is_checked_when_sampling
         stock_sampler_custom(bad, src, neg, 3.5, sampler, sig, start)
     with pytest.raises(NodeInputError, match=r"\[SEGA Guidance\] input 'mask'.*MASK"):
         sega_node(model, add, mask=torch.ones(2, 3, 32, 32))
+
+
+def test_mask_region_is_the_union_of_the_concepts_masks_read_from_the_sampled_model():
+    """ledits.mask_region (what the edit-friendly samplers keep outside) reads the SEGA patch from the extra_args a
+    KSAMPLER function gets in stock SamplerCustom (ComfyUI merges the patcher's wrappers into them when sampling:
+    host.cond_guidance_payload_in; this fails if that stops): the max of the concepts' masks, area-resized to the
+    latent; None when one concept has no mask, and None for a model without SEGA."""
+    import comfy.samplers
+    model, clip, _vae = _shapes()
+    c = clip.encode_from_tokens_scheduled(clip.tokenize("red circle"))
+    a, b = torch.zeros(1, 32, 32), torch.zeros(1, 32, 32)
+    a[:, :16, :] = 1.0
+    b[:, :, :8] = 1.0
+
+    def region(m):
+        seen = []
+
+        def grab(model_fn, x, sigmas, extra_args=None, callback=None, disable=None, **_):
+            seen.append(ledits.mask_region(extra_args, x))
+            return x
+
+        stock_sampler_custom(m, c, c, 1.0, comfy.samplers.KSAMPLER(grab), torch.tensor([1.0, 0.0]),
+                             {"samples": torch.zeros(1, 4, 16, 16)})
+        return seen[0]
+
+    two = sega_node(sega_node(model, c, mask=a), c, mask=b)
+    want = torch.zeros(1, 1, 16, 16)
+    want[..., :8, :] = 1.0
+    want[..., :, :4] = 1.0
+    assert torch.equal(region(two), want)
+    assert region(sega_node(two, c)) is None
+    assert region(model) is None and ledits.mask_region({}, torch.zeros(1, 4, 16, 16)) is None
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from tools.support.flow_calls import _call, psnr, sampler_custom_advanced, sched
 from tools.support.node_calls import run_node
 from dragedit.core import host
 from dragedit.nodes._errors import NodeInputError
-from dragedit.nodes.flow_inversion import EditFriendlyFlowInversion
+from dragedit.nodes.flow_inversion import EditFriendlyFlowInversion, EditFriendlyFlowSampler
 from dragedit.nodes.flowedit import FlowEdit
 from dragedit.nodes.sega import LEDITSEdit, SEGAGuidance
 
@@ -66,6 +66,14 @@ def test_ledits_edit_on_the_shapes_dit(shapes_dit):
         assert psnr(out["samples"], z["samples"]) >= 60.0, mode
     img, out = run_node(LEDITSEdit, mode="SEGA", scale_1=10.0, **base)
     assert psnr(out["samples"], z["samples"]) < 50.0 and img.shape == (1, 32, 32, 3)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, :16] = 1.0                            # latent cells rows 4-11, columns 0-7
+    _img, kept = run_node(LEDITSEdit, mode="SEGA", scale_1=10.0, mask=mask, **base)
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[4:12, :8] = True
+    got, want = kept["samples"][..., ~inside], z["samples"][..., ~inside]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)          # the input kept outside the mask
+    assert (kept["samples"] - z["samples"])[..., inside].abs().max() > 1e-2
     with pytest.raises(NodeInputError, match=r"\[LEDITS Edit\] input 'skip'"):
         run_node(LEDITSEdit, mode="SEGA", **dict(base, skip=10))
 
@@ -163,3 +171,29 @@ def test_user_mask_on_flow_is_taken_against_the_concepts_reference(mode):
         want = cond + sega_flow.flow_sega_term(3, 10, cond / 0.5, [extra / 0.5], [c], sega.SegaState(), 0.1, 0.4,
                                                2) * 0.5
         torch.testing.assert_close(combine(None), want, rtol=0, atol=1e-6)
+
+
+def test_masked_concepts_keep_the_image_outside_the_mask_on_flow(flux):
+    """With every concept masked, the edit-friendly flow sampler keeps the inversion's own states outside the masks'
+    union (core/ledits.mask_region): SEGA Guidance with a mask + Edit-friendly Flow Inversion's sampler in stock
+    SamplerCustomAdvanced (or the Edit-friendly Flow Sampler node's) give the input latent back outside the mask
+    and an edit inside; a concept without a mask
+    acts everywhere, so nothing is kept."""
+    lat = tiny_models.dit_latent(size=8)
+    pos = tiny_models.dit_conditioning()
+    sig = scheduler_sigmas(flux, 6)
+    noise, sampler, inv = run_node(EditFriendlyFlowInversion, model=flux, latent=lat, positive=pos, sigmas=sig,
+                                   eta=1.0, seed=1, cfg=1.0)
+    mask = torch.zeros(1, 8, 8)
+    mask[:, :, :4] = 1.0
+    m, = run_node(SEGAGuidance, model=flux, concept=tiny_models.dit_conditioning(5), scale=5.0, mode="SEGA", mask=mask,
+                  **SEGA)
+    out = sampler_custom_advanced(m, noise, sampler, sig, lat, pos)
+    z = lat["samples"]
+    torch.testing.assert_close(out[..., 4:], z[..., 4:], rtol=0, atol=1e-5)
+    assert (out[..., :4] - z[..., :4]).abs().max() > 1e-2
+    sampler_node, = run_node(EditFriendlyFlowSampler, inversion=inv)     # the sampler node keeps it too
+    assert torch.equal(sampler_custom_advanced(m, noise, sampler_node, sig, lat, pos), out)
+    both, = run_node(SEGAGuidance, model=m, concept=tiny_models.dit_conditioning(6), scale=5.0, mode="SEGA", **SEGA)
+    out2 = sampler_custom_advanced(both, noise, sampler, sig, lat, pos)
+    assert (out2[..., 4:] - z[..., 4:]).abs().max() > 1e-2

@@ -69,7 +69,8 @@ def test_server_reports_sega_errors(comfy_server):
 @pytest.mark.slow
 def test_example_workflow_runs_on_server(comfy_server):
     """The example workflow ledits (UI format, shapes demo model) converted the way the frontend does and run on the real
-    server: one progress bar for the whole edit; the edited 32x32 image differs from the scene but keeps most of it."""
+    server: one progress bar for the whole edit; the red square turns blue inside the example's mask and the image
+    outside it is the scene's own."""
     import json
 
     import numpy as np
@@ -84,6 +85,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     assert edit["inputs"]["steps"] == 40 and edit["inputs"]["skip"] == 4 and edit["inputs"]["mode"] == "SEGA"
     assert edit["inputs"]["concept_2"] and edit["inputs"]["direction_2"] == "remove"
     assert edit["inputs"]["target_cfg"] == edit["inputs"]["source_cfg"] == 3.5
+    assert edit["inputs"]["mask"] == ["15", 0] and prompt["15"]["class_type"] == "MaskComposite"
     entry, msgs = comfy_server.run_prompt_messages(prompt)
     assert entry.get("status", {}).get("status_str") == "success", entry.get("status")
     # one progress bar for the whole edit (inversion + sampling), as the frontend receives it over the websocket
@@ -101,3 +103,8 @@ def test_example_workflow_runs_on_server(comfy_server):
     found, area = renderer.colours_present(img), float(renderer.coverage(sc.shapes[0]).sum())
     assert "red" not in found and 0.5 * area <= found.get("blue", 0.0) <= 2.0 * area, (found, area)
     assert renderer.classify(img, "blue")[0] == "square"
+    # outside the latent cells the example's mask box touches (x 12-21, y 6-16) the image is the scene's own
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[6:18, 12:22] = False
+    err = float(((img - scene)[:, outside] ** 2).mean())
+    assert err < 1e-5, err

@@ -245,3 +245,50 @@ def test_sampler_fn_batch_and_shape_handling():
 # ---------------------------------------------------------- against diffusers' LEDITS++ `invert` (DDIM)
 
 
+
+
+def test_keep_outside_blends_by_hand():
+    """keep_outside = M ⊙ x + (1 − M) ⊙ x_t^inv, on hand numbers (a soft cell blends linearly)."""
+    x = torch.tensor([[[[1.0, 2.0, 3.0]]]])
+    state = torch.tensor([[[[10.0, 20.0, 30.0]]]])
+    m = torch.tensor([[[[1.0, 0.25, 0.0]]]])
+    assert torch.equal(ddpm.keep_outside(x, m, state), torch.tensor([[[[1.0, 15.5, 30.0]]]]))
+    assert ddpm.keep_outside(x, None, state) is x
+
+
+def test_sampler_fn_region_keeps_the_inversion_states_outside():
+    """A region (the SEGA masks' union, core/ledits.mask_region) confines an edit: sampled with another denoiser than
+    the inversion's (an edit), every state outside the region is the inversion's own xts[k], so the result there is
+    x0 (to float rounding); inside, with a pointwise denoiser, every state is the unconfined edit's; a soft cell lies between.
+    The region function sees the sampler's extra_args."""
+    sig = ddim_sigmas(10)
+    x0 = latent()
+    inv = ddpm.invert_edit_friendly(nonlinear_denoise(), x0, sig, seed=4)
+
+    def edit(x, s):
+        return 0.6 * torch.tanh(x / math.sqrt(1.0 + float(s) ** 2)) + 0.3   # pointwise: cells do not mix
+
+    model = FakeModel()
+    model.den = edit
+    region = torch.zeros(1, 1, 8, 8)
+    region[..., :4] = 1.0
+    region[..., 0, 5] = 0.25
+    seen = []
+    extra = {"model_options": {"k": 1}}
+    reports, plain_reports = [], []
+    out = ddpm.make_sampler_fn(inv, region=lambda e, x: seen.append(e) or region)(
+        model, inv.start.clone(), sig, extra_args=extra, callback=reports.append)
+    plain = ddpm.make_sampler_fn(inv)(model, inv.start.clone(), sig, callback=plain_reports.append)
+    assert seen == [extra]
+    out_side, inside = (region == 0).expand_as(x0), (region == 1).expand_as(x0)
+    assert torch.equal(out[out_side], inv.xts[-1][out_side])
+    torch.testing.assert_close(out[out_side], x0[out_side], rtol=0, atol=2e-6)
+    for r, k in zip(reports, range(len(reports))):
+        assert torch.equal(r["x"][out_side], inv.xts[k][out_side])
+    assert torch.equal(out[inside], plain[inside])
+    assert (plain - x0)[inside].abs().max() > 0.1                            # the edit does change the inside
+    soft = out[..., 0, 5]
+    assert not torch.equal(soft, x0[..., 0, 5]) and not torch.equal(soft, plain[..., 0, 5])
+    with pytest.raises(ValueError, match="does not hold its states"):
+        bare = ddpm.Inversion(sigmas=inv.sigmas, xts=torch.empty(0), zs=inv.zs, eta=1.0, residual=inv.residual)
+        ddpm.make_sampler_fn(bare, region=lambda e, x: region)(model, inv.start.clone(), sig)
