@@ -332,8 +332,10 @@ def test_d_plus_edit_loop_matches_reference_step_by_step(setup, monkeypatch, mod
     e_plain = float((out_plain * SCALE_FACTOR - z_plain).abs().max()) / scale
     e_edit = float((out * SCALE_FACTOR - z_ref).abs().max()) / scale
     print(mode, f"final latent error: edit {e_edit:.1e}, plain {e_plain:.1e} (of |z_T|)")
-    # measured (docs/dragondiffusion.md): states / final ≤ 1.3e-3, plain ≤ 4.3e-4 (paste); a planted bug gives ~1
-    assert max(e for _, e in err_x) < 2e-3 and e_edit < 2e-3 and e_plain < 1e-3, (err_x, e_edit, e_plain)
+    # measured (docs/dragondiffusion.md): states / final ≤ 1.3e-3 on one machine and ≤ 2.1e-3 on another (the drift
+    # is float rounding amplified by the guidance, so it depends on the CPU's kernels), plain ≤ 4.3e-4 (paste); the
+    # planted bugs give 0.33-1.5
+    assert max(e for _, e in err_x) < 5e-3 and e_edit < 5e-3 and e_plain < 1e-3, (err_x, e_edit, e_plain)
     # the guidance did change the result: the same run without it ends far away
     assert float((z_plain - z_ref).abs().max()) > 100 * float((out * SCALE_FACTOR - z_ref).abs().max())
 
