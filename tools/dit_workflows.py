@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from tools import sd_workflows as sdw
-from tools.sd_workflows import IMAGE, PROMPT, Graph, _drag, _save
+from tools.sd_workflows import IMAGE, MASK_NOTE, PROMPT, Graph, _drag, _save
 from tools.support import examples
 from tools.support.dit_checkpoints import FLUX_DEV_NAME, SD35_NAME
 
@@ -264,7 +264,7 @@ def _note_flux_ledits() -> str:
             "3.5 by default), SEGA mode with concept scale 5, threshold 0.9 (the concept changes the top 10 % of "
             "positions), warm-up 2 steps, momentum 0.1 / 0.4. The edit-friendly flow inversion reproduces the image "
             "exactly at scale 0, so what changes is the concept's doing. One inversion and one sampling pass with "
-            "one extra model call per concept and step.")
+            "one extra model call per concept and step." + MASK_NOTE)
 
 
 def _note_flux_flowedit() -> str:

@@ -422,6 +422,9 @@ def _note_dragondiffusion(size: int, ckpt: str) -> str:
             "DragDiffusion.")
 
 
+MASK_NOTE = ("\n\n**One object only:** connect a MASK to LEDITS Edit's mask input (Load Image: right-click the image, Open in MaskEditor, paint over the object): the concepts act only there and everything outside the mask stays exactly as it was.")
+
+
 def _note_ledits(arch: str, size: int, ckpt: str) -> str:
     return (f"## LEDITS on a real image ({arch}, {size} px)\n\n" + _common(arch, size, ckpt, drag=False) +
             "**Prompts:** the source prompt describes the image (used for the inversion); the negative stays "
@@ -430,7 +433,7 @@ def _note_ledits(arch: str, size: int, ckpt: str) -> str:
             "**Settings:** 50 steps, skip 15 (keeps the layout; more skip keeps more of the image), source_cfg "
             "3.5, target_cfg 7.5, SEGA mode, concept scale 7, threshold 0.9 (the concept changes the top 10 % of "
             "positions), warm-up 5 steps, momentum 0.1 / 0.4. mode LEDITS++ masks each concept by its attention "
-            "instead. No training, no optimisation: one inversion and one sampling pass.")
+            "instead. No training, no optimisation: one inversion and one sampling pass." + MASK_NOTE)
 
 
 def build(info: dict, sizes: dict) -> dict[str, dict]:
