@@ -251,9 +251,9 @@ class LEDITSEdit:
             "image": "The image to edit (or connect a latent instead).",
             "latent": "The latent to edit (instead of an image).",
             "mask": "Where the concepts may act (white = here), e.g. painted roughly over the object to recolour "
-                    "(Load Image's mask editor): their guidance is multiplied by it (LEDITS++'s user mask), so the "
-                    "edit cannot land elsewhere. The image's size (or the latent's). Unconnected or all black: "
-                    "everywhere. A target prompt is not masked.",
+                    "(Load Image's mask editor): their guidance is multiplied by it (LEDITS++'s user mask), and "
+                    "everything outside the mask stays exactly as it was. The image's size (or the latent's). "
+                    "Unconnected or all black: everywhere. A target prompt is not masked.",
             "target": "Target prompt while editing (default: the source prompt); SEGA mode only. With no concept "
                       "connected this is the plain prompt-switch edit: e.g. remove an object by giving the prompt "
                       "of what should remain.",
