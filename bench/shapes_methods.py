@@ -227,8 +227,8 @@ def methods() -> list[Method]:
                "'red square'; concept_words=scene: whole scenes); removal by the target prompt of the remaining "
                "shapes (no concept, no mask); on the DiT: the flow path (edit-friendly flow inversion, SEGA on the "
                "velocity) at docs/flow.md's settings", models=("unet", "dit"),
-               design_settings={"dit": dict(ledits20, skip=4, source_cfg=1.0, target_cfg=1.0, remove_skip=4,
-                                            threshold=0.95)}),
+               design_settings={"dit": dict(ledits20, skip=2, scale=14.0, threshold=0.9, source_cfg=1.0,
+                                            target_cfg=1.0, remove_skip=4)}),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,
                dict(ledits, steps=20, skip=2, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0,
                     concept_words="object", user_mask="none"),

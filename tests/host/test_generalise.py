@@ -63,7 +63,8 @@ def test_ledits_steps_per_path_and_design():
     assert (edit(by["ledits"], recolour, "words")["steps"], edit(by["ledits"], recolour, "words")["skip"]) == (40, 4)
     assert (edit(by["ledits"], remove, "target")["steps"], edit(by["ledits"], remove, "target")["skip"]) == (20, 1)
     dit = by["ledits"].for_design("dit")
-    assert (dit.settings["steps"], dit.settings["skip"], dit.settings["scale"]) == (20, 4, 10.0)
+    assert (dit.settings["steps"], dit.settings["skip"], dit.settings["scale"]) == (20, 2, 14.0)
+    assert dit.settings["user_mask"] == "box" and edit(dit, remove, "target")["skip"] == 4
     assert by["ledits++"].settings["steps"] == 20 and by["ledits++"].settings["skip"] == 2
     SB.apply_overrides([by["ledits"]], ["ledits=6"])
     assert edit(by["ledits"], remove, "target")["steps"] == 6
