@@ -69,7 +69,7 @@ def mask_region(extra_args: dict, x: torch.Tensor) -> Optional[torch.Tensor]:
     patch = host.cond_guidance_payload_in((extra_args or {}).get("model_options", {}), KEY)
     if not isinstance(patch, SegaPatch) or not patch.entries or any(e.mask is None for e in patch.entries):
         return None
-    return torch.stack([sega.user_mask_at(e.mask, x) for e in patch.entries]).amax(0)
+    return torch.stack(patch.user_masks_at(x)).amax(0)
 
 
 def edit_friendly_sampler(inv: ef.Inversion, apply_residual: bool = True,
@@ -177,8 +177,12 @@ class SegaPatch:
         key = ("user_masks", tuple(like.shape[-2:]), str(like.device), like.dtype)
         got = call.run.get(key)
         if got is None:
-            got = call.run[key] = [None if e.mask is None else sega.user_mask_at(e.mask, like) for e in self.entries]
+            got = call.run[key] = self.user_masks_at(like)
         return got
+
+    def user_masks_at(self, like: torch.Tensor) -> list[Optional[torch.Tensor]]:
+        """Each concept's user mask area-resized to the latent `like` as [1, 1, h, w] (None: it has none)."""
+        return [None if e.mask is None else sega.user_mask_at(e.mask, like) for e in self.entries]
 
     def combine(self, call: host.CondGuidanceCall) -> torch.Tensor:
         """The guided cfg "noise" σ·ε̃ of one denoiser call (see the class docstring)."""
