@@ -8,7 +8,8 @@ DiT loaded directly, not through the server), one row per setting, plus the no-e
 out/bench/ledits_flow.json and a contact sheet per setting (input | ground truth | edit) in out/bench/ledits_flow/.
 
 usage: python -m bench.ledits_flow [--cases 12] [--seed 20261125] [--weights FILE] [--set steps=20,skip=2,cfg=1,scale=10 ...]
-       (mask=1: LEDITS Edit's user mask = the object's box; rscale: the remove concept's scale, default scale)
+       (mask=1: LEDITS Edit's user mask = the object's box; rscale: the remove concept's scale, default scale;
+        lock=1: keep_structure, the source's attention maps in the single-stream blocks)
        (--set method=flowedit,steps=20,n_max=16,cfg=1,target_cfg=3.5,n_avg=1)"""
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from bench import _util
 
 DEFAULT = dict(steps=20, skip=2, cfg=1.0, scale=10.0, threshold=0.95, warmup=2, mode="SEGA")
 FLOWEDIT = dict(method="flowedit", steps=20, n_max=16, cfg=1.0, target_cfg=1.0, n_avg=1, n_min=0)
-INTS = ("steps", "skip", "warmup", "n_max", "n_avg", "n_min", "mask")
+INTS = ("steps", "skip", "warmup", "n_max", "n_avg", "n_min", "mask", "lock")
 
 
 def parse_set(text: str) -> dict:
@@ -69,6 +70,8 @@ def edit(model, encoder, vae, case, s: dict):
         inputs[f"concept_{i}"], inputs[f"direction_{i}"], inputs[f"scale_{i}"] = cond(words), direction, scale
     if s.get("mask"):       # the object's box as the user's mask
         inputs["mask"] = case.handle_mask().float()[None]
+    if s.get("lock"):       # keep_structure: the source's attention maps in the single blocks
+        inputs["keep_structure"] = True
     out, _lat = run_node(LEDITSEdit, **inputs)
     return out[0].permute(2, 0, 1).clamp(0, 1)
 

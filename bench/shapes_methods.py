@@ -178,6 +178,8 @@ def _graph_ledits(case, how: str, s: dict, files: dict, prefix: str) -> dict:
         inputs[f"direction_{i}"] = direction
         if direction == "remove" and s.get("remove_scale") is not None:
             inputs[f"scale_{i}"] = s["remove_scale"]
+    if how == "words" and s.get("keep_structure"):   # flow DiTs: the source's attention maps in single blocks
+        inputs["keep_structure"] = True
     if how == "words" and s.get("user_mask") == "box" and "mask" in files:   # the object's box as the user's mask
         g["umask"] = {"class_type": "LoadImageMask", "inputs": {"image": files["mask"], "channel": "red"}}
         inputs["mask"] = ["umask", 0]
@@ -226,9 +228,10 @@ def methods() -> list[Method]:
                "image outside it), concepts add the object as it should become + remove it as it is ('blue square' - "
                "'red square'; concept_words=scene: whole scenes); removal by the target prompt of the remaining "
                "shapes (no concept, no mask); on the DiT: the flow path (edit-friendly flow inversion, SEGA on the "
-               "velocity) at docs/flow.md's settings", models=("unet", "dit"),
-               design_settings={"dit": dict(ledits20, skip=2, scale=14.0, threshold=0.9, source_cfg=1.0,
-                                            target_cfg=1.0, remove_skip=4)}),
+               "velocity; recolours with keep_structure: the source's attention maps in the single blocks) at "
+               "docs/flow.md's settings", models=("unet", "dit"),
+               design_settings={"dit": dict(ledits20, skip=2, scale=14.0, threshold=0.8, warmup=1, source_cfg=1.0,
+                                            target_cfg=1.0, remove_skip=4, keep_structure=True)}),
         Method("ledits++", ("DragEditLEDITSEdit",), word_kinds,
                dict(ledits, steps=20, skip=2, mode="LEDITS++", scale=15.0, threshold=0.8, warmup=0,
                     concept_words="object", user_mask="none"),

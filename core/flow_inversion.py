@@ -116,6 +116,14 @@ class EditFriendlyFlowInversion(NoiseMapStates):
         """Offset k with `sigmas` = this inversion's sigmas[k : k+len]; ValueError naming both grids otherwise."""
         return _match_run(sigmas, self.sigmas, "edit-friendly flow sampler")
 
+    def state_at(self, sigma: float) -> Optional[torch.Tensor]:
+        """The inverted state x_k of the grid's sigma_k equal to `sigma` (the source image's own state at that
+        step, [B, C, H, W]), or None when no sigma of the grid (but the last, σ = 0) is it."""
+        s = self.sigmas.detach().to("cpu", torch.float64)[:-1]
+        hit = torch.isclose(s, torch.tensor(float(sigma), dtype=torch.float64), rtol=_SIGMA_RTOL, atol=_SIGMA_ATOL)
+        idx = hit.nonzero()
+        return self.xts[int(idx[0])] if idx.numel() else None
+
 
 def _match_run(sigmas: torch.Tensor, grid: torch.Tensor, who: str) -> int:
     g = check_sigmas(sigmas, f"sigmas given to the {who}")

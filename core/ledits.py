@@ -83,16 +83,17 @@ def edit_friendly_sampler(inv: ef.Inversion, apply_residual: bool = True,
 
 def run(model: Any, samples: torch.Tensor, source: Any, negative: Any, patch: Optional["SegaPatch"], *, mode: str,
         steps: int, skip: int, source_cfg: float, target_cfg: float, seed: int, target: Any = None,
-        on_step: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+        on_step: Optional[Callable[[int, int], None]] = None, keep_structure: bool = False) -> torch.Tensor:
     """LEDITS / LEDITS++ whole run (what LEDITS Edit calls): edit-friendly DDPM inversion of LATENT `samples`, the
     SEGA concepts of `patch` (None: the prompt switch to `target` alone) on the model, and the Edit-friendly DDPM
     sampler replaying the inversion's noise maps. LEDITS++ samples with ε_u + concept terms only, so it inverts with
     the same prediction: the negative at cfg 1 (diffusers' LEditsPP invert with its default empty source prompt);
     SEGA inverts with the source at source_cfg. A flow model goes through `run_flow`. Returns the edited LATENT
-    samples."""
+    samples. `keep_structure`: the structure lock of `run_flow` (flow models only)."""
     if host.is_flow(model):
         return run_flow(model, samples, source, negative, patch, mode=mode, steps=steps, skip=skip,
-                        source_cfg=source_cfg, target_cfg=target_cfg, seed=seed, target=target, on_step=on_step)
+                        source_cfg=source_cfg, target_cfg=target_cfg, seed=seed, target=target, on_step=on_step,
+                        keep_structure=keep_structure)
     pp = mode == "LEDITS++"
     start, inv = invert_start(model, samples, negative if pp else source, negative, 1.0 if pp else source_cfg,
                               steps, skip=skip, eta=1.0, seed=seed, on_step=on_step)
@@ -105,15 +106,22 @@ def run(model: Any, samples: torch.Tensor, source: Any, negative: Any, patch: Op
 
 def run_flow(model: Any, samples: torch.Tensor, source: Any, negative: Any, patch: Optional["SegaPatch"], *, mode: str,
              steps: int, skip: int, source_cfg: float, target_cfg: float, seed: int, target: Any = None,
-             on_step: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+             on_step: Optional[Callable[[int, int], None]] = None, keep_structure: bool = False) -> torch.Tensor:
     """LEDITS on a flow-matching DiT: edit-friendly flow inversion of LATENT `samples` on the model's "simple" grid of
     `steps` (first `skip` dropped), then the Edit-friendly Flow sampler replaying its noise maps on the model with
-    the SEGA concepts of `patch`, started from the inverted state (InvertedNoise). Prompts and cfg as `run`."""
+    the SEGA concepts of `patch`, started from the inverted state (InvertedNoise). Prompts and cfg as `run`.
+    `keep_structure`: in the single-stream blocks every edit call attends with the image-token queries and keys of
+    the same call on the inversion's state of its step (`host.dit_qk`: the source's attention maps, so shapes stay
+    while the concepts change colours; one more model call per call; no effect on a DiT without single-stream
+    blocks, SD3 / Qwen-Image)."""
     pp = mode == "LEDITS++"
     sigmas = host.scheduler_sigmas(model, int(steps))[int(skip):]
     inv = fi.run_edit_friendly(model, samples, negative if pp else source, negative, 1.0 if pp else source_cfg,
                                sigmas, eta=1.0, seed=seed, on_step=on_step)
     edit_model = apply(model, patch) if patch is not None else model
+    if keep_structure and host.dit_qk.structure_blocks(model):
+        edit_model = host.clone(edit_model)
+        host.dit_qk.patch_source_attention(edit_model, inv.state_at)
     sampler = host.ksampler(fi.make_edit_friendly_sampler_fn(inv, region=mask_region))
     noise = fi.InvertedNoise(model, inv.start, float(sigmas[0]), seed=int(seed)).generate_noise({"samples": samples})
     cb = (lambda *a: on_step(0, inv.steps)) if on_step is not None else None

@@ -19,11 +19,12 @@ from tools.support.comfy_server import ComfyServer  # noqa: E402
 from tools.support.workflow_api import ui_to_api  # noqa: E402
 
 DEMOS = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits",
-         "shapes_dit_regiondrag"]
+         "shapes_dit_regiondrag", "shapes_dit_ledits"]
 SCALE = 8
 TITLES = {"regiondrag": "RegionDrag", "dragdiffusion": "DragDiffusion", "dragdiffusion_lora": "DragDiffusion + LoRA",
           "dragondiffusion_move": "DragonDiffusion move", "dragondiffusion_drag": "DragonDiffusion drag",
-          "ledits": "LEDITS", "shapes_dit_regiondrag": "RegionDrag on the demo DiT"}
+          "ledits": "LEDITS", "shapes_dit_regiondrag": "RegionDrag on the demo DiT",
+          "shapes_dit_ledits": "LEDITS on the demo DiT"}
 # Workflows run in a server of their own: ComfyUI's Train LoRA draws its training timesteps from the process's global
 # torch RNG (its seed input seeds only the LoRA init and the noise), which ComfyUI's own samplers reseed (the
 # DragDiffusion workflow's SamplerCustom branch), so the LoRA picture is reproducible only from a fresh server. The
@@ -41,6 +42,8 @@ LIMITS: dict[str, str] = {
                             "it toward the target (use move mode with a mask for objects; README).",
     "ledits": "LEDITS did not recolour cleanly here: with a box mask over the object it succeeds on 67-100 % of "
               "ShapesBench recolours, the other cases fade or take a neighbouring hue (README).",
+    "shapes_dit_ledits": "LEDITS did not recolour cleanly here: on the demo DiT with keep_structure it succeeds on "
+                         "92-100 % of ShapesBench recolours, the other cases take a neighbouring hue (docs/flow.md).",
 }
 
 

@@ -220,6 +220,7 @@ class LEDITSEdit:
         for i in (1, 2, 3):
             opt[f"concept_{i}"] = ("CONDITIONING",)
         opt["mask"] = ("MASK",)
+        opt["keep_structure"] = ("BOOLEAN", {"default": False})
         tips = {
             "model": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL), or a flow-matching DiT (FLUX, "
                      "SD3 / SD3.5, Qwen-Image): then the inversion is the edit-friendly flow inversion on the model's "
@@ -254,6 +255,12 @@ class LEDITSEdit:
                     "(Load Image's mask editor): their guidance is multiplied by it (LEDITS++'s user mask), and "
                     "everything outside the mask stays exactly as it was. The image's size (or the latent's). "
                     "Unconnected or all black: everywhere. A target prompt is not masked.",
+            "keep_structure": "FLUX / Chroma (flow DiTs with single-stream blocks) only. On: the shapes stay while "
+                              "the concepts change colours or textures (recolour: turn it on). In the single-stream "
+                              "blocks the edit attends with the attention maps of the source image at the same step "
+                              "(one more model pass per step: about twice the edit's time). Off: the concepts may "
+                              "also reshape, add or remove things (removal: leave it off). No effect on SD1.x / SDXL, "
+                              "SD3 or Qwen-Image.",
             "target": "Target prompt while editing (default: the source prompt); SEGA mode only. With no concept "
                       "connected this is the plain prompt-switch edit: e.g. remove an object by giving the prompt "
                       "of what should remain.",
@@ -275,7 +282,7 @@ class LEDITSEdit:
     def edit(self, model, vae, source, negative, steps, skip, source_cfg, target_cfg, mode, seed,
              direction_1="add", scale_1=10.0, direction_2="add", scale_2=10.0, direction_3="add", scale_3=10.0,
              threshold=0.95, warmup=2, momentum_scale=0.1, momentum_beta=0.4, image=None, latent=None, target=None,
-             concept_1=None, concept_2=None, concept_3=None, mask=None):
+             concept_1=None, concept_2=None, concept_3=None, mask=None, keep_structure=False):
         concepts = [(i, c, d, s) for i, (c, d, s) in enumerate(
             [(concept_1, direction_1, scale_1), (concept_2, direction_2, scale_2), (concept_3, direction_3, scale_3)], 1)
             if c is not None]
@@ -313,7 +320,7 @@ class LEDITSEdit:
         bar = Progress(2 * (int(steps) - int(skip)))
         out = ledits.run(model, samples, source, negative, patch, mode=mode, steps=int(steps), skip=int(skip),
                          source_cfg=float(source_cfg), target_cfg=float(target_cfg), seed=int(seed), target=target,
-                         on_step=lambda *a: bar.update(1))
+                         on_step=lambda *a: bar.update(1), keep_structure=bool(keep_structure))
         knobs = {f"scale_{i}": float(s) for i, _c, _d, s in concepts}
         knobs.update(momentum_scale=float(momentum_scale), **({} if pp else {"target_cfg": float(target_cfg)}))
         check_result(out, samples, knobs, node=EDIT, what="the edit")

@@ -9,7 +9,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["regiondrag", "dragdiffusion", "dragdiffusion_lora", "dragondiffusion_move", "dragondiffusion_drag", "ledits",
-         "shapes_dit_regiondrag"]
+         "shapes_dit_regiondrag", "shapes_dit_ledits"]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

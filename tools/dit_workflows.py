@@ -21,6 +21,11 @@ from tools.support.dit_checkpoints import FLUX_DEV_NAME, SD35_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 
+KEEP_STRUCTURE_NOTE = (" To recolour or retexture that object on FLUX, turn keep_structure on as well: the edit "
+                       "then keeps the source image's attention maps in the single-stream blocks, so the object's "
+                       "shape stays while its colour changes (about twice the sampling time; leave it off to add or "
+                       "remove things).")
+
 OUT = ROOT / "example_workflows"
 
 CLIP_L, T5 = "clip_l.safetensors", "t5xxl_fp16.safetensors"
@@ -264,7 +269,7 @@ def _note_flux_ledits() -> str:
             "3.5 by default), SEGA mode with concept scale 5, threshold 0.9 (the concept changes the top 10 % of "
             "positions), warm-up 2 steps, momentum 0.1 / 0.4. The edit-friendly flow inversion reproduces the image "
             "exactly at scale 0, so what changes is the concept's doing. One inversion and one sampling pass with "
-            "one extra model call per concept and step." + MASK_NOTE)
+            "one extra model call per concept and step." + MASK_NOTE + KEEP_STRUCTURE_NOTE)
 
 
 def _note_flux_flowedit() -> str:

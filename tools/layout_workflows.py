@@ -7,7 +7,8 @@ that size: each workflow also shows its result enlarged 8x (nearest neighbour, s
 Image "Result, 8x for viewing"); Save Image keeps the 32 px file. The columns keep the graph compact enough that the
 frontend opens it at a zoom where titles and widgets render (workflow_layout.fit_scale), and extra.ds stores that
 view. shapes_dit_regiondrag.json (the same graph on the demo DiT: Shapes Demo Model design 'dit') is written here from
-regiondrag.json before it is laid out (`derive_dit_regiondrag`).
+regiondrag.json before it is laid out (`derive_dit_regiondrag`), shapes_dit_ledits.json likewise from ledits.json
+(`derive_dit_ledits`).
 """
 from __future__ import annotations
 
@@ -51,6 +52,50 @@ DIT_REGIONDRAG_NOTE = (
     "less memory) and reencode_keys. The same node takes FLUX and SD3 / SD3.5 checkpoints (docs/regiondrag.md).")
 
 
+DIT_LEDITS_NOTE = (
+    "*(Longer than this box: scroll inside the note for the rest.)*\n\n"
+    "LEDITS on the bundled shapes **DiT** (Shapes Demo Model, design *dit*: ComfyUI's FLUX class, 2 double + 2 single "
+    "blocks, flow matching; runs on a CPU: about 1-3 s a run through the server on a 2-core machine).\n\n"
+    "1. Shapes Scene draws a 32x32 scene (seed 4: a red square) and its prompt, the source prompt.\n"
+    "2. The mask says where the edit may act: a white 10x11 box at x 12, y 6, over the square (two Solid Masks and "
+    "Mask Composite). On your own image, paint it in Load Image's mask editor and connect Load Image's MASK instead. "
+    "Outside the mask everything stays exactly as it was.\n"
+    "3. LEDITS Edit inverts the image with the edit-friendly flow inversion (20 steps of the model's schedule, the "
+    "first 2 skipped; cfg 1 both sides, so scale 0 gives the input back) and samples it back with two SEGA concepts "
+    "on the velocity: add 'blue square', remove 'red square' (scale 14, threshold 0.8, from step 1 on).\n"
+    "4. **keep_structure** is on: in the single-stream blocks every edit pass attends with the attention maps of "
+    "the source image at the same step, so the square keeps its shape while its colour changes (one more model pass "
+    "per step). Without it this model recolours a quarter to a half of ShapesBench's cases and draws the rest as "
+    "blobs or loses them; with it 92-100 % (docs/flow.md).\n\n"
+    "Leave keep_structure off to remove or reshape something (it keeps the shapes), and on SD1.5 / SDXL, SD3 or "
+    "Qwen-Image, where it does nothing. For FLUX.1-dev on your photos see the FLUX.1-dev - LEDITS workflow (28 steps, "
+    "FluxGuidance on the prompts).")
+
+
+def derive_dit_ledits(wf: dict) -> dict:
+    """shapes_dit_ledits from the ledits workflow: the Shapes Demo Model on design 'dit', LEDITS Edit at the demo DiT's
+    settings with keep_structure on, its own note and file prefix; the scene, the concepts and the mask as in ledits."""
+    wf = json.loads(json.dumps(wf))
+    for n in wf["nodes"]:
+        if n["type"] == "DragEditShapesDemoModel":
+            n["widgets_values"] = ["dit"]
+            n["title"] = "Shapes Demo Model (DiT)"
+        elif n["type"] == "DragEditLEDITSEdit":
+            v = list(n["widgets_values"])
+            # steps, skip, source_cfg, target_cfg, mode, seed, control, (direction, scale) x 3, threshold, warmup,
+            # momentum_scale, momentum_beta, keep_structure
+            v[0:4] = [20, 2, 1.0, 1.0]
+            v[8], v[10] = 14.0, 14.0
+            v[13:15] = [0.8, 1]
+            v[17] = True
+            n["widgets_values"] = v
+        elif n["type"] in ("MarkdownNote", "Note"):
+            n["widgets_values"] = [DIT_LEDITS_NOTE]
+        elif n["type"] == "SaveImage":
+            n["widgets_values"] = ["shapes_dit_ledits"]
+    return wf
+
+
 def derive_dit_regiondrag(wf: dict) -> dict:
     """shapes_dit_regiondrag from the regiondrag workflow: the Shapes Demo Model on design 'dit', its own note and
     file prefix; everything else (scene, drag, RegionDrag settings) as in regiondrag."""
@@ -79,6 +124,12 @@ LAYOUTS = {
         "result": 6,
     },
     "ledits": {
+        "columns": [[1, 2, 9], [3, 4, 5, 10], [13, 14, 15], [6, "enlarge"], ["big", 7, 8]],
+        "titles": {13: "Mask: black 32x32", 14: "Mask: white 10x11 box", 15: "Mask: the box at x 12, y 6"},
+        "result": 6,
+        "sizes": {9: [300, 560]},
+    },
+    "shapes_dit_ledits": {
         "columns": [[1, 2, 9], [3, 4, 5, 10], [13, 14, 15], [6, "enlarge"], ["big", 7, 8]],
         "titles": {13: "Mask: black 32x32", 14: "Mask: white 10x11 box", 15: "Mask: the box at x 12, y 6"},
         "result": 6,
@@ -289,7 +340,7 @@ def main() -> None:
     ap.add_argument("--object-info", type=Path)
     ap.add_argument("names", nargs="*", default=["regiondrag", "dragdiffusion", "dragdiffusion_lora",
                                                   "dragondiffusion_move", "dragondiffusion_drag", "ledits",
-                                                  "shapes_dit_regiondrag"])
+                                                  "shapes_dit_regiondrag", "shapes_dit_ledits"])
     a = ap.parse_args()
     from tools.support.comfy_server import object_info
     info = object_info(a.object_info)
@@ -299,6 +350,10 @@ def main() -> None:
             src = examples.path("regiondrag").read_text()
             indent, tail = _fmt(src)
             text = json.dumps(derive_dit_regiondrag(json.loads(src)), indent=indent) + tail
+        elif name == "shapes_dit_ledits":                 # written from the LEDITS demo, then laid out
+            src = examples.path("ledits").read_text()
+            indent, tail = _fmt(src)
+            text = json.dumps(derive_dit_ledits(json.loads(src)), indent=indent) + tail
         else:
             text = path.read_text()
         indent, tail = _fmt(text)

@@ -37,6 +37,7 @@ SHAPES = {
     "dragondiffusion_drag": ("DragonDiffusion · drag", "drag content by guidance"),
     "ledits": ("LEDITS", "recolour: + \"blue square\" - \"red square\""),
     "shapes_dit_regiondrag": ("RegionDrag · DiT", "the demo FLUX-type DiT: K/V moved with the region"),
+    "shapes_dit_ledits": ("LEDITS · DiT", "recolour on the demo DiT, the shape kept"),
 }
 REAL = {
     "sd15_regiondrag": ("RegionDrag", "SD1.5 · 512 px", "v1-5-pruned-emaonly-fp16"),

@@ -8,6 +8,7 @@ Modules, by concern:
   dit_build   a FLUX built from config (tests, benches)
   dit_grad    DiT gradient passes (out-of-place FLUX block forwards as dit replaces) and feature capture
   dit_kv      DiT image-token K/V record / inject (chained attention override, block tags, key re-encoding)
+  dit_qk      DiT source attention maps in an edit (LEDITS-flow's structure lock: Q / K of the source pass)
   build       real ComfyUI models built from a UNet config (tests, the shapes demo model)
   kv          the K/V store and its life cycle (estimate, budget, placement, build, free), K/V record / inject
   features    decoder feature capture
@@ -22,7 +23,7 @@ holds a handle that `ModelPatcher.clone()` passes on without copying. Every patc
 Importing this package does not import ComfyUI; the first host call does.
 """
 from ..schedule import alpha_bar
-from . import (build, dit, dit_build, dit_grad, dit_kv, facts, families, features, guidance, guider, internals, kv, session,
+from . import (build, dit, dit_build, dit_grad, dit_kv, dit_qk, facts, families, features, guidance, guider, internals, kv, session,
                unet)
 from .build import build_model, init_weights_
 from .errors import HostError, KVBudgetError
@@ -42,7 +43,7 @@ from .unet import (AttnLayer, DecoderBlock, attention_layers, decoder_blocks,
                    diffusion_model, min_latent_side, select_layers, up_block_outputs)
 
 __all__ = [
-    "build", "dit", "dit_build", "dit_grad", "dit_kv", "facts", "families", "features", "guidance", "guider", "internals",
+    "build", "dit", "dit_build", "dit_grad", "dit_kv", "dit_qk", "facts", "families", "features", "guidance", "guider", "internals",
     "kv", "session", "unet",
     "alpha_bar", "build_model", "init_weights_", "HostError", "KVBudgetError",
     "base_model", "check_supported", "family_of", "concept_token_range", "ddim_sigmas", "is_flow", "latent_format", "model_sampling",

@@ -66,11 +66,16 @@ def test_server_reports_sega_errors(comfy_server):
         comfy_server.run_prompt(g)
 
 
+# example -> (steps, skip, cfg, keep_structure) of its LEDITS Edit: the UNet demo model's recipe, the demo DiT's
+EXAMPLE_SETTINGS = {"ledits": (40, 4, 3.5, False), "shapes_dit_ledits": (20, 2, 1.0, True)}
+
+
 @pytest.mark.slow
-def test_example_workflow_runs_on_server(comfy_server):
-    """The example workflow ledits (UI format, shapes demo model) converted the way the frontend does and run on the real
-    server: one progress bar for the whole edit; the red square turns blue inside the example's mask and the image
-    outside it is the scene's own."""
+@pytest.mark.parametrize("key", sorted(EXAMPLE_SETTINGS))
+def test_example_workflow_runs_on_server(comfy_server, key):
+    """The example workflows ledits (shapes demo model) and shapes_dit_ledits (the demo DiT, keep_structure on), UI
+    format, converted the way the frontend does and run on the real server: one progress bar for the whole edit; the
+    red square turns into a blue square inside the example's mask and the image outside it is the scene's own."""
     import json
 
     import numpy as np
@@ -78,13 +83,16 @@ def test_example_workflow_runs_on_server(comfy_server):
 
     from dragedit.demo.shapes import renderer
     from tools.support.workflow_api import ui_to_api
-    wf = json.loads(examples.path("ledits").read_text())
+    wf = json.loads(examples.path(key).read_text())
     prompt = ui_to_api(wf, comfy_server.get("/object_info"))
     edit = prompt["6"]
+    steps, skip, cfg, lock = EXAMPLE_SETTINGS[key]
+    assert prompt["1"]["inputs"]["design"] == ("dit" if key.startswith("shapes_dit") else "unet")
     assert edit["class_type"] == "DragEditLEDITSEdit" and edit["inputs"]["concept_1"] == ["5", 0]
-    assert edit["inputs"]["steps"] == 40 and edit["inputs"]["skip"] == 4 and edit["inputs"]["mode"] == "SEGA"
+    assert edit["inputs"]["steps"] == steps and edit["inputs"]["skip"] == skip and edit["inputs"]["mode"] == "SEGA"
     assert edit["inputs"]["concept_2"] and edit["inputs"]["direction_2"] == "remove"
-    assert edit["inputs"]["target_cfg"] == edit["inputs"]["source_cfg"] == 3.5
+    assert edit["inputs"]["target_cfg"] == edit["inputs"]["source_cfg"] == cfg
+    assert edit["inputs"]["keep_structure"] is lock
     assert edit["inputs"]["mask"] == ["15", 0] and prompt["15"]["class_type"] == "MaskComposite"
     entry, msgs = comfy_server.run_prompt_messages(prompt)
     assert entry.get("status", {}).get("status_str") == "success", entry.get("status")
@@ -92,7 +100,7 @@ def test_example_workflow_runs_on_server(comfy_server):
     bar = [(m["data"]["value"], m["data"]["max"]) for m in msgs if m["type"] == "progress" and m["data"]["node"] == "6"]
     total = 2 * (edit["inputs"]["steps"] - edit["inputs"]["skip"])
     assert bar == [(v, total) for v in range(1, total + 1)], bar
-    png = sorted((comfy_server.base / "output").glob("ledits*.png"))[-1]
+    png = sorted((comfy_server.base / "output").glob(f"{key}_*.png"))[-1]
     img = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
     sc = renderer.random_scene(4, two_p=0.0)
     scene = renderer.render(sc)

@@ -22,6 +22,7 @@ EXAMPLES: dict[str, str] = {
     "dragondiffusion_drag": "Demo - DragonDiffusion drag",
     "ledits": "Demo - LEDITS recolour",
     "shapes_dit_regiondrag": "Demo - RegionDrag on the demo DiT",
+    "shapes_dit_ledits": "Demo - LEDITS recolour on the demo DiT",
     "sd15_regiondrag": "SD1.5 - RegionDrag",
     "sd15_dragdiffusion": "SD1.5 - DragDiffusion + LoRA",
     "sd15_dragondiffusion": "SD1.5 - DragonDiffusion move",
