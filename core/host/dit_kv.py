@@ -227,6 +227,14 @@ def attention_override(model: Any) -> Any:
     return (model.model_options.get("transformer_options") or {}).get(OVERRIDE)
 
 
+def set_attention_override(model: Any, override: Callable) -> None:
+    """Make `override` the attention override of `model` (a clone), in a new transformer_options dict so that the
+    model it was cloned from keeps its own; `override` chains to the one set before itself (its `prev`)."""
+    to = dict(model.model_options.get("transformer_options") or {})
+    to[OVERRIDE] = override
+    model.model_options["transformer_options"] = to
+
+
 def _override_for(model: Any) -> DitAttnOverride:
     """This pack's override on `model` (a clone), installed chained to any override already set; a clone gets its
     own copy (clone() shares the object) that still shares the stores. Also installs the block tags."""
@@ -234,9 +242,7 @@ def _override_for(model: Any) -> DitAttnOverride:
     install_block_tags(model)
     cur = attention_override(model)
     o = cur.copy() if isinstance(cur, DitAttnOverride) else DitAttnOverride(cur)
-    to = dict(model.model_options.get("transformer_options") or {})
-    to[OVERRIDE] = o
-    model.model_options["transformer_options"] = to
+    set_attention_override(model, o)
     return o
 
 

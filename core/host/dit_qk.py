@@ -26,12 +26,13 @@ from .kv import _current_sigma, chunks
 WRAPPER_KEY = "dragedit_source_attention"
 
 SourceStateFn = Callable[[float], Optional[torch.Tensor]]
-"""sigma -> the source (inversion) state at that step [1, C, H, W], or None when the step is not the source's."""
+"""sigma -> the source (inversion) state at that step [B, C, H, W], or None when the step is not the source's."""
 
 
 class SourceAttention(SharedHandle):
-    """The attention override: in "record" mode keeps the image-token Q / K of the selected blocks (every row), in
-    "inject" mode puts them in place of the call's own; "off" passes through. Then calls `prev` or the kernel."""
+    """The attention override: in "record" mode keeps the image-token Q / K of the selected blocks (the rows of
+    `source_rows`), in "inject" mode puts them in place of every row's own; "off" passes through. Then calls `prev`
+    or the kernel."""
 
     def __init__(self, selected: frozenset, prev: Optional[Callable] = None):
         self.selected, self.prev = selected, prev
@@ -85,15 +86,12 @@ class SourcePass(SharedHandle):
     """APPLY_MODEL wrapper: for a call at a step where `source_at` gives the source state, run the call on that state
     with the override recording, then on the call's own latent with it injecting; other calls run as they are."""
 
-    def __init__(self, override: SourceAttention, source_at: SourceStateFn,
-                 active: Optional[Callable[[float], bool]] = None):
-        self.override, self.source_at, self.active = override, source_at, active
+    def __init__(self, override: SourceAttention, source_at: SourceStateFn):
+        self.override, self.source_at = override, source_at
 
     def __call__(self, executor, x, *args, **kwargs):
-        to = internals.apply_model_options(args, kwargs) or {}
-        sigma = _current_sigma(to)
-        src = None if math.isnan(sigma) or (self.active is not None and not self.active(sigma)) \
-            else self.source_at(sigma)
+        sigma = _current_sigma(internals.apply_model_options(args, kwargs) or {})
+        src = None if math.isnan(sigma) else self.source_at(sigma)
         if src is None or x.shape[0] % src.shape[0]:
             return executor(x, *args, **kwargs)
         o = self.override
@@ -114,17 +112,15 @@ def structure_blocks(model: Any) -> list[dit.DitBlock]:
     return dit.select_blocks(model, kinds=("single",))
 
 
-def patch_source_attention(model: Any, source_at: SourceStateFn, blocks: Optional[Sequence[dit.DitBlock]] = None,
-                           active: Optional[Callable[[float], bool]] = None) -> SourceAttention:
+def patch_source_attention(model: Any, source_at: SourceStateFn, blocks: Optional[Sequence[dit.DitBlock]] = None
+                           ) -> SourceAttention:
     """Install the structure lock on `model` (a clone) for `blocks` (default `structure_blocks`); returns the override
     (its `injected` counts the block calls that took the source's Q / K)."""
     import comfy.patcher_extension as pe
     sel = structure_blocks(model) if blocks is None else list(blocks)
     dit_kv.install_block_tags(model)
-    to = dict(model.model_options.get("transformer_options") or {})
-    o = SourceAttention(frozenset(b.key for b in sel), to.get(dit_kv.OVERRIDE))
-    to[dit_kv.OVERRIDE] = o
-    model.model_options["transformer_options"] = to
+    o = SourceAttention(frozenset(b.key for b in sel), dit_kv.attention_override(model))
+    dit_kv.set_attention_override(model, o)
     model.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
-    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY, SourcePass(o, source_at, active))
+    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY, SourcePass(o, source_at))
     return o
