@@ -118,18 +118,7 @@ LAYOUTS = {
         "titles": {3: "Prompt (from the scene)"},
         "result": 6,
     },
-    "shapes_dit_regiondrag": {
-        "columns": [[1, 2, 3, 9], [4, 10], [5, 6, "enlarge"], ["big", 7, 8]],
-        "titles": {3: "Prompt (from the scene)"},
-        "result": 6,
-    },
     "ledits": {
-        "columns": [[1, 2, 9], [3, 4, 5, 10], [13, 14, 15], [6, "enlarge"], ["big", 7, 8]],
-        "titles": {13: "Mask: black 32x32", 14: "Mask: white 10x11 box", 15: "Mask: the box at x 12, y 6"},
-        "result": 6,
-        "sizes": {9: [300, 560]},
-    },
-    "shapes_dit_ledits": {
         "columns": [[1, 2, 9], [3, 4, 5, 10], [13, 14, 15], [6, "enlarge"], ["big", 7, 8]],
         "titles": {13: "Mask: black 32x32", 14: "Mask: white 10x11 box", 15: "Mask: the box at x 12, y 6"},
         "result": 6,
@@ -157,6 +146,9 @@ LAYOUTS = {
         "note": DRAGON_NOTE["drag"],
     },
 }
+# the DiT workflows are the UNet demos' graphs on the demo DiT (written by DERIVED below), laid out the same way
+LAYOUTS["shapes_dit_regiondrag"] = LAYOUTS["regiondrag"]
+LAYOUTS["shapes_dit_ledits"] = LAYOUTS["ledits"]
 
 
 def _fmt(text: str) -> tuple[int, str]:
@@ -335,6 +327,11 @@ def _layout_dragdiffusion(wf: dict, nodes: dict, up: dict, big: dict) -> dict:
     return wf
 
 
+# derived workflow -> (the workflow it is written from, how)
+DERIVED = {"shapes_dit_regiondrag": ("regiondrag", derive_dit_regiondrag),
+           "shapes_dit_ledits": ("ledits", derive_dit_ledits)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--object-info", type=Path)
@@ -346,14 +343,11 @@ def main() -> None:
     info = object_info(a.object_info)
     for name in a.names:
         path = examples.path(name)
-        if name == "shapes_dit_regiondrag":               # written from the RegionDrag demo, then laid out
-            src = examples.path("regiondrag").read_text()
+        if name in DERIVED:                              # written from the UNet demo it derives from, then laid out
+            source, derive = DERIVED[name]
+            src = examples.path(source).read_text()
             indent, tail = _fmt(src)
-            text = json.dumps(derive_dit_regiondrag(json.loads(src)), indent=indent) + tail
-        elif name == "shapes_dit_ledits":                 # written from the LEDITS demo, then laid out
-            src = examples.path("ledits").read_text()
-            indent, tail = _fmt(src)
-            text = json.dumps(derive_dit_ledits(json.loads(src)), indent=indent) + tail
+            text = json.dumps(derive(json.loads(src)), indent=indent) + tail
         else:
             text = path.read_text()
         indent, tail = _fmt(text)
